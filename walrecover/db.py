@@ -1,0 +1,111 @@
+"""Connections: libpq conninfo in, predictable sessions out, passwords never shown.
+
+Every session walrecover opens sets the output formats the decoders and COPY rely on (ISO dates
+in UTC, full float precision, hex bytea), and a connect timeout so nothing hangs on a dead host.
+Connection strings are passed to libpq untouched, so conninfo, ``postgresql://`` URIs, PG*
+variables, service files and ``.pgpass`` all work as in psql.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .errors import ConnectionFailed
+
+#: Session settings that make every value's text form predictable.
+SESSION_SETTINGS: dict[str, str] = {
+    "DateStyle": "ISO, YMD",
+    "TimeZone": "UTC",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+    "lc_monetary": "C",
+    "application_name": "walrecover",
+}
+
+DEFAULT_CONNECT_TIMEOUT = 10
+
+
+def safe_dsn(dsn: str | None) -> str:
+    """The connection string with any password removed, for messages and metadata."""
+    try:
+        params = conninfo_to_dict(dsn or "")
+    except psycopg.Error:
+        return "<unparseable connection string>"
+    params.pop("password", None)
+    if not params:
+        return "<libpq defaults>"
+    return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
+
+
+def _passwords(dsn: str | None) -> list[str]:
+    found = []
+    try:
+        password = conninfo_to_dict(dsn or "").get("password")
+    except psycopg.Error:
+        password = None
+        match = re.search(r"(?:password\s*=\s*|://[^:/@]*:)([^\s@']+)", dsn or "")
+        if match:
+            found.append(match.group(1))
+    if password:
+        found.append(str(password))
+    if os.environ.get("PGPASSWORD"):
+        found.append(os.environ["PGPASSWORD"])
+    return [p for p in found if p]
+
+
+def redact(text: str, dsn: str | None) -> str:
+    """Remove every password that ``dsn`` or PGPASSWORD carries from ``text``."""
+    for password in _passwords(dsn):
+        text = text.replace(password, "********")
+    return text
+
+
+def connect(dsn: str | None, *, autocommit: bool = False, role: str = "database") -> Any:
+    """Open a session with walrecover's settings; raise :class:`ConnectionFailed` if it fails.
+
+    ``role`` names the connection in errors ("source", "target").
+    """
+    kwargs: dict[str, Any] = {"autocommit": autocommit}
+    try:
+        params = conninfo_to_dict(dsn or "")
+    except psycopg.Error as exc:
+        raise ConnectionFailed(
+            f"the {role} connection string is malformed ({redact(str(exc), dsn)}): "
+            "give a conninfo like 'host=db dbname=bank' or a postgresql:// URI",
+            dsn=safe_dsn(dsn),
+        ) from None
+    if "connect_timeout" not in params and "PGCONNECT_TIMEOUT" not in os.environ:
+        kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+    # Startup options are space-separated: "ISO, YMD" is sent as "ISO,YMD".
+    options = " ".join(
+        f"-c {name}={value.replace(' ', '')}" for name, value in SESSION_SETTINGS.items()
+    )
+    if "options" not in params and "PGOPTIONS" not in os.environ:
+        kwargs["options"] = options
+    try:
+        conn = psycopg.connect(dsn or "", **kwargs)
+    except psycopg.OperationalError as exc:
+        reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else "", dsn)
+        raise ConnectionFailed(
+            f"cannot connect to the {role} database ({safe_dsn(dsn)}): {reason}; "
+            "check host, port, database and credentials",
+            dsn=safe_dsn(dsn),
+        ) from None
+    if "options" in params or "PGOPTIONS" in os.environ:
+        with conn.cursor() as cur:
+            for name, value in SESSION_SETTINGS.items():
+                cur.execute("SELECT set_config(%s, %s, false)", (name, value))
+        if not autocommit:
+            conn.commit()
+    return conn
+
+
+def server_version(conn: Any) -> int:
+    """The server's major version number (15 for 15.4)."""
+    return int(conn.info.server_version) // 10000

@@ -1,0 +1,96 @@
+"""The one family of errors walrecover raises, and the exit code each maps to.
+
+Every error carries the facts a tired engineer needs (slot, LSN, table) as attributes and a
+message that says what is wrong and what to do, on one line. The CLI maps them to exit codes in
+one place (:data:`EXIT_CODES`); library users catch :class:`WalrecoverError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class WalrecoverError(Exception):
+    """Base of every error walrecover raises on purpose."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, **facts: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.facts = facts
+        for name, value in facts.items():
+            setattr(self, name, value)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConnectionFailed(WalrecoverError):
+    """A database could not be reached or the connection was lost."""
+
+
+class SlotError(WalrecoverError):
+    """The replication slot is missing, of the wrong plugin, or cannot be read."""
+
+
+class PrivilegeError(WalrecoverError):
+    """The role lacks a privilege the command needs."""
+
+
+class ConfigurationError(WalrecoverError):
+    """The server is not configured for logical decoding (wal_level, plugin missing)."""
+
+
+class DecodeError(WalrecoverError):
+    """A plugin message could not be decoded."""
+
+
+class TableNotInStream(WalrecoverError):
+    """The requested table has no change in the stream."""
+
+
+class TargetExists(WalrecoverError):
+    """The target table exists and --force was not given."""
+
+
+class TargetBusy(WalrecoverError):
+    """Another recovery holds the target table."""
+
+
+class StopPointError(WalrecoverError):
+    """The stop point is malformed or outside the stream."""
+
+
+class ReplayError(WalrecoverError):
+    """A change could not be applied to the rebuilt table."""
+
+
+class LedgerError(WalrecoverError):
+    """The ledger query or file is unusable."""
+
+
+class AuditError(WalrecoverError):
+    """The audit file could not be written or failed verification."""
+
+
+class ClusterError(WalrecoverError):
+    """A throwaway PostgreSQL cluster could not be set up."""
+
+
+class RehearsalFailed(WalrecoverError):
+    """A rehearsal ran but its result did not match the ground truth."""
+
+
+class ReconciliationMismatch(WalrecoverError):
+    """The rebuilt table does not reconcile with the ledger."""
+
+    exit_code = 3
+
+
+#: Exit codes, documented in the README. 2 is click's usage error; 130 is Ctrl-C.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_DIFFERENCES = 3
+EXIT_INTERRUPTED = 130

@@ -1,0 +1,302 @@
+"""The canonical model every decoder produces and every consumer reads.
+
+A decoded stream is a sequence of events in commit order: :class:`Begin`, then the transaction's
+:class:`Change` objects, then :class:`Commit`. Consumers that want whole transactions group them
+with :func:`transactions`; replay and the audit stream the events so memory stays bounded however
+large a transaction is.
+
+Values stay in PostgreSQL's text representation (what the type's output function prints, None for
+NULL) until a consumer needs a typed value: money stays exact and replay feeds COPY unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from .lsn import Lsn
+
+#: One row image: column name -> canonical text, or None for NULL.
+Values = Mapping[str, str | None]
+
+
+class Op(StrEnum):
+    """What a change did to its row (or table, for truncate)."""
+
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+    TRUNCATE = "truncate"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of a relation as the stream describes it."""
+
+    name: str
+    #: The type as ``format_type`` prints it, modifier included: ``numeric(12,2)``.
+    type_name: str
+    type_oid: int | None = None
+    #: The type modifier (-1 when none), when the plugin sends it.
+    typmod: int | None = None
+    #: Part of the primary key or replica identity.
+    is_key: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    """A table as the stream describes it at one point in time.
+
+    Two relations with the same name but different ``relation_id`` are different tables (one was
+    dropped and re-created). ``complete`` is False when the stream showed only some columns
+    (a delete that carries only the key, a truncate).
+    """
+
+    schema: str
+    name: str
+    columns: tuple[Column, ...]
+    relation_id: int | None = None
+    complete: bool = True
+
+    @property
+    def qualified_name(self) -> str:
+        """``schema.table`` as a user would type it (unquoted)."""
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns)
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns if column.is_key)
+
+    def column(self, name: str) -> Column | None:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        return None
+
+    def same_table(self, schema: str, name: str) -> bool:
+        return self.schema == schema and self.name == name
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One message as a source read it: the plugin's data with the LSN and xid it came with."""
+
+    data: str | bytes
+    lsn: Lsn | None = None
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    """A committed transaction starts. Fields a plugin does not send are None."""
+
+    xid: int | None
+    #: Start of the commit record (pgoutput's ``commit_lsn``, wal2json's ``lsn``).
+    commit_lsn: Lsn | None = None
+    #: End of the commit record (the position a consumer confirms).
+    end_lsn: Lsn | None = None
+    commit_time: datetime | None = None
+    lsn: Lsn | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One row change (or one truncated table)."""
+
+    op: Op
+    relation: Relation
+    #: After-image (insert, update); columns absent from it were not sent.
+    new: Values | None = None
+    #: Before-image: the old key (replica identity) or the whole old row.
+    old: Values | None = None
+    #: Columns whose value did not change and was not sent (TOAST): keep the previous value.
+    unchanged_toast: frozenset[str] = frozenset()
+    lsn: Lsn | None = None
+    xid: int | None = None
+
+    def key(self) -> tuple[str | None, ...] | None:
+        """The row's identity before the change: old key if sent, else the new image's key."""
+        key_columns = self.relation.key_columns
+        if not key_columns:
+            return None
+        image = self.old if self.old is not None else self.new
+        if image is None or any(name not in image for name in key_columns):
+            return None
+        return tuple(image[name] for name in key_columns)
+
+    def new_key(self) -> tuple[str | None, ...] | None:
+        """The row's identity after the change (differs from :meth:`key` when a key changed)."""
+        key_columns = self.relation.key_columns
+        if not key_columns or self.new is None:
+            return None
+        if any(name not in self.new for name in key_columns):
+            return self.key()
+        return tuple(self.new[name] for name in key_columns)
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """The transaction opened by the last :class:`Begin` committed."""
+
+    xid: int | None
+    commit_lsn: Lsn | None = None
+    end_lsn: Lsn | None = None
+    commit_time: datetime | None = None
+
+
+Event = Begin | Change | Commit
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A committed transaction with its changes, for consumers that want whole transactions."""
+
+    xid: int | None
+    commit_lsn: Lsn | None
+    end_lsn: Lsn | None
+    commit_time: datetime | None
+    changes: tuple[Change, ...] = field(default=())
+
+
+def transactions(events: Iterable[Event]) -> Iterator[Transaction]:
+    """Group an event stream into transactions (holds one transaction's changes in memory)."""
+    begin: Begin | None = None
+    changes: list[Change] = []
+    for event in events:
+        if isinstance(event, Begin):
+            begin, changes = event, []
+        elif isinstance(event, Change):
+            changes.append(event)
+        else:
+            yield Transaction(
+                xid=event.xid if event.xid is not None else (begin.xid if begin else None),
+                commit_lsn=event.commit_lsn or (begin.commit_lsn if begin else None),
+                end_lsn=event.end_lsn or (begin.end_lsn if begin else None),
+                commit_time=event.commit_time or (begin.commit_time if begin else None),
+                changes=tuple(changes),
+            )
+            begin, changes = None, []
+
+
+@dataclass(frozen=True, slots=True)
+class StopPoint:
+    """Where recovery stops, exclusively, at transaction granularity.
+
+    ``lsn``: transactions whose commit record starts at or after it are left out (when a plugin
+    only gives the commit record's end, ``end_lsn > lsn`` is the same test for any record
+    boundary). ``xid``: stop at that transaction's commit, like ``recovery_target_xid`` with
+    ``recovery_target_inclusive = off``. ``time``: the first transaction committed at or after it
+    and everything after are left out.
+    """
+
+    lsn: Lsn | None = None
+    xid: int | None = None
+    time: datetime | None = None
+
+    @property
+    def is_set(self) -> bool:
+        return self.lsn is not None or self.xid is not None or self.time is not None
+
+    def describe(self) -> str:
+        if self.lsn is not None:
+            return f"before LSN {self.lsn}"
+        if self.xid is not None:
+            return f"before xid {self.xid}"
+        if self.time is not None:
+            return f"before {self.time.isoformat()}"
+        return "end of stream"
+
+    def stops(
+        self,
+        xid: int | None,
+        commit_lsn: Lsn | None,
+        end_lsn: Lsn | None,
+        commit_time: datetime | None,
+    ) -> bool | None:
+        """True if the transaction is at or past the stop point; None if it cannot tell yet."""
+        if self.lsn is not None:
+            if commit_lsn is not None:
+                return commit_lsn >= self.lsn
+            if end_lsn is not None:
+                return end_lsn > self.lsn
+            return None
+        if self.xid is not None:
+            return None if xid is None else xid == self.xid
+        if self.time is not None:
+            return None if commit_time is None else commit_time >= self.time
+        return False
+
+
+#: The absence of a stop point: replay everything.
+NO_STOP = StopPoint()
+
+
+@dataclass(frozen=True, slots=True)
+class TableName:
+    """A schema-qualified table name, parsed the way PostgreSQL reads one.
+
+    Unquoted parts fold to lower case; double-quoted parts keep case, dots and spaces
+    (``"My Schema"."Ledger.2024"``). Without a schema the default is ``public``.
+    """
+
+    schema: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str, default_schema: str = "public") -> TableName:
+        parts: list[str] = []
+        i, n = 0, len(text)
+        while i <= n:
+            if i < n and text[i] == '"':
+                j, buf = i + 1, []
+                while True:
+                    if j >= n:
+                        raise ValueError(f"unterminated quote in table name {text!r}")
+                    if text[j] == '"':
+                        if j + 1 < n and text[j + 1] == '"':
+                            buf.append('"')
+                            j += 2
+                            continue
+                        break
+                    buf.append(text[j])
+                    j += 1
+                parts.append("".join(buf))
+                i = j + 1
+            else:
+                j = text.find(".", i)
+                j = n if j < 0 else j
+                part = text[i:j].strip()
+                if not part or '"' in part:
+                    raise ValueError(f"{text!r} is not a table name: write schema.table")
+                parts.append(part.lower())
+                i = j
+            if i < n and text[i] != ".":
+                raise ValueError(f"{text!r} is not a table name: write schema.table")
+            i += 1
+            if i > n:
+                break
+        if len(parts) == 1:
+            return cls(default_schema, parts[0])
+        if len(parts) == 2:
+            return cls(parts[0], parts[1])
+        raise ValueError(f"{text!r} is not a table name: write schema.table")
+
+    def __str__(self) -> str:
+        return f"{_show_ident(self.schema)}.{_show_ident(self.name)}"
+
+
+def _show_ident(part: str) -> str:
+    if (
+        part
+        and (part[0].isalpha() or part[0] == "_")
+        and all(ch.islower() or ch.isdigit() or ch == "_" for ch in part)
+        and part.isascii()
+    ):
+        return part
+    return '"' + part.replace('"', '""') + '"'

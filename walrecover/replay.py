@@ -1,0 +1,742 @@
+"""Replay: apply committed changes, in commit order, to a rebuilt table.
+
+Changes are buffered across source transactions and flushed in batches: inserts go through COPY,
+updates and deletes through pipelined statements keyed by the old row identity. Inserts are
+flushed before the batch's updates and deletes, which is safe because an insert whose key an
+earlier update or delete touched forces a flush first. Each batch commits together with a progress
+row (last applied commit LSN) in the target database, so a killed run resumes exactly where the
+last commit left it, with no duplicate and no gap.
+
+The stop point is checked at each transaction's Begin when the plugin says when it commits
+(wal2json, pgoutput), otherwise at its Commit, with a savepoint guarding a transaction too big to
+buffer (test_decoding). Only ``replay`` writes to the target; it never touches the source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .errors import ReplayError, StopPointError, TableNotInStream, TargetBusy, TargetExists
+from .lsn import Lsn
+from .model import (
+    NO_STOP,
+    Begin,
+    Change,
+    Commit,
+    Event,
+    Op,
+    Relation,
+    StopPoint,
+    TableName,
+    Values,
+)
+from .sources import ProgressCallback
+
+PROGRESS_SCHEMA = "walrecover"
+PROGRESS_TABLE = "progress"
+
+
+class Outcome(StrEnum):
+    """What replay did with a row change."""
+
+    APPLIED = "applied"
+    #: An update or delete found no row with its key (the row predates the stream).
+    NO_ROW = "no_row"
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedChange:
+    """One recovered row change, its transaction, and what replay did with it."""
+
+    change: Change
+    xid: int | None
+    commit_lsn: Lsn | None
+    end_lsn: Lsn | None
+    commit_time: datetime | None
+    outcome: Outcome
+    #: The whole after-image when replay learned values the stream left out (unchanged TOAST).
+    after: Values | None = None
+
+
+#: Receives each flushed batch of applied changes in stream order (the audit writer).
+AppliedSink = Callable[[Sequence[AppliedChange]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What a replay did to the rebuilt table."""
+
+    into: str
+    relation: Relation
+    transactions: int
+    changes: int
+    rows: int
+    no_row: int
+    first_lsn: Lsn | None
+    last_lsn: Lsn | None
+    #: The first transaction left out by the stop point: (xid, commit LSN), or None.
+    stopped_before: tuple[int | None, Lsn | None] | None
+    resumed_from: Lsn | None
+    seconds: float
+
+
+@dataclass(slots=True)
+class _Txn:
+    xid: int | None
+    commit_lsn: Lsn | None
+    end_lsn: Lsn | None
+    commit_time: datetime | None
+    decided: bool
+    #: Already applied by an earlier, interrupted run: its changes are skipped.
+    skip: bool = False
+    changes: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    change: Change
+    txn: _Txn
+    outcome: Outcome = Outcome.APPLIED
+    after: Values | None = None
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Changes not yet sent, in stream order, with the indexes of inserts and other ops."""
+
+    pending: list[_Pending] = field(default_factory=list)
+    inserts: list[int] = field(default_factory=list)
+    others: list[int] = field(default_factory=list)
+    insert_keys: set[tuple[str | None, ...]] = field(default_factory=set)
+    other_keys: set[tuple[str | None, ...]] = field(default_factory=set)
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def mark(self) -> tuple[int, int, int]:
+        return len(self.pending), len(self.inserts), len(self.others)
+
+    def truncate(self, mark: tuple[int, int, int]) -> None:
+        del self.pending[mark[0] :], self.inserts[mark[1] :], self.others[mark[2] :]
+
+
+class Replayer:
+    """Applies an event stream to one target table. Use :func:`replay` unless you need steps."""
+
+    def __init__(
+        self,
+        conn: Any,
+        table: TableName,
+        into: TableName,
+        *,
+        stop: StopPoint = NO_STOP,
+        ddl: str | None = None,
+        source: str = "",
+        batch_size: int = 20_000,
+        sink: AppliedSink | None = None,
+    ) -> None:
+        self.conn = conn
+        self.table = table
+        self.into = into
+        self.stop = stop
+        self.ddl = ddl
+        self.source = source
+        self.batch_size = batch_size
+        self.sink = sink
+        self.relation: Relation | None = None
+        self.columns: tuple[str, ...] = ()
+        self.key: tuple[str, ...] = ()
+        self.transactions = 0
+        self.changes = 0
+        self.no_row = 0
+        self.first_lsn: Lsn | None = None
+        self.last_lsn: Lsn | None = None
+        self.stopped_before: tuple[int | None, Lsn | None] | None = None
+        self._last_xid: int | None = None
+        self.resume_after: Lsn | None = None
+        self._batch = _Batch()
+        self._txn: _Txn | None = None
+        self._txn_mark = (0, 0, 0)
+        self._savepoint = False
+        self._created = False
+        self._ident = sql.Identifier(into.schema, into.name)
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def prepare(self, *, force: bool) -> None:
+        """Lock the target, check it is free (or resumable), and set up the progress table."""
+        conn = self.conn
+        (locked,) = conn.execute(
+            "SELECT pg_try_advisory_lock(%s, %s)", (_LOCK_CLASS, _lock_key(self.into))
+        ).fetchone()
+        if not locked:
+            holder = conn.execute(
+                "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text,"
+                " 'local') FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                " WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s",
+                (_LOCK_CLASS & 0xFFFFFFFF, _lock_key(self.into) & 0xFFFFFFFF),
+            ).fetchone()
+            who = f"backend pid {holder[0]} ({holder[1]}, {holder[2]})" if holder else "another run"
+            raise TargetBusy(
+                f"another recovery into {self.into} is running ({who}): wait for it or stop it",
+                table=str(self.into),
+            )
+        conn.execute(
+            sql.SQL(
+                "CREATE SCHEMA IF NOT EXISTS {schema};"
+                " CREATE TABLE IF NOT EXISTS {schema}.{table} ("
+                " target text PRIMARY KEY, source text NOT NULL, last_commit_lsn pg_lsn,"
+                " last_xid bigint, transactions bigint NOT NULL, changes bigint NOT NULL,"
+                " no_row bigint NOT NULL DEFAULT 0, first_lsn pg_lsn,"
+                " complete boolean NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+            ).format(schema=sql.Identifier(PROGRESS_SCHEMA), table=sql.Identifier(PROGRESS_TABLE))
+        )
+        conn.commit()
+        exists = self._target_exists()
+        progress = self._progress_row()
+        if exists and progress is not None and not progress["complete"] and not force:
+            if progress["source"] != self.source:
+                raise TargetExists(
+                    f"{self.into} holds an unfinished recovery from {progress['source']}, not "
+                    f"{self.source}: rerun that command to resume, or pass --force to rebuild",
+                    table=str(self.into),
+                )
+            self._resume(progress)
+            return
+        if exists and not force:
+            raise TargetExists(
+                f"target table {self.into} already exists: choose another --into, or pass --force"
+                " to drop and rebuild it",
+                table=str(self.into),
+            )
+        if exists:
+            conn.execute(sql.SQL("DROP TABLE {}").format(self._ident))
+        self._delete_progress()
+        conn.commit()
+
+    def _resume(self, progress: dict[str, Any]) -> None:
+        self._created = True
+        self.resume_after = (
+            Lsn.parse(progress["last_commit_lsn"]) if progress["last_commit_lsn"] else None
+        )
+        self.transactions = int(progress["transactions"])
+        self.changes = int(progress["changes"])
+        self.no_row = int(progress["no_row"])
+        self.first_lsn = Lsn.parse(progress["first_lsn"]) if progress["first_lsn"] else None
+        self.last_lsn = self.resume_after
+
+    def _target_exists(self) -> bool:
+        (oid,) = self.conn.execute(
+            "SELECT to_regclass(%s)::oid", (sql.Identifier(*self._parts()).as_string(self.conn),)
+        ).fetchone()
+        return oid is not None
+
+    def _parts(self) -> tuple[str, str]:
+        return self.into.schema, self.into.name
+
+    def _progress_row(self) -> dict[str, Any] | None:
+        cur = self.conn.execute(
+            sql.SQL(
+                "SELECT source, last_commit_lsn::text, transactions, changes, no_row,"
+                " first_lsn::text, complete FROM {}.{} WHERE target = %s"
+            ).format(sql.Identifier(PROGRESS_SCHEMA), sql.Identifier(PROGRESS_TABLE)),
+            (str(self.into),),
+        )
+        row = cur.fetchone()
+        self.conn.commit()
+        if row is None:
+            return None
+        names = ("source", "last_commit_lsn", "transactions", "changes", "no_row")
+        return dict(zip((*names, "first_lsn", "complete"), row, strict=True))
+
+    def _delete_progress(self) -> None:
+        self.conn.execute(
+            sql.SQL("DELETE FROM {}.{} WHERE target = %s").format(
+                sql.Identifier(PROGRESS_SCHEMA), sql.Identifier(PROGRESS_TABLE)
+            ),
+            (str(self.into),),
+        )
+
+    def _create(self, relation: Relation) -> None:
+        """Create the target from the stream's relation, or run --ddl and check it."""
+        conn = self.conn
+        if self.ddl is not None:
+            try:
+                conn.execute(self.ddl)
+            except psycopg.Error as exc:
+                raise ReplayError(
+                    f"the --ddl file failed: {exc.diag.message_primary or exc}; fix the file",
+                    table=str(self.into),
+                ) from None
+            if not self._target_exists():
+                raise ReplayError(
+                    f"the --ddl file did not create {self.into}: it must create the --into table",
+                    table=str(self.into),
+                )
+            return
+        if not relation.complete:
+            raise ReplayError(
+                f"the stream shows only some columns of {self.table} before its first insert: "
+                "give the table's definition with --ddl FILE",
+                table=str(self.table),
+            )
+        columns = [
+            sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(_checked_type(c.type_name)))
+            for c in relation.columns
+        ]
+        if relation.key_columns:
+            columns.append(
+                sql.SQL("PRIMARY KEY ({})").format(
+                    sql.SQL(", ").join(map(sql.Identifier, relation.key_columns))
+                )
+            )
+        conn.execute(
+            sql.SQL("CREATE TABLE {} ({})").format(self._ident, sql.SQL(", ").join(columns))
+        )
+
+    # -- the stream --------------------------------------------------------------------------
+
+    def run(self, events: Iterable[Event], progress: ProgressCallback | None = None) -> None:
+        """Apply ``events`` up to the stop point; commit the last batch; mark it complete."""
+        for event in events:
+            if isinstance(event, Change):
+                if self._txn is not None and not self._txn.skip:
+                    self._change(event)
+            elif isinstance(event, Begin):
+                if self._begin(event):
+                    break
+            elif self._commit(event):
+                break
+        if self._txn is not None and self.stopped_before is None:
+            raise ReplayError(
+                f"the stream ended inside transaction {self._txn.xid}: it is truncated",
+                table=str(self.table),
+            )
+        self._flush()
+        self._save_progress(complete=True)
+        self.conn.commit()
+
+    def _begin(self, event: Begin) -> bool:
+        """Open a transaction; True if the stop point says to stop here."""
+        stops = self.stop.stops(event.xid, event.commit_lsn, event.end_lsn, event.commit_time)
+        if stops:
+            self.stopped_before = (event.xid, event.commit_lsn or event.end_lsn)
+            return True
+        txn = _Txn(event.xid, event.commit_lsn, event.end_lsn, event.commit_time, stops is False)
+        txn.skip = self._already_applied(txn.commit_lsn, txn.end_lsn)
+        self._txn = txn
+        self._txn_mark = self._batch.mark()
+        self._savepoint = False
+        return False
+
+    def _already_applied(self, commit_lsn: Lsn | None, end_lsn: Lsn | None) -> bool:
+        if self.resume_after is None:
+            return False
+        position = commit_lsn if commit_lsn is not None else end_lsn
+        return position is not None and position <= self.resume_after
+
+    def _commit(self, event: Commit) -> bool:
+        """Close the transaction; True if the stop point says it (and all after) is left out."""
+        txn = self._txn
+        if txn is None:
+            raise ReplayError("a commit without a begin: the stream is damaged")
+        self._txn = None
+        txn.commit_lsn = txn.commit_lsn or event.commit_lsn
+        txn.end_lsn = txn.end_lsn or event.end_lsn
+        txn.commit_time = txn.commit_time or event.commit_time
+        if txn.skip:
+            return False
+        if not txn.decided:
+            stops = self.stop.stops(txn.xid, txn.commit_lsn, txn.end_lsn, txn.commit_time)
+            if stops is None:
+                raise StopPointError(
+                    f"the stream does not say when transaction {txn.xid} committed, so stop "
+                    f"point {self.stop.describe()} cannot be applied: use --stop-before-xid",
+                )
+            if stops:
+                self._batch.truncate(self._txn_mark)
+                if self._savepoint:
+                    self.conn.execute("ROLLBACK TO SAVEPOINT walrecover_txn")
+                self.stopped_before = (txn.xid, txn.commit_lsn or txn.end_lsn)
+                return True
+        if self._savepoint:
+            self.conn.execute("RELEASE SAVEPOINT walrecover_txn")
+            self._savepoint = False
+        if txn.changes:
+            self.transactions += 1
+            position = txn.commit_lsn or txn.end_lsn
+            if self.first_lsn is None:
+                self.first_lsn = position
+            self.last_lsn = position
+            self._last_xid = txn.xid
+            if len(self._batch) >= self.batch_size:
+                self._flush()
+                self._save_progress(complete=False)
+                self.conn.commit()
+        return False
+
+    def _change(self, change: Change) -> None:
+        relation = change.relation
+        if not relation.same_table(self.table.schema, self.table.name):
+            return
+        txn = self._txn
+        assert txn is not None
+        if self.relation is None:
+            self._adopt(relation)
+        elif relation is not self.relation and relation.complete:
+            self._check_schema(change)
+        txn.changes += 1
+        self.changes += 1
+        batch = self._batch
+        index = len(batch.pending)
+        batch.pending.append(_Pending(change, txn))
+        if change.op is Op.INSERT:
+            key = change.new_key()
+            if key is not None and key in batch.other_keys:
+                batch.pending.pop()
+                self._flush_midway()
+                batch.pending.append(_Pending(change, txn))
+                index = 0
+            batch.inserts.append(index)
+            if key is not None:
+                batch.insert_keys.add(key)
+        elif change.op is Op.TRUNCATE:
+            # Nothing may move across a truncate: send what is before it, then it alone.
+            batch.pending.pop()
+            self._flush_midway()
+            self._batch.pending.append(_Pending(change, txn))
+            self._batch.others.append(0)
+            self._flush_midway()
+        else:
+            batch.others.append(index)
+            for key in (change.key(), change.new_key()):
+                if key is not None:
+                    batch.other_keys.add(key)
+        if len(batch) >= self.batch_size * 4:
+            self._flush_midway()
+
+    def _adopt(self, relation: Relation) -> None:
+        if not self._created:
+            self._create(relation)
+            self._created = True
+        self.relation = relation
+        existing = self._target_columns()
+        missing = [name for name in relation.column_names if name not in existing]
+        if missing:
+            raise ReplayError(
+                f"{self.into} has no column {missing[0]!r} that the stream carries: "
+                "fix the --ddl or drop the target and rebuild",
+                table=str(self.into),
+            )
+        self.columns = relation.column_names
+        self.key = relation.key_columns
+
+    def _target_columns(self) -> set[str]:
+        rows = self.conn.execute(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = %s::regclass"
+            " AND attnum > 0 AND NOT attisdropped",
+            (sql.Identifier(*self._parts()).as_string(self.conn),),
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def _check_schema(self, change: Change) -> None:
+        assert self.relation is not None
+        current = {(c.name, c.type_name) for c in self.relation.columns}
+        seen = {(c.name, c.type_name) for c in change.relation.columns}
+        if seen != current:
+            raise ReplayError(
+                f"the definition of {self.table} changes at LSN {change.lsn} (an ALTER TABLE "
+                "in the stream): stop before it with --stop-before-lsn, or rebuild from a --ddl "
+                "that matches the new definition",
+                table=str(self.table),
+                lsn=change.lsn,
+            )
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _flush_midway(self) -> None:
+        """Flush inside an open source transaction, guarding it with a savepoint if undecided."""
+        txn = self._txn
+        if txn is not None and not txn.decided and not self._savepoint:
+            head = self._split(self._txn_mark)
+            self._send(head)
+            self.conn.execute("SAVEPOINT walrecover_txn")
+            self._savepoint = True
+        self._flush()
+        self._txn_mark = (0, 0, 0)
+
+    def _split(self, mark: tuple[int, int, int]) -> _Batch:
+        """Take the part of the batch before ``mark`` out, keeping the rest re-indexed."""
+        batch = self._batch
+        head = _Batch(batch.pending[: mark[0]], batch.inserts[: mark[1]], batch.others[: mark[2]])
+        rest = _Batch(
+            batch.pending[mark[0] :],
+            [i - mark[0] for i in batch.inserts[mark[1] :]],
+            [i - mark[0] for i in batch.others[mark[2] :]],
+            batch.insert_keys,
+            batch.other_keys,
+        )
+        self._batch = rest
+        return head
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, _Batch()
+        self._send(batch)
+
+    def _send(self, batch: _Batch) -> None:
+        if not batch.pending:
+            return
+        conn = self.conn
+        try:
+            if batch.inserts:
+                self._copy([batch.pending[i].change for i in batch.inserts])
+            if batch.others:
+                self._apply_others([batch.pending[i] for i in batch.others])
+        except psycopg.Error as exc:
+            raise ReplayError(
+                f"applying changes to {self.into} failed: {exc.diag.message_primary or exc}"
+                f"{_where(exc)}; the last committed batch is kept, rerun to resume",
+                table=str(self.into),
+            ) from None
+        del conn
+        if self.sink is not None:
+            self.sink(
+                [
+                    AppliedChange(
+                        p.change,
+                        p.txn.xid,
+                        p.txn.commit_lsn,
+                        p.txn.end_lsn,
+                        p.txn.commit_time,
+                        p.outcome,
+                        p.after,
+                    )
+                    for p in batch.pending
+                ]
+            )
+
+    def _copy(self, changes: list[Change]) -> None:
+        columns = self.columns
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            self._ident, sql.SQL(", ").join(map(sql.Identifier, columns))
+        )
+        with self.conn.cursor() as cur, cur.copy(statement) as copy:
+            for change in changes:
+                new = change.new
+                assert new is not None
+                copy.write_row(tuple(new.get(name) for name in columns))
+
+    def _apply_others(self, items: list[_Pending]) -> None:
+        """Run updates, deletes and truncates in order, grouping runs of the same statement."""
+        run: list[_Pending] = []
+        run_sql: sql.Composed | None = None
+        for item in items:
+            statement = self._statement(item.change)
+            if run and statement != run_sql:
+                self._execute_run(run_sql, run)  # type: ignore[arg-type]
+                run = []
+            run_sql = statement
+            run.append(item)
+        if run:
+            self._execute_run(run_sql, run)  # type: ignore[arg-type]
+
+    def _statement(self, change: Change) -> sql.Composed:
+        if change.op is Op.TRUNCATE:
+            return sql.SQL("TRUNCATE {}").format(self._ident)
+        where = self._where(change)
+        if change.op is Op.DELETE:
+            return sql.SQL("DELETE FROM {} WHERE {} RETURNING 1").format(self._ident, where)
+        new = change.new or {}
+        assigned = [name for name in self.columns if name in new]
+        returning = (
+            sql.SQL(", ").join(map(sql.Identifier, sorted(change.unchanged_toast)))
+            if change.unchanged_toast
+            else sql.SQL("1")
+        )
+        return sql.SQL("UPDATE {} SET {} WHERE {} RETURNING {}").format(
+            self._ident,
+            sql.SQL(", ").join(
+                sql.SQL("{} = %s").format(sql.Identifier(name)) for name in assigned
+            ),
+            where,
+            returning,
+        )
+
+    def _where(self, change: Change) -> sql.Composable:
+        if self.key and change.key() is not None:
+            return sql.SQL(" AND ").join(
+                sql.SQL("{} = %s").format(sql.Identifier(name)) for name in self.key
+            )
+        old = change.old
+        if old is None:
+            raise ReplayError(
+                f"{self.table} has no primary key and the {change.op} at LSN {change.lsn} carries"
+                " no old row: set REPLICA IDENTITY FULL on such tables, or recover inserts only",
+                table=str(self.table),
+                lsn=change.lsn,
+            )
+        names = [name for name in self.columns if name in old]
+        match = sql.SQL(" AND ").join(
+            sql.SQL("{} IS NOT DISTINCT FROM %s").format(sql.Identifier(name)) for name in names
+        )
+        return sql.SQL("ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)").format(self._ident, match)
+
+    def _params(self, change: Change) -> list[str | None]:
+        params: list[str | None] = []
+        if change.op is Op.TRUNCATE:
+            return params
+        if change.op is Op.UPDATE:
+            new = change.new or {}
+            params.extend(new[name] for name in self.columns if name in new)
+        if self.key and change.key() is not None:
+            params.extend(change.key() or ())
+        else:
+            old = change.old or {}
+            params.extend(old[name] for name in self.columns if name in old)
+        return params
+
+    def _execute_run(self, statement: sql.Composed, run: list[_Pending]) -> None:
+        with self.conn.cursor() as cur:
+            if run[0].change.op is Op.TRUNCATE:
+                for _ in run:
+                    cur.execute(statement)
+                return
+            cur.executemany(statement, [self._params(p.change) for p in run], returning=True)
+            for item in run:
+                row = cur.fetchone()
+                if row is None:
+                    item.outcome = Outcome.NO_ROW
+                    self.no_row += 1
+                elif item.change.unchanged_toast:
+                    after = dict(item.change.new or {})
+                    after.update(zip(sorted(item.change.unchanged_toast), row, strict=True))
+                    item.after = after
+                cur.nextset()
+
+    def _save_progress(self, *, complete: bool) -> None:
+        self.conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.{} AS p (target, source, last_commit_lsn, last_xid, transactions,"
+                " changes, no_row, first_lsn, complete)"
+                " VALUES (%s, %s, %s::pg_lsn, %s, %s, %s, %s, %s::pg_lsn, %s)"
+                " ON CONFLICT (target) DO UPDATE SET source = excluded.source,"
+                " last_commit_lsn = excluded.last_commit_lsn, last_xid = excluded.last_xid,"
+                " transactions = excluded.transactions, changes = excluded.changes,"
+                " no_row = excluded.no_row, first_lsn = excluded.first_lsn,"
+                " complete = excluded.complete, updated_at = now()"
+            ).format(sql.Identifier(PROGRESS_SCHEMA), sql.Identifier(PROGRESS_TABLE)),
+            (
+                str(self.into),
+                self.source,
+                str(self.last_lsn) if self.last_lsn is not None else None,
+                self._last_xid,
+                self.transactions,
+                self.changes,
+                self.no_row,
+                str(self.first_lsn) if self.first_lsn is not None else None,
+                complete,
+            ),
+        )
+
+    def count_rows(self) -> int:
+        (count,) = self.conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(self._ident)
+        ).fetchone()
+        self.conn.commit()
+        return int(count)
+
+    def release(self) -> None:
+        """Give up the target lock (closing the connection does it too)."""
+        with contextlib.suppress(psycopg.Error):
+            self.conn.rollback()
+            self.conn.execute(
+                "SELECT pg_advisory_unlock(%s, %s)", (_LOCK_CLASS, _lock_key(self.into))
+            )
+            self.conn.commit()
+
+
+_LOCK_CLASS = 0x57414C52  # "WALR"
+
+
+def _lock_key(into: TableName) -> int:
+    return zlib.crc32(str(into).encode()) - (1 << 31)
+
+
+def _where(exc: psycopg.Error) -> str:
+    context = getattr(exc.diag, "context", None)
+    return f" ({context.splitlines()[0]})" if context else ""
+
+
+def _checked_type(type_name: str) -> str:
+    """A type name from the stream, refused if it could smuggle SQL into the DDL."""
+    outside_quotes = "".join(type_name.split('"')[0::2])
+    if not type_name or ";" in outside_quotes or "--" in outside_quotes or "/*" in outside_quotes:
+        raise ReplayError(
+            f"the stream names a column type {type_name!r} that is not a type: give --ddl FILE"
+        )
+    return type_name
+
+
+def replay(
+    conn: Any,
+    events: Iterable[Event],
+    table: TableName,
+    into: TableName,
+    *,
+    stop: StopPoint = NO_STOP,
+    ddl: str | None = None,
+    force: bool = False,
+    source: str = "",
+    batch_size: int = 20_000,
+    sink: AppliedSink | None = None,
+) -> ReplayResult:
+    """Rebuild ``table`` as ``into`` from ``events`` on the target connection ``conn``."""
+    started = time.monotonic()
+    replayer = Replayer(
+        conn, table, into, stop=stop, ddl=ddl, source=source, batch_size=batch_size, sink=sink
+    )
+    replayer.prepare(force=force)
+    resumed_from = replayer.resume_after
+    try:
+        replayer.run(events)
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
+        raise
+    if replayer.relation is None and resumed_from is None:
+        conn.rollback()
+        raise TableNotInStream(
+            f"table {table} has no change in the stream before the stop point: check --table"
+            " and that the slot existed before its rows were written",
+            table=str(table),
+        )
+    if stop.xid is not None and replayer.stopped_before is None:
+        raise StopPointError(
+            f"transaction {stop.xid} does not commit in the stream, so nothing was left out: "
+            "check --stop-before-xid (the rebuilt table holds every change)",
+            xid=stop.xid,
+        )
+    assert replayer.relation is not None or resumed_from is not None
+    return ReplayResult(
+        into=str(into),
+        relation=replayer.relation or Relation(table.schema, table.name, ()),
+        transactions=replayer.transactions,
+        changes=replayer.changes,
+        rows=replayer.count_rows(),
+        no_row=replayer.no_row,
+        first_lsn=replayer.first_lsn,
+        last_lsn=replayer.last_lsn,
+        stopped_before=replayer.stopped_before,
+        resumed_from=resumed_from,
+        seconds=time.monotonic() - started,
+    )

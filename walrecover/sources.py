@@ -1,0 +1,321 @@
+"""Sources yield a plugin's raw messages; a slot source never moves the user's slot.
+
+:class:`SlotSource` copies the user's slot into a permanent ``walrecover_<pid>_<token>`` slot with
+``pg_copy_logical_replication_slot`` and consumes the *copy* in pages with
+``pg_logical_slot_get_changes``. Consuming (not peeking) the copy is what keeps the work linear:
+each page starts where the previous one ended, while repeated peeks would re-decode from the
+start every time. Rows of a page are fetched through a server-side cursor, so client memory stays
+bounded even for one enormous transaction. The copy is permanent because a temporary slot vanishes
+on any error in its session; it is dropped when done, and a copy left by a crashed run (its
+backend pid, part of its name, no longer alive) is swept at the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .db import connect, safe_dsn
+from .decoders import plugin_options
+from .errors import ConfigurationError, PrivilegeError, SlotError, WalrecoverError
+from .lsn import Lsn
+from .model import RawMessage
+
+COPY_PREFIX = "walrecover_"
+SUPPORTED_PLUGINS = ("wal2json",)
+
+#: Called as ``progress(stage, done, total)``; the CLI draws it with tqdm.
+ProgressCallback = Callable[[str, int, int | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    """A logical replication slot as ``pg_replication_slots`` shows it."""
+
+    name: str
+    plugin: str
+    database: str
+    restart_lsn: Lsn | None
+    confirmed_flush_lsn: Lsn | None
+    active: bool
+    temporary: bool
+
+
+def read_slot(conn: Any, name: str) -> SlotInfo:
+    """The slot ``name``; raise :class:`SlotError` naming the slots that exist if it does not."""
+    row = conn.execute(
+        "SELECT slot_name::text, plugin::text, slot_type, database::text, restart_lsn::text,"
+        " confirmed_flush_lsn::text, active, temporary"
+        " FROM pg_replication_slots WHERE slot_name = %s",
+        (name,),
+    ).fetchone()
+    if row is None:
+        others = [
+            r[0]
+            for r in conn.execute(
+                "SELECT slot_name::text FROM pg_replication_slots"
+                " WHERE slot_type = 'logical' AND slot_name NOT LIKE 'walrecover\\_%'"
+                " ORDER BY 1"
+            )
+        ]
+        hint = f"logical slots here: {', '.join(others)}" if others else "no logical slot exists"
+        raise SlotError(
+            f"replication slot {name!r} does not exist ({hint}): check --slot and the database",
+            slot=name,
+        )
+    slot_name, plugin, slot_type, database, restart, confirmed, active, temporary = row
+    if slot_type != "logical":
+        raise SlotError(
+            f"slot {name!r} is a physical slot: walrecover needs a logical replication slot",
+            slot=name,
+        )
+    return SlotInfo(
+        name=slot_name,
+        plugin=plugin,
+        database=database,
+        restart_lsn=Lsn.parse(restart) if restart else None,
+        confirmed_flush_lsn=Lsn.parse(confirmed) if confirmed else None,
+        active=bool(active),
+        temporary=bool(temporary),
+    )
+
+
+def sweep_copies(conn: Any) -> list[str]:
+    """Drop copy slots left by crashed walrecover runs; return their names.
+
+    A copy is ``walrecover_<backend pid>_<token>``; it is an orphan when it is inactive and no
+    backend with that pid is alive.
+    """
+    rows = conn.execute(
+        "SELECT slot_name::text FROM pg_replication_slots"
+        " WHERE slot_name LIKE 'walrecover\\_%' AND NOT active"
+        " AND database = current_database()"
+        " AND split_part(slot_name, '_', 2) !~ '[^0-9]'"
+        " AND NOT EXISTS (SELECT 1 FROM pg_stat_activity"
+        "   WHERE pid::text = split_part(slot_name, '_', 2))"
+    ).fetchall()
+    dropped = []
+    for (name,) in rows:
+        try:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+            dropped.append(name)
+        except psycopg.Error:
+            continue  # it became active, or another run swept it first
+    return dropped
+
+
+def check_server(conn: Any) -> None:
+    """Raise :class:`ConfigurationError` unless the server can do logical decoding."""
+    (level,) = conn.execute("SHOW wal_level").fetchone()
+    if level != "logical":
+        raise ConfigurationError(
+            f"wal_level is {level!r} on the source: logical decoding needs wal_level = logical"
+            " (ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)"
+        )
+
+
+def check_replication_privilege(conn: Any, slot: str) -> None:
+    """Raise :class:`PrivilegeError` unless the role may copy and read replication slots."""
+    row = conn.execute(
+        "SELECT rolname::text, rolsuper OR rolreplication FROM pg_roles"
+        " WHERE rolname = current_user"
+    ).fetchone()
+    if row is not None and not row[1]:
+        raise PrivilegeError(
+            f"role {row[0]!r} may not read replication slots: it needs the REPLICATION attribute"
+            f" (ALTER ROLE {row[0]} REPLICATION) or superuser",
+            slot=slot,
+            role=row[0],
+        )
+
+
+class SlotSource:
+    """Raw messages of a user's slot, read through a copy that is dropped afterwards.
+
+    Use as a context manager; :meth:`messages` yields :class:`RawMessage` in stream order.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None,
+        slot: str,
+        *,
+        tables: Iterable[str] = (),
+        page_size: int = 20_000,
+        fetch_size: int = 5_000,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.slot = slot
+        self.tables = tuple(tables)
+        self.page_size = page_size
+        self.fetch_size = fetch_size
+        self.progress = progress
+        self.info: SlotInfo | None = None
+        self.copy_name: str | None = None
+        self.start_lsn: Lsn | None = None
+        self.end_lsn: Lsn | None = None
+        self.swept: list[str] = []
+        self._conn: Any = None
+
+    @property
+    def plugin(self) -> str:
+        assert self.info is not None, "open the source first"
+        return self.info.plugin
+
+    @property
+    def options(self) -> list[tuple[str, str]]:
+        return plugin_options(self.plugin, self.tables)
+
+    def __enter__(self) -> SlotSource:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Check the slot and the server, sweep orphans, and make the copy."""
+        conn = connect(self.dsn, autocommit=True, role="source")
+        self._conn = conn
+        try:
+            check_server(conn)
+            info = read_slot(conn, self.slot)
+            (database,) = conn.execute("SELECT current_database()::text").fetchone()
+            if info.database != database:
+                raise SlotError(
+                    f"slot {self.slot!r} belongs to database {info.database!r}, not "
+                    f"{database!r}: connect with dbname={info.database}",
+                    slot=self.slot,
+                )
+            if info.plugin not in SUPPORTED_PLUGINS:
+                raise SlotError(
+                    f"slot {self.slot!r} uses output plugin {info.plugin!r}; this version of "
+                    f"walrecover reads {', '.join(SUPPORTED_PLUGINS)} slots",
+                    slot=self.slot,
+                    plugin=info.plugin,
+                )
+            check_replication_privilege(conn, self.slot)
+            self.info = info
+            self.swept = sweep_copies(conn)
+            (pid,) = conn.execute("SELECT pg_backend_pid()").fetchone()
+            name = f"{COPY_PREFIX}{pid}_{secrets.token_hex(4)}"
+            try:
+                conn.execute(
+                    "SELECT pg_copy_logical_replication_slot(%s, %s, false)", (self.slot, name)
+                )
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise PrivilegeError(
+                    f"cannot copy slot {self.slot!r}: {exc.diag.message_primary}; grant the "
+                    "REPLICATION attribute to this role",
+                    slot=self.slot,
+                ) from None
+            except psycopg.Error as exc:
+                raise SlotError(
+                    f"cannot copy slot {self.slot!r}: {exc.diag.message_primary or exc}; "
+                    "check max_replication_slots and that the slot is not invalidated",
+                    slot=self.slot,
+                ) from None
+            self.copy_name = name
+            self.start_lsn = info.confirmed_flush_lsn or info.restart_lsn
+            (current,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            self.end_lsn = Lsn.parse(current)
+            conn.autocommit = False
+        except BaseException:
+            self.close()
+            raise
+
+    def messages(self) -> Iterator[RawMessage]:
+        """Every message up to the WAL position seen at open, page by page."""
+        conn, copy = self._conn, self.copy_name
+        if conn is None or copy is None:
+            raise WalrecoverError("the slot source is not open: use it in a with block")
+        flat = [item for pair in self.options for item in pair]
+        start = int(self.start_lsn or 0)
+        total = max(int(self.end_lsn or 0) - start, 0)
+        query = sql.SQL(
+            "SELECT lsn::text, xid::text::bigint, data FROM pg_logical_slot_get_changes("
+            "{}, {}::pg_lsn, {}, VARIADIC {}::text[])"
+        ).format(
+            sql.Literal(copy), sql.Literal(str(self.end_lsn)), self.page_size, sql.Literal(flat)
+        )
+        done = 0
+        while True:
+            rows = 0
+            try:
+                with conn.transaction(), conn.cursor(name="walrecover_page") as cur:
+                    cur.itersize = self.fetch_size
+                    cur.execute(query)
+                    for lsn_text, xid, data in cur:
+                        rows += 1
+                        lsn = Lsn.parse(lsn_text)
+                        if self.progress is not None and rows % 2000 == 0:
+                            done = min(max(int(lsn) - start, done), total)
+                            self.progress("read", done, total)
+                        yield RawMessage(data, lsn, xid)
+            except psycopg.errors.UndefinedFile as exc:
+                raise ConfigurationError(
+                    f"output plugin {self.plugin!r} is not installed on the source server "
+                    f"({exc.diag.message_primary}): install it (Debian: "
+                    f"postgresql-<major>-{self.plugin})",
+                    slot=self.slot,
+                ) from None
+            except psycopg.OperationalError as exc:
+                raise SlotError(
+                    f"lost the source connection while reading slot {self.slot!r} "
+                    f"({str(exc).strip().splitlines()[0] if str(exc).strip() else 'closed'}): "
+                    "rerun the command to resume",
+                    slot=self.slot,
+                ) from None
+            except psycopg.Error as exc:
+                raise SlotError(
+                    f"reading slot {self.slot!r} failed: {exc.diag.message_primary or exc}",
+                    slot=self.slot,
+                ) from None
+            if rows < self.page_size:
+                if self.progress is not None:
+                    self.progress("read", total, total)
+                return
+
+    def close(self) -> None:
+        """Drop the copy (on a fresh connection if this one died) and disconnect."""
+        conn, self._conn = self._conn, None
+        name, self.copy_name = self.copy_name, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+                conn.autocommit = True
+        if name is not None:
+            try:
+                if conn is None or conn.closed or conn.broken:
+                    raise psycopg.OperationalError("connection gone")
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+            except psycopg.Error:
+                with (
+                    contextlib.suppress(WalrecoverError, psycopg.Error),
+                    connect(self.dsn, autocommit=True, role="source") as other,
+                ):
+                    other.execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                        " WHERE slot_name = %s AND NOT active",
+                        (name,),
+                    )
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def describe(self) -> str:
+        """The source for messages and audit metadata, without any password."""
+        return f"slot {self.slot} on {safe_dsn(self.dsn)}"

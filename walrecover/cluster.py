@@ -317,6 +317,11 @@ class Cluster:
         if result.returncode != 0:
             raise ClusterError(f"restart failed: {self._log_tail()}")
 
+    def detach(self) -> None:
+        """Leave the server running and its directory in place after this process exits."""
+        self.keep = True
+        _CLEANUP.discard(self)
+
     def stop(self) -> None:
         """Stop the server and remove its directory (unless ``keep``); safe to call twice."""
         _CLEANUP.discard(self)

@@ -1,0 +1,424 @@
+"""The ``walrecover`` command: parse, call one library function, format its result.
+
+Exit codes (also in the README): 0 done; 1 error (one line on stderr saying what to do);
+2 usage error; 3 recovered, but the reconciliation found differences; 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import click
+from tqdm import tqdm
+
+from . import __version__
+from .db import redact
+from .errors import (
+    EXIT_DIFFERENCES,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    WalrecoverError,
+)
+from .lsn import Lsn
+from .model import StopPoint, TableName
+from .recover import LedgerCheck, RecoveryResult, recover
+from .rehearsal import RehearsalResult, rehearse
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Progress:
+    """tqdm bars on stderr, one per stage; silent when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bars: dict[str, tqdm[Any]] = {}
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        bar = self.bars.get(stage)
+        if bar is None:
+            unit = "B" if stage == "read" else "txn"
+            bar = tqdm(
+                total=total,
+                desc=stage,
+                unit=unit,
+                unit_scale=True,
+                file=sys.stderr,
+                disable=None,
+                leave=False,
+            )
+            self.bars[stage] = bar
+        if total is not None and bar.total != total:
+            bar.total = total
+        bar.update(max(done - bar.n, 0))
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+class _Group(click.Group):
+    """Maps walrecover's errors and Ctrl-C to one stderr line and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WalrecoverError as exc:
+            message = redact(str(exc), ctx.meta.get("walrecover.dsn"))
+            click.echo(f"walrecover: error: {message}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo(
+                "walrecover: interrupted; what was committed is kept, rerun the same command "
+                "to resume",
+                err=True,
+            )
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="walrecover")
+def main() -> None:
+    """Rebuild a dropped PostgreSQL table from logical decoding.
+
+    \b
+    Practise first:   walrecover rehearse
+    In an incident:   walrecover recover -d "dbname=bank" --slot cdc --table public.transactions
+
+    Exit codes: 0 done, 1 error, 2 usage error, 3 reconciliation found differences,
+    130 interrupted.
+    """
+    signal.signal(signal.SIGTERM, _sigterm)
+
+
+# -- shared option bundles -------------------------------------------------------------------
+
+
+def json_option(f: F) -> F:
+    """``--json``: one JSON object on stdout instead of the human summary."""
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(
+        f
+    )
+
+
+def dbname_option(f: F) -> F:
+    """``-d/--dbname``: a libpq conninfo or URI, as in psql."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        ctx.meta["walrecover.dsn"] = value
+        return value
+
+    return click.option(
+        "-d",
+        "--dbname",
+        "dsn",
+        metavar="CONNINFO",
+        callback=remember,
+        help="Source database: conninfo ('host=db dbname=bank') or postgresql:// URI; "
+        "PG* variables, service files and .pgpass work as in psql.",
+    )(f)
+
+
+def slot_option(f: F) -> F:
+    """``--slot``: the user's logical replication slot (read through a copy, never moved)."""
+    return click.option(
+        "--slot",
+        required=True,
+        help="The logical replication slot to read. It is copied, never advanced.",
+    )(f)
+
+
+def stop_options(f: F) -> F:
+    """``--stop-before-lsn/-xid/-time``: the exclusive, transaction-aware stop point."""
+    f = click.option(
+        "--stop-before-time",
+        metavar="TS",
+        help="Leave out transactions committed at or after TS (ISO, with a time zone).",
+    )(f)
+    f = click.option(
+        "--stop-before-xid",
+        type=int,
+        metavar="XID",
+        help="Stop at the commit of transaction XID (it and all later are left out).",
+    )(f)
+    return click.option(
+        "--stop-before-lsn",
+        metavar="LSN",
+        help="Leave out transactions whose commit LSN is >= LSN (e.g. 16/B374D848).",
+    )(f)
+
+
+def _stop_point(lsn: str | None, xid: int | None, when: str | None) -> StopPoint:
+    given = [name for name, value in (("lsn", lsn), ("xid", xid), ("time", when)) if value]
+    if len(given) > 1:
+        raise click.UsageError("give at most one of --stop-before-lsn/-xid/-time")
+    if lsn:
+        try:
+            return StopPoint(lsn=Lsn.parse(lsn))
+        except WalrecoverError as exc:
+            raise click.BadParameter(str(exc), param_hint="--stop-before-lsn") from None
+    if when:
+        try:
+            moment = datetime.fromisoformat(when)
+        except ValueError:
+            raise click.BadParameter(
+                f"{when!r} is not an ISO time such as '2024-05-01 10:00:00+00'",
+                param_hint="--stop-before-time",
+            ) from None
+        if moment.tzinfo is None:
+            raise click.BadParameter(
+                f"{when!r} has no time zone: add one, e.g. '{when}+00'",
+                param_hint="--stop-before-time",
+            )
+        return StopPoint(time=moment)
+    if xid is not None:
+        if xid <= 0:
+            raise click.BadParameter("a transaction id is a positive number")
+        return StopPoint(xid=xid)
+    return StopPoint()
+
+
+def _table(value: str, option: str) -> TableName:
+    try:
+        return TableName.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+@main.command("recover")
+@dbname_option
+@slot_option
+@click.option(
+    "--table",
+    "table_name",
+    required=True,
+    metavar="SCHEMA.TABLE",
+    help="The dropped (or damaged) table to rebuild.",
+)
+@click.option(
+    "--into",
+    "into_name",
+    metavar="SCHEMA.TABLE",
+    help="Table to build. Default: <table>_recovered in the same schema.",
+)
+@click.option(
+    "--target", metavar="CONNINFO", help="Database to build it in. Default: the -d database."
+)
+@stop_options
+@click.option("--key", "key_column", metavar="COL", help="Ledger key column (e.g. account_id).")
+@click.option("--amount", "amount_column", metavar="COL", help="Amount column to sum per key.")
+@click.option(
+    "--ledger-query",
+    metavar="SQL",
+    help="Query on the source returning (key, total) to reconcile against.",
+)
+@click.option(
+    "--audit",
+    "audit_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a Parquet audit of every recovered row change to this file.",
+)
+@click.option(
+    "--ddl",
+    "ddl_file",
+    type=click.File("r"),
+    help="SQL that creates the --into table, instead of the stream's definition.",
+)
+@click.option("--force", is_flag=True, help="Drop and rebuild --into if it already exists.")
+@json_option
+def recover_command(
+    dsn: str | None,
+    slot: str,
+    table_name: str,
+    into_name: str | None,
+    target: str | None,
+    stop_before_lsn: str | None,
+    stop_before_xid: int | None,
+    stop_before_time: str | None,
+    key_column: str | None,
+    amount_column: str | None,
+    ledger_query: str | None,
+    audit_path: Path | None,
+    ddl_file: Any,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Rebuild a table from a logical replication slot, without moving the slot.
+
+    \b
+    Example:
+      walrecover recover -d "host=db dbname=bank user=oncall" --slot cdc \\
+          --table public.transactions --stop-before-lsn 16/B374D848 \\
+          --key account_id --amount amount \\
+          --ledger-query "SELECT id, balance FROM accounts" \\
+          --audit transactions.parquet
+    """
+    table = _table(table_name, "--table")
+    into = _table(into_name, "--into") if into_name else None
+    stop = _stop_point(stop_before_lsn, stop_before_xid, stop_before_time)
+    ledger_args = (key_column, amount_column, ledger_query)
+    if any(ledger_args) and not all(ledger_args):
+        raise click.UsageError("reconciliation needs all of --key, --amount and --ledger-query")
+    ledger = LedgerCheck(key_column, amount_column, ledger_query) if all(ledger_args) else None  # type: ignore[arg-type]
+    progress = Progress()
+    try:
+        result = recover(
+            dsn,
+            slot,
+            table,
+            into=into,
+            target=target,
+            stop=stop,
+            ddl=ddl_file.read() if ddl_file else None,
+            force=force,
+            ledger=ledger,
+            audit_path=audit_path,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        click.echo(_recovery_text(result))
+    if result.reconciliation is not None and not result.reconciliation.matched:
+        if not as_json:
+            click.echo("walrecover: the rebuilt table does not reconcile with the ledger", err=True)
+        sys.exit(EXIT_DIFFERENCES)
+
+
+def _recovery_text(result: RecoveryResult) -> str:
+    lines = [
+        f"Rebuilt {result.table} as {result.into} from slot {result.slot} ({result.plugin}).",
+        f"  {result.transactions} transactions, {result.changes} row changes applied, "
+        f"{result.rows} rows in {result.into}.",
+        f"  commit LSNs {result.first_lsn or '-'} .. {result.last_lsn or '-'}; "
+        f"stop point: {result.stop}.",
+    ]
+    if result.stopped_before:
+        xid, lsn = result.stopped_before
+        lines.append(f"  stopped before transaction {xid} (commit LSN {lsn}).")
+    if result.resumed_from:
+        lines.append(f"  resumed after commit LSN {result.resumed_from}.")
+    if result.no_row:
+        lines.append(
+            f"  {result.no_row} updates/deletes found no row (rows older than the slot): "
+            "see the audit's outcome column."
+        )
+    rec = result.reconciliation
+    if rec is not None:
+        if rec.matched:
+            lines.append(f"  reconciled: all {rec.keys} keys match the ledger exactly.")
+        else:
+            lines.append(
+                f"  NOT reconciled: {rec.mismatched} keys differ, {rec.missing_in_recovered} "
+                f"missing in the rebuilt table, {rec.missing_in_ledger} missing in the ledger; "
+                f"total difference {rec.total_difference}."
+            )
+            for row in rec.differences.head(10).to_dict("records"):
+                lines.append(
+                    f"    {row['key']}: recovered {row['recovered']}, ledger {row['ledger']}, "
+                    f"delta {row['delta']} ({row['status']})"
+                )
+    if result.audit is not None:
+        lines.append(f"  audit: {result.audit.rows} rows in {result.audit.path}.")
+    seconds = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
+    lines.append(f"  time: {seconds}.")
+    return "\n".join(lines)
+
+
+@main.command("rehearse")
+@click.option(
+    "--transactions",
+    default=5_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Ledger transactions in the workload.",
+)
+@click.option(
+    "--accounts",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Accounts they are spread over.",
+)
+@click.option(
+    "--audit",
+    "audit_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keep the rehearsal's Parquet audit at this path.",
+)
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Leave the throwaway cluster running to explore (prints how to reach it).",
+)
+@json_option
+def rehearse_command(
+    transactions: int, accounts: int, audit_path: Path | None, keep: bool, as_json: bool
+) -> None:
+    """Practise the whole recovery on a throwaway PostgreSQL.
+
+    Starts a cluster, runs a banking workload, drops the transactions table, recovers it,
+    reconciles it against accounts.balance, writes the audit, and checks every row.
+
+    \b
+    Example:
+      walrecover rehearse --transactions 100000 --json
+    """
+    progress = Progress()
+    try:
+        result = rehearse(
+            transactions, accounts, keep=keep, audit_path=audit_path, progress=progress
+        )
+    finally:
+        progress.close()
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        click.echo(_rehearsal_text(result))
+    if not (result.identical and result.reconciled):
+        if not as_json:
+            click.echo("walrecover: the rehearsal's recovery did not match", err=True)
+        sys.exit(EXIT_ERROR)
+
+
+def _rehearsal_text(result: RehearsalResult) -> str:
+    seconds = result.seconds
+    lines = [
+        f"Rehearsal: {result.transactions} ledger transactions over {result.accounts} accounts, "
+        f"slot plugin {result.plugin}.",
+        f"  DROP TABLE transactions at LSN {result.stop_lsn}; recovered {result.rows} rows "
+        f"from {result.changes} row changes.",
+        f"  identical to the dropped table: {'yes' if result.identical else 'NO'}; "
+        f"reconciled with accounts.balance: {'yes' if result.reconciled else 'NO'}; "
+        f"audit rows: {result.audit_rows}.",
+        f"  time: workload {seconds['workload']:.1f}s, recover {seconds['recover']:.1f}s, "
+        f"verify {seconds['verify']:.1f}s, total {seconds['total']:.1f}s.",
+    ]
+    if result.kept_dsn:
+        lines.append(f'  the cluster is still running: psql "{result.kept_dsn}"')
+    if result.audit_path:
+        lines.append(f"  audit: {result.audit_path}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,243 @@
+"""The whole recovery as one call: read the slot, replay, audit, reconcile.
+
+:func:`recover` is what ``walrecover recover`` runs. It checks everything it can before writing
+anything (names, files, the slot, the stop point's range, the target), reads the user's slot only
+through a copy, and returns a :class:`RecoveryResult`. A failure raises a
+:class:`~walrecover.errors.WalrecoverError`; what was committed to the target is then an
+unfinished recovery that rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .audit import AuditWriter
+from .db import connect, safe_dsn
+from .decoders import decode_all, make_decoder
+from .errors import StopPointError, WalrecoverError
+from .lsn import Lsn
+from .model import NO_STOP, StopPoint, TableName
+from .reconcile import Reconciliation, reconcile_table
+from .replay import AppliedSink, replay
+from .sources import ProgressCallback, SlotSource
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    """How to reconcile: sum ``amount`` per ``key`` and compare with ``query`` on the source."""
+
+    key: str
+    amount: str
+    query: str
+
+
+@dataclass(frozen=True)
+class AuditSummary:
+    """Where the audit went and how many rows it holds."""
+
+    path: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    """What a recovery did, as ``walrecover recover --json`` prints it."""
+
+    table: str
+    into: str
+    plugin: str
+    slot: str
+    transactions: int
+    changes: int
+    rows: int
+    no_row: int
+    first_lsn: Lsn | None
+    last_lsn: Lsn | None
+    stop: str
+    stopped_before: tuple[int | None, Lsn | None] | None
+    resumed_from: Lsn | None
+    seconds: dict[str, float]
+    reconciliation: Reconciliation | None
+    audit: AuditSummary | None
+    swept_slots: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (LSNs as text, Decimals as strings)."""
+        return {
+            "table": self.table,
+            "into": self.into,
+            "plugin": self.plugin,
+            "slot": self.slot,
+            "transactions": self.transactions,
+            "changes": self.changes,
+            "rows": self.rows,
+            "no_row": self.no_row,
+            "first_lsn": _lsn(self.first_lsn),
+            "last_lsn": _lsn(self.last_lsn),
+            "stop": self.stop,
+            "stopped_before": (
+                {"xid": self.stopped_before[0], "lsn": _lsn(self.stopped_before[1])}
+                if self.stopped_before
+                else None
+            ),
+            "resumed_from": _lsn(self.resumed_from),
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "reconciliation": self.reconciliation.to_dict() if self.reconciliation else None,
+            "audit": ({"path": self.audit.path, "rows": self.audit.rows} if self.audit else None),
+            "swept_slots": list(self.swept_slots),
+        }
+
+
+def _lsn(value: Lsn | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def default_into(table: TableName) -> TableName:
+    """``<table>_recovered`` in the table's schema (the default ``--into``)."""
+    return TableName(table.schema, f"{table.name}_recovered")
+
+
+def recover(
+    dsn: str | None,
+    slot: str,
+    table: TableName,
+    *,
+    into: TableName | None = None,
+    target: str | None = None,
+    stop: StopPoint = NO_STOP,
+    ddl: str | None = None,
+    force: bool = False,
+    ledger: LedgerCheck | None = None,
+    audit_path: str | Path | None = None,
+    progress: ProgressCallback | None = None,
+    batch_size: int = 20_000,
+) -> RecoveryResult:
+    """Rebuild ``table`` from ``slot`` on ``dsn`` into ``into`` on ``target`` (default ``dsn``)."""
+    started = time.monotonic()
+    started_at = datetime.now(UTC)
+    into = into or default_into(table)
+    target_dsn = target if target is not None else dsn
+    if into == table and target_dsn == dsn:
+        raise WalrecoverError(
+            f"--into {into} is the table being recovered: build into a new table and swap it in"
+        )
+    audit: AuditWriter | None = None
+    target_conn = connect(target_dsn, role="target")
+    try:
+        with SlotSource(
+            dsn, slot, tables=[f"{table.schema}.{table.name}"], progress=progress
+        ) as src:
+            _check_stop_range(stop, src)
+            if audit_path is not None:
+                audit = AuditWriter(
+                    audit_path,
+                    {
+                        "tool": f"walrecover {__version__}",
+                        "source": safe_dsn(dsn),
+                        "target": safe_dsn(target_dsn),
+                        "slot": slot,
+                        "plugin": src.plugin,
+                        "table": str(table),
+                        "into": str(into),
+                        "stop": stop.describe(),
+                        "stream_start_lsn": _lsn(src.start_lsn),
+                        "stream_end_lsn": _lsn(src.end_lsn),
+                        "started_at": started_at.isoformat(),
+                    },
+                )
+            sink: AppliedSink | None = audit.write if audit is not None else None
+            decoder = make_decoder(src.plugin)
+            result = replay(
+                target_conn,
+                decode_all(decoder, src.messages()),
+                table,
+                into,
+                stop=stop,
+                ddl=ddl,
+                force=force,
+                source=src.describe(),
+                batch_size=batch_size,
+                sink=sink,
+            )
+            plugin, swept = src.plugin, tuple(src.swept)
+        replayed = time.monotonic()
+        audit_summary = None
+        if audit is not None:
+            rows = audit.close(
+                {
+                    "finished_at": datetime.now(UTC).isoformat(),
+                    "transactions": result.transactions,
+                    "changes": result.changes,
+                    "first_lsn": _lsn(result.first_lsn),
+                    "last_lsn": _lsn(result.last_lsn),
+                    "stopped_before_lsn": _lsn(result.stopped_before[1])
+                    if result.stopped_before
+                    else None,
+                }
+            )
+            audit_summary = AuditSummary(str(audit.path), rows)
+            audit = None
+        reconciliation = None
+        if ledger is not None:
+            with connect(dsn, role="ledger") as ledger_conn:
+                reconciliation = reconcile_table(
+                    target_conn,
+                    into,
+                    key=ledger.key,
+                    amount=ledger.amount,
+                    ledger=ledger_conn,
+                    ledger_query=ledger.query,
+                )
+        finished = time.monotonic()
+    finally:
+        if audit is not None:
+            audit.abort()
+        with contextlib.suppress(Exception):
+            target_conn.close()
+    return RecoveryResult(
+        table=str(table),
+        into=result.into,
+        plugin=plugin,
+        slot=slot,
+        transactions=result.transactions,
+        changes=result.changes,
+        rows=result.rows,
+        no_row=result.no_row,
+        first_lsn=result.first_lsn,
+        last_lsn=result.last_lsn,
+        stop=stop.describe(),
+        stopped_before=result.stopped_before,
+        resumed_from=result.resumed_from,
+        seconds={
+            "replay": replayed - started,
+            "reconcile": finished - replayed,
+            "total": finished - started,
+        },
+        reconciliation=reconciliation,
+        audit=audit_summary,
+        swept_slots=swept,
+    )
+
+
+def _check_stop_range(stop: StopPoint, source: SlotSource) -> None:
+    """Refuse an LSN stop point outside what the slot can still decode."""
+    if stop.lsn is None:
+        return
+    start, end = source.start_lsn, source.end_lsn
+    if start is not None and stop.lsn <= start:
+        raise StopPointError(
+            f"--stop-before-lsn {stop.lsn} is at or before the slot's start ({start}): nothing "
+            "could be recovered; the slot only holds changes after it",
+            lsn=stop.lsn,
+        )
+    if end is not None and stop.lsn > end:
+        raise StopPointError(
+            f"--stop-before-lsn {stop.lsn} is after the end of the WAL ({end}): check the LSN",
+            lsn=stop.lsn,
+        )

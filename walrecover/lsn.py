@@ -24,6 +24,18 @@ class Lsn(int):
     @classmethod
     def parse(cls, text: str) -> Lsn:
         """Parse PostgreSQL's ``X/X`` notation; raise :class:`StopPointError` if malformed."""
+        high_text, slash, low_text = text.partition("/")
+        if (
+            slash
+            and 0 < len(high_text) <= 8
+            and 0 < len(low_text) <= 8
+            and (high_text + low_text).isascii()
+            and (high_text + low_text).isalnum()
+        ):
+            try:
+                return super().__new__(cls, (int(high_text, 16) << 32) | int(low_text, 16))
+            except ValueError:
+                pass
         match = _LSN_RE.match(text)
         if match is None:
             raise StopPointError(

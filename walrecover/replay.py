@@ -405,6 +405,7 @@ class Replayer:
             if key is not None and key in batch.other_keys:
                 batch.pending.pop()
                 self._flush_midway()
+                batch = self._batch
                 batch.pending.append(_Pending(change, txn))
                 index = 0
             batch.inserts.append(index)

@@ -246,7 +246,8 @@ class SlotSource:
         start = int(self.start_lsn or 0)
         total = max(int(self.end_lsn or 0) - start, 0)
         query = sql.SQL(
-            "SELECT lsn::text, xid::text::bigint, data FROM pg_logical_slot_get_changes("
+            "SELECT (lsn - '0/0'::pg_lsn)::bigint, xid::text::bigint, data"
+            " FROM pg_logical_slot_get_changes("
             "{}, {}::pg_lsn, {}, VARIADIC {}::text[])"
         ).format(
             sql.Literal(copy), sql.Literal(str(self.end_lsn)), self.page_size, sql.Literal(flat)
@@ -258,9 +259,9 @@ class SlotSource:
                 with conn.transaction(), conn.cursor(name="walrecover_page") as cur:
                     cur.itersize = self.fetch_size
                     cur.execute(query)
-                    for lsn_text, xid, data in cur:
+                    for position, xid, data in cur:
                         rows += 1
-                        lsn = Lsn.parse(lsn_text)
+                        lsn = Lsn(position)
                         if self.progress is not None and rows % 2000 == 0:
                             done = min(max(int(lsn) - start, done), total)
                             self.progress("read", done, total)

@@ -21,6 +21,8 @@ from ..errors import DecodeError
 from ..lsn import Lsn
 from ..model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation
 
+#: Numbers keep their literal text: never a float between the WAL and the table.
+_JSON = json.JSONDecoder(parse_int=str, parse_float=str)
 _OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE, "T": Op.TRUNCATE}
 _BYTEA_OID = 17
 
@@ -98,6 +100,7 @@ class Wal2JsonV2Decoder:
         self._relations: dict[tuple[str, str], _Known] = {}
         self._xid: int | None = None
         self._open = False
+        self._begin: tuple[Any, Any, Any, Begin] | None = None
 
     def decode(self, message: RawMessage) -> Sequence[Event]:
         data = message.data
@@ -110,7 +113,7 @@ class Wal2JsonV2Decoder:
                     lsn=message.lsn,
                 ) from None
         try:
-            obj = json.loads(data, parse_int=str, parse_float=str)
+            obj = _JSON.decode(data)
         except json.JSONDecodeError as exc:
             raise DecodeError(
                 f"wal2json message at LSN {message.lsn} is not JSON ({exc.msg} at char "
@@ -144,7 +147,12 @@ class Wal2JsonV2Decoder:
 
     def _decode(self, obj: dict[str, Any], message: RawMessage) -> Sequence[Event]:
         action = obj["action"]
-        lsn = Lsn.parse(obj["lsn"]) if obj.get("lsn") else message.lsn
+        lsn_text = obj.get("lsn")
+        seen = self._begin
+        if action == "C" and seen is not None and lsn_text == seen[0]:
+            lsn = seen[3].commit_lsn  # the commit repeats its begin: skip parsing it again
+        else:
+            lsn = Lsn.parse(lsn_text) if lsn_text else message.lsn
         xid = int(obj["xid"]) if obj.get("xid") is not None else message.xid
         if action == "B":
             if self._open:
@@ -153,27 +161,35 @@ class Wal2JsonV2Decoder:
                     lsn=lsn,
                 )
             self._open, self._xid = True, xid
-            return (
-                Begin(
-                    xid=xid,
-                    commit_lsn=lsn,
-                    end_lsn=Lsn.parse(obj["nextlsn"]) if obj.get("nextlsn") else None,
-                    commit_time=_timestamp(obj.get("timestamp"), lsn),
-                    lsn=message.lsn,
-                ),
+            begin = Begin(
+                xid=xid,
+                commit_lsn=lsn,
+                end_lsn=Lsn.parse(obj["nextlsn"]) if obj.get("nextlsn") else None,
+                commit_time=_timestamp(obj.get("timestamp"), lsn),
+                lsn=message.lsn,
             )
+            self._begin = (obj.get("lsn"), obj.get("nextlsn"), obj.get("timestamp"), begin)
+            return (begin,)
         if action == "C":
             if not self._open:
                 raise DecodeError(f"wal2json COMMIT at LSN {lsn} without BEGIN", lsn=lsn)
             self._open = False
-            return (
-                Commit(
+            if seen is not None and seen[:3] == (
+                obj.get("lsn"),
+                obj.get("nextlsn"),
+                obj.get("timestamp"),
+            ):
+                begin = seen[3]
+                commit = Commit(xid, begin.commit_lsn, begin.end_lsn, begin.commit_time)
+            else:
+                commit = Commit(
                     xid=xid,
                     commit_lsn=lsn,
                     end_lsn=Lsn.parse(obj["nextlsn"]) if obj.get("nextlsn") else message.lsn,
                     commit_time=_timestamp(obj.get("timestamp"), lsn),
-                ),
-            )
+                )
+            self._begin = None
+            return (commit,)
         if action == "M":
             return ()
         op = _OPS.get(action)

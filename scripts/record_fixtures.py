@@ -37,10 +37,10 @@ DEFAULT_OUT = ROOT / "fixtures" / "wal2json"
 DATABASE = "fixtures"
 SLOT = "fixtures_wal2json"
 
-#: Incompressible text > 8 kB (TOASTed out of line): 300 md5 digests, 9,600 hex characters.
-LONG_TEXT = "(SELECT string_agg(md5('{seed}' || i), '') FROM generate_series(1, 300) AS i)"
-
 SCHEMA = """\
+-- Incompressible text > 8 kB, so it is TOASTed out of line: 300 md5 digests, 9,600 characters.
+CREATE FUNCTION long_text(seed text) RETURNS text LANGUAGE sql IMMUTABLE
+    AS $$ SELECT string_agg(md5(seed || i), '') FROM generate_series(1, 300) AS i $$;
 CREATE TABLE accounts (
     id         bigint PRIMARY KEY,
     balance    numeric(20,8) NOT NULL,
@@ -52,7 +52,8 @@ CREATE TABLE accounts (
     photo      bytea,
     active     boolean,
     meta       jsonb,
-    opened_at  timestamptz
+    opened_at  timestamptz,
+    score      double precision
 );
 CREATE TABLE documents (
     id       integer PRIMARY KEY,
@@ -95,13 +96,14 @@ WORKLOAD: tuple[Step, ...] = (
             "123456789012345678901234567890.123456789012345678901234567890, 32767, 2147483647, "
             "'O''Brien \"the\" tester', '\\x00ff10deadbeef'::bytea, true, "
             '\'{"limit": 1000.10, "rate": 0.000000000000000001, "tags": ["a", "b"]}\', '
-            "'2024-02-29 23:59:59.123456+00')",
+            "'2024-02-29 23:59:59.123456+00', 0.1)",
             "INSERT INTO accounts VALUES (2, -0.00000001, -99.99, -1e-30, -32768, -2147483648, "
             "E'line one\\nline two\\ttabbed\\\\backslash \\\\x41 and a \"quote\"', "
             "''::bytea, false, '{\"nested\": {\"amount\": 99999999999.99999999}}', "
-            "'1999-12-31 23:00:00-05')",
+            "'1999-12-31 23:00:00-05', 1.7976931348623157e308)",
             "INSERT INTO accounts VALUES (3, 0, 0.00, 0, 0, 0, "
-            "E'Grüße, 日本語, emoji 😀, control \\x01 char', NULL, NULL, NULL, NULL)",
+            "E'Grüße, 日本語, emoji 😀, control \\x01 char', NULL, NULL, NULL, 'infinity', "
+            "-2.5e-300)",
             "INSERT INTO accounts (id, balance) VALUES (9223372036854775807, 99999999999.99999999)",
         ),
     ),
@@ -110,7 +112,7 @@ WORKLOAD: tuple[Step, ...] = (
         (
             "UPDATE accounts SET balance = balance + 0.00000001, active = false, "
             "meta = NULL WHERE id = 1",
-            "UPDATE accounts SET owner = NULL, photo = '\\x5c6e'::bytea, fee = 0.10 WHERE id = 3",
+            "UPDATE accounts SET flags = NULL, photo = '\\x5c6e'::bytea, fee = 0.10 WHERE id = 3",
         ),
     ),
     Step(
@@ -120,9 +122,9 @@ WORKLOAD: tuple[Step, ...] = (
     Step(
         "documents: TOASTed body (> 8 kB, incompressible)",
         (
-            "INSERT INTO documents VALUES (1, 'first', " + LONG_TEXT.format(seed="a") + ", 1)",
-            "INSERT INTO documents VALUES (2, 'second', " + LONG_TEXT.format(seed="b") + ", 1)",
-            "INSERT INTO documents VALUES (3, 'third', " + LONG_TEXT.format(seed="c") + ", 1)",
+            "INSERT INTO documents VALUES (1, 'first', long_text('a'), 1)",
+            "INSERT INTO documents VALUES (2, 'second', long_text('b'), 1)",
+            "INSERT INTO documents VALUES (3, 'third', long_text('c'), 1)",
         ),
     ),
     Step(
@@ -135,8 +137,7 @@ WORKLOAD: tuple[Step, ...] = (
     Step(
         "documents: an update that rewrites the body, then one that does not",
         (
-            "UPDATE documents SET body = " + LONG_TEXT.format(seed="c2") + ", revision = 2 "
-            "WHERE id = 3",
+            "UPDATE documents SET body = long_text('c2'), revision = 2 WHERE id = 3",
             "UPDATE documents SET revision = 3 WHERE id = 3",
         ),
     ),
@@ -144,7 +145,8 @@ WORKLOAD: tuple[Step, ...] = (
     Step(
         "positions: composite key",
         (
-            "INSERT INTO positions VALUES (1, 'EUR', 100.50), (1, 'USD', 2.25), (20, 'EUR', 7.00)",
+            "INSERT INTO positions VALUES (1, 'EUR', 100.50), (1, 'USD', 2.25), (20, 'EUR', 7.00), "
+            "(3, 'Zł', 0.01)",
             "UPDATE positions SET quantity = quantity - 0.25 WHERE account_id = 1 "
             "AND currency = 'USD'",
             "UPDATE positions SET currency = 'CHF' WHERE account_id = 20 AND currency = 'EUR'",
@@ -154,16 +156,14 @@ WORKLOAD: tuple[Step, ...] = (
         "a transfer with a savepoint that is rolled back",
         (
             "UPDATE accounts SET balance = balance - 100.00000001 WHERE id = 1",
-            "INSERT INTO audit_log VALUES ('transfer out', 100.00000001, "
-            "'2024-03-01 10:00:00+00')",
+            "INSERT INTO audit_log VALUES ('transfer out', 100.00000001, '2024-03-01 10:00:00+00')",
             "SAVEPOINT before_fee",
             "UPDATE accounts SET balance = balance - 5 WHERE id = 1",
             "INSERT INTO audit_log VALUES ('fee (rolled back)', 5, '2024-03-01 10:00:01+00')",
             "DELETE FROM positions WHERE account_id = 1 AND currency = 'EUR'",
             "ROLLBACK TO SAVEPOINT before_fee",
             "UPDATE accounts SET balance = balance + 100.00000001 WHERE id = 20",
-            "INSERT INTO audit_log VALUES ('transfer in', 100.00000001, "
-            "'2024-03-01 10:00:00+00')",
+            "INSERT INTO audit_log VALUES ('transfer in', 100.00000001, '2024-03-01 10:00:00+00')",
         ),
     ),
     Step(
@@ -220,6 +220,7 @@ def render_workload() -> str:
     lines = [
         "-- The workload behind workload.jsonl and expected.json (scripts/record_fixtures.py).",
         "-- Session: " + ", ".join(f"{k}={v}" for k, v in SESSION_SETTINGS.items()),
+        "SET synchronous_commit = on;",
         f"SELECT pg_create_logical_replication_slot('{SLOT}', 'wal2json');",
         "",
         SCHEMA + ";",
@@ -291,7 +292,7 @@ def wal2json_package(major: int) -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+    return (result.stdout.strip() or None) if result.returncode == 0 else None
 
 
 def record(out: Path) -> None:
@@ -300,6 +301,9 @@ def record(out: Path) -> None:
         with connect(cluster.dsn(), autocommit=True, role="fixture") as admin:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
         with connect(cluster.dsn(DATABASE), autocommit=True, role="fixture") as conn:
+            # The throwaway cluster runs with synchronous_commit = off, and peek only decodes
+            # WAL that is flushed: commit synchronously so the last transactions are included.
+            conn.execute("SET synchronous_commit = on")
             conn.execute("SELECT pg_create_logical_replication_slot(%s, 'wal2json')", (SLOT,))
             conn.execute(SCHEMA)
             committed, aborted = run_workload(conn)
@@ -311,6 +315,12 @@ def record(out: Path) -> None:
             ).fetchall()
             tables = {name: table_contents(conn, name, key) for name, key in TABLES.items()}
             (version,) = conn.execute("SELECT version()").fetchone()
+    decoded_xids = {int(xid) for _, xid, _ in rows}
+    missing = [xid for xid in committed if xid not in decoded_xids]
+    if missing:
+        raise SystemExit(f"committed transactions {missing} are missing from the slot's output")
+    if decoded_xids & set(aborted):
+        raise SystemExit(f"aborted transactions {aborted} appear in the slot's output")
     out.mkdir(parents=True, exist_ok=True)
     (out / "workload.sql").write_text(render_workload() + "\n", encoding="utf-8")
     with (out / "workload.jsonl").open("w", encoding="utf-8") as fh:

@@ -6,6 +6,7 @@ import re
 
 from .errors import StopPointError
 
+_HEX = frozenset("0123456789abcdefABCDEF")
 _LSN_RE = re.compile(r"^\s*([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})\s*$")
 
 
@@ -29,8 +30,8 @@ class Lsn(int):
             slash
             and 0 < len(high_text) <= 8
             and 0 < len(low_text) <= 8
-            and (high_text + low_text).isascii()
-            and (high_text + low_text).isalnum()
+            and _HEX.issuperset(high_text)
+            and _HEX.issuperset(low_text)
         ):
             try:
                 return super().__new__(cls, (int(high_text, 16) << 32) | int(low_text, 16))

@@ -250,11 +250,15 @@ class TableName:
 
     @classmethod
     def parse(cls, text: str, default_schema: str = "public") -> TableName:
+        """Parse ``schema.table`` like PostgreSQL: fold unquoted ASCII letters, keep quoted."""
         parts: list[str] = []
         i, n = 0, len(text)
-        while i <= n:
+        while True:
+            while i < n and text[i].isspace():
+                i += 1
             if i < n and text[i] == '"':
-                j, buf = i + 1, []
+                buf: list[str] = []
+                j = i + 1
                 while True:
                     if j >= n:
                         raise ValueError(f"unterminated quote in table name {text!r}")
@@ -266,21 +270,25 @@ class TableName:
                         break
                     buf.append(text[j])
                     j += 1
+                if not buf:
+                    raise ValueError(f"{text!r} is not a table name: a quoted name cannot be empty")
                 parts.append("".join(buf))
                 i = j + 1
+                while i < n and text[i].isspace():
+                    i += 1
             else:
                 j = text.find(".", i)
                 j = n if j < 0 else j
                 part = text[i:j].strip()
                 if not part or '"' in part:
                     raise ValueError(f"{text!r} is not a table name: write schema.table")
-                parts.append(part.lower())
+                parts.append(part.translate(_ASCII_LOWER))
                 i = j
-            if i < n and text[i] != ".":
+            if i >= n:
+                break
+            if text[i] != ".":
                 raise ValueError(f"{text!r} is not a table name: write schema.table")
             i += 1
-            if i > n:
-                break
         if len(parts) == 1:
             return cls(default_schema, parts[0])
         if len(parts) == 2:
@@ -289,6 +297,9 @@ class TableName:
 
     def __str__(self) -> str:
         return f"{_show_ident(self.schema)}.{_show_ident(self.name)}"
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _show_ident(part: str) -> str:

@@ -24,7 +24,7 @@ from .errors import StopPointError, WalrecoverError
 from .lsn import Lsn
 from .model import NO_STOP, StopPoint, TableName
 from .reconcile import Reconciliation, reconcile_table
-from .replay import AppliedSink, replay
+from .replay import replay
 from .sources import ProgressCallback, SlotSource
 
 
@@ -151,7 +151,6 @@ def recover(
                         "started_at": started_at.isoformat(),
                     },
                 )
-            sink: AppliedSink | None = audit.write if audit is not None else None
             decoder = make_decoder(src.plugin)
             result = replay(
                 target_conn,
@@ -163,7 +162,8 @@ def recover(
                 force=force,
                 source=src.describe(),
                 batch_size=batch_size,
-                sink=sink,
+                sink=audit,
+                audit_id=str(Path(audit_path).resolve()) if audit_path is not None else None,
             )
             plugin, swept = src.plugin, tuple(src.swept)
         replayed = time.monotonic()

@@ -17,11 +17,11 @@ from __future__ import annotations
 import contextlib
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -68,8 +68,30 @@ class AppliedChange:
     after: Values | None = None
 
 
-#: Receives each flushed batch of applied changes in stream order (the audit writer).
-AppliedSink = Callable[[Sequence[AppliedChange]], None]
+class AuditSink(Protocol):
+    """Receives applied changes in stream order, in step with the target's transactions.
+
+    :class:`~walrecover.audit.AuditWriter` is the implementation; replay calls ``commit`` just
+    before it commits the same changes to the target, and mirrors its savepoints.
+    """
+
+    def start(self, committed: Lsn | None, resuming: bool) -> None:
+        """Keep what the target committed up to ``committed`` when resuming; else start empty."""
+
+    def write(self, batch: Sequence[AppliedChange]) -> None:
+        """Take a batch of applied changes."""
+
+    def savepoint(self) -> None:
+        """Changes from here on may be taken back."""
+
+    def rollback_to_savepoint(self) -> None:
+        """Take back the changes since the savepoint."""
+
+    def release_savepoint(self) -> None:
+        """Keep the changes since the savepoint."""
+
+    def commit(self, upto: Lsn | None) -> None:
+        """Seal everything taken so far as committed with the target at ``upto``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +165,11 @@ class Replayer:
         ddl: str | None = None,
         source: str = "",
         batch_size: int = 20_000,
-        sink: AppliedSink | None = None,
+        sink: AuditSink | None = None,
+        audit_id: str | None = None,
     ) -> None:
         self.conn = conn
+        self.audit_id = audit_id
         self.table = table
         self.into = into
         self.stop = stop
@@ -198,7 +222,8 @@ class Replayer:
                 " target text PRIMARY KEY, source text NOT NULL, last_commit_lsn pg_lsn,"
                 " last_xid bigint, transactions bigint NOT NULL, changes bigint NOT NULL,"
                 " no_row bigint NOT NULL DEFAULT 0, first_lsn pg_lsn,"
-                " complete boolean NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+                " audit text, complete boolean NOT NULL,"
+                " updated_at timestamptz NOT NULL DEFAULT now())"
             ).format(schema=sql.Identifier(PROGRESS_SCHEMA), table=sql.Identifier(PROGRESS_TABLE))
         )
         conn.commit()
@@ -211,7 +236,20 @@ class Replayer:
                     f"{self.source}: rerun that command to resume, or pass --force to rebuild",
                     table=str(self.into),
                 )
+            if progress["audit"] != self.audit_id:
+                raise TargetExists(
+                    f"the unfinished recovery into {self.into} was started "
+                    + (
+                        f"with --audit {progress['audit']}"
+                        if progress["audit"]
+                        else "without --audit"
+                    )
+                    + ": rerun it the same way to resume, or pass --force to rebuild",
+                    table=str(self.into),
+                )
             self._resume(progress)
+            if self.sink is not None:
+                self.sink.start(self.resume_after, resuming=True)
             return
         if exists and not force:
             raise TargetExists(
@@ -223,6 +261,8 @@ class Replayer:
             conn.execute(sql.SQL("DROP TABLE {}").format(self._ident))
         self._delete_progress()
         conn.commit()
+        if self.sink is not None:
+            self.sink.start(None, resuming=False)
 
     def _resume(self, progress: dict[str, Any]) -> None:
         self._created = True
@@ -248,7 +288,7 @@ class Replayer:
         cur = self.conn.execute(
             sql.SQL(
                 "SELECT source, last_commit_lsn::text, transactions, changes, no_row,"
-                " first_lsn::text, complete FROM {}.{} WHERE target = %s"
+                " first_lsn::text, audit, complete FROM {}.{} WHERE target = %s"
             ).format(sql.Identifier(PROGRESS_SCHEMA), sql.Identifier(PROGRESS_TABLE)),
             (str(self.into),),
         )
@@ -257,7 +297,7 @@ class Replayer:
         if row is None:
             return None
         names = ("source", "last_commit_lsn", "transactions", "changes", "no_row")
-        return dict(zip((*names, "first_lsn", "complete"), row, strict=True))
+        return dict(zip((*names, "first_lsn", "audit", "complete"), row, strict=True))
 
     def _delete_progress(self) -> None:
         self.conn.execute(
@@ -322,9 +362,7 @@ class Replayer:
                 f"the stream ended inside transaction {self._txn.xid}: it is truncated",
                 table=str(self.table),
             )
-        self._flush()
-        self._save_progress(complete=True)
-        self.conn.commit()
+        self._commit_batch(complete=True)
 
     def _begin(self, event: Begin) -> bool:
         """Open a transaction; True if the stop point says to stop here."""
@@ -367,10 +405,14 @@ class Replayer:
                 self._batch.truncate(self._txn_mark)
                 if self._savepoint:
                     self.conn.execute("ROLLBACK TO SAVEPOINT walrecover_txn")
+                    if self.sink is not None:
+                        self.sink.rollback_to_savepoint()
                 self.stopped_before = (txn.xid, txn.commit_lsn or txn.end_lsn)
                 return True
         if self._savepoint:
             self.conn.execute("RELEASE SAVEPOINT walrecover_txn")
+            if self.sink is not None:
+                self.sink.release_savepoint()
             self._savepoint = False
         if txn.changes:
             self.transactions += 1
@@ -380,9 +422,7 @@ class Replayer:
             self.last_lsn = position
             self._last_xid = txn.xid
             if len(self._batch) >= self.batch_size:
-                self._flush()
-                self._save_progress(complete=False)
-                self.conn.commit()
+                self._commit_batch(complete=False)
         return False
 
     def _change(self, change: Change) -> None:
@@ -472,6 +512,8 @@ class Replayer:
             head = self._split(self._txn_mark)
             self._send(head)
             self.conn.execute("SAVEPOINT walrecover_txn")
+            if self.sink is not None:
+                self.sink.savepoint()
             self._savepoint = True
         self._flush()
         self._txn_mark = (0, 0, 0)
@@ -511,7 +553,7 @@ class Replayer:
             ) from None
         del conn
         if self.sink is not None:
-            self.sink(
+            self.sink.write(
                 [
                     AppliedChange(
                         p.change,
@@ -574,9 +616,11 @@ class Replayer:
         )
 
     def _where(self, change: Change) -> sql.Composable:
-        if self.key and change.key() is not None:
+        key = change.key() if self.key else None
+        if key is not None:
             return sql.SQL(" AND ").join(
-                sql.SQL("{} = %s").format(sql.Identifier(name)) for name in self.key
+                sql.SQL("{} IS NULL" if value is None else "{} = %s").format(sql.Identifier(name))
+                for name, value in zip(self.key, key, strict=True)
             )
         old = change.old
         if old is None:
@@ -588,22 +632,25 @@ class Replayer:
             )
         names = [name for name in self.columns if name in old]
         match = sql.SQL(" AND ").join(
-            sql.SQL("{} IS NOT DISTINCT FROM %s").format(sql.Identifier(name)) for name in names
+            sql.SQL("{} IS NULL" if old[name] is None else "{} = %s").format(sql.Identifier(name))
+            for name in names
         )
         return sql.SQL("ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)").format(self._ident, match)
 
     def _params(self, change: Change) -> list[str | None]:
+        """Parameters for :meth:`_statement`: new values, then the non-NULL identity values."""
         params: list[str | None] = []
         if change.op is Op.TRUNCATE:
             return params
         if change.op is Op.UPDATE:
             new = change.new or {}
             params.extend(new[name] for name in self.columns if name in new)
-        if self.key and change.key() is not None:
-            params.extend(change.key() or ())
+        key = change.key() if self.key else None
+        if key is not None:
+            params.extend(value for value in key if value is not None)
         else:
             old = change.old or {}
-            params.extend(old[name] for name in self.columns if name in old)
+            params.extend(old[n] for n in self.columns if n in old and old[n] is not None)
         return params
 
     def _execute_run(self, statement: sql.Composed, run: list[_Pending]) -> None:
@@ -624,17 +671,25 @@ class Replayer:
                     item.after = after
                 cur.nextset()
 
+    def _commit_batch(self, *, complete: bool) -> None:
+        """Send the batch, record progress, seal the audit, then commit, in that order."""
+        self._flush()
+        self._save_progress(complete=complete)
+        if self.sink is not None:
+            self.sink.commit(self.last_lsn)
+        self.conn.commit()
+
     def _save_progress(self, *, complete: bool) -> None:
         self.conn.execute(
             sql.SQL(
                 "INSERT INTO {}.{} AS p (target, source, last_commit_lsn, last_xid, transactions,"
-                " changes, no_row, first_lsn, complete)"
-                " VALUES (%s, %s, %s::pg_lsn, %s, %s, %s, %s, %s::pg_lsn, %s)"
+                " changes, no_row, first_lsn, audit, complete)"
+                " VALUES (%s, %s, %s::pg_lsn, %s, %s, %s, %s, %s::pg_lsn, %s, %s)"
                 " ON CONFLICT (target) DO UPDATE SET source = excluded.source,"
                 " last_commit_lsn = excluded.last_commit_lsn, last_xid = excluded.last_xid,"
                 " transactions = excluded.transactions, changes = excluded.changes,"
                 " no_row = excluded.no_row, first_lsn = excluded.first_lsn,"
-                " complete = excluded.complete, updated_at = now()"
+                " audit = excluded.audit, complete = excluded.complete, updated_at = now()"
             ).format(sql.Identifier(PROGRESS_SCHEMA), sql.Identifier(PROGRESS_TABLE)),
             (
                 str(self.into),
@@ -645,6 +700,7 @@ class Replayer:
                 self.changes,
                 self.no_row,
                 str(self.first_lsn) if self.first_lsn is not None else None,
+                self.audit_id,
                 complete,
             ),
         )
@@ -699,12 +755,21 @@ def replay(
     force: bool = False,
     source: str = "",
     batch_size: int = 20_000,
-    sink: AppliedSink | None = None,
+    sink: AuditSink | None = None,
+    audit_id: str | None = None,
 ) -> ReplayResult:
     """Rebuild ``table`` as ``into`` from ``events`` on the target connection ``conn``."""
     started = time.monotonic()
     replayer = Replayer(
-        conn, table, into, stop=stop, ddl=ddl, source=source, batch_size=batch_size, sink=sink
+        conn,
+        table,
+        into,
+        stop=stop,
+        ddl=ddl,
+        source=source,
+        batch_size=batch_size,
+        sink=sink,
+        audit_id=audit_id,
     )
     replayer.prepare(force=force)
     resumed_from = replayer.resume_after

@@ -17,12 +17,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..errors import DecodeError
+from ..errors import DecodeError, StopPointError
 from ..lsn import Lsn
 from ..model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation
 
+
 #: Numbers keep their literal text: never a float between the WAL and the table.
-_JSON = json.JSONDecoder(parse_int=str, parse_float=str)
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+_JSON = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=_no_constant)
 _OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE, "T": Op.TRUNCATE}
 _BYTEA_OID = 17
 
@@ -70,7 +75,7 @@ def _text(value: Any, type_oid: int | None, type_name: str | None) -> str | None
         return "t"
     if value is False:
         return "f"
-    raise DecodeError(f"wal2json value {value!r} has no text form: the message is malformed")
+    raise ValueError(f"value {value!r} has no text form")
 
 
 def _timestamp(text: Any, lsn: Lsn | None) -> datetime | None:
@@ -101,6 +106,8 @@ class Wal2JsonV2Decoder:
         self._xid: int | None = None
         self._open = False
         self._begin: tuple[Any, Any, Any, Begin] | None = None
+        self._begin_row_lsn: Lsn | None = None
+        self._last_lsn: Lsn | None = None
 
     def decode(self, message: RawMessage) -> Sequence[Event]:
         data = message.data
@@ -120,6 +127,12 @@ class Wal2JsonV2Decoder:
                 f"{exc.pos}): is this wal2json format-version 2 output?",
                 lsn=message.lsn,
             ) from None
+        except ValueError as exc:
+            raise DecodeError(
+                f"wal2json message at LSN {message.lsn} is not JSON ({exc}): "
+                "is this wal2json format-version 2 output?",
+                lsn=message.lsn,
+            ) from None
         if not isinstance(obj, dict) or "action" not in obj:
             raise DecodeError(
                 f"wal2json message at LSN {message.lsn} has no 'action': "
@@ -128,7 +141,7 @@ class Wal2JsonV2Decoder:
             )
         try:
             return self._decode(obj, message)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, StopPointError) as exc:
             raise DecodeError(
                 f"wal2json message at LSN {message.lsn} is malformed ({type(exc).__name__}: "
                 f"{exc}): the stream is damaged or not wal2json format-version 2",
@@ -136,60 +149,63 @@ class Wal2JsonV2Decoder:
             ) from None
 
     def finish(self) -> Sequence[Event]:
-        # An open transaction at the end of the stream is normal for the SQL interface only if
-        # the page cut it; sources always stop at transaction boundaries, so it is damage.
+        # Sources stop at transaction boundaries, so an open transaction here is damage.
         if self._open:
             raise DecodeError(
-                f"the stream ends inside transaction {self._xid}: the capture is truncated",
+                f"the stream ends inside transaction {self._xid} (begun at LSN "
+                f"{self._begin_row_lsn}, last message at LSN {self._last_lsn}): "
+                "the capture is truncated",
                 xid=self._xid,
+                lsn=self._last_lsn,
             )
         return ()
 
     def _decode(self, obj: dict[str, Any], message: RawMessage) -> Sequence[Event]:
         action = obj["action"]
         lsn_text = obj.get("lsn")
-        seen = self._begin
-        if action == "C" and seen is not None and lsn_text == seen[0]:
-            lsn = seen[3].commit_lsn  # the commit repeats its begin: skip parsing it again
-        else:
-            lsn = Lsn.parse(lsn_text) if lsn_text else message.lsn
         xid = int(obj["xid"]) if obj.get("xid") is not None else message.xid
+        if message.lsn is not None:
+            self._last_lsn = message.lsn
         if action == "B":
+            # B's lsn/nextlsn are the commit record's start and end (decoding happens at commit).
+            commit_lsn = Lsn.parse(lsn_text) if lsn_text else None
             if self._open:
                 raise DecodeError(
-                    f"wal2json BEGIN of xid {xid} at LSN {lsn} inside transaction {self._xid}",
-                    lsn=lsn,
+                    f"wal2json BEGIN of xid {xid} at LSN {message.lsn} inside transaction "
+                    f"{self._xid}",
+                    lsn=message.lsn,
                 )
-            self._open, self._xid = True, xid
+            self._open, self._xid, self._begin_row_lsn = True, xid, message.lsn
             begin = Begin(
                 xid=xid,
-                commit_lsn=lsn,
+                commit_lsn=commit_lsn,
                 end_lsn=Lsn.parse(obj["nextlsn"]) if obj.get("nextlsn") else None,
-                commit_time=_timestamp(obj.get("timestamp"), lsn),
+                commit_time=_timestamp(obj.get("timestamp"), message.lsn),
                 lsn=message.lsn,
             )
-            self._begin = (obj.get("lsn"), obj.get("nextlsn"), obj.get("timestamp"), begin)
+            self._begin = (lsn_text, obj.get("nextlsn"), obj.get("timestamp"), begin)
             return (begin,)
         if action == "C":
             if not self._open:
-                raise DecodeError(f"wal2json COMMIT at LSN {lsn} without BEGIN", lsn=lsn)
-            self._open = False
-            if seen is not None and seen[:3] == (
-                obj.get("lsn"),
-                obj.get("nextlsn"),
-                obj.get("timestamp"),
-            ):
-                begin = seen[3]
-                commit = Commit(xid, begin.commit_lsn, begin.end_lsn, begin.commit_time)
-            else:
-                commit = Commit(
-                    xid=xid,
-                    commit_lsn=lsn,
-                    end_lsn=Lsn.parse(obj["nextlsn"]) if obj.get("nextlsn") else message.lsn,
-                    commit_time=_timestamp(obj.get("timestamp"), lsn),
+                raise DecodeError(
+                    f"wal2json COMMIT at LSN {message.lsn} without BEGIN", lsn=message.lsn
                 )
-            self._begin = None
-            return (commit,)
+            self._open = False
+            seen, self._begin = self._begin, None
+            key = (lsn_text, obj.get("nextlsn"), obj.get("timestamp"))
+            if seen is not None and lsn_text and seen[:3] == key:
+                begin = seen[3]  # the commit repeats its begin: reuse what was parsed
+                return (Commit(xid, begin.commit_lsn, begin.end_lsn, begin.commit_time),)
+            return (
+                Commit(
+                    xid=xid,
+                    commit_lsn=Lsn.parse(lsn_text) if lsn_text else None,
+                    # Through SQL, the C row's own position is the end of the commit record.
+                    end_lsn=Lsn.parse(obj["nextlsn"]) if obj.get("nextlsn") else message.lsn,
+                    commit_time=_timestamp(obj.get("timestamp"), message.lsn),
+                ),
+            )
+        lsn = Lsn.parse(lsn_text) if lsn_text else message.lsn
         if action == "M":
             return ()
         op = _OPS.get(action)
@@ -234,17 +250,23 @@ class Wal2JsonV2Decoder:
             if known is not None:
                 return known.relation, frozenset()
             identity = obj.get("identity") or []
+            pk = {c["name"] for c in obj.get("pk") or []}
             relation = Relation(
                 schema=schema,
                 name=table,
                 columns=tuple(
-                    Column(c["name"], c.get("type", ""), _oid(c), None, True) for c in identity
+                    Column(c["name"], c.get("type", ""), _oid(c), None, c["name"] in pk or not pk)
+                    for c in identity
                 ),
                 complete=False,
             )
             return relation, frozenset()
         signature = tuple((c["name"], c.get("type", "")) for c in columns)
-        if known is not None and known.signature == signature:
+        if (
+            known is not None
+            and known.signature == signature
+            and (known.relation.key_columns or not obj.get("identity"))
+        ):
             return known.relation, frozenset()
         if (
             known is not None
@@ -276,10 +298,17 @@ class Wal2JsonV2Decoder:
 
     @staticmethod
     def _key_names(obj: dict[str, Any], known: _Known | None) -> set[str]:
-        if obj.get("pk") is not None:
-            return {c["name"] for c in obj["pk"]}
-        if obj.get("identity") is not None:
-            return {c["name"] for c in obj["identity"]}
+        """Primary key columns; else a replica identity index's columns; else what was known.
+
+        An identity that covers every column is REPLICA IDENTITY FULL, not a key.
+        """
+        pk = obj.get("pk")
+        if pk:
+            return {c["name"] for c in pk}
+        identity = obj.get("identity")
+        columns = obj.get("columns")
+        if identity and columns is not None and len(identity) < len(columns):
+            return {c["name"] for c in identity}
         return set(known.relation.key_columns) if known else set()
 
 

@@ -73,7 +73,7 @@ class Database:
         ]
 
     def lsn(self) -> str:
-        return str(self.scalar("SELECT pg_current_wal_lsn()::text"))
+        return str(self.scalar("SELECT pg_current_wal_insert_lsn()::text"))
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from .errors import (
 )
 from .lsn import Lsn
 from .model import StopPoint, TableName
+from .reconcile import plain
 from .recover import LedgerCheck, RecoveryResult, recover
 from .rehearsal import RehearsalResult, rehearse
 
@@ -330,12 +331,12 @@ def _recovery_text(result: RecoveryResult) -> str:
             lines.append(
                 f"  NOT reconciled: {rec.mismatched} keys differ, {rec.missing_in_recovered} "
                 f"missing in the rebuilt table, {rec.missing_in_ledger} missing in the ledger; "
-                f"total difference {rec.total_difference}."
+                f"total difference {plain(rec.total_difference)}."
             )
             for row in rec.differences.head(10).to_dict("records"):
                 lines.append(
-                    f"    {row['key']}: recovered {row['recovered']}, ledger {row['ledger']}, "
-                    f"delta {row['delta']} ({row['status']})"
+                    f"    {row['key']}: recovered {plain(row['recovered'])}, ledger "
+                    f"{plain(row['ledger'])}, delta {plain(row['delta'])} ({row['status']})"
                 )
     if result.audit is not None:
         lines.append(f"  audit: {result.audit.rows} rows in {result.audit.path}.")

@@ -75,8 +75,9 @@ def connect(dsn: str | None, *, autocommit: bool = False, role: str = "database"
     try:
         params = conninfo_to_dict(dsn or "")
     except psycopg.Error as exc:
+        reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else "", dsn)
         raise ConnectionFailed(
-            f"the {role} connection string is malformed ({redact(str(exc), dsn)}): "
+            f"the {role} connection string is malformed ({reason}): "
             "give a conninfo like 'host=db dbname=bank' or a postgresql:// URI",
             dsn=safe_dsn(dsn),
         ) from None

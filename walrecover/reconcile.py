@@ -29,6 +29,11 @@ MISSING_IN_RECOVERED = "missing_in_recovered"
 MISSING_IN_LEDGER = "missing_in_ledger"
 
 
+def plain(value: Decimal) -> str:
+    """A Decimal as positional text (``0.00000002``, never ``2E-8``), every digit kept."""
+    return format(value, "f")
+
+
 @dataclass(frozen=True)
 class Reconciliation:
     """Per-key totals of the rebuilt table compared with the ledger."""
@@ -53,9 +58,9 @@ class Reconciliation:
             "mismatched": self.mismatched,
             "missing_in_recovered": self.missing_in_recovered,
             "missing_in_ledger": self.missing_in_ledger,
-            "total_difference": str(self.total_difference),
+            "total_difference": plain(self.total_difference),
             "differences": [
-                {k: (str(v) if isinstance(v, Decimal) else v) for k, v in row.items()}
+                {k: (plain(v) if isinstance(v, Decimal) else v) for k, v in row.items()}
                 for row in self.differences.head(100).to_dict("records")
             ],
         }

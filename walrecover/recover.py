@@ -128,12 +128,20 @@ def recover(
             f"--into {into} is the table being recovered: build into a new table and swap it in"
         )
     audit: AuditWriter | None = None
-    target_conn = connect(target_dsn, role="target")
+    target_conn = connect(target_dsn, role="target" if target is not None else "source")
     try:
         with SlotSource(
             dsn, slot, tables=[f"{table.schema}.{table.name}"], progress=progress
         ) as src:
             _check_stop_range(stop, src)
+            if stop.xid is not None:
+                status = src.xid_status(stop.xid)
+                if status in ("aborted", "in progress"):
+                    raise StopPointError(
+                        f"transaction {stop.xid} is {status} on the source, so it never commits "
+                        "in the stream: check --stop-before-xid",
+                        xid=stop.xid,
+                    )
             if audit_path is not None:
                 audit = AuditWriter(
                     audit_path,

@@ -206,7 +206,8 @@ def rehearse(
             run_workload(conn, transactions, accounts, progress=progress)
             workload = time.monotonic() - t0
             conn.execute("CREATE UNLOGGED TABLE rehearsal_truth AS SELECT * FROM transactions")
-            (stop_text,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            # The insert position: every commit so far is before it, the DROP after it.
+            (stop_text,) = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
             conn.execute("DROP TABLE transactions")
             for shard in range(5):  # the application keeps running
                 conn.execute("UPDATE accounts SET last_seen = now() WHERE id %% 5 = %s", (shard,))

@@ -174,7 +174,8 @@ class Replayer:
         self.into = into
         self.stop = stop
         self.ddl = ddl
-        self.source = source
+        # A run resumes only the same recovery: same source and same stop point.
+        self.source = f"{source} ({stop.describe()})"
         self.batch_size = batch_size
         self.sink = sink
         self.relation: Relation | None = None
@@ -187,6 +188,7 @@ class Replayer:
         self.last_lsn: Lsn | None = None
         self.stopped_before: tuple[int | None, Lsn | None] | None = None
         self._last_xid: int | None = None
+        self._committed = 0
         self.resume_after: Lsn | None = None
         self._batch = _Batch()
         self._txn: _Txn | None = None
@@ -361,6 +363,22 @@ class Replayer:
             raise ReplayError(
                 f"the stream ended inside transaction {self._txn.xid}: it is truncated",
                 table=str(self.table),
+            )
+        if self.stop.xid is not None and self.stopped_before is None:
+            if not self._committed and self.resume_after is None:
+                self.conn.rollback()  # nothing of this run was committed: leave no trace
+                raise StopPointError(
+                    f"transaction {self.stop.xid} does not commit in the stream: nothing was "
+                    "built; check --stop-before-xid",
+                    xid=self.stop.xid,
+                )
+            self._commit_batch(complete=False)
+            raise StopPointError(
+                f"transaction {self.stop.xid} does not commit in the stream, so nothing was left"
+                f" out: {self.into} holds every change and is not marked complete; check "
+                "--stop-before-xid and rebuild with --force",
+                xid=self.stop.xid,
+                table=str(self.into),
             )
         self._commit_batch(complete=True)
 
@@ -678,6 +696,7 @@ class Replayer:
         if self.sink is not None:
             self.sink.commit(self.last_lsn)
         self.conn.commit()
+        self._committed += 1
 
     def _save_progress(self, *, complete: bool) -> None:
         self.conn.execute(
@@ -785,12 +804,6 @@ def replay(
             f"table {table} has no change in the stream before the stop point: check --table"
             " and that the slot existed before its rows were written",
             table=str(table),
-        )
-    if stop.xid is not None and replayer.stopped_before is None:
-        raise StopPointError(
-            f"transaction {stop.xid} does not commit in the stream, so nothing was left out: "
-            "check --stop-before-xid (the rebuilt table holds every change)",
-            xid=stop.xid,
         )
     assert replayer.relation is not None or resumed_from is not None
     return ReplayResult(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -109,6 +110,27 @@ def sweep_copies(conn: Any) -> list[str]:
         except psycopg.Error:
             continue  # it became active, or another run swept it first
     return dropped
+
+
+def wait_for_flush(conn: Any, timeout: float = 30.0) -> Lsn:
+    """The WAL insert position now, once it is flushed (decoding only reads flushed WAL).
+
+    ``pg_current_wal_lsn()`` is the *write* position: with asynchronous commits it can lag
+    commits that already happened, which would silently leave them out.
+    """
+    (insert,) = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+    end = Lsn.parse(insert)
+    deadline = time.monotonic() + timeout
+    while True:
+        (flushed,) = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+        if Lsn.parse(flushed) >= end:
+            return end
+        if time.monotonic() > deadline:
+            raise SlotError(
+                f"the source's WAL flush did not reach {end} within {timeout:.0f}s: "
+                "the server is overloaded or stuck; retry when it has caught up"
+            )
+        time.sleep(0.05)
 
 
 def check_server(conn: Any) -> None:
@@ -230,8 +252,7 @@ class SlotSource:
                 ) from None
             self.copy_name = name
             self.start_lsn = info.confirmed_flush_lsn or info.restart_lsn
-            (current,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-            self.end_lsn = Lsn.parse(current)
+            self.end_lsn = wait_for_flush(conn)
             conn.autocommit = False
         except BaseException:
             self.close()
@@ -289,6 +310,31 @@ class SlotSource:
                 if self.progress is not None:
                     self.progress("read", total, total)
                 return
+
+    def xid_status(self, xid: int) -> str | None:
+        """``committed``, ``aborted`` or ``in progress`` for a 32-bit xid; None if unknown.
+
+        The xid is widened with the current epoch (from the snapshot, so no xid is assigned).
+        """
+        conn = self._conn
+        if conn is None:
+            return None
+        try:
+            with conn.transaction():
+                (xmax,) = conn.execute(
+                    "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+                ).fetchone()
+                full = (xmax >> 32 << 32) | (xid & 0xFFFFFFFF)
+                if full >= xmax:
+                    full -= 1 << 32
+                if full < 0:
+                    return None
+                (status,) = conn.execute(
+                    "SELECT pg_xact_status(%s::text::xid8)", (str(full),)
+                ).fetchone()
+        except psycopg.Error:
+            return None  # too old for the commit log, or an older server: cannot tell
+        return str(status) if status is not None else None
 
     def close(self) -> None:
         """Drop the copy (on a fresh connection if this one died) and disconnect."""

@@ -59,19 +59,18 @@ class Relation:
     columns: tuple[Column, ...]
     relation_id: int | None = None
     complete: bool = True
+    #: Derived from ``columns`` once (changes ask for them millions of times).
+    column_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    key_columns: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "column_names", tuple(c.name for c in self.columns))
+        object.__setattr__(self, "key_columns", tuple(c.name for c in self.columns if c.is_key))
 
     @property
     def qualified_name(self) -> str:
         """``schema.table`` as a user would type it (unquoted)."""
         return f"{self.schema}.{self.name}"
-
-    @property
-    def column_names(self) -> tuple[str, ...]:
-        return tuple(column.name for column in self.columns)
-
-    @property
-    def key_columns(self) -> tuple[str, ...]:
-        return tuple(column.name for column in self.columns if column.is_key)
 
     def column(self, name: str) -> Column | None:
         for column in self.columns:

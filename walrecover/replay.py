@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -52,6 +52,12 @@ class Outcome(StrEnum):
     APPLIED = "applied"
     #: An update or delete found no row with its key (the row predates the stream).
     NO_ROW = "no_row"
+    #: Applied, then overwritten by a later update of the same row (set when the audit closes).
+    SUPERSEDED = "superseded"
+    #: Applied, then removed by a later delete or truncate (set when the audit closes).
+    REMOVED = "removed"
+    #: Not applied: its transaction commits at or after the stop point.
+    AFTER_STOP = "after_stop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +195,8 @@ class Replayer:
         self.stopped_before: tuple[int | None, Lsn | None] | None = None
         self._last_xid: int | None = None
         self._committed = 0
+        self._left_out: list[Change] = []
+        self._stop_txn: _Txn | None = None
         self.resume_after: Lsn | None = None
         self._batch = _Batch()
         self._txn: _Txn | None = None
@@ -350,14 +358,17 @@ class Replayer:
 
     def run(self, events: Iterable[Event], progress: ProgressCallback | None = None) -> None:
         """Apply ``events`` up to the stop point; commit the last batch; mark it complete."""
-        for event in events:
+        stream = iter(events)
+        for event in stream:
             if isinstance(event, Change):
                 if self._txn is not None and not self._txn.skip:
                     self._change(event)
             elif isinstance(event, Begin):
                 if self._begin(event):
+                    self._audit_after_stop(event, stream)
                     break
             elif self._commit(event):
+                self._audit_after_stop(None, stream)
                 break
         if self._txn is not None and self.stopped_before is None:
             raise ReplayError(
@@ -381,6 +392,44 @@ class Replayer:
                 table=str(self.into),
             )
         self._commit_batch(complete=True)
+
+    def _audit_after_stop(self, begin: Begin | None, stream: Iterator[Event]) -> None:
+        """Send the table's changes past the stop point to the audit as ``after_stop``.
+
+        Only with an audit: without one, replay stops reading at the stop point.
+        """
+        sink = self.sink
+        if sink is None:
+            return
+        self._flush()
+        txn = self._stop_txn
+        if begin is not None:
+            txn = _Txn(begin.xid, begin.commit_lsn, begin.end_lsn, begin.commit_time, True)
+        rows: list[AppliedChange] = [self._left(change, txn) for change in self._left_out]
+        self._left_out = []
+        for event in stream:
+            if isinstance(event, Change):
+                if event.relation.same_table(self.table.schema, self.table.name):
+                    rows.append(self._left(event, txn))
+                    if len(rows) >= self.batch_size:
+                        sink.write(rows)
+                        rows = []
+            elif isinstance(event, Begin):
+                txn = _Txn(event.xid, event.commit_lsn, event.end_lsn, event.commit_time, True)
+            elif txn is not None:
+                txn.commit_lsn = txn.commit_lsn or event.commit_lsn
+                txn.end_lsn = txn.end_lsn or event.end_lsn
+                txn.commit_time = txn.commit_time or event.commit_time
+        if rows:
+            sink.write(rows)
+
+    @staticmethod
+    def _left(change: Change, txn: _Txn | None) -> AppliedChange:
+        if txn is None:
+            return AppliedChange(change, change.xid, None, None, None, Outcome.AFTER_STOP)
+        return AppliedChange(
+            change, txn.xid, txn.commit_lsn, txn.end_lsn, txn.commit_time, Outcome.AFTER_STOP
+        )
 
     def _begin(self, event: Begin) -> bool:
         """Open a transaction; True if the stop point says to stop here."""
@@ -420,6 +469,8 @@ class Replayer:
                     f"point {self.stop.describe()} cannot be applied: use --stop-before-xid",
                 )
             if stops:
+                self._left_out = [p.change for p in self._batch.pending[self._txn_mark[0] :]]
+                self._stop_txn = txn
                 self._batch.truncate(self._txn_mark)
                 if self._savepoint:
                     self.conn.execute("ROLLBACK TO SAVEPOINT walrecover_txn")

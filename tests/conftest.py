@@ -87,7 +87,7 @@ def db(cluster: Cluster) -> Iterator[Database]:
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         conn.execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-            " WHERE database = %s AND NOT active",
+            " WHERE (database = %s OR database IS NULL) AND NOT active",
             (name,),
         )
         conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -214,9 +214,9 @@ def _pre_existing_target(db: Database) -> list[str]:
     return []
 
 
-def _test_decoding_slot(db: Database) -> list[str]:
-    db.create_slot("td_slot", "test_decoding")
-    return ["--slot", "td_slot"]
+def _physical_slot(db: Database) -> list[str]:
+    db.execute("SELECT pg_create_physical_replication_slot('phys_slot')")
+    return ["--slot", "phys_slot"]
 
 
 def _wal_end_stop(db: Database) -> list[str]:
@@ -227,7 +227,7 @@ def _wal_end_stop(db: Database) -> list[str]:
     ("setup", "message"),
     [
         (lambda db: ["--slot", "nope"], "replication slot 'nope' does not exist"),
-        (_test_decoding_slot, "uses output plugin 'test_decoding'"),
+        (_physical_slot, "is a physical slot"),
         (_pre_existing_target, "already exists: choose another --into, or pass --force"),
         (lambda db: ["--table", "public.never"], "has no change in the stream"),
         (_wal_end_stop, "after the end of the WAL"),
@@ -235,7 +235,7 @@ def _wal_end_stop(db: Database) -> list[str]:
     ],
     ids=[
         "missing-slot",
-        "other-plugin",
+        "physical-slot",
         "target-exists",
         "table-not-in-stream",
         "lsn-past-end",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,13 +20,13 @@ from typing import Any
 from . import __version__
 from .audit import AuditWriter
 from .db import connect, safe_dsn
-from .decoders import decode_all, make_decoder
-from .errors import StopPointError, WalrecoverError
+from .decoders import decode_all, make_decoder, warnings_for
+from .errors import DecodeError, StopPointError, WalrecoverError
 from .lsn import Lsn
 from .model import NO_STOP, StopPoint, TableName
 from .reconcile import Reconciliation, reconcile_table
 from .replay import replay
-from .sources import ProgressCallback, SlotSource
+from .sources import CaptureSource, ProgressCallback, SlotSource
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class RecoveryResult:
     reconciliation: Reconciliation | None
     audit: AuditSummary | None
     swept_slots: tuple[str, ...] = field(default=())
+    #: What the user should know about how the stream was read (plugin limits).
+    warnings: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (LSNs as text, Decimals as strings)."""
@@ -91,6 +94,7 @@ class RecoveryResult:
             "reconciliation": self.reconciliation.to_dict() if self.reconciliation else None,
             "audit": ({"path": self.audit.path, "rows": self.audit.rows} if self.audit else None),
             "swept_slots": list(self.swept_slots),
+            "warnings": list(self.warnings),
         }
 
 
@@ -117,24 +121,109 @@ def recover(
     audit_path: str | Path | None = None,
     progress: ProgressCallback | None = None,
     batch_size: int = 20_000,
+    options: Mapping[str, str] | None = None,
+    via_plugin: str | None = None,
 ) -> RecoveryResult:
-    """Rebuild ``table`` from ``slot`` on ``dsn`` into ``into`` on ``target`` (default ``dsn``)."""
+    """Rebuild ``table`` from ``slot`` on ``dsn`` into ``into`` on ``target`` (default ``dsn``).
+
+    ``options`` are plugin options (``-o NAME=VALUE``) on top of walrecover's; ``via_plugin``
+    reads the slot through another output plugin (the copy is made with it).
+    """
+    source = SlotSource(
+        dsn,
+        slot,
+        tables=[f"{table.schema}.{table.name}"],
+        options=options,
+        via_plugin=via_plugin,
+        progress=progress,
+    )
+    return _recover(
+        source,
+        dsn,
+        slot,
+        table,
+        into=into,
+        target=target if target is not None else dsn,
+        target_role="target" if target is not None else "source",
+        stop=stop,
+        ddl=ddl,
+        force=force,
+        ledger=ledger,
+        audit_path=audit_path,
+        batch_size=batch_size,
+    )
+
+
+def recover_capture(
+    path: str | Path,
+    plugin: str,
+    table: TableName,
+    *,
+    target: str | None,
+    into: TableName | None = None,
+    options: Mapping[str, str] | None = None,
+    stop: StopPoint = NO_STOP,
+    ddl: str | None = None,
+    force: bool = False,
+    ledger: LedgerCheck | None = None,
+    audit_path: str | Path | None = None,
+    progress: ProgressCallback | None = None,
+    batch_size: int = 20_000,
+) -> RecoveryResult:
+    """Rebuild ``table`` from a ``pg_recvlogical -f`` capture into ``into`` on ``target``.
+
+    ``plugin`` and ``options`` say what produced the file (pg_recvlogical's ``-P`` and ``-o``).
+    The ledger query, if any, runs on ``target``.
+    """
+    source = CaptureSource(path, plugin, options=options, progress=progress)
+    return _recover(
+        source,
+        target,
+        None,
+        table,
+        into=into,
+        target=target,
+        target_role="target",
+        stop=stop,
+        ddl=ddl,
+        force=force,
+        ledger=ledger,
+        audit_path=audit_path,
+        batch_size=batch_size,
+    )
+
+
+def _recover(
+    src: SlotSource | CaptureSource,
+    dsn: str | None,
+    slot: str | None,
+    table: TableName,
+    *,
+    into: TableName | None,
+    target: str | None,
+    target_role: str,
+    stop: StopPoint,
+    ddl: str | None,
+    force: bool,
+    ledger: LedgerCheck | None,
+    audit_path: str | Path | None,
+    batch_size: int,
+) -> RecoveryResult:
+    """The recovery proper, from any source."""
     started = time.monotonic()
     started_at = datetime.now(UTC)
     into = into or default_into(table)
-    target_dsn = target if target is not None else dsn
+    target_dsn = target
     if into == table and target_dsn == dsn:
         raise WalrecoverError(
             f"--into {into} is the table being recovered: build into a new table and swap it in"
         )
     audit: AuditWriter | None = None
-    target_conn = connect(target_dsn, role="target" if target is not None else "source")
+    target_conn = connect(target_dsn, role=target_role)
     try:
-        with SlotSource(
-            dsn, slot, tables=[f"{table.schema}.{table.name}"], progress=progress
-        ) as src:
+        with src:
             _check_stop_range(stop, src)
-            if stop.xid is not None:
+            if stop.xid is not None and isinstance(src, SlotSource):
                 status = src.xid_status(stop.xid)
                 if status in ("aborted", "in progress"):
                     raise StopPointError(
@@ -147,7 +236,7 @@ def recover(
                     audit_path,
                     {
                         "tool": f"walrecover {__version__}",
-                        "source": safe_dsn(dsn),
+                        "source": src.describe() if slot is None else safe_dsn(dsn),
                         "target": safe_dsn(target_dsn),
                         "slot": slot,
                         "plugin": src.plugin,
@@ -159,20 +248,27 @@ def recover(
                         "started_at": started_at.isoformat(),
                     },
                 )
-            decoder = make_decoder(src.plugin)
-            result = replay(
-                target_conn,
-                decode_all(decoder, src.messages()),
-                table,
-                into,
-                stop=stop,
-                ddl=ddl,
-                force=force,
-                source=src.describe(),
-                batch_size=batch_size,
-                sink=audit,
-                audit_id=str(Path(audit_path).resolve()) if audit_path is not None else None,
-            )
+            decoder = make_decoder(src.plugin, dict(src.options))
+            warnings = tuple(warnings_for(src.plugin, dict(src.options)))
+            try:
+                result = replay(
+                    target_conn,
+                    decode_all(decoder, src.messages()),
+                    table,
+                    into,
+                    stop=stop,
+                    ddl=ddl,
+                    force=force,
+                    source=src.describe(),
+                    batch_size=batch_size,
+                    sink=audit,
+                    audit_id=str(Path(audit_path).resolve()) if audit_path is not None else None,
+                )
+            except DecodeError as exc:
+                if isinstance(src, CaptureSource) and str(src.path) not in exc.message:
+                    exc.message = f"{src.where()}: {exc.message}"
+                    exc.args = (exc.message,)
+                raise
             plugin, swept = src.plugin, tuple(src.swept)
         replayed = time.monotonic()
         audit_summary = None
@@ -212,7 +308,7 @@ def recover(
         table=str(table),
         into=result.into,
         plugin=plugin,
-        slot=slot,
+        slot=slot or "",
         transactions=result.transactions,
         changes=result.changes,
         rows=result.rows,
@@ -230,10 +326,11 @@ def recover(
         reconciliation=reconciliation,
         audit=audit_summary,
         swept_slots=swept,
+        warnings=warnings,
     )
 
 
-def _check_stop_range(stop: StopPoint, source: SlotSource) -> None:
+def _check_stop_range(stop: StopPoint, source: SlotSource | CaptureSource) -> None:
     """Refuse an LSN stop point outside what the slot can still decode."""
     if stop.lsn is None:
         return

@@ -13,10 +13,13 @@ backend pid, part of its name, no longer alive) is swept at the next start.
 from __future__ import annotations
 
 import contextlib
+import mmap
+import os
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -24,13 +27,12 @@ import psycopg
 from psycopg import sql
 
 from .db import connect, safe_dsn
-from .decoders import plugin_options
-from .errors import ConfigurationError, PrivilegeError, SlotError, WalrecoverError
+from .decoders import PLUGINS, is_binary, pgoutput, plugin_options
+from .errors import ConfigurationError, DecodeError, PrivilegeError, SlotError, WalrecoverError
 from .lsn import Lsn
 from .model import RawMessage
 
 COPY_PREFIX = "walrecover_"
-SUPPORTED_PLUGINS = ("wal2json",)
 
 #: Called as ``progress(stage, done, total)``; the CLI draws it with tqdm.
 ProgressCallback = Callable[[str, int, int | None], None]
@@ -170,6 +172,8 @@ class SlotSource:
         slot: str,
         *,
         tables: Iterable[str] = (),
+        options: Mapping[str, str] | None = None,
+        via_plugin: str | None = None,
         page_size: int = 20_000,
         fetch_size: int = 5_000,
         progress: ProgressCallback | None = None,
@@ -177,6 +181,8 @@ class SlotSource:
         self.dsn = dsn
         self.slot = slot
         self.tables = tuple(tables)
+        self.user_options = dict(options or {})
+        self.via_plugin = via_plugin
         self.page_size = page_size
         self.fetch_size = fetch_size
         self.progress = progress
@@ -189,12 +195,14 @@ class SlotSource:
 
     @property
     def plugin(self) -> str:
+        """The plugin the copy is read through: ``--via-plugin``, else the slot's own."""
         assert self.info is not None, "open the source first"
-        return self.info.plugin
+        return self.via_plugin or self.info.plugin
 
     @property
     def options(self) -> list[tuple[str, str]]:
-        return plugin_options(self.plugin, self.tables)
+        """The options sent to the server (walrecover's defaults, then the user's)."""
+        return plugin_options(self.plugin, self.tables, self.user_options)
 
     def __enter__(self) -> SlotSource:
         self.open()
@@ -222,21 +230,29 @@ class SlotSource:
                     f"{database!r}: connect with dbname={info.database}",
                     slot=self.slot,
                 )
-            if info.plugin not in SUPPORTED_PLUGINS:
+            plugin = self.via_plugin or info.plugin
+            if plugin not in PLUGINS:
                 raise SlotError(
-                    f"slot {self.slot!r} uses output plugin {info.plugin!r}; this version of "
-                    f"walrecover reads {', '.join(SUPPORTED_PLUGINS)} slots",
+                    f"slot {self.slot!r} uses output plugin {plugin!r}, which walrecover cannot"
+                    f" decode: read it through another plugin with --via-plugin "
+                    f"({', '.join(PLUGINS)})",
                     slot=self.slot,
-                    plugin=info.plugin,
+                    plugin=plugin,
                 )
-            check_replication_privilege(conn, self.slot)
             self.info = info
+            if plugin == "pgoutput" and "publication_names" not in self.user_options:
+                names = [r[0] for r in conn.execute("SELECT pubname::text FROM pg_publication")]
+                if names:
+                    self.user_options["publication_names"] = ",".join(names)
+            plugin_options(plugin, self.tables, self.user_options)  # refuse bad options early
+            check_replication_privilege(conn, self.slot)
             self.swept = sweep_copies(conn)
             (pid,) = conn.execute("SELECT pg_backend_pid()").fetchone()
             name = f"{COPY_PREFIX}{pid}_{secrets.token_hex(4)}"
             try:
                 conn.execute(
-                    "SELECT pg_copy_logical_replication_slot(%s, %s, false)", (self.slot, name)
+                    "SELECT pg_copy_logical_replication_slot(%s, %s, false, %s)",
+                    (self.slot, name, plugin),
                 )
             except psycopg.errors.InsufficientPrivilege as exc:
                 raise PrivilegeError(
@@ -266,12 +282,21 @@ class SlotSource:
         flat = [item for pair in self.options for item in pair]
         start = int(self.start_lsn or 0)
         total = max(int(self.end_lsn or 0) - start, 0)
+        function = (
+            "pg_logical_slot_get_binary_changes"
+            if is_binary(self.plugin)
+            else "pg_logical_slot_get_changes"
+        )
         query = sql.SQL(
             "SELECT (lsn - '0/0'::pg_lsn)::bigint, xid::text::bigint, data"
-            " FROM pg_logical_slot_get_changes("
+            " FROM {}("
             "{}, {}::pg_lsn, {}, VARIADIC {}::text[])"
         ).format(
-            sql.Literal(copy), sql.Literal(str(self.end_lsn)), self.page_size, sql.Literal(flat)
+            sql.Identifier(function),
+            sql.Literal(copy),
+            sql.Literal(str(self.end_lsn)),
+            self.page_size,
+            sql.Literal(flat),
         )
         done = 0
         while True:
@@ -302,9 +327,26 @@ class SlotSource:
                     slot=self.slot,
                 ) from None
             except psycopg.Error as exc:
+                primary = exc.diag.message_primary or str(exc)
+                if "publication" in primary and "does not exist" in primary:
+                    others = ", ".join(p for p in PLUGINS if p != "pgoutput")
+                    raise SlotError(
+                        f"reading slot {self.slot!r} failed: {primary}. pgoutput looks "
+                        "publications up as they were when each change was made, so one "
+                        "created after the changes cannot serve: name an older publication "
+                        "(-o publication_names=...), or read the slot through another plugin "
+                        f"with --via-plugin ({others}); the slot itself is left untouched",
+                        slot=self.slot,
+                    ) from None
+                if "could not access file" in primary or "could not load library" in primary:
+                    raise ConfigurationError(
+                        f"output plugin {self.plugin!r} is not installed on the source server "
+                        f"({primary}): install it (Debian: postgresql-<major>-{self.plugin}) "
+                        "or choose another with --via-plugin",
+                        slot=self.slot,
+                    ) from None
                 raise SlotError(
-                    f"reading slot {self.slot!r} failed: {exc.diag.message_primary or exc}",
-                    slot=self.slot,
+                    f"reading slot {self.slot!r} failed: {primary}", slot=self.slot
                 ) from None
             if rows < self.page_size:
                 if self.progress is not None:
@@ -366,3 +408,124 @@ class SlotSource:
     def describe(self) -> str:
         """The source for messages and audit metadata, without any password."""
         return f"slot {self.slot} on {safe_dsn(self.dsn)}"
+
+
+class CaptureSource:
+    """Raw messages of a file that ``pg_recvlogical --start -f PATH`` wrote.
+
+    pg_recvlogical writes each message followed by a newline, with no LSN, xid or length. Text
+    plugins are read line by line (their decoders join the lines of a message that itself holds
+    newlines); pgoutput's binary messages are cut by their structure
+    (:func:`walrecover.decoders.pgoutput.split_capture`), from an ``mmap`` of the file, so a
+    large capture is never read into memory.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        plugin: str,
+        *,
+        options: Mapping[str, str] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if plugin not in PLUGINS:
+            raise DecodeError(
+                f"--plugin {plugin!r} is not one walrecover reads ({', '.join(PLUGINS)})",
+                plugin=plugin,
+            )
+        self._plugin = plugin
+        self.user_options = dict(options or {})
+        self.progress = progress
+        self.start_lsn: Lsn | None = None
+        self.end_lsn: Lsn | None = None
+        self.swept: list[str] = []
+        #: 1-based line (text plugins) or byte offset (pgoutput) of the last message read.
+        self.position = 0
+
+    @property
+    def plugin(self) -> str:
+        return self._plugin
+
+    @property
+    def options(self) -> list[tuple[str, str]]:
+        """The options the capture was made with, as given (``-o NAME=VALUE``)."""
+        return list(self.user_options.items())
+
+    def __enter__(self) -> CaptureSource:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pass
+
+    def open(self) -> None:
+        """Check the file exists, is a file and is not empty."""
+        if not self.path.exists():
+            raise DecodeError(f"capture file {self.path} does not exist: check --from-file")
+        if not self.path.is_file():
+            raise DecodeError(f"capture file {self.path} is not a regular file")
+        if self.path.stat().st_size == 0:
+            raise DecodeError(
+                f"capture file {self.path} is empty: pg_recvlogical wrote nothing (was the slot "
+                "already consumed, or --start not given?)"
+            )
+
+    def messages(self) -> Iterator[RawMessage]:
+        if is_binary(self.plugin):
+            yield from self._binary()
+        else:
+            yield from self._lines()
+
+    def _binary(self) -> Iterator[RawMessage]:
+        version = int(self.user_options.get("proto_version", "1"))
+        with (
+            open(self.path, "rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
+        ):
+            total = len(data)
+            for count, message in enumerate(pgoutput.split_capture(data, version)):  # type: ignore[arg-type]
+                self.position += len(message) + 1
+                if self.progress is not None and count % 2000 == 0:
+                    self.progress("read", self.position, total)
+                yield RawMessage(message)
+        if self.progress is not None:
+            self.progress("read", total, total)
+
+    def _lines(self) -> Iterator[RawMessage]:
+        total = self.path.stat().st_size
+        done = 0
+        with open(self.path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                self.position = number
+                done += len(raw)
+                if not raw.endswith(b"\n"):
+                    raise DecodeError(
+                        f"{self.path}:{number}: the last message has no final newline: the "
+                        "capture is truncated (pg_recvlogical was stopped mid-write?)",
+                    )
+                try:
+                    text = raw[:-1].decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DecodeError(
+                        f"{self.path}:{number}: byte {exc.start + 1} is not UTF-8: this is not "
+                        f"{self.plugin} text output (for pgoutput give --plugin pgoutput)",
+                    ) from None
+                if self.progress is not None and number % 2000 == 0:
+                    self.progress("read", done, total)
+                yield RawMessage(text)
+        if self.progress is not None:
+            self.progress("read", total, total)
+
+    def describe(self) -> str:
+        return f"capture {self.path} ({self.plugin})"
+
+    def where(self) -> str:
+        """Where reading stopped, for error messages."""
+        unit = "byte" if is_binary(self.plugin) else "line"
+        return f"{self.path} ({unit} {self.position})"

@@ -4,6 +4,9 @@ A decoder is a small stateful object (it remembers relations and the open transa
 method, :meth:`Decoder.decode`, that takes a :class:`RawMessage` and returns the events it
 completes. Decoders never touch a database; they raise :class:`~walrecover.errors.DecodeError`
 and nothing else on bad input.
+
+This module is the registry: which plugins exist, which options walrecover asks the server for,
+and which decoder reads a stream produced with given options (``pg_recvlogical -o`` names).
 """
 
 from __future__ import annotations
@@ -13,9 +16,21 @@ from typing import Protocol
 
 from ..errors import DecodeError
 from ..model import Event, RawMessage
-from . import wal2json
+from . import pgoutput, test_decoding, wal2json, wal2json_v1
 
-__all__ = ["Decoder", "RawMessage", "decode_all", "make_decoder", "plugin_options"]
+__all__ = [
+    "PLUGINS",
+    "Decoder",
+    "RawMessage",
+    "decode_all",
+    "is_binary",
+    "make_decoder",
+    "plugin_options",
+    "warnings_for",
+]
+
+#: The output plugins walrecover reads.
+PLUGINS = ("wal2json", "pgoutput", "test_decoding")
 
 
 class Decoder(Protocol):
@@ -33,31 +48,88 @@ class Decoder(Protocol):
         ...
 
 
-#: Plugin options each decoder needs from the server, in the order they are sent.
-def plugin_options(plugin: str, tables: Iterable[str] = ()) -> list[tuple[str, str]]:
-    """The options walrecover passes to ``pg_logical_slot_get_changes`` for ``plugin``."""
+def _check(plugin: str) -> None:
+    if plugin not in PLUGINS:
+        raise DecodeError(
+            f"output plugin {plugin!r} is not supported: walrecover reads "
+            f"{', '.join(PLUGINS)} (read the slot through one of them with --via-plugin)",
+            plugin=plugin,
+        )
+
+
+def is_binary(plugin: str) -> bool:
+    """True for plugins whose messages are bytes (read with the ``_binary_`` SQL functions)."""
+    return plugin == "pgoutput"
+
+
+def _wal2json_version(options: Mapping[str, str]) -> str:
+    version = options.get("format-version", "2")
+    if version not in ("1", "2"):
+        raise DecodeError(f"wal2json format-version {version!r} does not exist: give 1 or 2")
+    return version
+
+
+def plugin_options(
+    plugin: str, tables: Iterable[str] = (), user: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """The options walrecover passes to the server for ``plugin``, merged with the user's.
+
+    ``tables`` (``schema.table``) let plugins that can filter do it on the server. The user's
+    ``-o NAME=VALUE`` options win over walrecover's defaults.
+    """
+    _check(plugin)
+    user = dict(user or {})
     if plugin == "wal2json":
-        return wal2json.server_options(tables)
-    raise DecodeError(
-        f"output plugin {plugin!r} is not supported yet: walrecover reads wal2json slots",
-        plugin=plugin,
-    )
+        base = (
+            wal2json_v1.server_options(tables)
+            if _wal2json_version(user) == "1"
+            else wal2json.server_options(tables)
+        )
+    elif plugin == "test_decoding":
+        base = test_decoding.server_options(tables)
+    else:
+        publications = [p for p in user.pop("publication_names", "").split(",") if p.strip()]
+        if not publications:
+            raise DecodeError(
+                "a pgoutput slot is read through a publication: give -o publication_names=NAME "
+                "(a publication that existed before the changes), or --via-plugin test_decoding",
+                plugin=plugin,
+            )
+        base = pgoutput.server_options(
+            [p.strip() for p in publications], int(user.pop("proto_version", "1"))
+        )
+    merged = dict(base)
+    merged.update(user)
+    return list(merged.items())
 
 
 def make_decoder(plugin: str, options: Mapping[str, str] | None = None) -> Decoder:
     """A fresh decoder for ``plugin`` with the options the stream was produced with."""
+    _check(plugin)
+    options = options or {}
     if plugin == "wal2json":
-        version = (options or {}).get("format-version", "2")
-        if version != "2":
-            raise DecodeError(
-                f"wal2json format-version {version} is not supported yet: use format-version 2",
-                plugin=plugin,
-            )
+        if _wal2json_version(options) == "1":
+            return wal2json_v1.Wal2JsonV1Decoder()
         return wal2json.Wal2JsonV2Decoder()
-    raise DecodeError(
-        f"output plugin {plugin!r} is not supported yet: walrecover reads wal2json slots",
-        plugin=plugin,
-    )
+    if plugin == "test_decoding":
+        return test_decoding.TestDecodingDecoder()
+    try:
+        version = int(options.get("proto_version", "1"))
+    except ValueError:
+        raise DecodeError(
+            f"proto_version {options.get('proto_version')!r} is not a number: give 1 to "
+            f"{pgoutput.MAX_PROTO_VERSION}"
+        ) from None
+    return pgoutput.PgoutputDecoder(version)
+
+
+def warnings_for(plugin: str, options: Mapping[str, str] | None = None) -> list[str]:
+    """What a user should know about reading this plugin with these options."""
+    options = options or {}
+    found = []
+    if plugin == "wal2json" and _wal2json_version(options) == "1":
+        found.append(wal2json_v1.LIMITATIONS)
+    return found
 
 
 def decode_all(decoder: Decoder, messages: Iterable[RawMessage]) -> Iterator[Event]:

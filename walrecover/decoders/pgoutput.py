@@ -366,10 +366,17 @@ class _Reader:
     __slots__ = ("data", "in_stream", "lsn", "pos", "version", "what")
 
     def __init__(
-        self, data: bytes, *, what: str, lsn: Lsn | None, version: int, in_stream: bool
+        self,
+        data: bytes,
+        *,
+        what: str,
+        lsn: Lsn | None,
+        version: int,
+        in_stream: bool,
+        start: int = 0,
     ) -> None:
         self.data = data
-        self.pos = 1  # after the type byte
+        self.pos = start + 1  # after the type byte
         self.what = what
         self.lsn = lsn
         self.version = version
@@ -708,6 +715,58 @@ def parse_message(
     message = parse(reader)
     reader.end()
     return message
+
+
+def split_capture(data: bytes, proto_version: int = 1) -> Iterator[bytes]:
+    """Cut a ``pg_recvlogical -f`` capture of pgoutput into its messages.
+
+    pg_recvlogical writes each message followed by a newline and no length, and a message can
+    itself contain newline bytes, so each message is measured by parsing its structure.
+    ``data`` may be an ``mmap`` of the file, so a large capture is not read into memory.
+    """
+    pos, size, in_stream = 0, len(data), False
+    while pos < size:
+        kind = data[pos]
+        entry = _PARSERS.get(kind)
+        where = f"at byte {pos} of the capture"
+        if entry is None:
+            raise DecodeError(
+                f"pgoutput capture has an unknown message type byte {kind:#04x} {where}: the "
+                "file is damaged, or was not written by pg_recvlogical with pgoutput",
+                offset=pos,
+            )
+        name, since, parse = entry
+        if proto_version < since:
+            raise DecodeError(
+                f"pgoutput {name} message {where} needs protocol version {since}: give the "
+                "proto_version the capture was made with (-o proto_version=N)",
+                offset=pos,
+            )
+        reader = _Reader(
+            data,
+            what=f"{name} message {where}",
+            lsn=None,
+            version=proto_version,
+            in_stream=in_stream,
+            start=pos,
+        )
+        if kind == 0x41 and proto_version >= 4:  # Stream Abort: 9 or 25 bytes, by its layout
+            end = pos + 25 if pos + 25 < size and data[pos + 25] == 0x0A else pos + 9
+        else:
+            parse(reader)
+            end = reader.pos
+        if end >= size or data[end] != 0x0A:
+            raise DecodeError(
+                f"pgoutput capture is truncated or damaged after the {name} message {where}: "
+                "pg_recvlogical ends every message with a newline",
+                offset=end,
+            )
+        if kind == 0x53:  # Stream Start
+            in_stream = True
+        elif kind == 0x45:  # Stream Stop
+            in_stream = False
+        yield bytes(data[pos:end])
+        pos = end + 1
 
 
 # -- type names ------------------------------------------------------------------------------

@@ -1,0 +1,251 @@
+"""Export decoded changes: JSON lines, redo SQL, or undo SQL (``walrecover decode``).
+
+All three stream: JSON lines and redo SQL are written as the changes arrive; undo SQL, which
+must come out newest first, is written per transaction to a temporary file and read back in
+reverse, so memory stays bounded whatever the stream's length.
+
+Undo SQL can only restore what the WAL holds: a deleted or updated row's old values are in the
+stream only when the table has ``REPLICA IDENTITY FULL``. Where they are not, the undo script
+says so in a comment instead of guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from .model import NO_STOP, Begin, Change, Commit, Event, Op, StopPoint, TableName, Values
+
+FORMATS = ("jsonl", "sql", "undo-sql")
+
+
+@dataclass(frozen=True, slots=True)
+class Selected:
+    """A change that passed the table filter and the stop point, with its transaction."""
+
+    change: Change
+    xid: int | None
+    commit_lsn: str | None
+    commit_time: str | None
+
+
+def select(
+    events: Iterable[Event], tables: Iterable[TableName] = (), stop: StopPoint = NO_STOP
+) -> Iterator[Begin | Change | Commit]:
+    """Events of committed transactions before ``stop``, keeping only changes of ``tables``.
+
+    A transaction whose commit decides the stop point (plugins without commit LSN or time at
+    Begin) is held until its Commit, so nothing past the stop point is ever yielded.
+    """
+    wanted = {(t.schema, t.name) for t in tables}
+    held: list[Begin | Change] = []
+    holding = False
+    for event in events:
+        if isinstance(event, Begin):
+            stops = stop.stops(event.xid, event.commit_lsn, event.end_lsn, event.commit_time)
+            if stops:
+                return
+            holding = stops is None
+            if holding:
+                held = [event]
+            else:
+                yield event
+        elif isinstance(event, Change):
+            if wanted and (event.relation.schema, event.relation.name) not in wanted:
+                continue
+            if holding:
+                held.append(event)
+            else:
+                yield event
+        else:
+            if holding:
+                if stop.stops(event.xid, event.commit_lsn, event.end_lsn, event.commit_time):
+                    return
+                yield from held
+                held, holding = [], False
+            yield event
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _table(change: Change) -> str:
+    return f"{_ident(change.relation.schema)}.{_ident(change.relation.name)}"
+
+
+def _literal(value: str | None) -> str:
+    if value is None:
+        return "NULL"
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _where(change: Change, image: Values) -> str:
+    keys = change.relation.key_columns or tuple(image)
+    return " AND ".join(
+        f"{_ident(name)} IS NULL"
+        if image.get(name) is None
+        else f"{_ident(name)} = {_literal(image[name])}"
+        for name in keys
+        if name in image
+    )
+
+
+def _insert(change: Change, image: Values) -> str:
+    names = ", ".join(_ident(name) for name in image)
+    values = ", ".join(_literal(value) for value in image.values())
+    return f"INSERT INTO {_table(change)} ({names}) VALUES ({values});"
+
+
+def redo_statement(change: Change) -> str:
+    """The SQL that makes ``change`` again."""
+    if change.op is Op.TRUNCATE:
+        return f"TRUNCATE {_table(change)};"
+    if change.op is Op.INSERT:
+        return _insert(change, change.new or {})
+    identity = change.old if change.old is not None else (change.new or {})
+    if change.op is Op.DELETE:
+        return f"DELETE FROM {_table(change)} WHERE {_where(change, identity)};"
+    sets = ", ".join(f"{_ident(k)} = {_literal(v)}" for k, v in (change.new or {}).items())
+    return f"UPDATE {_table(change)} SET {sets} WHERE {_where(change, identity)};"
+
+
+def _full_old_row(change: Change) -> bool:
+    old = change.old or {}
+    return bool(change.relation.columns) and all(
+        column.name in old for column in change.relation.columns
+    )
+
+
+def undo_statement(change: Change) -> str:
+    """The SQL that reverses ``change``, or a comment saying why the WAL cannot tell."""
+    where = f"{change.op} on {_table(change)} at LSN {change.lsn}"
+    if change.op is Op.TRUNCATE:
+        return (
+            f"-- cannot undo the TRUNCATE of {_table(change)} at LSN {change.lsn}: "
+            "the WAL does not hold the truncated rows"
+        )
+    if change.op is Op.INSERT:
+        return f"DELETE FROM {_table(change)} WHERE {_where(change, change.new or {})};"
+    if not _full_old_row(change):
+        return (
+            f"-- cannot undo the {where}: the old row is not in the WAL "
+            "(only tables with REPLICA IDENTITY FULL log it)"
+        )
+    old = change.old or {}
+    if change.op is Op.DELETE:
+        return _insert(change, old)
+    new = dict(old)
+    new.update(change.new or {})
+    sets = ", ".join(
+        f"{_ident(k)} = {_literal(v)}" for k, v in old.items() if k not in change.unchanged_toast
+    )
+    return f"UPDATE {_table(change)} SET {sets} WHERE {_where(change, new)};"
+
+
+def change_record(change: Change, begin: Begin | None) -> dict[str, object]:
+    """The JSON object ``--format jsonl`` prints for one change."""
+    return {
+        "xid": change.xid if change.xid is not None else (begin.xid if begin else None),
+        "lsn": str(change.lsn) if change.lsn is not None else None,
+        "commit_lsn": str(begin.commit_lsn) if begin and begin.commit_lsn is not None else None,
+        "commit_time": begin.commit_time.isoformat() if begin and begin.commit_time else None,
+        "op": change.op.value,
+        "schema": change.relation.schema,
+        "table": change.relation.name,
+        "relation_id": change.relation.relation_id,
+        "new": dict(change.new) if change.new is not None else None,
+        "old": dict(change.old) if change.old is not None else None,
+        "unchanged_toast": sorted(change.unchanged_toast),
+    }
+
+
+def write(events: Iterable[Begin | Change | Commit], fmt: str, out: IO[str]) -> int:
+    """Write selected events to ``out`` in ``fmt``; return the number of changes written."""
+    if fmt == "jsonl":
+        return _write_jsonl(events, out)
+    if fmt == "sql":
+        return _write_redo(events, out)
+    if fmt == "undo-sql":
+        return _write_undo(events, out)
+    raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+
+
+def _write_jsonl(events: Iterable[Begin | Change | Commit], out: IO[str]) -> int:
+    count = 0
+    begin: Begin | None = None
+    pending: list[Change] = []
+    for event in events:
+        if isinstance(event, Begin):
+            begin, pending = event, []
+        elif isinstance(event, Change):
+            if begin is not None and begin.commit_lsn is None and begin.commit_time is None:
+                pending.append(event)  # the Commit brings the commit LSN and time
+                continue
+            out.write(json.dumps(change_record(event, begin), ensure_ascii=False) + "\n")
+            count += 1
+        else:
+            if pending:
+                merged = Begin(
+                    xid=event.xid if event.xid is not None else (begin.xid if begin else None),
+                    commit_lsn=event.commit_lsn,
+                    end_lsn=event.end_lsn,
+                    commit_time=event.commit_time,
+                )
+                for change in pending:
+                    out.write(json.dumps(change_record(change, merged), ensure_ascii=False) + "\n")
+                    count += 1
+            begin, pending = None, []
+    return count
+
+
+def _write_redo(events: Iterable[Begin | Change | Commit], out: IO[str]) -> int:
+    count = 0
+    block: list[str] = []
+    for event in events:
+        if isinstance(event, Begin):
+            block = []
+        elif isinstance(event, Change):
+            block.append(redo_statement(event))
+            count += 1
+            if len(block) >= 10_000:
+                if block[0] != "BEGIN;":
+                    block.insert(0, "BEGIN;")
+                out.write("\n".join(block) + "\n")
+                block = ["-- (transaction continues)"]
+        else:
+            if block and block != ["-- (transaction continues)"]:
+                if not block[0].startswith(("BEGIN;", "--")):
+                    block.insert(0, "BEGIN;")
+                out.write("\n".join(block) + "\nCOMMIT;\n")
+            elif block:
+                out.write("COMMIT;\n")
+            block = []
+    return count
+
+
+def _write_undo(events: Iterable[Begin | Change | Commit], out: IO[str]) -> int:
+    """Undo statements, newest transaction first and newest change first within each."""
+    count = 0
+    offsets: list[tuple[int, int]] = []
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+        statements: list[str] = []
+        for event in events:
+            if isinstance(event, Begin):
+                statements = []
+            elif isinstance(event, Change):
+                statements.append(undo_statement(event))
+                count += 1
+            elif statements:
+                text = "BEGIN;\n" + "\n".join(reversed(statements)) + "\nCOMMIT;\n"
+                start = spool.tell()
+                spool.write(text)
+                offsets.append((start, len(text)))
+                statements = []
+        for start, length in reversed(offsets):
+            spool.seek(start)
+            out.write(spool.read(length))
+    return count

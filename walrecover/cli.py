@@ -20,16 +20,18 @@ from tqdm import tqdm
 
 from . import __version__
 from .db import redact
+from .decoders import PLUGINS
 from .errors import (
     EXIT_DIFFERENCES,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     WalrecoverError,
 )
+from .export import FORMATS, decode_to
 from .lsn import Lsn
 from .model import StopPoint, TableName
 from .reconcile import plain
-from .recover import LedgerCheck, RecoveryResult, recover
+from .recover import LedgerCheck, RecoveryResult, recover, recover_capture
 from .rehearsal import RehearsalResult, rehearse
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -138,9 +140,69 @@ def slot_option(f: F) -> F:
     """``--slot``: the user's logical replication slot (read through a copy, never moved)."""
     return click.option(
         "--slot",
-        required=True,
         help="The logical replication slot to read. It is copied, never advanced.",
     )(f)
+
+
+def _plugin_option(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for item in value:
+        name, sep, setting = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="-o/--option")
+        options[name.strip()] = setting
+    return options
+
+
+def source_options(f: F) -> F:
+    """Where the stream comes from besides a slot, and how it is read (as pg_recvlogical)."""
+    f = click.option(
+        "--via-plugin",
+        type=click.Choice(PLUGINS),
+        help="Read the slot through this plugin instead of its own (the copy is made with it).",
+    )(f)
+    f = click.option(
+        "-o",
+        "--option",
+        "plugin_options",
+        multiple=True,
+        metavar="NAME=VALUE",
+        callback=_plugin_option,
+        help="A plugin option, as pg_recvlogical -o (e.g. -o publication_names=pub, "
+        "-o proto_version=2, -o format-version=1). Repeatable.",
+    )(f)
+    f = click.option(
+        "--plugin",
+        type=click.Choice(PLUGINS),
+        help="The output plugin that wrote --from-file (pg_recvlogical -P).",
+    )(f)
+    return click.option(
+        "--from-file",
+        "from_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Read a capture written by pg_recvlogical --start -f PATH instead of a slot.",
+    )(f)
+
+
+def _check_source(slot: str | None, from_file: Path | None, plugin: str | None) -> None:
+    if from_file is not None:
+        if slot is not None:
+            raise click.UsageError("give either --slot or --from-file, not both")
+        if plugin is None:
+            raise click.UsageError("--from-file needs --plugin (the plugin pg_recvlogical used)")
+    elif slot is None:
+        raise click.UsageError("give --slot (with -d) or --from-file (with --plugin)")
+    elif plugin is not None:
+        raise click.UsageError(
+            "--plugin describes a --from-file capture; for a slot use --via-plugin"
+        )
+
+
+def _warn(warnings: tuple[str, ...] | list[str]) -> None:
+    for warning in warnings:
+        click.echo(f"walrecover: warning: {warning}", err=True)
 
 
 def stop_options(f: F) -> F:
@@ -206,6 +268,7 @@ def _table(value: str, option: str) -> TableName:
 @main.command("recover")
 @dbname_option
 @slot_option
+@source_options
 @click.option(
     "--table",
     "table_name",
@@ -246,7 +309,11 @@ def _table(value: str, option: str) -> TableName:
 @json_option
 def recover_command(
     dsn: str | None,
-    slot: str,
+    slot: str | None,
+    from_file: Path | None,
+    plugin: str | None,
+    plugin_options: dict[str, str],
+    via_plugin: str | None,
     table_name: str,
     into_name: str | None,
     target: str | None,
@@ -271,6 +338,9 @@ def recover_command(
           --ledger-query "SELECT id, balance FROM accounts" \\
           --audit transactions.parquet
     """
+    _check_source(slot, from_file, plugin)
+    if from_file is not None and target is None and dsn is None:
+        raise click.UsageError("recovering --from-file needs --target (or -d): where to build")
     table = _table(table_name, "--table")
     into = _table(into_name, "--into") if into_name else None
     stop = _stop_point(stop_before_lsn, stop_before_xid, stop_before_time)
@@ -279,22 +349,44 @@ def recover_command(
         raise click.UsageError("reconciliation needs all of --key, --amount and --ledger-query")
     ledger = LedgerCheck(key_column, amount_column, ledger_query) if all(ledger_args) else None  # type: ignore[arg-type]
     progress = Progress()
+    ddl = ddl_file.read() if ddl_file else None
     try:
-        result = recover(
-            dsn,
-            slot,
-            table,
-            into=into,
-            target=target,
-            stop=stop,
-            ddl=ddl_file.read() if ddl_file else None,
-            force=force,
-            ledger=ledger,
-            audit_path=audit_path,
-            progress=progress,
-        )
+        if from_file is not None:
+            assert plugin is not None
+            result = recover_capture(
+                from_file,
+                plugin,
+                table,
+                target=target if target is not None else dsn,
+                into=into,
+                options=plugin_options,
+                stop=stop,
+                ddl=ddl,
+                force=force,
+                ledger=ledger,
+                audit_path=audit_path,
+                progress=progress,
+            )
+        else:
+            assert slot is not None
+            result = recover(
+                dsn,
+                slot,
+                table,
+                into=into,
+                target=target,
+                stop=stop,
+                ddl=ddl,
+                force=force,
+                ledger=ledger,
+                audit_path=audit_path,
+                progress=progress,
+                options=plugin_options,
+                via_plugin=via_plugin,
+            )
     finally:
         progress.close()
+    _warn(result.warnings)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
@@ -345,6 +437,71 @@ def _recovery_text(result: RecoveryResult) -> str:
     return "\n".join(lines)
 
 
+@main.command("decode")
+@dbname_option
+@slot_option
+@source_options
+@click.option(
+    "--table",
+    "table_names",
+    multiple=True,
+    metavar="SCHEMA.TABLE",
+    help="Only changes of this table (repeatable). Default: every table.",
+)
+@stop_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: one JSON object per row change; sql: redo SQL; undo-sql: the SQL that "
+    "reverses the changes, newest first.",
+)
+def decode_command(
+    dsn: str | None,
+    slot: str | None,
+    from_file: Path | None,
+    plugin: str | None,
+    plugin_options: dict[str, str],
+    via_plugin: str | None,
+    table_names: tuple[str, ...],
+    stop_before_lsn: str | None,
+    stop_before_xid: int | None,
+    stop_before_time: str | None,
+    fmt: str,
+) -> None:
+    """Print the row changes of a slot (read through a copy) or a capture file.
+
+    \b
+    Examples:
+      walrecover decode -d "dbname=bank" --slot cdc --table public.transactions
+      walrecover decode --from-file capture.bin --plugin pgoutput -o proto_version=1 \\
+          --format undo-sql --stop-before-lsn 16/B374D848 > undo.sql
+    """
+    _check_source(slot, from_file, plugin)
+    tables = [_table(name, "--table") for name in table_names]
+    stop = _stop_point(stop_before_lsn, stop_before_xid, stop_before_time)
+    progress = Progress()
+    try:
+        result = decode_to(
+            sys.stdout,
+            dsn=dsn,
+            slot=slot,
+            capture=str(from_file) if from_file is not None else None,
+            plugin=plugin,
+            tables=tables,
+            stop=stop,
+            fmt=fmt,
+            options=plugin_options,
+            via_plugin=via_plugin,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    _warn(result.warnings)
+
+
 @main.command("rehearse")
 @click.option(
     "--transactions",
@@ -367,13 +524,25 @@ def _recovery_text(result: RecoveryResult) -> str:
     help="Keep the rehearsal's Parquet audit at this path.",
 )
 @click.option(
+    "--plugin",
+    type=click.Choice(PLUGINS),
+    default="wal2json",
+    show_default=True,
+    help="The output plugin of the rehearsal's slot.",
+)
+@click.option(
     "--keep",
     is_flag=True,
     help="Leave the throwaway cluster running to explore (prints how to reach it).",
 )
 @json_option
 def rehearse_command(
-    transactions: int, accounts: int, audit_path: Path | None, keep: bool, as_json: bool
+    transactions: int,
+    accounts: int,
+    audit_path: Path | None,
+    plugin: str,
+    keep: bool,
+    as_json: bool,
 ) -> None:
     """Practise the whole recovery on a throwaway PostgreSQL.
 
@@ -387,7 +556,12 @@ def rehearse_command(
     progress = Progress()
     try:
         result = rehearse(
-            transactions, accounts, keep=keep, audit_path=audit_path, progress=progress
+            transactions,
+            accounts,
+            keep=keep,
+            audit_path=audit_path,
+            progress=progress,
+            plugin=plugin,
         )
     finally:
         progress.close()

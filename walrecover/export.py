@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO
 
+from .decoders import decode_all, make_decoder, warnings_for
+from .errors import DecodeError
 from .model import NO_STOP, Begin, Change, Commit, Event, Op, StopPoint, TableName, Values
+from .sources import CaptureSource, ProgressCallback, SlotSource
 
 FORMATS = ("jsonl", "sql", "undo-sql")
 
@@ -249,3 +252,61 @@ def _write_undo(events: Iterable[Begin | Change | Commit], out: IO[str]) -> int:
             spool.seek(start)
             out.write(spool.read(length))
     return count
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """What ``walrecover decode`` wrote."""
+
+    changes: int
+    plugin: str
+    warnings: tuple[str, ...] = ()
+
+
+def decode_to(
+    out: IO[str],
+    *,
+    dsn: str | None = None,
+    slot: str | None = None,
+    capture: str | None = None,
+    plugin: str | None = None,
+    tables: Iterable[TableName] = (),
+    stop: StopPoint = NO_STOP,
+    fmt: str = "jsonl",
+    options: Mapping[str, str] | None = None,
+    via_plugin: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> DecodeResult:
+    """Decode a slot (through a copy) or a capture file and write its changes to ``out``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    tables = tuple(tables)
+    source: SlotSource | CaptureSource
+    if capture is not None:
+        if plugin is None:
+            raise DecodeError("a capture file needs --plugin: the plugin pg_recvlogical used")
+        source = CaptureSource(capture, plugin, options=options, progress=progress)
+    elif slot is not None:
+        source = SlotSource(
+            dsn,
+            slot,
+            tables=[f"{t.schema}.{t.name}" for t in tables],
+            options=options,
+            via_plugin=via_plugin,
+            progress=progress,
+        )
+    else:
+        raise DecodeError("give a slot (-d and --slot) or a capture file (--from-file)")
+    with source:
+        decoder = make_decoder(source.plugin, dict(source.options))
+        events = select(decode_all(decoder, source.messages()), tables, stop)
+        try:
+            count = write(events, fmt, out)
+        except DecodeError as exc:
+            if isinstance(source, CaptureSource) and str(source.path) not in exc.message:
+                exc.message = f"{source.where()}: {exc.message}"
+                exc.args = (exc.message,)
+            raise
+        return DecodeResult(
+            count, source.plugin, tuple(warnings_for(source.plugin, dict(source.options)))
+        )

@@ -19,6 +19,7 @@ from typing import Any
 
 from .cluster import Cluster
 from .db import connect
+from .decoders import PLUGINS
 from .errors import ClusterError
 from .lsn import Lsn
 from .model import StopPoint, TableName
@@ -114,6 +115,20 @@ END $$;
 """
 
 
+#: The definition an engineer would pass with --ddl (test_decoding carries no key or typmods).
+RECOVERED_DDL = """
+CREATE TABLE public.transactions_recovered (
+    id bigint PRIMARY KEY,
+    account_id integer NOT NULL,
+    amount numeric(12,2) NOT NULL,
+    kind text NOT NULL,
+    created_at timestamptz NOT NULL,
+    note text,
+    meta jsonb
+)
+"""
+
+
 @dataclass(frozen=True)
 class RehearsalResult:
     """What the drill did and whether the recovery matched the ground truth."""
@@ -189,19 +204,29 @@ def rehearse(
     keep: bool = False,
     audit_path: str | Path | None = None,
     progress: ProgressCallback | None = None,
+    plugin: str = "wal2json",
 ) -> RehearsalResult:
-    """Run the whole drill on a throwaway cluster and report what happened and how long."""
+    """Run the whole drill on a throwaway cluster and report what happened and how long.
+
+    ``plugin`` is the slot's output plugin. With pgoutput the bank has a publication for all
+    tables; with test_decoding, which never says which columns form the key, the recovery is
+    given the table's definition (as an engineer would give ``--ddl``).
+    """
     if transactions < 1 or accounts < 1:
         raise ClusterError("a rehearsal needs at least one transaction and one account")
+    if plugin not in PLUGINS:
+        raise ClusterError(f"--plugin {plugin!r} is not one of {', '.join(PLUGINS)}")
     started = time.monotonic()
-    cluster = Cluster(keep=keep)
+    cluster = Cluster(keep=keep, require_plugins=(plugin,) if plugin == "wal2json" else ())
     cluster.start()
     workdir = tempfile.TemporaryDirectory(prefix="walrecover-rehearsal-")
     try:
         dsn = cluster.dsn()
         with connect(dsn, autocommit=True, role="rehearsal") as conn:
             create_bank(conn, accounts)
-            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'wal2json')", (SLOT,))
+            if plugin == "pgoutput":
+                conn.execute("CREATE PUBLICATION bank_pub FOR ALL TABLES")
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (SLOT, plugin))
             t0 = time.monotonic()
             run_workload(conn, transactions, accounts, progress=progress)
             workload = time.monotonic() - t0
@@ -223,6 +248,8 @@ def rehearse(
             ledger=LedgerCheck("account_id", "amount", "SELECT id, balance FROM accounts"),
             audit_path=path,
             progress=progress,
+            options={"publication_names": "bank_pub"} if plugin == "pgoutput" else None,
+            ddl=RECOVERED_DDL if plugin == "test_decoding" else None,
         )
         recovery = time.monotonic() - t0
         t0 = time.monotonic()

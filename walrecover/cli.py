@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import click
+import psycopg
 from tqdm import tqdm
 
 from . import __version__
@@ -80,6 +81,12 @@ class _Group(click.Group):
             message = redact(str(exc), ctx.meta.get("walrecover.dsn"))
             click.echo(f"walrecover: error: {message}", err=True)
             ctx.exit(exc.exit_code)
+        except psycopg.Error as exc:
+            # A database error no library code anticipated: still one line, never a traceback.
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = redact(text, ctx.meta.get("walrecover.dsn"))
+            click.echo(f"walrecover: error: {message}", err=True)
+            ctx.exit(EXIT_ERROR)
         except KeyboardInterrupt:
             click.echo(
                 "walrecover: interrupted; what was committed is kept, rerun the same command "
@@ -306,6 +313,13 @@ def _table(value: str, option: str) -> TableName:
     help="SQL that creates the --into table, instead of the stream's definition.",
 )
 @click.option("--force", is_flag=True, help="Drop and rebuild --into if it already exists.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=20_000,
+    show_default=True,
+    help="Row changes per target commit (each commit records progress for a resume).",
+)
 @json_option
 def recover_command(
     dsn: str | None,
@@ -326,6 +340,7 @@ def recover_command(
     audit_path: Path | None,
     ddl_file: Any,
     force: bool,
+    batch_size: int,
     as_json: bool,
 ) -> None:
     """Rebuild a table from a logical replication slot, without moving the slot.
@@ -366,6 +381,7 @@ def recover_command(
                 ledger=ledger,
                 audit_path=audit_path,
                 progress=progress,
+                batch_size=batch_size,
             )
         else:
             assert slot is not None
@@ -383,6 +399,7 @@ def recover_command(
                 progress=progress,
                 options=plugin_options,
                 via_plugin=via_plugin,
+                batch_size=batch_size,
             )
     finally:
         progress.close()

@@ -25,10 +25,21 @@ SESSION_SETTINGS: dict[str, str] = {
     "extra_float_digits": "3",
     "bytea_output": "hex",
     "lc_monetary": "C",
+    # Waiting behind another session's lock (a DROP on --force, say) fails instead of hanging.
+    "lock_timeout": "60s",
     "application_name": "walrecover",
 }
 
 DEFAULT_CONNECT_TIMEOUT = 10
+
+#: TCP keepalives (ignored on unix sockets), unless the connection string sets them.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 20,
+    "keepalives_interval": 5,
+    "keepalives_count": 6,
+    "tcp_user_timeout": 60_000,
+}
 
 
 def safe_dsn(dsn: str | None) -> str:
@@ -83,6 +94,10 @@ def connect(dsn: str | None, *, autocommit: bool = False, role: str = "database"
         ) from None
     if "connect_timeout" not in params and "PGCONNECT_TIMEOUT" not in os.environ:
         kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+    # A peer that vanishes (VPN down, laptop asleep) is noticed in about a minute, not hours.
+    for keepalive, setting in KEEPALIVES.items():
+        if keepalive not in params:
+            kwargs[keepalive] = setting
     # Startup options are space-separated: "ISO, YMD" is sent as "ISO,YMD".
     options = " ".join(
         f"-c {name}={value.replace(' ', '')}" for name, value in SESSION_SETTINGS.items()

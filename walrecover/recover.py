@@ -17,13 +17,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from . import __version__
 from .audit import AuditWriter
-from .db import connect, safe_dsn
+from .db import connect, redact, safe_dsn
 from .decoders import decode_all, make_decoder, warnings_for
-from .errors import DecodeError, StopPointError, WalrecoverError
+from .errors import (
+    ConnectionFailed,
+    DecodeError,
+    StopPointError,
+    TableNotInStream,
+    WalrecoverError,
+)
 from .lsn import Lsn
-from .model import NO_STOP, StopPoint, TableName
+from .model import NO_STOP, Change, StopPoint, TableName
 from .reconcile import Reconciliation, reconcile_table
 from .replay import replay
 from .sources import CaptureSource, ProgressCallback, SlotSource
@@ -96,6 +104,11 @@ class RecoveryResult:
             "swept_slots": list(self.swept_slots),
             "warnings": list(self.warnings),
         }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _lsn(value: Lsn | None) -> str | None:
@@ -264,6 +277,10 @@ def _recover(
                     sink=audit,
                     audit_id=str(Path(audit_path).resolve()) if audit_path is not None else None,
                 )
+            except TableNotInStream as exc:
+                if isinstance(src, SlotSource) and not exc.facts.get("tables"):
+                    raise _with_tables(exc, dsn, src) from None
+                raise
             except DecodeError as exc:
                 if isinstance(src, CaptureSource) and str(src.path) not in exc.message:
                     exc.message = f"{src.where()}: {exc.message}"
@@ -299,6 +316,19 @@ def _recover(
                     ledger_query=ledger.query,
                 )
         finished = time.monotonic()
+    except psycopg.OperationalError as exc:
+        raise ConnectionFailed(
+            f"lost a database connection during the recovery into {into} "
+            f"({redact(_first_line(exc), target_dsn)}): what was committed is kept; rerun the "
+            "same command to resume",
+            table=str(into),
+        ) from None
+    except psycopg.Error as exc:
+        raise WalrecoverError(
+            f"the recovery into {into} failed: {redact(_first_line(exc), target_dsn)}; what was"
+            " committed is kept, rerun the same command to resume",
+            table=str(into),
+        ) from None
     finally:
         if audit is not None:
             audit.abort()
@@ -327,6 +357,29 @@ def _recover(
         audit=audit_summary,
         swept_slots=swept,
         warnings=warnings,
+    )
+
+
+def _with_tables(exc: TableNotInStream, dsn: str | None, src: SlotSource) -> TableNotInStream:
+    """The same error, listing the tables the slot does carry (one more pass, no filter)."""
+    seen: set[str] = set()
+    with (
+        contextlib.suppress(WalrecoverError, psycopg.Error),
+        SlotSource(dsn, src.slot, options=src.user_options, via_plugin=src.via_plugin) as again,
+    ):
+        decoder = make_decoder(again.plugin, dict(again.options))
+        for event in decode_all(decoder, again.messages()):
+            if isinstance(event, Change):
+                seen.add(event.relation.qualified_name)
+                if len(seen) >= 20:
+                    break
+    if not seen:
+        return exc
+    listed = ", ".join(sorted(seen))
+    return TableNotInStream(
+        f"{exc.message} (tables in the stream: {listed})",
+        tables=sorted(seen),
+        **{k: v for k, v in exc.facts.items() if k != "tables"},
     )
 
 

@@ -195,6 +195,8 @@ class Replayer:
         self.stopped_before: tuple[int | None, Lsn | None] | None = None
         self._last_xid: int | None = None
         self._committed = 0
+        #: Other tables seen in the stream (a few), to help when the asked-for one is absent.
+        self.other_tables: set[str] = set()
         self._left_out: list[Change] = []
         self._stop_txn: _Txn | None = None
         self.resume_after: Lsn | None = None
@@ -497,6 +499,8 @@ class Replayer:
     def _change(self, change: Change) -> None:
         relation = change.relation
         if not relation.same_table(self.table.schema, self.table.name):
+            if len(self.other_tables) < 50:
+                self.other_tables.add(relation.qualified_name)
             return
         txn = self._txn
         assert txn is not None
@@ -901,10 +905,13 @@ def replay(
         raise
     if replayer.relation is None and resumed_from is None:
         conn.rollback()
+        seen = sorted(replayer.other_tables)
         raise TableNotInStream(
             f"table {table} has no change in the stream before the stop point: check --table"
-            " and that the slot existed before its rows were written",
+            " and that the slot existed before its rows were written"
+            + (f" (tables in the stream: {', '.join(seen[:20])})" if seen else ""),
             table=str(table),
+            tables=seen,
         )
     assert replayer.relation is not None or resumed_from is not None
     return ReplayResult(

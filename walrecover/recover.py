@@ -262,7 +262,7 @@ def _recover(
                     },
                 )
             decoder = make_decoder(src.plugin, dict(src.options))
-            warnings = tuple(warnings_for(src.plugin, dict(src.options)))
+            warnings = list(warnings_for(src.plugin, dict(src.options)))
             try:
                 result = replay(
                     target_conn,
@@ -356,7 +356,10 @@ def _recover(
         reconciliation=reconciliation,
         audit=audit_summary,
         swept_slots=swept,
-        warnings=warnings,
+        warnings=(
+            *warnings,
+            *(f"followed an ALTER TABLE {change}" for change in result.schema_changes),
+        ),
     )
 
 

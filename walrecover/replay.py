@@ -116,6 +116,8 @@ class ReplayResult:
     stopped_before: tuple[int | None, Lsn | None] | None
     resumed_from: Lsn | None
     seconds: float
+    #: ALTER TABLEs in the stream that the rebuilt table followed.
+    schema_changes: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -195,6 +197,8 @@ class Replayer:
         self.stopped_before: tuple[int | None, Lsn | None] | None = None
         self._last_xid: int | None = None
         self._committed = 0
+        #: ALTER TABLEs followed in the rebuilt table, for the result.
+        self.schema_changes: list[str] = []
         #: Other tables seen in the stream (a few), to help when the asked-for one is absent.
         self.other_tables: set[str] = set()
         self._left_out: list[Change] = []
@@ -346,15 +350,19 @@ class Replayer:
             sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(_checked_type(c.type_name)))
             for c in relation.columns
         ]
-        if relation.key_columns:
+        key = relation.key_columns
+        # An "identity" of every column is REPLICA IDENTITY FULL, not a primary key.
+        has_key = bool(key) and len(key) < len(relation.columns)
+        if has_key:
             columns.append(
-                sql.SQL("PRIMARY KEY ({})").format(
-                    sql.SQL(", ").join(map(sql.Identifier, relation.key_columns))
-                )
+                sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key)))
             )
         conn.execute(
             sql.SQL("CREATE TABLE {} ({})").format(self._ident, sql.SQL(", ").join(columns))
         )
+        if not has_key:
+            # Without it, a publication FOR ALL TABLES in the target refuses updates/deletes.
+            conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(self._ident))
 
     # -- the stream --------------------------------------------------------------------------
 
@@ -603,17 +611,73 @@ class Replayer:
         return {r[0] for r in rows}
 
     def _check_schema(self, change: Change) -> None:
+        """Follow an ALTER TABLE in the stream, or stop with an error naming its LSN.
+
+        Added and dropped columns are applied to the rebuilt table (after sending what was
+        buffered under the old definition); a column whose type changed, or a table dropped
+        and re-created under the same name (a new relation id), stops the replay: guessing
+        would misalign data.
+        """
         assert self.relation is not None
-        current = {(c.name, c.type_name) for c in self.relation.columns}
-        seen = {(c.name, c.type_name) for c in change.relation.columns}
-        if seen != current:
+        old, new = self.relation, change.relation
+        if new.relation_id is not None and old.relation_id not in (None, new.relation_id):
             raise ReplayError(
-                f"the definition of {self.table} changes at LSN {change.lsn} (an ALTER TABLE "
-                "in the stream): stop before it with --stop-before-lsn, or rebuild from a --ddl "
-                "that matches the new definition",
+                f"{self.table} was dropped and re-created at LSN {change.lsn} (relation id "
+                f"{old.relation_id}, then {new.relation_id}): stop before it with "
+                f"--stop-before-lsn {change.lsn}",
                 table=str(self.table),
                 lsn=change.lsn,
             )
+        current = {c.name: c.type_name for c in old.columns}
+        seen = {c.name: c.type_name for c in new.columns}
+        if current == seen:
+            self.relation = new
+            return
+        changed = [name for name in current.keys() & seen.keys() if current[name] != seen[name]]
+        if changed and not all(_same_type(current[n], seen[n]) for n in changed):
+            raise ReplayError(
+                f"the type of {self.table}.{changed[0]} changes at LSN {change.lsn} "
+                f"({current[changed[0]]} to {seen[changed[0]]}): stop before it with "
+                f"--stop-before-lsn {change.lsn}, or rebuild from a --ddl of the new definition",
+                table=str(self.table),
+                lsn=change.lsn,
+            )
+        added = [c for c in new.columns if c.name not in current]
+        dropped = [name for name in current if name not in seen]
+        # Same type with another modifier on both sides (numeric(12,2) -> numeric(14,2)).
+        retyped = [n for n in changed if "(" in current[n] and "(" in seen[n]]
+        if added or dropped or retyped:
+            self._flush_midway()
+            for name in retyped:
+                self.conn.execute(
+                    sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
+                        self._ident, sql.Identifier(name), sql.SQL(_checked_type(seen[name]))
+                    )
+                )
+            for column in added:
+                self.conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                        self._ident,
+                        sql.Identifier(column.name),
+                        sql.SQL(_checked_type(column.type_name)),
+                    )
+                )
+            for name in dropped:
+                self.conn.execute(
+                    sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(
+                        self._ident, sql.Identifier(name)
+                    )
+                )
+            self.schema_changes.append(
+                f"at LSN {change.lsn}: "
+                + ", ".join(
+                    [f"added {c.name}" for c in added]
+                    + [f"dropped {n}" for n in dropped]
+                    + [f"{n} became {seen[n]}" for n in retyped]
+                )
+            )
+        self.relation = new
+        self.columns = new.column_names
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -847,6 +911,15 @@ def _where(exc: psycopg.Error) -> str:
     return f" ({context.splitlines()[0]})" if context else ""
 
 
+def _same_type(a: str, b: str) -> bool:
+    """Two spellings of one type (a plugin that omits modifiers, or qualifies names)."""
+
+    def base(name: str) -> str:
+        return name.split("(", maxsplit=1)[0].rsplit(".", 1)[-1].strip('"')
+
+    return base(a) == base(b)
+
+
 #: Type names printed without their modifier (test_decoding) that would mean the wrong type.
 _WITHOUT_MODIFIER = {"character": "bpchar", "bit": "bit varying"}
 
@@ -926,4 +999,5 @@ def replay(
         stopped_before=replayer.stopped_before,
         resumed_from=resumed_from,
         seconds=time.monotonic() - started,
+        schema_changes=tuple(replayer.schema_changes),
     )

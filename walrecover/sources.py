@@ -391,6 +391,8 @@ class SlotSource:
                 if conn is None or conn.closed or conn.broken:
                     raise psycopg.OperationalError("connection gone")
                 conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+                # A copy of a run killed just before this one may only now be orphaned.
+                self.swept.extend(sweep_copies(conn))
             except psycopg.Error:
                 with (
                     contextlib.suppress(WalrecoverError, psycopg.Error),

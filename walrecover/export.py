@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from .decoders import decode_all, make_decoder, warnings_for
-from .errors import DecodeError
+from .errors import DecodeError, StopPointError
 from .model import NO_STOP, Begin, Change, Commit, Event, Op, StopPoint, TableName, Values
 from .sources import CaptureSource, ProgressCallback, SlotSource
 
@@ -65,7 +65,15 @@ def select(
                 yield event
         else:
             if holding:
-                if stop.stops(event.xid, event.commit_lsn, event.end_lsn, event.commit_time):
+                stops = stop.stops(event.xid, event.commit_lsn, event.end_lsn, event.commit_time)
+                if stops is None:
+                    raise StopPointError(
+                        f"the stream does not say where or when transaction {event.xid} "
+                        f"committed, so stop point {stop.describe()} cannot be applied: "
+                        "use --stop-before-xid",
+                        xid=event.xid,
+                    )
+                if stops:
                     return
                 yield from held
                 held, holding = [], False
@@ -109,7 +117,17 @@ def redo_statement(change: Change) -> str:
         return f"TRUNCATE {_table(change)};"
     if change.op is Op.INSERT:
         return _insert(change, change.new or {})
-    identity = change.old if change.old is not None else (change.new or {})
+    if change.old is not None:
+        identity: Values = change.old
+    elif change.relation.key_columns and all(
+        name in (change.new or {}) for name in change.relation.key_columns
+    ):
+        identity = change.new or {}
+    else:
+        return (
+            f"-- cannot redo the {change.op} on {_table(change)} at LSN {change.lsn}: the "
+            "stream does not say which row it changed (no key, no old row)"
+        )
     if change.op is Op.DELETE:
         return f"DELETE FROM {_table(change)} WHERE {_where(change, identity)};"
     sets = ", ".join(f"{_ident(k)} = {_literal(v)}" for k, v in (change.new or {}).items())
@@ -117,10 +135,26 @@ def redo_statement(change: Change) -> str:
 
 
 def _full_old_row(change: Change) -> bool:
+    """True when the change carries the whole old row (REPLICA IDENTITY FULL).
+
+    Either the table is known whole and every column is in the old row, or the old row holds
+    more than the key: only REPLICA IDENTITY FULL logs non-key columns.
+    """
     old = change.old or {}
-    return bool(change.relation.columns) and all(
-        column.name in old for column in change.relation.columns
-    )
+    relation = change.relation
+    if relation.complete and relation.columns:
+        return all(column.name in old for column in relation.columns)
+    keys = set(relation.key_columns)
+    return bool(keys) and any(name not in keys for name in old)
+
+
+def _old_row(change: Change) -> dict[str, str | None]:
+    """The old row, with the columns a plugin leaves out when NULL (test_decoding) as NULL."""
+    row = dict(change.old or {})
+    if change.relation.complete:
+        for column in change.relation.columns:
+            row.setdefault(column.name, None)
+    return row
 
 
 def undo_statement(change: Change) -> str:
@@ -138,7 +172,7 @@ def undo_statement(change: Change) -> str:
             f"-- cannot undo the {where}: the old row is not in the WAL "
             "(only tables with REPLICA IDENTITY FULL log it)"
         )
-    old = change.old or {}
+    old = _old_row(change)
     if change.op is Op.DELETE:
         return _insert(change, old)
     new = dict(old)
@@ -206,27 +240,25 @@ def _write_jsonl(events: Iterable[Begin | Change | Commit], out: IO[str]) -> int
 
 
 def _write_redo(events: Iterable[Begin | Change | Commit], out: IO[str]) -> int:
+    """Redo statements in stream order, one BEGIN/COMMIT per transaction with changes."""
     count = 0
     block: list[str] = []
+    opened = False  # BEGIN already written for this transaction (a long one, written in parts)
     for event in events:
         if isinstance(event, Begin):
-            block = []
+            block, opened = [], False
         elif isinstance(event, Change):
             block.append(redo_statement(event))
             count += 1
             if len(block) >= 10_000:
-                if block[0] != "BEGIN;":
-                    block.insert(0, "BEGIN;")
-                out.write("\n".join(block) + "\n")
-                block = ["-- (transaction continues)"]
+                out.write(("" if opened else "BEGIN;\n") + "\n".join(block) + "\n")
+                block, opened = [], True
         else:
-            if block and block != ["-- (transaction continues)"]:
-                if not block[0].startswith(("BEGIN;", "--")):
-                    block.insert(0, "BEGIN;")
-                out.write("\n".join(block) + "\nCOMMIT;\n")
-            elif block:
-                out.write("COMMIT;\n")
-            block = []
+            if block or opened:
+                head = "" if opened else "BEGIN;\n"
+                body = "\n".join(block) + "\n" if block else ""
+                out.write(head + body + "COMMIT;\n")
+            block, opened = [], False
     return count
 
 

@@ -610,6 +610,22 @@ class Replayer:
         ).fetchall()
         return {r[0] for r in rows}
 
+    def _at(self, change: Change) -> str:
+        """Where a change is, for messages: its LSN, else its transaction (capture files)."""
+        if change.lsn is not None:
+            return f" at LSN {change.lsn}"
+        xid = change.xid if change.xid is not None else (self._txn.xid if self._txn else None)
+        return f" in transaction {xid}" if xid is not None else ""
+
+    def _stop_hint(self) -> str:
+        """The stop option that leaves out the open transaction."""
+        txn = self._txn
+        if txn is not None and txn.commit_lsn is not None:
+            return f"--stop-before-lsn {txn.commit_lsn}"
+        if txn is not None and txn.xid is not None:
+            return f"--stop-before-xid {txn.xid}"
+        return "a --stop-before option"
+
     def _check_schema(self, change: Change) -> None:
         """Follow an ALTER TABLE in the stream, or stop with an error naming its LSN.
 
@@ -622,9 +638,9 @@ class Replayer:
         old, new = self.relation, change.relation
         if new.relation_id is not None and old.relation_id not in (None, new.relation_id):
             raise ReplayError(
-                f"{self.table} was dropped and re-created at LSN {change.lsn} (relation id "
+                f"{self.table} was dropped and re-created{self._at(change)} (relation id "
                 f"{old.relation_id}, then {new.relation_id}): stop before it with "
-                f"--stop-before-lsn {change.lsn}",
+                f"{self._stop_hint()}",
                 table=str(self.table),
                 lsn=change.lsn,
             )
@@ -636,9 +652,9 @@ class Replayer:
         changed = [name for name in current.keys() & seen.keys() if current[name] != seen[name]]
         if changed and not all(_same_type(current[n], seen[n]) for n in changed):
             raise ReplayError(
-                f"the type of {self.table}.{changed[0]} changes at LSN {change.lsn} "
+                f"the type of {self.table}.{changed[0]} changes{self._at(change)} "
                 f"({current[changed[0]]} to {seen[changed[0]]}): stop before it with "
-                f"--stop-before-lsn {change.lsn}, or rebuild from a --ddl of the new definition",
+                f"{self._stop_hint()}, or rebuild from a --ddl of the new definition",
                 table=str(self.table),
                 lsn=change.lsn,
             )
@@ -669,7 +685,7 @@ class Replayer:
                     )
                 )
             self.schema_changes.append(
-                f"at LSN {change.lsn}: "
+                f"{self._at(change).strip() or 'in the stream'}: "
                 + ", ".join(
                     [f"added {c.name}" for c in added]
                     + [f"dropped {n}" for n in dropped]
@@ -721,6 +737,13 @@ class Replayer:
                 self._copy([batch.pending[i].change for i in batch.inserts])
             if batch.others:
                 self._apply_others([batch.pending[i] for i in batch.others])
+        except psycopg.errors.UniqueViolation as exc:
+            raise ReplayError(
+                f"applying changes to {self.into} failed: {exc.diag.message_primary}"
+                f"{_where(exc)}: a row came back twice, which happens when the table was dropped "
+                "and re-created within the stream; stop before the DROP with --stop-before-lsn",
+                table=str(self.into),
+            ) from None
         except psycopg.Error as exc:
             raise ReplayError(
                 f"applying changes to {self.into} failed: {exc.diag.message_primary or exc}"
@@ -801,8 +824,10 @@ class Replayer:
         old = change.old
         if old is None:
             raise ReplayError(
-                f"{self.table} has no primary key and the {change.op} at LSN {change.lsn} carries"
-                " no old row: set REPLICA IDENTITY FULL on such tables, or recover inserts only",
+                f"the stream does not say which row the {change.op}{self._at(change)} of "
+                f"{self.table} changes: its key is unknown (test_decoding prints key columns only"
+                " with an old key) and no old row was logged; give --ddl FILE with the table's "
+                "PRIMARY KEY (or, for a table without one, set REPLICA IDENTITY FULL on it)",
                 table=str(self.table),
                 lsn=change.lsn,
             )

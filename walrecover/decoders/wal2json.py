@@ -63,6 +63,11 @@ def _escape_part(part: str) -> str:
     return "".join("\\" + ch if ch in " ',.*\\" else ch for ch in part)
 
 
+def _at(lsn: Lsn | None) -> str:
+    """`` at LSN X`` for messages, or nothing when the stream has no LSNs (capture files)."""
+    return f" at LSN {lsn}" if lsn is not None else ""
+
+
 def _text(value: Any, type_oid: int | None, type_name: str | None) -> str | None:
     """wal2json's JSON value as PostgreSQL's own text output."""
     if isinstance(value, str):
@@ -85,7 +90,7 @@ def _timestamp(text: Any, lsn: Lsn | None) -> datetime | None:
         return datetime.fromisoformat(str(text))
     except ValueError:
         raise DecodeError(
-            f"wal2json timestamp {text!r} at LSN {lsn} is not ISO: decode with DateStyle ISO",
+            f"wal2json timestamp {text!r}{_at(lsn)} is not ISO: decode with DateStyle ISO",
             lsn=lsn,
         ) from None
 
@@ -116,26 +121,26 @@ class Wal2JsonV2Decoder:
                 data = data.decode("utf-8")
             except UnicodeDecodeError:
                 raise DecodeError(
-                    f"wal2json message at LSN {message.lsn} is not UTF-8: is this wal2json output?",
+                    f"wal2json message{_at(message.lsn)} is not UTF-8: is this wal2json output?",
                     lsn=message.lsn,
                 ) from None
         try:
             obj = _JSON.decode(data)
         except json.JSONDecodeError as exc:
             raise DecodeError(
-                f"wal2json message at LSN {message.lsn} is not JSON ({exc.msg} at char "
+                f"wal2json message{_at(message.lsn)} is not JSON ({exc.msg} at char "
                 f"{exc.pos}): is this wal2json format-version 2 output?",
                 lsn=message.lsn,
             ) from None
         except ValueError as exc:
             raise DecodeError(
-                f"wal2json message at LSN {message.lsn} is not JSON ({exc}): "
+                f"wal2json message{_at(message.lsn)} is not JSON ({exc}): "
                 "is this wal2json format-version 2 output?",
                 lsn=message.lsn,
             ) from None
         if not isinstance(obj, dict) or "action" not in obj:
             raise DecodeError(
-                f"wal2json message at LSN {message.lsn} has no 'action': "
+                f"wal2json message{_at(message.lsn)} has no 'action': "
                 "walrecover needs format-version 2",
                 lsn=message.lsn,
             )
@@ -143,7 +148,7 @@ class Wal2JsonV2Decoder:
             return self._decode(obj, message)
         except (KeyError, TypeError, ValueError, AttributeError, StopPointError) as exc:
             raise DecodeError(
-                f"wal2json message at LSN {message.lsn} is malformed ({type(exc).__name__}: "
+                f"wal2json message{_at(message.lsn)} is malformed ({type(exc).__name__}: "
                 f"{exc}): the stream is damaged or not wal2json format-version 2",
                 lsn=message.lsn,
             ) from None
@@ -152,9 +157,13 @@ class Wal2JsonV2Decoder:
         # Sources stop at transaction boundaries, so an open transaction here is damage.
         if self._open:
             raise DecodeError(
-                f"the stream ends inside transaction {self._xid} (begun at LSN "
-                f"{self._begin_row_lsn}, last message at LSN {self._last_lsn}): "
-                "the capture is truncated",
+                f"the stream ends inside transaction {self._xid}"
+                + (
+                    f" (begun at LSN {self._begin_row_lsn}, last message at LSN {self._last_lsn})"
+                    if self._last_lsn is not None
+                    else ""
+                )
+                + ": the capture is truncated",
                 xid=self._xid,
                 lsn=self._last_lsn,
             )
@@ -171,8 +180,7 @@ class Wal2JsonV2Decoder:
             commit_lsn = Lsn.parse(lsn_text) if lsn_text else None
             if self._open:
                 raise DecodeError(
-                    f"wal2json BEGIN of xid {xid} at LSN {message.lsn} inside transaction "
-                    f"{self._xid}",
+                    f"wal2json BEGIN of xid {xid}{_at(message.lsn)} inside transaction {self._xid}",
                     lsn=message.lsn,
                 )
             self._open, self._xid, self._begin_row_lsn = True, xid, message.lsn
@@ -188,7 +196,7 @@ class Wal2JsonV2Decoder:
         if action == "C":
             if not self._open:
                 raise DecodeError(
-                    f"wal2json COMMIT at LSN {message.lsn} without BEGIN", lsn=message.lsn
+                    f"wal2json COMMIT{_at(message.lsn)} without BEGIN", lsn=message.lsn
                 )
             self._open = False
             seen, self._begin = self._begin, None
@@ -210,10 +218,10 @@ class Wal2JsonV2Decoder:
             return ()
         op = _OPS.get(action)
         if op is None:
-            raise DecodeError(f"wal2json action {action!r} at LSN {lsn} is unknown", lsn=lsn)
+            raise DecodeError(f"wal2json action {action!r}{_at(lsn)} is unknown", lsn=lsn)
         if not self._open:
             raise DecodeError(
-                f"wal2json change at LSN {lsn} outside a transaction: "
+                f"wal2json change{_at(lsn)} outside a transaction: "
                 "walrecover needs include-transaction on",
                 lsn=lsn,
             )

@@ -1,42 +1,100 @@
-"""The Parquet audit: one row per recovered row change, streamed in row groups.
+"""The Parquet audit: one row per recovered row change, tamper-evident, typed, streamed.
 
-Each row carries where the change came from (commit LSN, change LSN, xid, commit time), what it
-was (op, relation, key), the after-image as typed Arrow columns (``new_<column>``: numeric as
-``decimal128(p, s)``, timestamptz as ``timestamp[us, UTC]``, integers, text, booleans, JSON as
-text), the exact canonical text of both images as JSON (``new_values``, ``old_values``: lossless
-even where a typed column cannot hold a value, such as ``infinity``), and what replay did with it.
-Run metadata (source without password, slot, plugin, LSN range, stop point, counts) goes into the
-file's key-value metadata. The file is written as ``PATH.partial`` and renamed when complete, so a
-file at PATH is always whole.
+Each row carries where the change came from (``seq``, commit LSN, change LSN, xid, commit time),
+what it was (op, relation, key), what became of it (``outcome``, see
+:mod:`walrecover.outcomes`), the exact canonical text of both images as JSON (``new_values``,
+``old_values``: lossless, whatever the type), and both images again as typed Arrow columns
+(``new_<column>``, ``old_<column>``) for pandas, DuckDB and Spark:
+
+=================================  ============================================================
+PostgreSQL                         Arrow
+=================================  ============================================================
+smallint, integer, bigint, oid     int16, int32, int64, int64
+numeric(p, s), p <= 38, 0<=s<=p    decimal128(p, s)
+numeric, numeric(p > 38, s)        string: the exact text (no Arrow decimal holds every value)
+real, double precision             float32, float64
+boolean                            bool
+bytea                              binary
+date                               date32
+time                               time64[us]
+timestamp                          timestamp[us]
+timestamptz                        timestamp[us, UTC]
+interval                           struct<months int32, days int32, microseconds int64>
+X[] (one dimension)                list<the type of X>
+text, varchar, char, uuid, json,   string (uuid: Spark cannot read Parquet's UUID type; JSON is
+jsonb, timetz, inet, enums, ...    text anyway)
+=================================  ============================================================
+
+A value a typed column cannot hold (``infinity``, numeric ``NaN``, a year past 9999, a
+multi-dimensional array) is NULL there and exact in ``new_values``/``old_values``. Every typed
+field carries its PostgreSQL type in the field metadata (``walrecover.pg_type``).
+
+Tamper evidence: ``row_hash`` is the SHA-256 of the row's canonical content (the JSON array of
+the columns in :data:`HASHED`, see :func:`hash_rows`) and ``chain_hash`` chains them in ``seq``
+order from :data:`CHAIN_SEED`, so an edited, deleted or reordered row breaks the chain;
+:func:`verify_audit` recomputes everything, checks that every typed value is the one its exact
+text gives, and names the first bad row. A manifest (JSON) beside the audit records each file's
+SHA-256, the row count and the chain head.
+
+Layouts: a single file (``--audit PATH``, manifest ``PATH.manifest.json``), or a Hive-partitioned
+dataset by commit date (``--audit-dir DIR``: ``DIR/commit_date=2024-05-01/part-000000.parquet``,
+manifest ``DIR/_manifest.json``, ignored by readers as an underscore file) that pandas, pyarrow,
+DuckDB and Spark read as one table. Either is built beside its final place (``PATH.partial``) and
+renamed when complete, so what is at PATH is always whole.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import functools
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from . import __version__, outcomes
 from .errors import AuditError
 from .lsn import Lsn
-from .model import Column, Relation, Values
+from .model import Column, Op, Relation, Values
 from .replay import AppliedChange
 
+#: Rows per Parquet row group (and per batch in the merge and verify passes).
 ROW_GROUP_ROWS = 65_536
-_NUMERIC_RE = re.compile(r"^numeric\((\d+),(\d+)\)$")
+#: Rows per file of a partitioned dataset, at most.
+DATASET_FILE_ROWS = 1_000_000
+#: What this module writes; kept in the metadata and the manifest.
+AUDIT_FORMAT: Final = "walrecover-audit/2"
+MANIFEST_FORMAT: Final = "walrecover-audit-manifest/1"
+#: The manifest of a partitioned dataset, inside it (underscore files are hidden from readers).
+DATASET_MANIFEST: Final = "_manifest.json"
+PARTITION: Final = "commit_date"
+#: The partition of rows without a commit time. Not Hive's ``__HIVE_DEFAULT_PARTITION__``:
+#: pandas cannot read a dataset whose partition column has NULLs in some files.
+NO_DATE: Final = "unknown"
+#: Rows per batch when verifying (each batch's values become Python objects).
+VERIFY_BATCH_ROWS = 16_384
+#: How many problems :func:`verify_audit` reports word for word (it counts all of them).
+PROBLEM_LIMIT = 20
+
 _Converter = Callable[[str], Any]
 
-META_COLUMNS = (
+META_COLUMNS: Final[tuple[tuple[str, pa.DataType], ...]] = (
     ("seq", pa.int64()),
     ("commit_lsn", pa.string()),
     ("lsn", pa.string()),
@@ -49,24 +107,56 @@ META_COLUMNS = (
     ("new_values", pa.string()),
     ("old_values", pa.string()),
 )
+#: Columns that only live in the part files: each row's identity before and after its change,
+#: for working out ``superseded`` and ``removed`` when the audit closes.
+_PRIVATE: Final = ("_before_identity", "_after_identity")
+_HASH_COLUMNS: Final = ("row_hash", "chain_hash")
+
+INTERVAL_TYPE: Final = pa.struct(
+    [
+        pa.field("months", pa.int32()),
+        pa.field("days", pa.int32()),
+        pa.field("microseconds", pa.int64()),
+    ]
+)
+
+# -- PostgreSQL text -> typed Arrow values -------------------------------------------------------
+
+_NUMERIC_RE = re.compile(r"^numeric\((\d+),(-?\d+)\)$")
 
 
 def _base_type(type_name: str) -> str:
-    return re.sub(r"\(.*\)", "", type_name).strip()
+    return re.sub(r"\(.*?\)", "", type_name).strip()
 
 
 def arrow_type(column: Column) -> tuple[pa.DataType, _Converter]:
     """The Arrow type for a PostgreSQL column and a converter from its canonical text."""
-    name = column.type_name.strip()
+    return pg_arrow_type(column.type_name)
+
+
+@functools.cache
+def pg_arrow_type(type_name: str) -> tuple[pa.DataType, _Converter]:
+    """The Arrow type for a type as ``format_type`` prints it, and a converter from its text.
+
+    A converter raises ``ValueError`` (or ``ArithmeticError``) for a value the Arrow type cannot
+    hold exactly; the audit then leaves the typed cell NULL (the exact text is kept beside it).
+    """
+    name = type_name.strip()
     if name.endswith("[]"):
-        return pa.string(), str
+        element = name[:-2].strip()
+        if _base_type(element) == "box":  # box arrays use ';' between elements: keep the text
+            return pa.string(), str
+        element_type, convert = pg_arrow_type(element)
+        return pa.list_(element_type), _array_converter(convert)
     match = _NUMERIC_RE.match(name.replace(" ", ""))
     if match:
         precision, scale = int(match.group(1)), int(match.group(2))
-        if precision <= 38:
-            return pa.decimal128(precision, scale), _finite_decimal
+        if 1 <= precision <= 38 and 0 <= scale <= precision:
+            return pa.decimal128(precision, scale), _decimal_converter(precision, scale)
         return pa.string(), str
     base = _base_type(name)
+    if base.startswith("interval"):
+        return INTERVAL_TYPE, parse_interval
     simple: dict[str, tuple[pa.DataType, _Converter]] = {
         "smallint": (pa.int16(), int),
         "integer": (pa.int32(), int),
@@ -74,32 +164,298 @@ def arrow_type(column: Column) -> tuple[pa.DataType, _Converter]:
         "oid": (pa.int64(), int),
         "real": (pa.float32(), float),
         "double precision": (pa.float64(), float),
-        "boolean": (pa.bool_(), lambda text: text == "t"),
-        "bytea": (pa.binary(), lambda text: bytes.fromhex(text[2:])),
+        "boolean": (pa.bool_(), _boolean),
+        "bytea": (pa.binary(), _bytea),
         "date": (pa.date32(), date.fromisoformat),
-        "timestamp with time zone": (pa.timestamp("us", tz="UTC"), datetime.fromisoformat),
-        "timestamp without time zone": (pa.timestamp("us"), datetime.fromisoformat),
+        "timestamp with time zone": (pa.timestamp("us", tz="UTC"), _timestamptz),
+        "timestamp without time zone": (pa.timestamp("us"), _timestamp),
         "time without time zone": (pa.time64("us"), time.fromisoformat),
     }
     return simple.get(base, (pa.string(), str))
 
 
-def _finite_decimal(text: str) -> Decimal:
-    value = Decimal(text)
-    if not value.is_finite():
-        raise ValueError("NaN and infinity have no decimal128 form")
+def _decimal_converter(precision: int, scale: int) -> _Converter:
+    def convert(text: str) -> Decimal:
+        value = Decimal(text)
+        if not value.is_finite():
+            raise ValueError("NaN and infinity have no decimal128 form")
+        _, digits, exponent = value.as_tuple()
+        assert isinstance(exponent, int)
+        if -exponent > scale or len(digits) + exponent + scale > precision:
+            raise ValueError(f"{text} does not fit numeric({precision},{scale})")
+        return value
+
+    return convert
+
+
+def _boolean(text: str) -> bool:
+    if text in ("t", "true"):
+        return True
+    if text in ("f", "false"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean")
+
+
+def _bytea(text: str) -> bytes:
+    if not text.startswith("\\x"):
+        raise ValueError("bytea is not in hex output format")
+    return bytes.fromhex(text[2:])
+
+
+def _timestamptz(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError("timestamptz without an offset")
     return value
 
 
+def _timestamp(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is not None:
+        raise ValueError("timestamp with an offset")
+    return value
+
+
+_INTERVAL_UNITS = {
+    "year": 12,
+    "years": 12,
+    "mon": 1,
+    "mons": 1,
+    "day": 0,
+    "days": 0,
+}
+_INTERVAL_TIME = re.compile(r"^([+-]?)(\d+):(\d{2}):(\d{2})(?:\.(\d{1,6}))?$")
+
+
+def parse_interval(text: str) -> dict[str, int]:
+    """An interval in PostgreSQL's ``postgres`` IntervalStyle as months, days, microseconds.
+
+    ``1 year 2 mons 3 days 04:05:06.5`` -> ``{"months": 14, "days": 3, "microseconds":
+    14706500000}``. The three parts are kept apart, as PostgreSQL keeps them (a month is not a
+    number of days), so the value is exact.
+    """
+    months = days = micros = 0
+    tokens = text.split()
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        clock = _INTERVAL_TIME.match(token)
+        if clock:
+            sign, hours, minutes, seconds, fraction = clock.groups()
+            value = ((int(hours) * 60 + int(minutes)) * 60 + int(seconds)) * 1_000_000
+            value += int((fraction or "").ljust(6, "0") or 0)
+            micros += -value if sign == "-" else value
+            i += 1
+            continue
+        if i + 1 >= len(tokens) or tokens[i + 1] not in _INTERVAL_UNITS:
+            raise ValueError(f"{text!r} is not an interval in the postgres style")
+        amount, unit = int(token), tokens[i + 1]
+        if unit.startswith("day"):
+            days += amount
+        else:
+            months += amount * _INTERVAL_UNITS[unit]
+        i += 2
+    if not (-(2**31) <= months < 2**31 and -(2**31) <= days < 2**31):
+        raise ValueError("interval out of range")
+    return {"months": months, "days": days, "microseconds": micros}
+
+
+def parse_array(text: str) -> list[str | None]:
+    """The elements of a one-dimensional array in PostgreSQL's output format, as text.
+
+    ``{1,NULL,"a b","q\\"d"}`` -> ``["1", None, "a b", 'q"d']``. Arrays with more than one
+    dimension or explicit bounds (``[0:1]={...}``) raise ``ValueError``: no Arrow list type
+    can say what they are without guessing, so the typed cell stays NULL.
+    """
+    if not (text.startswith("{") and text.endswith("}")):
+        raise ValueError("an array with explicit bounds")
+    body = text[1:-1]
+    if not body:
+        return []
+    if body.startswith("{"):
+        raise ValueError("a multi-dimensional array")
+    items: list[str | None] = []
+    i, n = 0, len(body)
+    while True:
+        if body[i] == '"':
+            i += 1
+            chars = []
+            while body[i] != '"':
+                if body[i] == "\\":
+                    i += 1
+                chars.append(body[i])
+                i += 1
+            i += 1
+            items.append("".join(chars))
+        else:
+            j = body.find(",", i)
+            j = n if j == -1 else j
+            token = body[i:j]
+            items.append(None if token == "NULL" else token)
+            i = j
+        if i >= n:
+            return items
+        if body[i] != ",":
+            raise ValueError("malformed array")
+        i += 1
+
+
+def _array_converter(convert: _Converter) -> _Converter:
+    def parse(text: str) -> list[Any]:
+        return [None if item is None else convert(item) for item in parse_array(text)]
+
+    return parse
+
+
+def _typed(text: str | None, convert: _Converter) -> Any:
+    if text is None:
+        return None
+    try:
+        return convert(text)
+    except (ValueError, InvalidOperation, ArithmeticError, IndexError):
+        return None  # e.g. 'infinity': the exact text stays in new_values/old_values
+
+
+# -- the schema ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TypedField:
+    """One typed column of the audit: which image and table column it shows, and how."""
+
+    name: str
+    column: str
+    image: str  # "new" or "old"
+    pg_type: str
+    arrow: pa.DataType
+    convert: _Converter
+
+    def field(self) -> pa.Field:
+        return pa.field(
+            self.name,
+            self.arrow,
+            metadata={
+                "walrecover.pg_type": self.pg_type,
+                "walrecover.column": self.column,
+                "walrecover.image": self.image,
+            },
+        )
+
+
+def typed_fields(relation: Relation) -> list[TypedField]:
+    """The typed columns for a relation: ``new_<column>`` for each column, then ``old_``."""
+    taken = {name for name, _ in META_COLUMNS} | set(_HASH_COLUMNS) | set(_PRIVATE)
+    fields: list[TypedField] = []
+    for image in ("new", "old"):
+        for column in relation.columns:
+            name = f"{image}_{column.name}"
+            while name in taken:  # a table column called "values" would clash with new_values
+                name += "_"
+            taken.add(name)
+            arrow, convert = arrow_type(column)
+            fields.append(TypedField(name, column.name, image, column.type_name, arrow, convert))
+    return fields
+
+
+def _fields_of(schema: pa.Schema) -> list[TypedField]:
+    """The typed columns of a written audit, from its field metadata."""
+    found = []
+    for item in schema:
+        meta = item.metadata or {}
+        pg_type = meta.get(b"walrecover.pg_type")
+        if pg_type is None:
+            continue
+        arrow, convert = pg_arrow_type(pg_type.decode())
+        found.append(
+            TypedField(
+                item.name,
+                meta[b"walrecover.column"].decode(),
+                meta[b"walrecover.image"].decode(),
+                pg_type.decode(),
+                arrow,
+                convert,
+            )
+        )
+    return found
+
+
+def typed_column(schema: pa.Schema, column: str, image: str = "new") -> str | None:
+    """The audit column holding ``column`` of the ``image`` ("new" or "old"), or None."""
+    for item in schema:
+        meta = item.metadata or {}
+        if (
+            meta.get(b"walrecover.column") == column.encode()
+            and meta.get(b"walrecover.image") == image.encode()
+        ):
+            return str(item.name)
+    name = f"{image}_{column}"
+    return name if name in schema.names else None
+
+
 def audit_schema(relation: Relation) -> pa.Schema:
-    """The audit's Arrow schema for one relation."""
+    """The audit's Arrow schema for one relation (without the two hash columns)."""
     fields = [pa.field(name, type_) for name, type_ in META_COLUMNS]
-    fields += [pa.field(f"new_{c.name}", arrow_type(c)[0]) for c in relation.columns]
+    fields += [f.field() for f in typed_fields(relation)]
     return pa.schema(fields)
 
 
+#: The part files hold the exact text only; typed columns are derived when the audit closes,
+#: from every column the stream showed (so a truncate first, or an ALTER TABLE, loses none).
+PART_SCHEMA: Final = pa.schema(
+    [pa.field(name, type_) for name, type_ in META_COLUMNS]
+    + [pa.field(name, pa.string()) for name in _PRIVATE]
+)
+
+
+def typed_arrays(table: pa.Table, fields: Sequence[TypedField]) -> list[pa.Array]:
+    """The typed columns of ``fields`` for a batch, derived from its exact text.
+
+    The one place typed values are made: the writer uses it, and :func:`verify_audit` uses it
+    to check that what a file holds is what its exact text gives.
+    """
+    if not fields:
+        return []
+    images = {
+        image: [
+            None if v is None else json.loads(v)
+            for v in table.column(f"{image}_values").to_pylist()
+        ]
+        for image in {f.image for f in fields}
+    }
+    arrays = []
+    for typed in fields:
+        column, convert = typed.column, typed.convert
+        values = [
+            None if obj is None else _typed(obj.get(column), convert) for obj in images[typed.image]
+        ]
+        arrays.append(pa.array(values, typed.arrow))
+    return arrays
+
+
+#: Encoders made once: ``json.dumps`` with options builds a new encoder on every call.
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+_encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _json(values: Values | None) -> str | None:
-    return None if values is None else json.dumps(dict(values), ensure_ascii=False)
+    return None if values is None else _encode(dict(values))
+
+
+def _identity(change_key: tuple[str | None, ...] | None) -> str | None:
+    return None if change_key is None else _encode(list(change_key))
+
+
+def _row_identity(values: Values | None, relation: Relation) -> str | None:
+    """A keyless table's row identity: the whole row, when the image carries every column."""
+    if values is None or not relation.columns:
+        return None
+    names = relation.column_names
+    if any(name not in values for name in names):
+        return None
+    return _encode([values[name] for name in names])
+
+
+# -- the writer ----------------------------------------------------------------------------------
 
 
 class AuditWriter:
@@ -109,28 +465,65 @@ class AuditWriter:
     with the commit LSN it belongs to) just before replay commits the same changes to the target.
     A killed run leaves sealed parts for what the target committed, and maybe one part the target
     never committed: :meth:`start` removes parts past the target's progress, so a resumed run
-    continues exactly where the target did. :meth:`close` merges the parts, in order, into PATH
-    (through ``PATH.partial``), adding each row's SHA-256 and the chained hash.
+    continues exactly where the target did. Parts hold the exact text of each change; each part
+    records the columns the stream had shown so far. :meth:`close` works out which applied
+    changes were later superseded or removed (an on-disk SQLite index, so memory stays bounded),
+    then merges the parts in order into PATH (through ``PATH.partial``), adding the typed columns
+    of every column the stream showed, each row's SHA-256 and the chained hash, and writes the
+    manifest.
+
+    ``partitioned=True`` makes PATH a directory holding a Hive-partitioned dataset by commit
+    date instead of a single file.
     """
 
-    def __init__(self, path: str | os.PathLike[str], metadata: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        metadata: Mapping[str, Any],
+        *,
+        partitioned: bool = False,
+    ) -> None:
         self.path = Path(path)
+        self.partitioned = partitioned
         self.partial = self.path.with_name(self.path.name + ".partial")
+        self._publishing = False
         self.parts = self.path.with_name(self.path.name + ".parts")
+        self.manifest = manifest_path(self.path, partitioned)
         self.metadata = dict(metadata)
         self.rows = 0
+        #: After :meth:`close`: the chain head, the count per outcome, the manifest's SHA-256.
+        self.chain_head = CHAIN_SEED
+        self.outcome_counts: dict[str, int] = {}
+        self.manifest_sha256: str | None = None
         self._part_index = 0
         self._writer: pq.ParquetWriter | None = None
         self._open_files: list[Path] = []
         self._savepoint: tuple[int, int] | None = None
-        self._schema: pa.Schema | None = None
-        self._converters: list[tuple[str, _Converter]] = []
-        self._columns: dict[str, list[Any]] = {}
-        if self.path.is_dir():
-            raise AuditError(f"--audit {self.path} is a directory: give a file path", path=path)
+        self._columns: dict[str, list[Any]] = {name: [] for name in PART_SCHEMA.names}
+        #: The columns of the latest relation that showed the table whole, and every column
+        #: the stream showed (latest definition of each), for the typed columns.
+        self._latest: tuple[Column, ...] = ()
+        self._seen: dict[str, Column] = {}
+        self._relation: Relation | None = None
+        option = "--audit-dir" if partitioned else "--audit"
+        if partitioned:
+            if self.path.exists() and not self.path.is_dir():
+                raise AuditError(f"{option} {self.path} is a file: give a directory", path=path)
+            if (
+                self.path.is_dir()
+                and any(self.path.iterdir())
+                and not (self.path / DATASET_MANIFEST).exists()
+            ):
+                raise AuditError(
+                    f"{option} {self.path} is not empty and holds no walrecover audit: "
+                    "give a new or empty directory",
+                    path=path,
+                )
+        elif self.path.is_dir():
+            raise AuditError(f"{option} {self.path} is a directory: give a file path", path=path)
         if not self.path.parent.is_dir():
             raise AuditError(
-                f"the directory of --audit {self.path} does not exist: create it first", path=path
+                f"the directory of {option} {self.path} does not exist: create it first", path=path
             )
 
     # -- lifecycle driven by replay ----------------------------------------------------------
@@ -144,47 +537,38 @@ class AuditWriter:
         except OSError as exc:
             raise AuditError(f"cannot create {self.parts}: {exc}", path=self.path) from None
         kept = 0
+        last: Path | None = None
         for part in sorted(self.parts.iterdir()):
             upto = _part_lsn(part)
             if upto is None or committed is None or upto > committed:
-                part.unlink()
+                if part.is_dir():
+                    shutil.rmtree(part, ignore_errors=True)
+                else:
+                    part.unlink()
                 continue
             kept += pq.ParquetFile(part).metadata.num_rows
             self._part_index = max(self._part_index, _part_number(part) + 1)
+            last = part
         self.rows = kept
+        if last is not None:
+            self._restore_columns(last)
+
+    def unpublished(self) -> Lsn | None:
+        """The last commit LSN sealed in parts that were never merged into PATH, or None.
+
+        A run killed after the target's last commit but before :meth:`close` published the
+        audit leaves exactly that: a rerun can then ``start(lsn, resuming=True)`` and ``close``
+        without replaying anything.
+        """
+        if not self.parts.is_dir():
+            return None
+        sealed = [lsn for p in self.parts.iterdir() if (lsn := _part_lsn(p)) is not None]
+        return max(sealed, default=None)
 
     def write(self, batch: Sequence[AppliedChange]) -> None:
         """Append a batch of applied changes to the open part."""
         for applied in batch:
-            change = applied.change
-            if self._schema is None:
-                self._set_schema(change.relation)
-            cols = self._columns
-            cols["seq"].append(self.rows)
-            cols["commit_lsn"].append(str(applied.commit_lsn) if applied.commit_lsn else None)
-            cols["lsn"].append(str(change.lsn) if change.lsn is not None else None)
-            cols["xid"].append(applied.xid)
-            cols["commit_time"].append(applied.commit_time)
-            cols["op"].append(change.op.value)
-            cols["relation"].append(change.relation.qualified_name)
-            key = change.key()
-            cols["key"].append(
-                json.dumps(
-                    dict(zip(change.relation.key_columns, key, strict=True)), ensure_ascii=False
-                )
-                if key is not None
-                else None
-            )
-            cols["outcome"].append(applied.outcome.value)
-            after = applied.after if applied.after is not None else change.new
-            cols["new_values"].append(_json(after))
-            cols["old_values"].append(_json(change.old))
-            for name, convert in self._converters:
-                text = after.get(name) if after is not None else None
-                cols[f"new_{name}"].append(_typed(text, convert))
-            self.rows += 1
-            if len(cols["seq"]) >= ROW_GROUP_ROWS:
-                self._flush()
+            self._append(applied)
 
     def savepoint(self) -> None:
         """Rows from here on may be taken back (a transaction not yet known to be in)."""
@@ -197,7 +581,7 @@ class AuditWriter:
         if self._savepoint is None:
             return
         rows, files = self._savepoint
-        self._columns = {name: [] for name in self._columns}
+        self._columns = {name: [] for name in PART_SCHEMA.names}
         self._close_part_file()
         for tmp in self._open_files[files:]:
             tmp.unlink(missing_ok=True)
@@ -225,74 +609,191 @@ class AuditWriter:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _set_schema(self, relation: Relation) -> None:
-        self._schema = audit_schema(relation)
-        self._converters = [(c.name, arrow_type(c)[1]) for c in relation.columns]
-        self._columns = {name: [] for name in self._schema.names}
+    def _see(self, relation: Relation) -> None:
+        """Remember the columns a change's relation shows (the latest definition wins)."""
+        if relation is self._relation:
+            return
+        self._relation = relation
+        if relation.complete and relation.columns:
+            self._latest = relation.columns
+        for column in relation.columns:
+            self._seen[column.name] = column
+
+    def _append(self, applied: AppliedChange) -> None:
+        change = applied.change
+        relation = change.relation
+        self._see(relation)
+        cols = self._columns
+        cols["seq"].append(self.rows)
+        cols["commit_lsn"].append(str(applied.commit_lsn) if applied.commit_lsn else None)
+        cols["lsn"].append(str(change.lsn) if change.lsn is not None else None)
+        cols["xid"].append(applied.xid)
+        cols["commit_time"].append(applied.commit_time)
+        cols["op"].append(change.op.value)
+        cols["relation"].append(relation.qualified_name)
+        key = change.key()
+        cols["key"].append(
+            _encode(dict(zip(relation.key_columns, key, strict=True))) if key is not None else None
+        )
+        cols["outcome"].append(str(applied.outcome.value))
+        after = applied.after if applied.after is not None else change.new
+        before = change.old
+        cols["new_values"].append(_json(after))
+        cols["old_values"].append(_json(before))
+        op = change.op
+        if relation.key_columns:
+            cols["_before_identity"].append(
+                _identity(key) if op in (Op.UPDATE, Op.DELETE) else None
+            )
+            cols["_after_identity"].append(
+                _identity(change.new_key()) if op in (Op.INSERT, Op.UPDATE) else None
+            )
+        else:
+            cols["_before_identity"].append(
+                _row_identity(before, relation) if op in (Op.UPDATE, Op.DELETE) else None
+            )
+            cols["_after_identity"].append(
+                _row_identity(after, relation) if op in (Op.INSERT, Op.UPDATE) else None
+            )
+        self.rows += 1
+        if len(cols["seq"]) >= ROW_GROUP_ROWS:
+            self._flush()
 
     def _flush(self) -> None:
-        if self._schema is None or not self._columns.get("seq"):
+        if not self._columns["seq"]:
             return
         if self._writer is None:
             tmp = self.parts / f"open-{self._part_index + len(self._open_files):06d}.tmp"
             try:
-                self._writer = pq.ParquetWriter(tmp, self._schema, compression="zstd")
+                self._writer = pq.ParquetWriter(tmp, PART_SCHEMA, compression="zstd")
             except OSError as exc:
                 raise AuditError(f"cannot write the audit under {self.parts}: {exc}") from None
             self._open_files.append(tmp)
         try:
-            table = pa.Table.from_pydict(self._columns, schema=self._schema)
+            table = pa.Table.from_pydict(self._columns, schema=PART_SCHEMA)
             self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         except (pa.ArrowException, OSError) as exc:
             raise AuditError(f"writing the audit under {self.parts} failed: {exc}") from None
-        self._columns = {name: [] for name in self._schema.names}
+        self._columns = {name: [] for name in PART_SCHEMA.names}
 
     def _close_part_file(self) -> None:
         if self._writer is not None:
+            state = {
+                "latest": [_column_json(c) for c in self._latest],
+                "seen": [_column_json(c) for c in self._seen.values()],
+            }
+            self._writer.add_key_value_metadata({"walrecover.columns": json.dumps(state)})
             self._writer.close()
             self._writer = None
+
+    def _restore_columns(self, part: Path) -> None:
+        raw = (pq.ParquetFile(part).metadata.metadata or {}).get(b"walrecover.columns")
+        if raw is None:
+            return
+        state = json.loads(raw)
+        self._latest = tuple(_column_of(c) for c in state["latest"])
+        self._seen = {c[0]: _column_of(c) for c in state["seen"]}
+
+    def final_columns(self) -> tuple[Column, ...]:
+        """The columns the typed images show: the table as last seen whole, then any column
+        seen only before (dropped by an ALTER TABLE), each with its latest type."""
+        names = {c.name for c in self._latest}
+        first = [self._seen.get(c.name, c) for c in self._latest]
+        return tuple(first + [c for name, c in self._seen.items() if name not in names])
 
     # -- the end -----------------------------------------------------------------------------
 
     def close(self, metadata: Mapping[str, Any] | None = None) -> int:
-        """Merge the sealed parts into PATH with row and chain hashes, and remove the parts."""
+        """Finish: final outcomes, typed columns, row and chain hashes, the file or dataset,
+        the manifest."""
         self._flush()
         self._close_part_file()
+        self._publishing = True  # from here PATH.partial is this writer's
         parts = sorted(p for p in self.parts.iterdir() if _part_lsn(p) is not None)
-        schema = self._schema
-        if schema is None and parts:
-            schema = pq.read_schema(parts[0]).remove_metadata()
-        if schema is None:
-            schema = audit_schema(Relation("", "", ()))
-        out_schema = schema.append(pa.field("row_hash", pa.string())).append(
-            pa.field("chain_hash", pa.string())
+        columns = self.final_columns()
+        fields = typed_fields(Relation("", "", columns))
+        out_schema = pa.schema(
+            [pa.field(name, type_) for name, type_ in META_COLUMNS]
+            + [f.field() for f in fields]
+            + [pa.field(name, pa.string()) for name in _HASH_COLUMNS]
+        )
+        finals = _FinalOutcomes(parts, self.parts / "outcomes.sqlite")
+        meta: dict[str, Any] = {
+            **self.metadata,
+            **(metadata or {}),
+            "format": AUDIT_FORMAT,
+            "tool": self.metadata.get("tool", f"walrecover {__version__}"),
+            "chain_seed": CHAIN_SEED,
+            "columns": [_column_json(c) for c in columns],
+        }
+        sink: _Output = (
+            _DatasetOutput(self.partial, out_schema, meta)
+            if self.partitioned
+            else _FileOutput(self.partial, out_schema)
         )
         chain = CHAIN_SEED
         rows = 0
-        try:
-            writer = pq.ParquetWriter(self.partial, out_schema, compression="zstd")
-        except OSError as exc:
-            raise AuditError(f"cannot write the audit {self.partial}: {exc}") from None
+        counts: dict[str, int] = {}
         try:
             for part in parts:
-                for batch in pq.ParquetFile(part).iter_batches(batch_size=ROW_GROUP_ROWS):
-                    table = pa.Table.from_batches([batch]).cast(schema)
+                for batch in _batches(part):
+                    table = pa.Table.from_batches([batch]).cast(PART_SCHEMA)
+                    table = finals.apply(table).drop_columns(list(_PRIVATE))
+                    for typed, array in zip(fields, typed_arrays(table, fields), strict=True):
+                        table = table.append_column(typed.field(), array)
                     row_hashes, chain_hashes, chain = hash_rows(table, chain)
                     table = table.append_column("row_hash", pa.array(row_hashes, pa.string()))
                     table = table.append_column("chain_hash", pa.array(chain_hashes, pa.string()))
-                    writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+                    sink.write(table)
                     rows += table.num_rows
-            meta = {**self.metadata, **(metadata or {}), "rows": rows, "chain_head": chain}
-            writer.add_key_value_metadata(
-                {f"walrecover.{k}": json.dumps(v, default=str) for k, v in meta.items()}
-            )
+                    for value in table.column("outcome").to_pylist():
+                        counts[value] = counts.get(value, 0) + 1
+            counts = dict(sorted(counts.items()))
+            meta.update(rows=rows, outcomes=counts, chain_head=chain)
+            files = sink.finish(meta)
+        except BaseException:
+            sink.discard()
+            raise
         finally:
-            writer.close()
-        _fsync(self.partial)
-        os.replace(self.partial, self.path)
+            finals.close()
+        self._publish()
+        self.manifest_sha256 = _write_manifest(
+            self.manifest,
+            {
+                "format": MANIFEST_FORMAT,
+                "layout": "hive" if self.partitioned else "file",
+                "audit": self.path.name,
+                "rows": rows,
+                "chain_seed": CHAIN_SEED,
+                "chain_head": chain,
+                "outcomes": counts,
+                "files": [
+                    {**entry, "sha256": _sha256(self._final_file(entry["path"]))} for entry in files
+                ],
+                "metadata": meta,
+            },
+        )
         shutil.rmtree(self.parts, ignore_errors=True)
         self.rows = rows
+        self.chain_head = chain
+        self.outcome_counts = counts
         return rows
+
+    def _final_file(self, relative: str) -> Path:
+        return self.path / relative if self.partitioned else self.path
+
+    def _publish(self) -> None:
+        """Move the finished ``.partial`` file or directory into place."""
+        if not self.partitioned:
+            _fsync(self.partial)
+            os.replace(self.partial, self.path)
+            return
+        old = self.path.with_name(self.path.name + f".old-{os.getpid()}")
+        if self.path.exists():
+            os.replace(self.path, old)
+        os.replace(self.partial, self.path)
+        _fsync_dir(self.path.parent)
+        shutil.rmtree(old, ignore_errors=True)
 
     def abort(self) -> None:
         """Stop after a failure: keep sealed parts (a rerun resumes), drop unsealed rows."""
@@ -303,12 +804,310 @@ class AuditWriter:
         for tmp in self._open_files:
             tmp.unlink(missing_ok=True)
         self._open_files.clear()
+        if not self._publishing:
+            return  # PATH.partial, if any, belongs to another run (one refused by the lock)
+        if self.partial.is_dir():
+            shutil.rmtree(self.partial, ignore_errors=True)
+        else:
+            self.partial.unlink(missing_ok=True)
+
+
+def _column_json(column: Column) -> list[Any]:
+    return [column.name, column.type_name, column.is_key]
+
+
+def _column_of(item: Sequence[Any]) -> Column:
+    return Column(str(item[0]), str(item[1]), is_key=bool(item[2]))
+
+
+class _FinalOutcomes:
+    """Which applied changes a later applied change superseded or removed.
+
+    Built in one pass over the sealed parts into an on-disk SQLite database: every applied
+    change leaves a *before* event on the identity it touched (update, delete) and an *after*
+    event on the identity it left (insert, update). For each after event, the next event on the
+    same identity (a window over identity, seq) says what happened to that version of the row:
+    an update superseded it, a delete removed it. A truncate removes every version still live.
+    :meth:`apply` then rewrites the outcome column batch by batch, reading the answers in seq
+    order, so memory holds one batch and the list of truncates.
+    """
+
+    def __init__(self, parts: Sequence[Path], path: Path) -> None:
+        path.unlink(missing_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path)
+        self.db.executescript(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA temp_store = FILE;"
+            "PRAGMA cache_size = -16000;"
+            "CREATE TABLE ev (k TEXT NOT NULL, seq INTEGER NOT NULL, role INTEGER NOT NULL,"
+            " op TEXT NOT NULL);"
+        )
+        self.truncates: list[int] = []
+        wanted = ["seq", "op", "outcome", *_PRIVATE]
+        for part in parts:
+            for batch in _batches(part, columns=wanted):
+                events: list[tuple[str, int, int, str]] = []
+                data = batch.to_pydict()
+                for seq, op, outcome, before, after in zip(
+                    data["seq"],
+                    data["op"],
+                    data["outcome"],
+                    data["_before_identity"],
+                    data["_after_identity"],
+                    strict=True,
+                ):
+                    if outcome != outcomes.APPLIED:
+                        continue
+                    if op == "truncate":
+                        self.truncates.append(seq)
+                    if before is not None:
+                        events.append((before, seq, 0, op))
+                    if after is not None:
+                        events.append((after, seq, 1, op))
+                self.db.executemany("INSERT INTO ev VALUES (?, ?, ?, ?)", events)
+        self.db.executescript(
+            "CREATE INDEX ev_k ON ev (k, seq, role);"
+            "CREATE TABLE nxt (seq INTEGER PRIMARY KEY, next_op TEXT NOT NULL,"
+            " next_seq INTEGER NOT NULL);"
+            "INSERT INTO nxt SELECT seq, next_op, next_seq FROM ("
+            " SELECT seq, role, lead(op) OVER w AS next_op, lead(role) OVER w AS next_role,"
+            " lead(seq) OVER w AS next_seq FROM ev"
+            " WINDOW w AS (PARTITION BY k ORDER BY seq, role))"
+            " WHERE role = 1 AND next_role = 0;"
+        )
+        self.db.commit()
+        self.truncates.sort()
+        self._cursor = self.db.execute("SELECT seq, next_op, next_seq FROM nxt ORDER BY seq")
+        self._pending: tuple[int, str, int] | None = self._cursor.fetchone()
+
+    def _next_truncate(self, seq: int) -> int | None:
+        i = bisect.bisect_right(self.truncates, seq)
+        return self.truncates[i] if i < len(self.truncates) else None
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        """The batch with each applied change's final outcome (batches come in seq order)."""
+        if self._pending is None and not self.truncates:
+            return table
+        seqs = table.column("seq").to_pylist()
+        ops = table.column("op").to_pylist()
+        values = table.column("outcome").to_pylist()
+        changed = False
+        for i, seq in enumerate(seqs):
+            while self._pending is not None and self._pending[0] < seq:
+                self._pending = self._cursor.fetchone()
+            if values[i] != outcomes.APPLIED or ops[i] not in outcomes.LIVE_OPS:
+                continue
+            cut = self._next_truncate(seq)
+            final = None
+            if self._pending is not None and self._pending[0] == seq:
+                _, next_op, next_seq = self._pending
+                if cut is not None and cut < next_seq:
+                    final = outcomes.REMOVED
+                else:
+                    final = outcomes.REMOVED if next_op == "delete" else outcomes.SUPERSEDED
+            elif cut is not None:
+                final = outcomes.REMOVED
+            if final is not None:
+                values[i] = final
+                changed = True
+        if not changed:
+            return table
+        index = table.schema.get_field_index("outcome")
+        return table.set_column(index, "outcome", pa.array(values, pa.string()))
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+        self.path.unlink(missing_ok=True)
+
+
+# -- outputs -------------------------------------------------------------------------------------
+
+
+class _Output:
+    """Where the merge pass writes: a single file, or a partitioned dataset."""
+
+    def write(self, table: pa.Table) -> None:
+        raise NotImplementedError
+
+    def finish(self, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Close everything; return the manifest's file entries (without checksums)."""
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        raise NotImplementedError
+
+
+def _kv(meta: Mapping[str, Any]) -> dict[str, str]:
+    return {f"walrecover.{k}": json.dumps(v, default=str) for k, v in meta.items()}
+
+
+class _FileOutput(_Output):
+    def __init__(self, partial: Path, schema: pa.Schema) -> None:
+        self.partial = partial
+        self.rows = 0
+        try:
+            self.writer = pq.ParquetWriter(partial, schema, compression="zstd")
+        except OSError as exc:
+            raise AuditError(f"cannot write the audit {partial}: {exc}") from None
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self.rows += table.num_rows
+
+    def finish(self, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+        self.writer.add_key_value_metadata(_kv(meta))
+        self.writer.close()
+        last = self.rows - 1
+        return [
+            {
+                "path": self.partial.name.removesuffix(".partial"),
+                "rows": self.rows,
+                "first_seq": 0 if self.rows else None,
+                "last_seq": last if self.rows else None,
+            }
+        ]
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
         self.partial.unlink(missing_ok=True)
 
 
+class _DatasetOutput(_Output):
+    """Hive partitions by commit date (UTC); each file holds a run of consecutive seqs."""
+
+    def __init__(self, root: Path, schema: pa.Schema, meta: Mapping[str, Any]) -> None:
+        shutil.rmtree(root, ignore_errors=True)
+        try:
+            root.mkdir()
+        except OSError as exc:
+            raise AuditError(f"cannot create the audit directory {root}: {exc}") from None
+        self.root = root
+        self.schema = schema
+        self.meta = dict(meta)
+        self.files: list[dict[str, Any]] = []
+        self.writer: pq.ParquetWriter | None = None
+        self.current: dict[str, Any] | None = None
+        self.number = 0
+
+    def write(self, table: pa.Table) -> None:
+        times = table.column("commit_time").to_pylist()
+        labels = [NO_DATE if t is None else t.date().isoformat() for t in times]
+        start = 0
+        while start < len(labels):
+            label = labels[start]
+            end = start
+            while end < len(labels) and labels[end] == label:
+                end += 1
+            self._write_run(label, table.slice(start, end - start))
+            start = end
+
+    def _write_run(self, label: str, table: pa.Table) -> None:
+        offset = 0
+        while offset < table.num_rows:
+            current = self.current
+            if (
+                current is None
+                or current["partition"] != label
+                or current["rows"] >= DATASET_FILE_ROWS
+            ):
+                self._close_file()
+                current = self._open_file(label)
+            room = DATASET_FILE_ROWS - current["rows"]
+            piece = table.slice(offset, room)
+            assert self.writer is not None
+            self.writer.write_table(piece, row_group_size=ROW_GROUP_ROWS)
+            seqs = piece.column("seq")
+            chains = piece.column("chain_hash")
+            if current["first_seq"] is None:
+                current["first_seq"] = seqs[0].as_py()
+            current["last_seq"] = seqs[-1].as_py()
+            current["chain_head"] = chains[-1].as_py()
+            current["rows"] += piece.num_rows
+            offset += piece.num_rows
+
+    def _open_file(self, label: str) -> dict[str, Any]:
+        directory = self.root / f"{PARTITION}={label}"
+        directory.mkdir(exist_ok=True)
+        relative = f"{PARTITION}={label}/part-{self.number:06d}.parquet"
+        self.number += 1
+        try:
+            self.writer = pq.ParquetWriter(self.root / relative, self.schema, compression="zstd")
+        except OSError as exc:
+            raise AuditError(f"cannot write the audit {self.root / relative}: {exc}") from None
+        self.current = {
+            "path": relative,
+            "partition": label,
+            "rows": 0,
+            "first_seq": None,
+            "last_seq": None,
+            "chain_head": None,
+        }
+        return self.current
+
+    def _close_file(self) -> None:
+        if self.writer is None or self.current is None:
+            return
+        entry = self.current
+        file_meta = {
+            **self.meta,
+            "file_rows": entry["rows"],
+            "first_seq": entry["first_seq"],
+            "last_seq": entry["last_seq"],
+            "file_chain_head": entry["chain_head"],
+        }
+        self.writer.add_key_value_metadata(_kv(file_meta))
+        self.writer.close()
+        self.writer = None
+        self.files.append({k: v for k, v in entry.items() if k != "partition"})
+        self.current = None
+
+    def finish(self, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+        self._close_file()
+        for entry in self.files:
+            _fsync(self.root / entry["path"])
+        return self.files
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.writer is not None:
+                self.writer.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def manifest_path(path: str | os.PathLike[str], partitioned: bool | None = None) -> Path:
+    """Where the manifest of the audit at ``path`` lives."""
+    path = Path(path)
+    if partitioned is None:
+        partitioned = path.is_dir()
+    return path / DATASET_MANIFEST if partitioned else path.with_name(path.name + ".manifest.json")
+
+
+def _write_manifest(path: Path, content: Mapping[str, Any]) -> str:
+    data = (json.dumps(content, indent=2, default=str, ensure_ascii=False) + "\n").encode()
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    _fsync(tmp)
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- hashing -------------------------------------------------------------------------------------
+
 #: The chain starts from a fixed value, so an empty audit has a known head.
 CHAIN_SEED = hashlib.sha256(b"walrecover audit v1").hexdigest()
-_HASHED = (
+#: The columns a row's hash covers, in this order. They hold every value exactly; the typed
+#: columns are derived from ``new_values``/``old_values`` and verified against them.
+HASHED: Final = (
     "seq",
     "commit_lsn",
     "lsn",
@@ -326,23 +1125,36 @@ _HASHED = (
 def hash_rows(table: pa.Table, chain: str) -> tuple[list[str], list[str], str]:
     """Each row's SHA-256 over its canonical content, and the chain continuing from ``chain``.
 
-    The canonical content is the JSON array of the columns in ``_HASHED`` (times in ISO form),
-    which holds every value exactly (the typed columns are derived from ``new_values``).
+    The canonical content is the compact JSON array (``separators=(",", ":")``, UTF-8, not
+    ASCII-escaped) of the columns in :data:`HASHED`, with ``commit_time`` in ISO form
+    (``2024-05-01T10:00:00.123456+00:00``). ``row_hash = sha256(content)``; ``chain_hash =
+    sha256(previous chain_hash + row_hash)`` as hex text, starting from :data:`CHAIN_SEED`.
     """
-    columns = [table.column(name).to_pylist() for name in _HASHED]
+    columns = [table.column(name).to_pylist() for name in HASHED]
     row_hashes: list[str] = []
     chain_hashes: list[str] = []
+    sha256 = hashlib.sha256
+    times = columns[HASHED.index("commit_time")]
+    columns[HASHED.index("commit_time")] = [None if t is None else t.isoformat() for t in times]
     for values in zip(*columns, strict=True):
-        content = json.dumps(
-            [v.isoformat() if isinstance(v, datetime) else v for v in values],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        row_hash = hashlib.sha256(content.encode()).hexdigest()
-        chain = hashlib.sha256((chain + row_hash).encode()).hexdigest()
+        content = _encode_compact(values)
+        row_hash = sha256(content.encode()).hexdigest()
+        chain = sha256((chain + row_hash).encode()).hexdigest()
         row_hashes.append(row_hash)
         chain_hashes.append(chain)
     return row_hashes, chain_hashes, chain
+
+
+def _batches(path: Path, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """A Parquet file's rows in batches, holding one row group at a time.
+
+    ``pre_buffer=False``: pre-buffering caches the column chunks it has read ahead until the
+    reader is done, which makes memory grow with the file.
+    """
+    parquet = pq.ParquetFile(path, pre_buffer=False)
+    yield from parquet.iter_batches(
+        batch_size=ROW_GROUP_ROWS, columns=list(columns) if columns is not None else None
+    )
 
 
 def _part_lsn(part: Path) -> Lsn | None:
@@ -371,20 +1183,389 @@ def _fsync_dir(path: Path) -> None:
         _fsync(path)
 
 
-def _typed(text: str | None, convert: _Converter) -> Any:
-    if text is None:
-        return None
-    try:
-        return convert(text)
-    except (ValueError, InvalidOperation, ArithmeticError):
-        return None  # e.g. 'infinity': the exact text stays in new_values
+# -- reading -------------------------------------------------------------------------------------
+
+
+def _kv_metadata(raw: Mapping[bytes, bytes] | None) -> dict[str, Any]:
+    return {
+        key.decode()[len("walrecover.") :]: json.loads(value)
+        for key, value in (raw or {}).items()
+        if key.startswith(b"walrecover.")
+    }
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The run metadata of an audit file."""
-    raw = pq.ParquetFile(path).metadata.metadata or {}
-    return {
-        key.decode()[len("walrecover.") :]: json.loads(value)
-        for key, value in raw.items()
-        if key.startswith(b"walrecover.")
-    }
+    """The run metadata of an audit file, or of a partitioned audit (from its manifest)."""
+    path = Path(path)
+    if path.is_dir():
+        manifest = _load_manifest(path / DATASET_MANIFEST)
+        return dict(manifest.get("metadata", {}))
+    try:
+        return _kv_metadata(pq.ParquetFile(path).metadata.metadata)
+    except (OSError, pa.ArrowException) as exc:
+        raise AuditError(f"cannot read the audit {path}: {exc}", path=str(path)) from None
+
+
+def _load_manifest(path: Path) -> dict[str, Any]:
+    try:
+        content: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AuditError(f"the manifest {path} does not exist", path=str(path)) from None
+    except (OSError, ValueError) as exc:
+        raise AuditError(f"cannot read the manifest {path}: {exc}", path=str(path)) from None
+    return content
+
+
+def audit_dataset(path: str | os.PathLike[str]) -> ds.Dataset:
+    """The audit at ``path`` (a file or a partitioned directory) as a pyarrow dataset."""
+    path = Path(path)
+    if not path.exists():
+        raise AuditError(f"the audit {path} does not exist", path=str(path))
+    try:
+        if path.is_dir():
+            return ds.dataset(
+                path,
+                format="parquet",
+                partitioning=ds.partitioning(pa.schema([(PARTITION, pa.string())]), flavor="hive"),
+            )
+        return ds.dataset(path, format="parquet")
+    except (OSError, pa.ArrowException) as exc:
+        raise AuditError(f"cannot read the audit {path}: {exc}", path=str(path)) from None
+
+
+def read_audit(
+    path: str | os.PathLike[str],
+    *,
+    columns: Sequence[str] | None = None,
+    filter: ds.Expression | None = None,
+) -> pd.DataFrame:
+    """The audit at ``path`` (file or partitioned directory) as a pandas DataFrame, in seq order.
+
+    Every column is Arrow-backed (``pd.ArrowDtype``): numeric stays ``decimal128(p, s)``
+    (exact ``Decimal`` values, never floats), timestamptz stays ``timestamp[us, tz=UTC]``, and
+    intervals become ``month_day_nano_interval``. ``columns`` and ``filter`` (a
+    ``pyarrow.dataset`` expression) read only part of a large audit.
+    """
+    dataset = audit_dataset(path)
+    wanted = list(columns) if columns is not None else None
+    read: list[str] | None = wanted
+    if wanted is not None and "seq" not in wanted and "seq" in dataset.schema.names:
+        read = [*wanted, "seq"]
+    try:
+        table = dataset.to_table(columns=read, filter=filter)
+    except (OSError, pa.ArrowException) as exc:
+        raise AuditError(f"cannot read the audit {path}: {exc}", path=str(path)) from None
+    if "seq" in table.column_names:
+        table = table.sort_by("seq")
+        if wanted is not None and "seq" not in wanted:
+            table = table.drop_columns(["seq"])
+    for index, item in enumerate(table.schema):
+        if item.name == PARTITION and pa.types.is_string(item.type):
+            column = table.column(index)
+            dates = pc.cast(pc.if_else(pc.equal(column, NO_DATE), None, column), pa.date32())
+            table = table.set_column(index, pa.field(PARTITION, pa.date32()), dates)
+        elif item.type == INTERVAL_TYPE:
+            converted = _as_month_day_nano(table.column(index))
+            table = table.set_column(index, pa.field(item.name, converted.type), converted)
+    frame: pd.DataFrame = table.to_pandas(types_mapper=pd.ArrowDtype)
+    return frame
+
+
+def _as_month_day_nano(column: pa.ChunkedArray) -> pa.Array:
+    return pa.array(
+        [
+            None
+            if v is None
+            else pa.MonthDayNano([v["months"], v["days"], v["microseconds"] * 1000])
+            for v in column.to_pylist()
+        ],
+        pa.month_day_nano_interval(),
+    )
+
+
+# -- verification --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What :func:`verify_audit` found: ``ok``, or the problems, the first bad row first."""
+
+    path: str
+    ok: bool
+    rows: int
+    files: int
+    chain_head: str | None
+    #: The first :data:`PROBLEM_LIMIT` problems, each naming its row or file.
+    problems: tuple[str, ...]
+    #: How many rows had a problem (all of them are counted, not only those listed).
+    bad_rows: int
+    #: Position (0-based, in seq order) of the first bad row, or None.
+    first_bad_row: int | None
+    manifest: str | None
+    checked: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "rows": self.rows,
+            "files": self.files,
+            "chain_head": self.chain_head,
+            "problems": list(self.problems),
+            "bad_rows": self.bad_rows,
+            "first_bad_row": self.first_bad_row,
+            "manifest": self.manifest,
+            "checked": list(self.checked),
+        }
+
+    def report(self) -> str:
+        """The result for a person: what was checked, and OK or the problems."""
+        lines = [
+            f"Audit {self.path}: {self.rows} rows in {self.files} file(s); chain head "
+            f"{self.chain_head}.",
+            f"  checked: {', '.join(self.checked)}.",
+        ]
+        if self.ok:
+            lines.append("  OK: no row was edited, deleted, added or moved.")
+            return "\n".join(lines)
+        first = f"; first bad row: {self.first_bad_row}" if self.first_bad_row is not None else ""
+        lines.append(f"  NOT OK: {self.bad_rows} bad row(s){first}.")
+        lines.extend(f"    {problem}" for problem in self.problems)
+        return "\n".join(lines)
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.bad_rows = 0
+        self.first_bad_row: int | None = None
+        self.file_problems: list[str] = []
+
+    def row(self, position: int, message: str) -> None:
+        self.bad_rows += 1
+        if self.first_bad_row is None:
+            self.first_bad_row = position
+        if len(self.items) < PROBLEM_LIMIT:
+            self.items.append(message)
+
+    def file(self, message: str) -> None:
+        self.file_problems.append(message)
+
+    def all(self) -> tuple[str, ...]:
+        return tuple(self.items + self.file_problems[: max(PROBLEM_LIMIT - len(self.items), 1)])
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
+def _files_in_order(
+    path: Path, manifest: Mapping[str, Any] | None, problems: _Problems
+) -> list[tuple[Path, str]]:
+    """The audit's files in seq order: the manifest's order, or by each file's first seq."""
+    if not path.is_dir():
+        return [(path, path.name)]
+    on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*.parquet")}
+    if manifest is not None:
+        listed = [entry["path"] for entry in manifest.get("files", [])]
+        for relative in listed:
+            if relative not in on_disk:
+                problems.file(f"file {relative} of the manifest is missing from {path}")
+        for relative in sorted(on_disk - set(listed)):
+            problems.file(f"file {relative} is in {path} but not in the manifest")
+        return [(path / r, r) for r in listed if r in on_disk]
+
+    def first_seq(relative: str) -> int:
+        table = pq.ParquetFile(path / relative).read_row_group(0, columns=["seq"])
+        return int(table.column(0)[0].as_py()) if table.num_rows else -1
+
+    return [(path / r, r) for r in sorted(on_disk, key=first_seq)]
+
+
+def verify_audit(
+    path: str | os.PathLike[str],
+    *,
+    manifest: str | os.PathLike[str] | None = None,
+    use_manifest: bool = True,
+    chain_head: str | None = None,
+) -> Verification:
+    """Recompute an audit's hashes, chain, typed values and counts; report the first bad row.
+
+    Checks, for every row in seq order: its ``seq`` is the next one (a deleted or moved row
+    shows here), its ``row_hash`` is the SHA-256 of its content (an edited value), its
+    ``chain_hash`` follows from the previous row's, and each typed column holds what its exact
+    text says. Then the row count, outcome counts and chain head against the file metadata, the
+    manifest (each file's SHA-256 too) and, if given, a ``chain_head`` recorded elsewhere (the
+    only check a forger who rewrites file, metadata and manifest together cannot pass).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AuditError(f"the audit {path} does not exist", path=str(path))
+    problems = _Problems()
+    checked = ["seq order", "row hashes", "chain", "typed columns", "counts"]
+    manifest_file = Path(manifest) if manifest is not None else manifest_path(path)
+    manifest_data: dict[str, Any] | None = None
+    if use_manifest:
+        if manifest_file.exists():
+            manifest_data = _load_manifest(manifest_file)
+            checked.append("manifest")
+        else:
+            problems.file(
+                f"the manifest {manifest_file} is missing: give it with --manifest PATH, or "
+                "pass --no-manifest to check the audit without it"
+            )
+    files = _files_in_order(path, manifest_data, problems)
+    position = 0
+    expected_seq = 0
+    chain = CHAIN_SEED
+    counts: dict[str, int] = {}
+    file_meta: dict[str, Any] = {}
+    for file, relative in files:
+        try:
+            parquet = pq.ParquetFile(file, pre_buffer=False)
+        except (OSError, pa.ArrowException) as exc:
+            raise AuditError(f"cannot read the audit {file}: {exc}", path=str(file)) from None
+        file_meta = _kv_metadata(parquet.metadata.metadata)
+        missing = [n for n in (*HASHED, *_HASH_COLUMNS) if n not in parquet.schema_arrow.names]
+        if missing:
+            raise AuditError(
+                f"{file} is not a walrecover audit: it has no column {missing[0]!r}",
+                path=str(file),
+            )
+        fields = _fields_of(parquet.schema_arrow)
+        file_rows = 0
+        for batch in parquet.iter_batches(batch_size=VERIFY_BATCH_ROWS):
+            table = pa.Table.from_batches([batch])
+            seqs = table.column("seq").to_pylist()
+            stored_rows = table.column("row_hash").to_pylist()
+            stored_chain = table.column("chain_hash").to_pylist()
+            computed, _, _ = hash_rows(table, CHAIN_SEED)
+            typed_bad = _typed_mismatches(table, fields)
+            xids = table.column("xid").to_pylist()
+            lsns = table.column("commit_lsn").to_pylist()
+            for value in table.column("outcome").to_pylist():
+                counts[value] = counts.get(value, 0) + 1
+            for i, seq in enumerate(seqs):
+                where = (
+                    f"row {position} (seq {seq}, xid {xids[i]}, commit LSN {lsns[i]}) in {relative}"
+                )
+                link = hashlib.sha256((chain + (stored_rows[i] or "")).encode()).hexdigest()
+                if seq != expected_seq:
+                    problems.row(
+                        position,
+                        f"{where}: seq {expected_seq} was expected here: a row was deleted, "
+                        "inserted or moved",
+                    )
+                    expected_seq = seq if isinstance(seq, int) else expected_seq
+                elif computed[i] != stored_rows[i]:
+                    problems.row(
+                        position, f"{where}: row_hash does not match the row's content (edited)"
+                    )
+                elif link != stored_chain[i]:
+                    problems.row(
+                        position,
+                        f"{where}: chain_hash does not follow from the row before it (a row "
+                        "was deleted, inserted or moved, or its hash rewritten)",
+                    )
+                elif typed_bad.get(i):
+                    problems.row(position, f"{where}: {typed_bad[i]}")
+                chain = stored_chain[i] or chain
+                expected_seq += 1
+                position += 1
+                file_rows += 1
+        if path.is_dir():
+            _check_file_meta(relative, file_meta, file_rows, problems)
+    meta = file_meta if not path.is_dir() else dict((manifest_data or {}).get("metadata", {}))
+    head = chain
+    if not path.is_dir() and meta:
+        _check_totals(f"the metadata of {path.name}", meta, position, head, counts, problems)
+    if manifest_data is not None:
+        _check_totals(
+            f"the manifest {manifest_file.name}", manifest_data, position, head, counts, problems
+        )
+        for entry in manifest_data.get("files", []):
+            target = path / entry["path"] if path.is_dir() else path
+            if target.exists() and _sha256(target) != entry.get("sha256"):
+                problems.file(
+                    f"{entry['path']}: its SHA-256 differs from the manifest's: the file was "
+                    "changed after it was written"
+                )
+    if chain_head is not None:
+        checked.append("expected chain head")
+        if chain_head.lower() != head:
+            problems.file(
+                f"the chain ends at {head}, not at the expected chain head {chain_head}: the "
+                "audit is not the one recorded"
+            )
+    all_problems = problems.all()
+    return Verification(
+        path=str(path),
+        ok=not all_problems,
+        rows=position,
+        files=len(files),
+        chain_head=head,
+        problems=all_problems,
+        bad_rows=problems.bad_rows,
+        first_bad_row=problems.first_bad_row,
+        manifest=str(manifest_file) if manifest_data is not None else None,
+        checked=tuple(checked),
+    )
+
+
+def _check_file_meta(
+    relative: str, meta: Mapping[str, Any], rows: int, problems: _Problems
+) -> None:
+    if "file_rows" in meta and meta["file_rows"] != rows:
+        problems.file(
+            f"{relative} holds {rows} rows but its metadata says {meta['file_rows']}: rows were "
+            "removed or added"
+        )
+
+
+def _check_totals(
+    what: str,
+    meta: Mapping[str, Any],
+    rows: int,
+    head: str,
+    counts: Mapping[str, int],
+    problems: _Problems,
+) -> None:
+    recorded_rows = meta.get("rows")
+    if isinstance(recorded_rows, int) and recorded_rows > rows:
+        problems.file(
+            f"the audit holds {rows} rows but {what} says {recorded_rows}: rows {rows} to "
+            f"{recorded_rows - 1} were removed at the end"
+        )
+    elif recorded_rows is not None and recorded_rows != rows:
+        problems.file(
+            f"the audit holds {rows} rows but {what} says {recorded_rows}: rows were added"
+        )
+    if "chain_head" in meta and meta["chain_head"] != head:
+        problems.file(f"the chain ends at {head} but {what} says {meta['chain_head']}")
+    recorded = meta.get("outcomes")
+    if isinstance(recorded, dict) and recorded != {k: v for k, v in sorted(counts.items()) if v}:
+        problems.file(f"the outcome counts {dict(sorted(counts.items()))} differ from {what}'s")
+
+
+def _typed_mismatches(table: pa.Table, fields: Sequence[TypedField]) -> dict[int, str]:
+    """Rows whose typed columns differ from what their exact text gives: row -> problem."""
+    found: dict[int, str] = {}
+    for typed, derived in zip(fields, typed_arrays(table, fields), strict=True):
+        stored = table.column(typed.name).combine_chunks()
+        if stored.type == derived.type and stored.equals(derived):
+            continue
+        for i, (ours, theirs) in enumerate(
+            zip(derived.to_pylist(), stored.to_pylist(), strict=True)
+        ):
+            if i in found or (_same(ours, theirs) and stored.type == derived.type):
+                continue
+            image = table.column(f"{typed.image}_values")[i].as_py()
+            text = None if image is None else json.loads(image).get(typed.column)
+            found[i] = (
+                f"column {typed.name} holds {theirs!r} but {typed.image}_values says {text!r} "
+                "(edited)"
+            )
+    return found

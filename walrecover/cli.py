@@ -1,16 +1,19 @@
 """The ``walrecover`` command: parse, call one library function, format its result.
 
 Exit codes (also in the README): 0 done; 1 error (one line on stderr saying what to do);
-2 usage error; 3 recovered, but the reconciliation found differences; 130 interrupted (Ctrl-C).
+2 usage error; 3 differences (the reconciliation found some, or ``audit verify`` found a tampered
+audit); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 from collections.abc import Callable
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -20,6 +23,7 @@ import psycopg
 from tqdm import tqdm
 
 from . import __version__
+from .audit import verify_audit
 from .db import redact
 from .decoders import PLUGINS
 from .errors import (
@@ -31,7 +35,7 @@ from .errors import (
 from .export import FORMATS, decode_to
 from .lsn import Lsn
 from .model import StopPoint, TableName
-from .reconcile import plain
+from .reconcile import LedgerFile, LedgerQuery, RecoveredAudit, RecoveredTable, plain, reconcile
 from .recover import LedgerCheck, RecoveryResult, recover, recover_capture
 from .rehearsal import RehearsalResult, rehearse
 
@@ -87,6 +91,11 @@ class _Group(click.Group):
             message = redact(text, ctx.meta.get("walrecover.dsn"))
             click.echo(f"walrecover: error: {message}", err=True)
             ctx.exit(EXIT_ERROR)
+        except OSError as exc:
+            # A file that cannot be read or written (a full disk, a permission): one line too.
+            message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+            click.echo(f"walrecover: error: {message}", err=True)
+            ctx.exit(EXIT_ERROR)
         except KeyboardInterrupt:
             click.echo(
                 "walrecover: interrupted; what was committed is kept, rerun the same command "
@@ -109,10 +118,13 @@ def main() -> None:
     Practise first:   walrecover rehearse
     In an incident:   walrecover recover -d "dbname=bank" --slot cdc --table public.transactions
 
-    Exit codes: 0 done, 1 error, 2 usage error, 3 reconciliation found differences,
-    130 interrupted.
+    Exit codes: 0 done, 1 error, 2 usage error, 3 differences (reconciliation, or a
+    tampered audit), 130 interrupted.
     """
     signal.signal(signal.SIGTERM, _sigterm)
+    # psycopg logs its own multi-line warnings when a connection dies mid-pipeline; walrecover
+    # reports the failure itself, in one line.
+    logging.getLogger("psycopg").setLevel(logging.CRITICAL)
 
 
 # -- shared option bundles -------------------------------------------------------------------
@@ -307,6 +319,13 @@ def _table(value: str, option: str) -> TableName:
     help="Write a Parquet audit of every recovered row change to this file.",
 )
 @click.option(
+    "--audit-dir",
+    "audit_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the audit as a Hive-partitioned dataset by commit date into this directory "
+    "(for recoveries too big for one file; pandas, DuckDB and Spark read it as one table).",
+)
+@click.option(
     "--ddl",
     "ddl_file",
     type=click.File("r"),
@@ -338,6 +357,7 @@ def recover_command(
     amount_column: str | None,
     ledger_query: str | None,
     audit_path: Path | None,
+    audit_dir: Path | None,
     ddl_file: Any,
     force: bool,
     batch_size: int,
@@ -363,6 +383,8 @@ def recover_command(
     if any(ledger_args) and not all(ledger_args):
         raise click.UsageError("reconciliation needs all of --key, --amount and --ledger-query")
     ledger = LedgerCheck(key_column, amount_column, ledger_query) if all(ledger_args) else None  # type: ignore[arg-type]
+    if audit_path is not None and audit_dir is not None:
+        raise click.UsageError("give --audit FILE or --audit-dir DIR, not both")
     progress = Progress()
     ddl = ddl_file.read() if ddl_file else None
     try:
@@ -380,6 +402,7 @@ def recover_command(
                 force=force,
                 ledger=ledger,
                 audit_path=audit_path,
+                audit_dir=audit_dir,
                 progress=progress,
                 batch_size=batch_size,
             )
@@ -396,6 +419,7 @@ def recover_command(
                 force=force,
                 ledger=ledger,
                 audit_path=audit_path,
+                audit_dir=audit_dir,
                 progress=progress,
                 options=plugin_options,
                 via_plugin=via_plugin,
@@ -449,6 +473,12 @@ def _recovery_text(result: RecoveryResult) -> str:
                 )
     if result.audit is not None:
         lines.append(f"  audit: {result.audit.rows} rows in {result.audit.path}.")
+        if result.audit.chain_head:
+            lines.append(
+                f"  audit chain head {result.audit.chain_head} (record it; check with "
+                "walrecover audit verify --chain-head); manifest "
+                f"{result.audit.manifest}."
+            )
     seconds = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     lines.append(f"  time: {seconds}.")
     return "\n".join(lines)
@@ -610,6 +640,209 @@ def _rehearsal_text(result: RehearsalResult) -> str:
     if result.audit_path:
         lines.append(f"  audit: {result.audit_path}")
     return "\n".join(lines)
+
+
+@main.command("reconcile")
+@dbname_option
+@click.option(
+    "--table",
+    "table_name",
+    metavar="SCHEMA.TABLE",
+    help="The rebuilt table to reconcile, in the -d database.",
+)
+@click.option(
+    "--audit",
+    "audit_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="An audit file or --audit-dir directory: reconciled on its own when there is no "
+    "--table, else used to explain the differences.",
+)
+@click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    required=True,
+    metavar="COL",
+    help="Key column to total per; repeat it for a composite key.",
+)
+@click.option("--amount", required=True, metavar="COL", help="Amount column to sum.")
+@click.option("--ledger-query", metavar="SQL", help="Query returning key..., [period], total.")
+@click.option(
+    "--ledger-dsn",
+    metavar="CONNINFO",
+    help="Database of --ledger-query and --opening-query. Default: the -d database.",
+)
+@click.option(
+    "--ledger-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV or Parquet file of key..., [period], total.",
+)
+@click.option("--opening-query", metavar="SQL", help="Query returning key..., opening total.")
+@click.option(
+    "--opening-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV or Parquet file of key..., opening total (added to the recovered totals).",
+)
+@click.option(
+    "--period",
+    type=click.Choice(["day", "month"]),
+    help="Compare totals per key per day or month of --time-column (UTC).",
+)
+@click.option("--time-column", metavar="COL", help="The date or timestamp column for --period.")
+@click.option(
+    "--tolerance",
+    default="0",
+    show_default=True,
+    metavar="AMOUNT",
+    help="Largest difference per key still counted as a match (exact decimal).",
+)
+@click.option(
+    "--explain",
+    default=20,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Explain up to this many differing keys from the audit.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the differences to this .csv or .parquet file.",
+)
+@json_option
+def reconcile_command(
+    dsn: str | None,
+    table_name: str | None,
+    audit_path: Path | None,
+    keys: tuple[str, ...],
+    amount: str,
+    ledger_query: str | None,
+    ledger_dsn: str | None,
+    ledger_file: Path | None,
+    opening_query: str | None,
+    opening_file: Path | None,
+    period: str | None,
+    time_column: str | None,
+    tolerance: str,
+    explain: int,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Compare per-key totals of a rebuilt table, or of an audit, with the ledger, exactly.
+
+    Exits 3 when any key differs (beyond --tolerance).
+
+    \b
+    Examples:
+      walrecover reconcile -d "dbname=bank" --table public.transactions_recovered \\
+          --key account_id --amount amount --ledger-query "SELECT id, balance FROM accounts"
+      walrecover reconcile --audit transactions.parquet --key account_id --amount amount \\
+          --ledger-file ledger.csv --period day --time-column created_at --out diff.csv
+    """
+    if table_name is None and audit_path is None:
+        raise click.UsageError("give --table (with -d) or --audit: what to reconcile")
+    if (ledger_query is None) == (ledger_file is None):
+        raise click.UsageError("give exactly one of --ledger-query and --ledger-file")
+    if opening_query is not None and opening_file is not None:
+        raise click.UsageError("give at most one of --opening-query and --opening-file")
+    if (period is None) != (time_column is None):
+        raise click.UsageError("--period and --time-column go together")
+    try:
+        tol = Decimal(tolerance)
+    except InvalidOperation:
+        raise click.BadParameter(
+            f"{tolerance!r} is not a number", param_hint="--tolerance"
+        ) from None
+    if not tol.is_finite() or tol < 0:
+        raise click.BadParameter("give a finite amount of 0 or more", param_hint="--tolerance")
+    if out is not None and out.suffix.lower() not in (".csv", ".parquet"):
+        raise click.BadParameter(f"{out}: give a .csv or .parquet path", param_hint="--out")
+    # A query runs on --ledger-dsn, else on the table's database (-d); an audit has none.
+    ledger_db = ledger_dsn if ledger_dsn is not None else (dsn if table_name is None else None)
+    if table_name is None and (ledger_query or opening_query) and ledger_db is None:
+        raise click.UsageError("reconciling an audit with a query needs --ledger-dsn (or -d)")
+    ledger = LedgerQuery(ledger_query, ledger_db) if ledger_query else LedgerFile(ledger_file)  # type: ignore[arg-type]
+    opening = (
+        LedgerQuery(opening_query, ledger_db)
+        if opening_query
+        else LedgerFile(opening_file)
+        if opening_file
+        else None
+    )
+    recovered = (
+        RecoveredTable(dsn, _table(table_name, "--table"))
+        if table_name is not None
+        else RecoveredAudit(audit_path)  # type: ignore[arg-type]
+    )
+    result = reconcile(
+        recovered,
+        ledger,
+        key=keys,
+        amount=amount,
+        period=period,  # type: ignore[arg-type]
+        time_column=time_column,
+        opening=opening,
+        tolerance=tol,
+        audit=audit_path,
+        explain=explain,
+    )
+    if out is not None:
+        result.write_differences(out)
+    if as_json:
+        click.echo(json.dumps({**result.to_dict(), "out": str(out) if out else None}))
+    else:
+        click.echo(result.report())
+        if out is not None:
+            click.echo(f"  differences written to {out}.")
+    if not result.matched:
+        if not as_json:
+            click.echo("walrecover: the totals do not reconcile with the ledger", err=True)
+        sys.exit(EXIT_DIFFERENCES)
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """Check an audit written by recover --audit or --audit-dir."""
+
+
+@audit_group.command("verify")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--manifest",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The manifest, if it is not in its usual place (PATH.manifest.json, DIR/_manifest.json).",
+)
+@click.option("--no-manifest", is_flag=True, help="Check the audit without its manifest.")
+@click.option(
+    "--chain-head",
+    metavar="HEX",
+    help="The chain head recorded when the audit was written: proves it is that audit.",
+)
+@json_option
+def audit_verify_command(
+    path: Path, manifest: Path | None, no_manifest: bool, chain_head: str | None, as_json: bool
+) -> None:
+    """Recompute an audit's row hashes, chain, typed values and counts.
+
+    Exits 3 naming the first bad row if anything was edited, deleted, added or moved.
+
+    \b
+    Example:
+      walrecover audit verify transactions.parquet
+      walrecover audit verify audit-dir/ --chain-head 5f1c...e2
+    """
+    if manifest is not None and no_manifest:
+        raise click.UsageError("give --manifest or --no-manifest, not both")
+    result = verify_audit(
+        path, manifest=manifest, use_manifest=not no_manifest, chain_head=chain_head
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        click.echo(result.report())
+    if not result.ok:
+        if not as_json:
+            click.echo(f"walrecover: the audit does not verify: {result.problems[0]}", err=True)
+        sys.exit(EXIT_DIFFERENCES)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -308,6 +308,8 @@ class Cluster:
                 str(self.installation.bindir / "pg_ctl"),
                 "-D",
                 str(self.data),
+                "-l",  # without a log file the new postmaster keeps our pipes open
+                str(self.data.parent / "server.log"),
                 "-w",
                 "-m",
                 "fast",

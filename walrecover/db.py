@@ -32,6 +32,9 @@ SESSION_SETTINGS: dict[str, str] = {
 
 DEFAULT_CONNECT_TIMEOUT = 10
 
+#: Connection parameters that are secrets: never shown, logged or stored.
+SECRETS = ("password", "sslpassword")
+
 #: TCP keepalives (ignored on unix sockets), unless the connection string sets them.
 KEEPALIVES = {
     "keepalives": 1,
@@ -48,23 +51,22 @@ def safe_dsn(dsn: str | None) -> str:
         params = conninfo_to_dict(dsn or "")
     except psycopg.Error:
         return "<unparseable connection string>"
-    params.pop("password", None)
+    for secret in SECRETS:
+        params.pop(secret, None)
     if not params:
         return "<libpq defaults>"
     return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
 
 
 def _passwords(dsn: str | None) -> list[str]:
-    found = []
+    found: list[str] = []
     try:
-        password = conninfo_to_dict(dsn or "").get("password")
+        params = conninfo_to_dict(dsn or "")
+        found.extend(str(params[s]) for s in SECRETS if params.get(s))
     except psycopg.Error:
-        password = None
-        match = re.search(r"(?:password\s*=\s*|://[^:/@]*:)([^\s@']+)", dsn or "")
+        match = re.search(r"(?:(?:ssl)?password\s*=\s*|://[^:/@]*:)([^\s@'&]+)", dsn or "")
         if match:
             found.append(match.group(1))
-    if password:
-        found.append(str(password))
     if os.environ.get("PGPASSWORD"):
         found.append(os.environ["PGPASSWORD"])
     return [p for p in found if p]

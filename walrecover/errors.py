@@ -82,6 +82,12 @@ class RehearsalFailed(WalrecoverError):
     """A rehearsal ran but its result did not match the ground truth."""
 
 
+class Interrupted(WalrecoverError):
+    """The user interrupted the run (Ctrl-C, SIGTERM); what was committed is kept."""
+
+    exit_code = 130
+
+
 class ReconciliationMismatch(WalrecoverError):
     """The rebuilt table does not reconcile with the ledger."""
 

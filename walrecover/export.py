@@ -322,7 +322,7 @@ def decode_to(
         source = SlotSource(
             dsn,
             slot,
-            tables=[f"{t.schema}.{t.name}" for t in tables],
+            tables=tables,
             options=options,
             via_plugin=via_plugin,
             progress=progress,

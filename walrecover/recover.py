@@ -33,7 +33,7 @@ from .errors import (
 from .lsn import Lsn
 from .model import NO_STOP, Change, StopPoint, TableName
 from .reconcile import Reconciliation, reconcile_table
-from .replay import replay
+from .replay import lock_target, replay
 from .sources import CaptureSource, ProgressCallback, SlotSource
 
 
@@ -52,6 +52,12 @@ class AuditSummary:
 
     path: str
     rows: int
+    #: The manifest beside it, the last row's chained hash (record it with the incident:
+    #: ``walrecover audit verify --chain-head`` proves the audit is that one) and the rows per
+    #: outcome.
+    manifest: str | None = None
+    chain_head: str | None = None
+    outcomes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,17 @@ class RecoveryResult:
             "resumed_from": _lsn(self.resumed_from),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "reconciliation": self.reconciliation.to_dict() if self.reconciliation else None,
-            "audit": ({"path": self.audit.path, "rows": self.audit.rows} if self.audit else None),
+            "audit": (
+                {
+                    "path": self.audit.path,
+                    "rows": self.audit.rows,
+                    "manifest": self.audit.manifest,
+                    "chain_head": self.audit.chain_head,
+                    "outcomes": dict(self.audit.outcomes),
+                }
+                if self.audit
+                else None
+            ),
             "swept_slots": list(self.swept_slots),
             "warnings": list(self.warnings),
         }
@@ -135,6 +151,7 @@ def recover(
     progress: ProgressCallback | None = None,
     batch_size: int = 20_000,
     options: Mapping[str, str] | None = None,
+    audit_dir: str | Path | None = None,
     via_plugin: str | None = None,
 ) -> RecoveryResult:
     """Rebuild ``table`` from ``slot`` on ``dsn`` into ``into`` on ``target`` (default ``dsn``).
@@ -145,7 +162,7 @@ def recover(
     source = SlotSource(
         dsn,
         slot,
-        tables=[f"{table.schema}.{table.name}"],
+        tables=[table],
         options=options,
         via_plugin=via_plugin,
         progress=progress,
@@ -163,6 +180,7 @@ def recover(
         force=force,
         ledger=ledger,
         audit_path=audit_path,
+        audit_dir=audit_dir,
         batch_size=batch_size,
     )
 
@@ -182,6 +200,7 @@ def recover_capture(
     audit_path: str | Path | None = None,
     progress: ProgressCallback | None = None,
     batch_size: int = 20_000,
+    audit_dir: str | Path | None = None,
 ) -> RecoveryResult:
     """Rebuild ``table`` from a ``pg_recvlogical -f`` capture into ``into`` on ``target``.
 
@@ -202,6 +221,7 @@ def recover_capture(
         force=force,
         ledger=ledger,
         audit_path=audit_path,
+        audit_dir=audit_dir,
         batch_size=batch_size,
     )
 
@@ -221,6 +241,7 @@ def _recover(
     ledger: LedgerCheck | None,
     audit_path: str | Path | None,
     batch_size: int,
+    audit_dir: str | Path | None = None,
 ) -> RecoveryResult:
     """The recovery proper, from any source."""
     started = time.monotonic()
@@ -232,8 +253,12 @@ def _recover(
             f"--into {into} is the table being recovered: build into a new table and swap it in"
         )
     audit: AuditWriter | None = None
+    if audit_path is not None and audit_dir is not None:
+        raise WalrecoverError("give --audit FILE or --audit-dir DIR, not both")
+    audit_at = audit_dir if audit_dir is not None else audit_path
     target_conn = connect(target_dsn, role=target_role)
     try:
+        lock_target(target_conn, into)  # before any work: a second writer is refused at once
         with src:
             _check_stop_range(stop, src)
             if stop.xid is not None and isinstance(src, SlotSource):
@@ -244,9 +269,9 @@ def _recover(
                         "in the stream: check --stop-before-xid",
                         xid=stop.xid,
                     )
-            if audit_path is not None:
+            if audit_at is not None:
                 audit = AuditWriter(
-                    audit_path,
+                    audit_at,
                     {
                         "tool": f"walrecover {__version__}",
                         "source": src.describe() if slot is None else safe_dsn(dsn),
@@ -260,6 +285,7 @@ def _recover(
                         "stream_end_lsn": _lsn(src.end_lsn),
                         "started_at": started_at.isoformat(),
                     },
+                    partitioned=audit_dir is not None,
                 )
             decoder = make_decoder(src.plugin, dict(src.options))
             warnings = list(warnings_for(src.plugin, dict(src.options)))
@@ -275,7 +301,7 @@ def _recover(
                     source=src.describe(),
                     batch_size=batch_size,
                     sink=audit,
-                    audit_id=str(Path(audit_path).resolve()) if audit_path is not None else None,
+                    audit_id=str(Path(audit_at).resolve()) if audit_at is not None else None,
                 )
             except TableNotInStream as exc:
                 if isinstance(src, SlotSource) and not exc.facts.get("tables"):
@@ -302,7 +328,13 @@ def _recover(
                     else None,
                 }
             )
-            audit_summary = AuditSummary(str(audit.path), rows)
+            audit_summary = AuditSummary(
+                str(audit.path),
+                rows,
+                manifest=str(audit.manifest),
+                chain_head=audit.chain_head,
+                outcomes=dict(audit.outcome_counts),
+            )
             audit = None
         reconciliation = None
         if ledger is not None:
@@ -314,6 +346,7 @@ def _recover(
                     amount=ledger.amount,
                     ledger=ledger_conn,
                     ledger_query=ledger.query,
+                    audit=audit_summary.path if audit_summary is not None else None,
                 )
         finished = time.monotonic()
     except psycopg.OperationalError as exc:

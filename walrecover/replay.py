@@ -26,7 +26,16 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
-from .errors import ReplayError, StopPointError, TableNotInStream, TargetBusy, TargetExists
+from .errors import (
+    ConnectionFailed,
+    Interrupted,
+    PrivilegeError,
+    ReplayError,
+    StopPointError,
+    TableNotInStream,
+    TargetBusy,
+    TargetExists,
+)
 from .lsn import Lsn
 from .model import (
     NO_STOP,
@@ -98,6 +107,9 @@ class AuditSink(Protocol):
 
     def commit(self, upto: Lsn | None) -> None:
         """Seal everything taken so far as committed with the target at ``upto``."""
+
+    def unpublished(self) -> Lsn | None:
+        """The checkpoint of sealed parts an earlier run left unpublished, or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +209,15 @@ class Replayer:
         self.stopped_before: tuple[int | None, Lsn | None] | None = None
         self._last_xid: int | None = None
         self._committed = 0
+        #: Everything was applied by an earlier run (only its audit was left to publish).
+        self.finished = False
+        #: What the last target commit holds (for the message when interrupted).
+        self.committed_lsn: Lsn | None = None
+        self.committed_transactions = 0
+        self._since_commit = 0
+        #: Source transactions seen (the resume position for streams without LSNs).
+        self._position = 0
+        self._resume_position = 0
         #: ALTER TABLEs followed in the rebuilt table, for the result.
         self.schema_changes: list[str] = []
         #: Other tables seen in the stream (a few), to help when the asked-for one is absent.
@@ -216,21 +237,40 @@ class Replayer:
     def prepare(self, *, force: bool) -> None:
         """Lock the target, check it is free (or resumable), and set up the progress table."""
         conn = self.conn
-        (locked,) = conn.execute(
-            "SELECT pg_try_advisory_lock(%s, %s)", (_LOCK_CLASS, _lock_key(self.into))
-        ).fetchone()
-        if not locked:
-            holder = conn.execute(
-                "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text,"
-                " 'local') FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-                " WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s",
-                (_LOCK_CLASS & 0xFFFFFFFF, _lock_key(self.into) & 0xFFFFFFFF),
-            ).fetchone()
-            who = f"backend pid {holder[0]} ({holder[1]}, {holder[2]})" if holder else "another run"
-            raise TargetBusy(
-                f"another recovery into {self.into} is running ({who}): wait for it or stop it",
+        lock_target(conn, self.into)
+        try:
+            self._create_progress_table()
+        except psycopg.errors.InsufficientPrivilege as exc:
+            conn.rollback()
+            (user, database) = conn.execute("SELECT current_user, current_database()").fetchone()
+            raise PrivilegeError(
+                f"role {user!r} cannot keep walrecover's progress in the target database "
+                f"({exc.diag.message_primary}): GRANT CREATE ON DATABASE {database} TO {user} "
+                "(walrecover creates the schema walrecover there), or build with another role",
                 table=str(self.into),
-            )
+                role=user,
+            ) from None
+        exists = self._target_exists()
+        progress = self._progress_row()
+        if (
+            exists
+            and progress is not None
+            and progress["complete"]
+            and not force
+            and self.sink is not None
+            and progress["source"] == self.source
+            and progress["audit"] == self.audit_id
+            and self.sink.unpublished() is not None
+        ):
+            # Killed after the last commit, before the audit was published: publish it now.
+            self._resume(progress)
+            self.finished = True
+            self.sink.start(self.resume_after or Lsn(self._resume_position), resuming=True)
+            return
+        self._prepare_target(progress, exists, force=force)
+
+    def _create_progress_table(self) -> None:
+        conn = self.conn
         conn.execute(
             sql.SQL(
                 "CREATE SCHEMA IF NOT EXISTS {schema};"
@@ -238,13 +278,17 @@ class Replayer:
                 " target text PRIMARY KEY, source text NOT NULL, last_commit_lsn pg_lsn,"
                 " last_xid bigint, transactions bigint NOT NULL, changes bigint NOT NULL,"
                 " no_row bigint NOT NULL DEFAULT 0, first_lsn pg_lsn,"
-                " audit text, complete boolean NOT NULL,"
+                " audit text, position bigint, complete boolean NOT NULL,"
                 " updated_at timestamptz NOT NULL DEFAULT now())"
             ).format(schema=sql.Identifier(PROGRESS_SCHEMA), table=sql.Identifier(PROGRESS_TABLE))
         )
         conn.commit()
-        exists = self._target_exists()
-        progress = self._progress_row()
+
+    def _prepare_target(
+        self, progress: dict[str, Any] | None, exists: bool, *, force: bool
+    ) -> None:
+        """Resume an unfinished recovery of the same source, or start afresh (if allowed)."""
+        conn = self.conn
         if exists and progress is not None and not progress["complete"] and not force:
             if progress["source"] != self.source:
                 raise TargetExists(
@@ -265,7 +309,7 @@ class Replayer:
                 )
             self._resume(progress)
             if self.sink is not None:
-                self.sink.start(self.resume_after, resuming=True)
+                self.sink.start(self.resume_after or Lsn(self._resume_position), resuming=True)
             return
         if exists and not force:
             raise TargetExists(
@@ -289,7 +333,9 @@ class Replayer:
         self.changes = int(progress["changes"])
         self.no_row = int(progress["no_row"])
         self.first_lsn = Lsn.parse(progress["first_lsn"]) if progress["first_lsn"] else None
-        self.last_lsn = self.resume_after
+        self.last_lsn = self.committed_lsn = self.resume_after
+        self.committed_transactions = self.transactions
+        self._resume_position = int(progress["position"] or 0)
 
     def _target_exists(self) -> bool:
         (oid,) = self.conn.execute(
@@ -304,7 +350,7 @@ class Replayer:
         cur = self.conn.execute(
             sql.SQL(
                 "SELECT source, last_commit_lsn::text, transactions, changes, no_row,"
-                " first_lsn::text, audit, complete FROM {}.{} WHERE target = %s"
+                " first_lsn::text, audit, position, complete FROM {}.{} WHERE target = %s"
             ).format(sql.Identifier(PROGRESS_SCHEMA), sql.Identifier(PROGRESS_TABLE)),
             (str(self.into),),
         )
@@ -313,7 +359,7 @@ class Replayer:
         if row is None:
             return None
         names = ("source", "last_commit_lsn", "transactions", "changes", "no_row")
-        return dict(zip((*names, "first_lsn", "audit", "complete"), row, strict=True))
+        return dict(zip((*names, "first_lsn", "audit", "position", "complete"), row, strict=True))
 
     def _delete_progress(self) -> None:
         self.conn.execute(
@@ -368,6 +414,8 @@ class Replayer:
 
     def run(self, events: Iterable[Event], progress: ProgressCallback | None = None) -> None:
         """Apply ``events`` up to the stop point; commit the last batch; mark it complete."""
+        if self.finished:
+            return  # resumed only to publish the audit: everything is applied
         stream = iter(events)
         for event in stream:
             if isinstance(event, Change):
@@ -383,6 +431,19 @@ class Replayer:
         if self._txn is not None and self.stopped_before is None:
             raise ReplayError(
                 f"the stream ended inside transaction {self._txn.xid}: it is truncated",
+                table=str(self.table),
+            )
+        if (
+            self.stopped_before is not None
+            and self.transactions == 0
+            and not self._committed
+            and self.resume_after is None
+            and not self._resume_position
+        ):
+            self.conn.rollback()  # nothing to build: leave no empty table behind
+            raise StopPointError(
+                f"no change of {self.table} commits before the stop point "
+                f"({self.stop.describe()}): nothing was built; check the stop point",
                 table=str(self.table),
             )
         if self.stop.xid is not None and self.stopped_before is None:
@@ -401,6 +462,9 @@ class Replayer:
                 xid=self.stop.xid,
                 table=str(self.into),
             )
+        if self.relation is None and self.resume_after is None and not self.resumed_by_position:
+            self.conn.rollback()  # the table never appeared: commit nothing, not even progress
+            return
         self._commit_batch(complete=True)
 
     def _audit_after_stop(self, begin: Begin | None, stream: Iterator[Event]) -> None:
@@ -448,17 +512,24 @@ class Replayer:
             self.stopped_before = (event.xid, event.commit_lsn or event.end_lsn)
             return True
         txn = _Txn(event.xid, event.commit_lsn, event.end_lsn, event.commit_time, stops is False)
+        self._position += 1
         txn.skip = self._already_applied(txn.commit_lsn, txn.end_lsn)
         self._txn = txn
         self._txn_mark = self._batch.mark()
         self._savepoint = False
         return False
 
+    @property
+    def resumed_by_position(self) -> bool:
+        """Resuming a stream without LSNs (a capture), by transaction position."""
+        return self.resume_after is None and self._resume_position > 0
+
     def _already_applied(self, commit_lsn: Lsn | None, end_lsn: Lsn | None) -> bool:
-        if self.resume_after is None:
-            return False
-        position = commit_lsn if commit_lsn is not None else end_lsn
-        return position is not None and position <= self.resume_after
+        """Applied by an interrupted run: by commit LSN, or by position where there are none."""
+        if self.resume_after is not None:
+            position = commit_lsn if commit_lsn is not None else end_lsn
+            return position is not None and position <= self.resume_after
+        return self._position <= self._resume_position
 
     def _commit(self, event: Commit) -> bool:
         """Close the transaction; True if the stop point says it (and all after) is left out."""
@@ -500,18 +571,20 @@ class Replayer:
                 self.first_lsn = position
             self.last_lsn = position
             self._last_xid = txn.xid
-            if len(self._batch) >= self.batch_size:
+            if self._since_commit >= self.batch_size:
                 self._commit_batch(complete=False)
         return False
 
     def _change(self, change: Change) -> None:
         relation = change.relation
         if not relation.same_table(self.table.schema, self.table.name):
-            if len(self.other_tables) < 50:
+            if len(self.other_tables) < 50 and relation.schema != PROGRESS_SCHEMA:
                 self.other_tables.add(relation.qualified_name)
             return
         txn = self._txn
         assert txn is not None
+        if self.relation is None and change.op is Op.TRUNCATE and not self._created:
+            return  # nothing was recovered before it: there is nothing to truncate
         if self.relation is None:
             self._adopt(relation)
         elif relation is not self.relation:
@@ -521,6 +594,7 @@ class Replayer:
                 self._learn_key(relation.key_columns)
         txn.changes += 1
         self.changes += 1
+        self._since_commit += 1
         batch = self._batch
         index = len(batch.pending)
         batch.pending.append(_Pending(change, txn))
@@ -737,6 +811,19 @@ class Replayer:
                 self._copy([batch.pending[i].change for i in batch.inserts])
             if batch.others:
                 self._apply_others([batch.pending[i] for i in batch.others])
+        except psycopg.OperationalError as exc:
+            raise ConnectionFailed(
+                f"lost the target connection while applying changes to {self.into} "
+                f"({_first_line(exc)}): what was committed is kept; rerun the same command to "
+                "resume",
+                table=str(self.into),
+            ) from None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise PrivilegeError(
+                f"cannot write to {self.into}: {exc.diag.message_primary}; grant the role "
+                "INSERT, UPDATE, DELETE and TRUNCATE on it (or build it with another role)",
+                table=str(self.into),
+            ) from None
         except psycopg.errors.UniqueViolation as exc:
             raise ReplayError(
                 f"applying changes to {self.into} failed: {exc.diag.message_primary}"
@@ -877,21 +964,33 @@ class Replayer:
         self._flush()
         self._save_progress(complete=complete)
         if self.sink is not None:
-            self.sink.commit(self.last_lsn)
+            self.sink.commit(self.checkpoint)
         self.conn.commit()
         self._committed += 1
+        self._since_commit = 0
+        self.committed_lsn = self.last_lsn
+        self.committed_transactions = self.transactions
+
+    @property
+    def checkpoint(self) -> Lsn | None:
+        """Where the committed work ends: the last commit LSN, or the stream position when the
+        stream has no LSNs (capture files of text plugins). The audit seals its parts with it."""
+        if self.last_lsn is not None:
+            return self.last_lsn
+        return Lsn(self._position) if self._position else None
 
     def _save_progress(self, *, complete: bool) -> None:
         self.conn.execute(
             sql.SQL(
                 "INSERT INTO {}.{} AS p (target, source, last_commit_lsn, last_xid, transactions,"
-                " changes, no_row, first_lsn, audit, complete)"
-                " VALUES (%s, %s, %s::pg_lsn, %s, %s, %s, %s, %s::pg_lsn, %s, %s)"
+                " changes, no_row, first_lsn, audit, position, complete)"
+                " VALUES (%s, %s, %s::pg_lsn, %s, %s, %s, %s, %s::pg_lsn, %s, %s, %s)"
                 " ON CONFLICT (target) DO UPDATE SET source = excluded.source,"
                 " last_commit_lsn = excluded.last_commit_lsn, last_xid = excluded.last_xid,"
                 " transactions = excluded.transactions, changes = excluded.changes,"
                 " no_row = excluded.no_row, first_lsn = excluded.first_lsn,"
-                " audit = excluded.audit, complete = excluded.complete, updated_at = now()"
+                " audit = excluded.audit, position = excluded.position,"
+                " complete = excluded.complete, updated_at = now()"
             ).format(sql.Identifier(PROGRESS_SCHEMA), sql.Identifier(PROGRESS_TABLE)),
             (
                 str(self.into),
@@ -903,6 +1002,7 @@ class Replayer:
                 self.no_row,
                 str(self.first_lsn) if self.first_lsn is not None else None,
                 self.audit_id,
+                self._position,
                 complete,
             ),
         )
@@ -927,8 +1027,36 @@ class Replayer:
 _LOCK_CLASS = 0x57414C52  # "WALR"
 
 
+def lock_target(conn: Any, into: TableName) -> None:
+    """Take the session's advisory lock on ``into`` (one writer per target), or raise
+    :class:`TargetBusy` naming the session that holds it. Taking it twice is harmless."""
+    (locked,) = conn.execute(
+        "SELECT pg_try_advisory_lock(%s, %s)", (_LOCK_CLASS, _lock_key(into))
+    ).fetchone()
+    conn.commit()
+    if locked:
+        return
+    holder = conn.execute(
+        "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text, 'local')"
+        " FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+        " WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted",
+        (_LOCK_CLASS & 0xFFFFFFFF, _lock_key(into) & 0xFFFFFFFF),
+    ).fetchone()
+    conn.commit()
+    who = f"backend pid {holder[0]} ({holder[1]}, {holder[2]})" if holder else "another run"
+    raise TargetBusy(
+        f"another recovery into {into} is running ({who}): wait for it or stop it",
+        table=str(into),
+    )
+
+
 def _lock_key(into: TableName) -> int:
     return zlib.crc32(str(into).encode()) - (1 << 31)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _where(exc: psycopg.Error) -> str:
@@ -997,11 +1125,23 @@ def replay(
     resumed_from = replayer.resume_after
     try:
         replayer.run(events)
+    except KeyboardInterrupt:
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
+        where = (
+            f"{replayer.committed_transactions} transactions committed, up to commit LSN "
+            f"{replayer.committed_lsn}"
+            if replayer.committed_lsn is not None
+            else "nothing committed yet"
+        )
+        raise Interrupted(
+            f"interrupted: {where}; rerun the same command to resume", table=str(into)
+        ) from None
     except BaseException:
         with contextlib.suppress(psycopg.Error):
             conn.rollback()
         raise
-    if replayer.relation is None and resumed_from is None:
+    if replayer.relation is None and resumed_from is None and not replayer.resumed_by_position:
         conn.rollback()
         seen = sorted(replayer.other_tables)
         raise TableNotInStream(
@@ -1011,7 +1151,6 @@ def replay(
             table=str(table),
             tables=seen,
         )
-    assert replayer.relation is not None or resumed_from is not None
     return ReplayResult(
         into=str(into),
         relation=replayer.relation or Relation(table.schema, table.name, ()),

@@ -30,7 +30,7 @@ from .db import connect, safe_dsn
 from .decoders import PLUGINS, is_binary, pgoutput, plugin_options
 from .errors import ConfigurationError, DecodeError, PrivilegeError, SlotError, WalrecoverError
 from .lsn import Lsn
-from .model import RawMessage
+from .model import RawMessage, TableName
 
 COPY_PREFIX = "walrecover_"
 
@@ -171,7 +171,7 @@ class SlotSource:
         dsn: str | None,
         slot: str,
         *,
-        tables: Iterable[str] = (),
+        tables: Iterable[TableName] = (),
         options: Mapping[str, str] | None = None,
         via_plugin: str | None = None,
         page_size: int = 20_000,
@@ -254,6 +254,14 @@ class SlotSource:
                     "SELECT pg_copy_logical_replication_slot(%s, %s, false, %s)",
                     (self.slot, name, plugin),
                 )
+            except psycopg.errors.UndefinedFile as exc:
+                raise ConfigurationError(
+                    f"output plugin {plugin!r} of slot {self.slot!r} is not installed on the "
+                    f"source server ({exc.diag.message_primary}): install it (Debian: "
+                    f"postgresql-<major>-{plugin}) or read the slot through another plugin "
+                    "with --via-plugin",
+                    slot=self.slot,
+                ) from None
             except psycopg.errors.InsufficientPrivilege as exc:
                 raise PrivilegeError(
                     f"cannot copy slot {self.slot!r}: {exc.diag.message_primary}; grant the "

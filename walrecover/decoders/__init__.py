@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from ..errors import DecodeError
-from ..model import Event, RawMessage
+from ..model import Event, RawMessage, TableName
 from . import pgoutput, test_decoding, wal2json, wal2json_v1
 
 __all__ = [
@@ -70,11 +70,12 @@ def _wal2json_version(options: Mapping[str, str]) -> str:
 
 
 def plugin_options(
-    plugin: str, tables: Iterable[str] = (), user: Mapping[str, str] | None = None
+    plugin: str, tables: Iterable[TableName | str] = (), user: Mapping[str, str] | None = None
 ) -> list[tuple[str, str]]:
     """The options walrecover passes to the server for ``plugin``, merged with the user's.
 
-    ``tables`` (``schema.table``) let plugins that can filter do it on the server. The user's
+    ``tables`` (TableName, or ``schema.table`` text) let plugins that can filter do it on the
+    server. The user's
     ``-o NAME=VALUE`` options win over walrecover's defaults.
     """
     _check(plugin)

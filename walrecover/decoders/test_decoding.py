@@ -71,7 +71,7 @@ from datetime import datetime
 
 from ..errors import DecodeError
 from ..lsn import Lsn
-from ..model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation
+from ..model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation, TableName
 
 PLUGIN = "test_decoding"
 
@@ -133,7 +133,7 @@ class _Incomplete(Exception):
         self.quote = quote
 
 
-def server_options(tables: Iterable[str] = ()) -> list[tuple[str, str]]:
+def server_options(tables: Iterable[TableName | str] = ()) -> list[tuple[str, str]]:
     """Options for ``pg_logical_slot_get_changes`` on a test_decoding slot.
 
     xids and commit times are needed for stop points; empty transactions are kept because a

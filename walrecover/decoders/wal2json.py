@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import DecodeError, StopPointError
 from ..lsn import Lsn
-from ..model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation
+from ..model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation, TableName
 
 
 #: Numbers keep their literal text: never a float between the WAL and the table.
@@ -32,10 +32,10 @@ _OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE, "T": Op.TRUNCATE}
 _BYTEA_OID = 17
 
 
-def server_options(tables: Iterable[str] = ()) -> list[tuple[str, str]]:
+def server_options(tables: Iterable[TableName | str] = ()) -> list[tuple[str, str]]:
     """Options for ``pg_logical_slot_get_changes`` on a wal2json slot.
 
-    ``tables`` (``schema.table``) become ``add-tables`` so the server skips other tables' rows;
+    ``tables`` become ``add-tables`` so the server skips other tables' rows;
     transactions still arrive as B/C pairs, so xids and commit LSNs of the whole stream are seen.
     """
     options = [
@@ -54,9 +54,10 @@ def server_options(tables: Iterable[str] = ()) -> list[tuple[str, str]]:
     return options
 
 
-def _escape_table(qualified: str) -> str:
-    schema, _, table = qualified.partition(".")
-    return f"{_escape_part(schema)}.{_escape_part(table)}"
+def _escape_table(table: TableName | str) -> str:
+    """``schema.table`` for add-tables, each part escaped (a dot inside a name included)."""
+    name = table if isinstance(table, TableName) else TableName.parse(table)
+    return f"{_escape_part(name.schema)}.{_escape_part(name.name)}"
 
 
 def _escape_part(part: str) -> str:
@@ -126,6 +127,12 @@ class Wal2JsonV2Decoder:
                 ) from None
         try:
             obj = _JSON.decode(data)
+        except RecursionError:
+            raise DecodeError(
+                f"wal2json message{_at(message.lsn)} nests too deeply to be wal2json output: "
+                "the stream is damaged",
+                lsn=message.lsn,
+            ) from None
         except json.JSONDecodeError as exc:
             raise DecodeError(
                 f"wal2json message{_at(message.lsn)} is not JSON ({exc.msg} at char "

@@ -44,7 +44,7 @@ from typing import Any
 
 from ..errors import DecodeError, StopPointError
 from ..lsn import Lsn
-from ..model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation
+from ..model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation, TableName
 from . import wal2json
 
 PLUGIN = "wal2json"
@@ -74,7 +74,7 @@ _SPACE = re.compile(r"[ \t\n\r]*")
 _STRAY_COMMA = re.compile(r'(\{\s*"change"\s*:\s*\[\s*),')
 
 
-def server_options(tables: Iterable[str] = ()) -> list[tuple[str, str]]:
+def server_options(tables: Iterable[TableName | str] = ()) -> list[tuple[str, str]]:
     """Options for ``pg_logical_slot_get_changes`` on a wal2json slot read in format 1.
 
     The same information as walrecover's format-2 options, plus ``write-in-chunks``: without it

@@ -1,0 +1,209 @@
+"""The notebooks run, top to bottom, against data generated here, and their charts render.
+
+Each notebook is executed with nbclient in a kernel of this very Python (the venv's ipykernel),
+with its ``parameters`` cell overridden by an injected cell, the way papermill does it. A cell
+that raises fails the test. The executed notebooks and their charts are kept under
+``artifacts/notebooks/`` (git-ignored) for CI to publish.
+
+- ``reconciliation.ipynb`` reads the audit of a bank recovered here (the rehearsal's workload on
+  the session cluster) and a ledger exported from the bank's ``accounts`` before the drop, with
+  one balance off by a cent and one account left out, so the differences and their
+  explanations are shown.
+- ``rehearsal.ipynb`` runs a small rehearsal of its own (a throwaway cluster) and charts where
+  the time went.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import psycopg
+import pytest
+from conftest import ROOT, Database
+from nbclient import NotebookClient
+
+from walrecover.cluster import Cluster
+from walrecover.db import connect
+from walrecover.lsn import Lsn
+from walrecover.model import StopPoint, TableName
+from walrecover.recover import recover
+from walrecover.rehearsal import create_bank, run_workload
+
+NOTEBOOKS = ROOT / "notebooks"
+ARTIFACTS = ROOT / "artifacts" / "notebooks"
+KERNEL = "walrecover-tests"
+NOTEBOOK_SLOT = "notebook_cdc"
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A kernelspec running this interpreter, so the notebooks see this venv's walrecover."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "walrecover tests",
+                "language": "python",
+            }
+        )
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JUPYTER_PATH", str(root))
+        patch.setenv("MPLBACKEND", "Agg")
+        yield KERNEL
+
+
+def execute(name: str, parameters: dict[str, Any], kernel: str) -> nbformat.NotebookNode:
+    """Run a notebook with its parameters overridden; raise if any cell fails."""
+    notebook: nbformat.NotebookNode = nbformat.read(NOTEBOOKS / name, as_version=4)  # type: ignore[no-untyped-call]
+    index = next(
+        i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", [])
+    )
+    injected = nbformat.v4.new_code_cell(  # type: ignore[no-untyped-call]
+        "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
+    )
+    injected.metadata["tags"] = ["injected-parameters"]
+    notebook.cells.insert(index + 1, injected)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    client = NotebookClient(
+        notebook,
+        kernel_name=kernel,
+        timeout=300,
+        resources={"metadata": {"path": str(ROOT)}},
+    )
+    try:
+        client.execute()
+    finally:
+        nbformat.write(notebook, ARTIFACTS / name.replace(".ipynb", ".executed.ipynb"))  # type: ignore[no-untyped-call]
+    return notebook
+
+
+@pytest.mark.parametrize("name", ["reconciliation.ipynb", "rehearsal.ipynb"])
+def test_notebooks_are_committed_clean_with_parameters_on_top(name: str) -> None:
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)  # type: ignore[no-untyped-call]
+    nbformat.validate(notebook)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert code[0].metadata.get("tags") == ["parameters"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+
+
+@dataclass(frozen=True)
+class Recovered:
+    audit: Path
+    ledger: Path
+    balances: dict[str, Decimal]
+
+
+@pytest.fixture(scope="module")
+def recovered(cluster: Cluster) -> Iterator[Recovered]:
+    """The rehearsal's bank on the session cluster: workload, ledger exported, drop, recovery."""
+    name = "notebook_bank"
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    db = Database(cluster, name)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        with connect(db.dsn, autocommit=True) as conn:
+            create_bank(conn, 8)
+            conn.execute(
+                "SELECT pg_create_logical_replication_slot(%s, 'wal2json')", (NOTEBOOK_SLOT,)
+            )
+            run_workload(conn, 400, 8)
+            balances = {
+                str(k): Decimal(v)
+                for k, v in conn.execute("SELECT id, balance::text FROM accounts ORDER BY id")
+            }
+            (stop,) = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+            conn.execute(
+                "INSERT INTO transactions (account_id, amount, kind) VALUES (2, 5, 'late')"
+            )
+            conn.execute("DROP TABLE transactions")
+        # The ledger the finance team hands over: account 3 off by a cent, account 8 missing.
+        ledger = ARTIFACTS / "ledger.csv"
+        lines = [
+            f"{k},{v + Decimal('0.01') if k == '3' else v}" for k, v in balances.items() if k != "8"
+        ]
+        ledger.write_text("account_id,total\n" + "\n".join(lines) + "\n")
+        audit = ARTIFACTS / "bank.parquet"
+        recover(
+            db.dsn,
+            NOTEBOOK_SLOT,
+            TableName("public", "transactions"),
+            stop=StopPoint(lsn=Lsn.parse(stop)),
+            audit_path=audit,
+        )
+        yield Recovered(audit, ledger, balances)
+    finally:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE database = %s AND NOT active",
+                (name,),
+            )
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def assert_charts(*names: str) -> None:
+    for chart in names:
+        path = ARTIFACTS / chart
+        assert path.is_file(), f"{chart} was not saved"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.stat().st_size > 5_000, f"{chart} is too small to hold a chart"
+
+
+def test_reconciliation_notebook_runs_and_charts(recovered: Recovered, kernel: str) -> None:
+    for chart in ("recovered_volume.png", "account_deltas.png", "lsn_coverage.png"):
+        (ARTIFACTS / chart).unlink(missing_ok=True)
+
+    notebook = execute(
+        "reconciliation.ipynb",
+        {
+            "AUDIT": str(recovered.audit),
+            "LEDGER": str(recovered.ledger),
+            "KEY": ["account_id"],
+            "AMOUNT": "amount",
+            "ARTIFACTS": str(ARTIFACTS),
+        },
+        kernel,
+    )
+
+    assert_charts("recovered_volume.png", "account_deltas.png", "lsn_coverage.png")
+    summary = json.loads((ARTIFACTS / "reconciliation.json").read_text())
+    assert (summary["keys"], summary["mismatched"], summary["missing_in_ledger"]) == (8, 1, 1)
+    assert summary["total_difference"] == str(recovered.balances["8"] - Decimal("0.01"))
+    text = "".join(
+        output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", [])
+    )
+    assert "OK: no row was edited, deleted, added or moved." in text
+    assert "('3',) ->" in text and "('8',) ->" in text
+
+
+def test_rehearsal_notebook_runs_and_charts(kernel: str) -> None:
+    for chart in ("rehearsal_stages.png", "rehearsal_outcomes.png"):
+        (ARTIFACTS / chart).unlink(missing_ok=True)
+
+    execute(
+        "rehearsal.ipynb",
+        {
+            "TRANSACTIONS": 300,
+            "ACCOUNTS": 10,
+            "AUDIT": str(ARTIFACTS / "rehearsal.parquet"),
+            "ARTIFACTS": str(ARTIFACTS),
+        },
+        kernel,
+    )
+
+    assert_charts("rehearsal_stages.png", "rehearsal_outcomes.png")
+    result = json.loads((ARTIFACTS / "rehearsal.json").read_text())
+    assert result["identical"] and result["reconciled"]
+    assert result["audit_rows"] >= result["changes"] > 0

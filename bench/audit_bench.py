@@ -13,7 +13,7 @@ so each peak RSS is its own:
   group size, zstd), with no hashing, outcomes or manifest: the floor;
 * ``audit``: :class:`walrecover.audit.AuditWriter` writing them as replay drives it (a commit
   every 10,000 changes), then closing (final outcomes, row and chain hashes, manifest);
-* ``verify``: :func:`walrecover.audit.verify_audit` over the result.
+* ``verify``: :func:`walrecover.verify.verify_audit` over the result.
 
 Every phase streams: memory must not grow with ``--rows`` (run it with 100000 and 1000000 and
 compare the peaks). ``--dir`` writes the Hive-partitioned dataset instead of one file.
@@ -42,14 +42,14 @@ from walrecover.audit import (
     ROW_GROUP_ROWS,
     AuditWriter,
     _json,
-    _typed,
     audit_schema,
     typed_fields,
-    verify_audit,
 )
 from walrecover.lsn import Lsn
 from walrecover.model import Change, Column, Op, Relation
+from walrecover.pgarrow import typed_value
 from walrecover.replay import AppliedChange, Outcome
+from walrecover.verify import verify_audit
 
 RELATION = Relation(
     "public",
@@ -140,7 +140,7 @@ def run_baseline(rows: int, path: Path) -> dict[str, Any]:
         for typed in fields:
             image = change.new if typed.image == "new" else change.old
             text = image.get(typed.column) if image is not None else None
-            columns[typed.name].append(_typed(text, typed.convert))
+            columns[typed.name].append(typed_value(text, typed.convert))
         if len(columns["seq"]) >= ROW_GROUP_ROWS:
             writer.write_table(pa.Table.from_pydict(columns, schema=schema))
             columns = {name: [] for name in schema.names}

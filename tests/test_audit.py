@@ -53,15 +53,7 @@ from psycopg.pq import Format
 
 import walrecover
 import walrecover.audit
-from walrecover.audit import (
-    CHAIN_SEED,
-    DATASET_MANIFEST,
-    AuditWriter,
-    parse_array,
-    parse_interval,
-    read_metadata,
-    verify_audit,
-)
+from walrecover.audit import CHAIN_SEED, DATASET_MANIFEST, AuditWriter, read_metadata
 from walrecover.cluster import Cluster
 from walrecover.decoders import decode_all, make_decoder
 from walrecover.errors import AuditError, StopPointError
@@ -77,9 +69,11 @@ from walrecover.model import (
     StopPoint,
     TableName,
 )
+from walrecover.pgarrow import parse_array, parse_interval
 from walrecover.reconcile import audit_totals
 from walrecover.recover import recover
 from walrecover.replay import AppliedChange, Outcome
+from walrecover.verify import verify_audit
 
 META_COLUMNS = [
     ("seq", pa.int64()),

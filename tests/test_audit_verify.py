@@ -25,9 +25,10 @@ from conftest import Database
 from helpers import cli, drop_with_truth, recover_table, run_script, stderr_lines
 
 import walrecover.audit
-from walrecover.audit import DATASET_MANIFEST, hash_rows, manifest_path, verify_audit
+from walrecover.audit import DATASET_MANIFEST, hash_rows, manifest_path
 from walrecover.cluster import Cluster
 from walrecover.errors import AuditError
+from walrecover.verify import verify_audit
 
 VERIFY_SLOT = "audit_verify_cdc"
 ROWS = 12

@@ -13,15 +13,20 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .audit import read_audit, verify_audit
+    from .audit import read_audit
+    from .verify import verify_audit
 
 __all__ = ["__version__", "read_audit", "verify_audit"]
 
 
 def __getattr__(name: str) -> Any:
     """``read_audit`` and ``verify_audit``, imported on first use (they pull in pyarrow)."""
-    if name in ("read_audit", "verify_audit"):
-        from . import audit  # noqa: PLC0415 - lazy on purpose
+    if name == "read_audit":
+        from .audit import read_audit  # noqa: PLC0415 - lazy on purpose
 
-        return getattr(audit, name)
+        return read_audit
+    if name == "verify_audit":
+        from .verify import verify_audit  # noqa: PLC0415 - lazy on purpose
+
+        return verify_audit
     raise AttributeError(f"module 'walrecover' has no attribute {name!r}")

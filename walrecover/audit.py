@@ -47,18 +47,12 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import functools
 import hashlib
 import json
-import math
 import os
-import re
 import shutil
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import date, datetime, time
-from decimal import Decimal, InvalidOperation
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -72,6 +66,7 @@ from . import __version__, outcomes
 from .errors import AuditError
 from .lsn import Lsn
 from .model import Column, Op, Relation, Values
+from .pgarrow import INTERVAL_TYPE, TypedField, arrow_type, typed_arrays
 from .replay import AppliedChange
 
 #: Rows per Parquet row group (and per batch in the merge and verify passes).
@@ -92,8 +87,6 @@ VERIFY_BATCH_ROWS = 16_384
 #: How many problems :func:`verify_audit` reports word for word (it counts all of them).
 PROBLEM_LIMIT = 20
 
-_Converter = Callable[[str], Any]
-
 META_COLUMNS: Final[tuple[tuple[str, pa.DataType], ...]] = (
     ("seq", pa.int64()),
     ("commit_lsn", pa.string()),
@@ -110,241 +103,12 @@ META_COLUMNS: Final[tuple[tuple[str, pa.DataType], ...]] = (
 #: Columns that only live in the part files: each row's identity before and after its change,
 #: for working out ``superseded`` and ``removed`` when the audit closes.
 _PRIVATE: Final = ("_before_identity", "_after_identity")
-_HASH_COLUMNS: Final = ("row_hash", "chain_hash")
-
-INTERVAL_TYPE: Final = pa.struct(
-    [
-        pa.field("months", pa.int32()),
-        pa.field("days", pa.int32()),
-        pa.field("microseconds", pa.int64()),
-    ]
-)
-
-# -- PostgreSQL text -> typed Arrow values -------------------------------------------------------
-
-_NUMERIC_RE = re.compile(r"^numeric\((\d+),(-?\d+)\)$")
-
-
-def _base_type(type_name: str) -> str:
-    return re.sub(r"\(.*?\)", "", type_name).strip()
-
-
-def arrow_type(column: Column) -> tuple[pa.DataType, _Converter]:
-    """The Arrow type for a PostgreSQL column and a converter from its canonical text."""
-    return pg_arrow_type(column.type_name)
-
-
-@functools.cache
-def pg_arrow_type(type_name: str) -> tuple[pa.DataType, _Converter]:
-    """The Arrow type for a type as ``format_type`` prints it, and a converter from its text.
-
-    A converter raises ``ValueError`` (or ``ArithmeticError``) for a value the Arrow type cannot
-    hold exactly; the audit then leaves the typed cell NULL (the exact text is kept beside it).
-    """
-    name = type_name.strip()
-    if name.endswith("[]"):
-        element = name[:-2].strip()
-        if _base_type(element) == "box":  # box arrays use ';' between elements: keep the text
-            return pa.string(), str
-        element_type, convert = pg_arrow_type(element)
-        return pa.list_(element_type), _array_converter(convert)
-    match = _NUMERIC_RE.match(name.replace(" ", ""))
-    if match:
-        precision, scale = int(match.group(1)), int(match.group(2))
-        if 1 <= precision <= 38 and 0 <= scale <= precision:
-            return pa.decimal128(precision, scale), _decimal_converter(precision, scale)
-        return pa.string(), str
-    base = _base_type(name)
-    if base.startswith("interval"):
-        return INTERVAL_TYPE, parse_interval
-    simple: dict[str, tuple[pa.DataType, _Converter]] = {
-        "smallint": (pa.int16(), int),
-        "integer": (pa.int32(), int),
-        "bigint": (pa.int64(), int),
-        "oid": (pa.int64(), int),
-        "real": (pa.float32(), float),
-        "double precision": (pa.float64(), float),
-        "boolean": (pa.bool_(), _boolean),
-        "bytea": (pa.binary(), _bytea),
-        "date": (pa.date32(), date.fromisoformat),
-        "timestamp with time zone": (pa.timestamp("us", tz="UTC"), _timestamptz),
-        "timestamp without time zone": (pa.timestamp("us"), _timestamp),
-        "time without time zone": (pa.time64("us"), time.fromisoformat),
-    }
-    return simple.get(base, (pa.string(), str))
-
-
-def _decimal_converter(precision: int, scale: int) -> _Converter:
-    def convert(text: str) -> Decimal:
-        value = Decimal(text)
-        if not value.is_finite():
-            raise ValueError("NaN and infinity have no decimal128 form")
-        _, digits, exponent = value.as_tuple()
-        assert isinstance(exponent, int)
-        if -exponent > scale or len(digits) + exponent + scale > precision:
-            raise ValueError(f"{text} does not fit numeric({precision},{scale})")
-        return value
-
-    return convert
-
-
-def _boolean(text: str) -> bool:
-    if text in ("t", "true"):
-        return True
-    if text in ("f", "false"):
-        return False
-    raise ValueError(f"{text!r} is not a boolean")
-
-
-def _bytea(text: str) -> bytes:
-    if not text.startswith("\\x"):
-        raise ValueError("bytea is not in hex output format")
-    return bytes.fromhex(text[2:])
-
-
-def _timestamptz(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    if value.tzinfo is None:
-        raise ValueError("timestamptz without an offset")
-    return value
-
-
-def _timestamp(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    if value.tzinfo is not None:
-        raise ValueError("timestamp with an offset")
-    return value
-
-
-_INTERVAL_UNITS = {
-    "year": 12,
-    "years": 12,
-    "mon": 1,
-    "mons": 1,
-    "day": 0,
-    "days": 0,
-}
-_INTERVAL_TIME = re.compile(r"^([+-]?)(\d+):(\d{2}):(\d{2})(?:\.(\d{1,6}))?$")
-
-
-def parse_interval(text: str) -> dict[str, int]:
-    """An interval in PostgreSQL's ``postgres`` IntervalStyle as months, days, microseconds.
-
-    ``1 year 2 mons 3 days 04:05:06.5`` -> ``{"months": 14, "days": 3, "microseconds":
-    14706500000}``. The three parts are kept apart, as PostgreSQL keeps them (a month is not a
-    number of days), so the value is exact.
-    """
-    months = days = micros = 0
-    tokens = text.split()
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        clock = _INTERVAL_TIME.match(token)
-        if clock:
-            sign, hours, minutes, seconds, fraction = clock.groups()
-            value = ((int(hours) * 60 + int(minutes)) * 60 + int(seconds)) * 1_000_000
-            value += int((fraction or "").ljust(6, "0") or 0)
-            micros += -value if sign == "-" else value
-            i += 1
-            continue
-        if i + 1 >= len(tokens) or tokens[i + 1] not in _INTERVAL_UNITS:
-            raise ValueError(f"{text!r} is not an interval in the postgres style")
-        amount, unit = int(token), tokens[i + 1]
-        if unit.startswith("day"):
-            days += amount
-        else:
-            months += amount * _INTERVAL_UNITS[unit]
-        i += 2
-    if not (-(2**31) <= months < 2**31 and -(2**31) <= days < 2**31):
-        raise ValueError("interval out of range")
-    return {"months": months, "days": days, "microseconds": micros}
-
-
-def parse_array(text: str) -> list[str | None]:
-    """The elements of a one-dimensional array in PostgreSQL's output format, as text.
-
-    ``{1,NULL,"a b","q\\"d"}`` -> ``["1", None, "a b", 'q"d']``. Arrays with more than one
-    dimension or explicit bounds (``[0:1]={...}``) raise ``ValueError``: no Arrow list type
-    can say what they are without guessing, so the typed cell stays NULL.
-    """
-    if not (text.startswith("{") and text.endswith("}")):
-        raise ValueError("an array with explicit bounds")
-    body = text[1:-1]
-    if not body:
-        return []
-    if body.startswith("{"):
-        raise ValueError("a multi-dimensional array")
-    items: list[str | None] = []
-    i, n = 0, len(body)
-    while True:
-        if body[i] == '"':
-            i += 1
-            chars = []
-            while body[i] != '"':
-                if body[i] == "\\":
-                    i += 1
-                chars.append(body[i])
-                i += 1
-            i += 1
-            items.append("".join(chars))
-        else:
-            j = body.find(",", i)
-            j = n if j == -1 else j
-            token = body[i:j]
-            items.append(None if token == "NULL" else token)
-            i = j
-        if i >= n:
-            return items
-        if body[i] != ",":
-            raise ValueError("malformed array")
-        i += 1
-
-
-def _array_converter(convert: _Converter) -> _Converter:
-    def parse(text: str) -> list[Any]:
-        return [None if item is None else convert(item) for item in parse_array(text)]
-
-    return parse
-
-
-def _typed(text: str | None, convert: _Converter) -> Any:
-    if text is None:
-        return None
-    try:
-        return convert(text)
-    except (ValueError, InvalidOperation, ArithmeticError, IndexError):
-        return None  # e.g. 'infinity': the exact text stays in new_values/old_values
-
-
-# -- the schema ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TypedField:
-    """One typed column of the audit: which image and table column it shows, and how."""
-
-    name: str
-    column: str
-    image: str  # "new" or "old"
-    pg_type: str
-    arrow: pa.DataType
-    convert: _Converter
-
-    def field(self) -> pa.Field:
-        return pa.field(
-            self.name,
-            self.arrow,
-            metadata={
-                "walrecover.pg_type": self.pg_type,
-                "walrecover.column": self.column,
-                "walrecover.image": self.image,
-            },
-        )
+HASH_COLUMNS: Final = ("row_hash", "chain_hash")
 
 
 def typed_fields(relation: Relation) -> list[TypedField]:
     """The typed columns for a relation: ``new_<column>`` for each column, then ``old_``."""
-    taken = {name for name, _ in META_COLUMNS} | set(_HASH_COLUMNS) | set(_PRIVATE)
+    taken = {name for name, _ in META_COLUMNS} | set(HASH_COLUMNS) | set(_PRIVATE)
     fields: list[TypedField] = []
     for image in ("new", "old"):
         for column in relation.columns:
@@ -355,41 +119,6 @@ def typed_fields(relation: Relation) -> list[TypedField]:
             arrow, convert = arrow_type(column)
             fields.append(TypedField(name, column.name, image, column.type_name, arrow, convert))
     return fields
-
-
-def _fields_of(schema: pa.Schema) -> list[TypedField]:
-    """The typed columns of a written audit, from its field metadata."""
-    found = []
-    for item in schema:
-        meta = item.metadata or {}
-        pg_type = meta.get(b"walrecover.pg_type")
-        if pg_type is None:
-            continue
-        arrow, convert = pg_arrow_type(pg_type.decode())
-        found.append(
-            TypedField(
-                item.name,
-                meta[b"walrecover.column"].decode(),
-                meta[b"walrecover.image"].decode(),
-                pg_type.decode(),
-                arrow,
-                convert,
-            )
-        )
-    return found
-
-
-def typed_column(schema: pa.Schema, column: str, image: str = "new") -> str | None:
-    """The audit column holding ``column`` of the ``image`` ("new" or "old"), or None."""
-    for item in schema:
-        meta = item.metadata or {}
-        if (
-            meta.get(b"walrecover.column") == column.encode()
-            and meta.get(b"walrecover.image") == image.encode()
-        ):
-            return str(item.name)
-    name = f"{image}_{column}"
-    return name if name in schema.names else None
 
 
 def audit_schema(relation: Relation) -> pa.Schema:
@@ -405,31 +134,6 @@ PART_SCHEMA: Final = pa.schema(
     [pa.field(name, type_) for name, type_ in META_COLUMNS]
     + [pa.field(name, pa.string()) for name in _PRIVATE]
 )
-
-
-def typed_arrays(table: pa.Table, fields: Sequence[TypedField]) -> list[pa.Array]:
-    """The typed columns of ``fields`` for a batch, derived from its exact text.
-
-    The one place typed values are made: the writer uses it, and :func:`verify_audit` uses it
-    to check that what a file holds is what its exact text gives.
-    """
-    if not fields:
-        return []
-    images = {
-        image: [
-            None if v is None else json.loads(v)
-            for v in table.column(f"{image}_values").to_pylist()
-        ]
-        for image in {f.image for f in fields}
-    }
-    arrays = []
-    for typed in fields:
-        column, convert = typed.column, typed.convert
-        values = [
-            None if obj is None else _typed(obj.get(column), convert) for obj in images[typed.image]
-        ]
-        arrays.append(pa.array(values, typed.arrow))
-    return arrays
 
 
 #: Encoders made once: ``json.dumps`` with options builds a new encoder on every call.
@@ -715,7 +419,7 @@ class AuditWriter:
         out_schema = pa.schema(
             [pa.field(name, type_) for name, type_ in META_COLUMNS]
             + [f.field() for f in fields]
-            + [pa.field(name, pa.string()) for name in _HASH_COLUMNS]
+            + [pa.field(name, pa.string()) for name in HASH_COLUMNS]
         )
         finals = _FinalOutcomes(parts, self.parts / "outcomes.sqlite")
         meta: dict[str, Any] = {
@@ -768,7 +472,8 @@ class AuditWriter:
                 "chain_head": chain,
                 "outcomes": counts,
                 "files": [
-                    {**entry, "sha256": _sha256(self._final_file(entry["path"]))} for entry in files
+                    {**entry, "sha256": sha256_of(self._final_file(entry["path"]))}
+                    for entry in files
                 ],
                 "metadata": meta,
             },
@@ -1093,7 +798,7 @@ def _write_manifest(path: Path, content: Mapping[str, Any]) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -1186,7 +891,7 @@ def _fsync_dir(path: Path) -> None:
 # -- reading -------------------------------------------------------------------------------------
 
 
-def _kv_metadata(raw: Mapping[bytes, bytes] | None) -> dict[str, Any]:
+def kv_metadata(raw: Mapping[bytes, bytes] | None) -> dict[str, Any]:
     return {
         key.decode()[len("walrecover.") :]: json.loads(value)
         for key, value in (raw or {}).items()
@@ -1198,15 +903,15 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The run metadata of an audit file, or of a partitioned audit (from its manifest)."""
     path = Path(path)
     if path.is_dir():
-        manifest = _load_manifest(path / DATASET_MANIFEST)
+        manifest = load_manifest(path / DATASET_MANIFEST)
         return dict(manifest.get("metadata", {}))
     try:
-        return _kv_metadata(pq.ParquetFile(path).metadata.metadata)
+        return kv_metadata(pq.ParquetFile(path).metadata.metadata)
     except (OSError, pa.ArrowException) as exc:
         raise AuditError(f"cannot read the audit {path}: {exc}", path=str(path)) from None
 
 
-def _load_manifest(path: Path) -> dict[str, Any]:
+def load_manifest(path: Path) -> dict[str, Any]:
     try:
         content: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -1281,291 +986,3 @@ def _as_month_day_nano(column: pa.ChunkedArray) -> pa.Array:
         ],
         pa.month_day_nano_interval(),
     )
-
-
-# -- verification --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Verification:
-    """What :func:`verify_audit` found: ``ok``, or the problems, the first bad row first."""
-
-    path: str
-    ok: bool
-    rows: int
-    files: int
-    chain_head: str | None
-    #: The first :data:`PROBLEM_LIMIT` problems, each naming its row or file.
-    problems: tuple[str, ...]
-    #: How many rows had a problem (all of them are counted, not only those listed).
-    bad_rows: int
-    #: Position (0-based, in seq order) of the first bad row, or None.
-    first_bad_row: int | None
-    manifest: str | None
-    checked: tuple[str, ...] = field(default=())
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {
-            "path": self.path,
-            "ok": self.ok,
-            "rows": self.rows,
-            "files": self.files,
-            "chain_head": self.chain_head,
-            "problems": list(self.problems),
-            "bad_rows": self.bad_rows,
-            "first_bad_row": self.first_bad_row,
-            "manifest": self.manifest,
-            "checked": list(self.checked),
-        }
-
-    def report(self) -> str:
-        """The result for a person: what was checked, and OK or the problems."""
-        lines = [
-            f"Audit {self.path}: {self.rows} rows in {self.files} file(s); chain head "
-            f"{self.chain_head}.",
-            f"  checked: {', '.join(self.checked)}.",
-        ]
-        if self.ok:
-            lines.append("  OK: no row was edited, deleted, added or moved.")
-            return "\n".join(lines)
-        first = f"; first bad row: {self.first_bad_row}" if self.first_bad_row is not None else ""
-        lines.append(f"  NOT OK: {self.bad_rows} bad row(s){first}.")
-        lines.extend(f"    {problem}" for problem in self.problems)
-        return "\n".join(lines)
-
-
-class _Problems:
-    def __init__(self) -> None:
-        self.items: list[str] = []
-        self.bad_rows = 0
-        self.first_bad_row: int | None = None
-        self.file_problems: list[str] = []
-
-    def row(self, position: int, message: str) -> None:
-        self.bad_rows += 1
-        if self.first_bad_row is None:
-            self.first_bad_row = position
-        if len(self.items) < PROBLEM_LIMIT:
-            self.items.append(message)
-
-    def file(self, message: str) -> None:
-        self.file_problems.append(message)
-
-    def all(self) -> tuple[str, ...]:
-        return tuple(self.items + self.file_problems[: max(PROBLEM_LIMIT - len(self.items), 1)])
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return bool(a == b)
-
-
-def _files_in_order(
-    path: Path, manifest: Mapping[str, Any] | None, problems: _Problems
-) -> list[tuple[Path, str]]:
-    """The audit's files in seq order: the manifest's order, or by each file's first seq."""
-    if not path.is_dir():
-        return [(path, path.name)]
-    on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*.parquet")}
-    if manifest is not None:
-        listed = [entry["path"] for entry in manifest.get("files", [])]
-        for relative in listed:
-            if relative not in on_disk:
-                problems.file(f"file {relative} of the manifest is missing from {path}")
-        for relative in sorted(on_disk - set(listed)):
-            problems.file(f"file {relative} is in {path} but not in the manifest")
-        return [(path / r, r) for r in listed if r in on_disk]
-
-    def first_seq(relative: str) -> int:
-        table = pq.ParquetFile(path / relative).read_row_group(0, columns=["seq"])
-        return int(table.column(0)[0].as_py()) if table.num_rows else -1
-
-    return [(path / r, r) for r in sorted(on_disk, key=first_seq)]
-
-
-def verify_audit(
-    path: str | os.PathLike[str],
-    *,
-    manifest: str | os.PathLike[str] | None = None,
-    use_manifest: bool = True,
-    chain_head: str | None = None,
-) -> Verification:
-    """Recompute an audit's hashes, chain, typed values and counts; report the first bad row.
-
-    Checks, for every row in seq order: its ``seq`` is the next one (a deleted or moved row
-    shows here), its ``row_hash`` is the SHA-256 of its content (an edited value), its
-    ``chain_hash`` follows from the previous row's, and each typed column holds what its exact
-    text says. Then the row count, outcome counts and chain head against the file metadata, the
-    manifest (each file's SHA-256 too) and, if given, a ``chain_head`` recorded elsewhere (the
-    only check a forger who rewrites file, metadata and manifest together cannot pass).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise AuditError(f"the audit {path} does not exist", path=str(path))
-    problems = _Problems()
-    checked = ["seq order", "row hashes", "chain", "typed columns", "counts"]
-    manifest_file = Path(manifest) if manifest is not None else manifest_path(path)
-    manifest_data: dict[str, Any] | None = None
-    if use_manifest:
-        if manifest_file.exists():
-            manifest_data = _load_manifest(manifest_file)
-            checked.append("manifest")
-        else:
-            problems.file(
-                f"the manifest {manifest_file} is missing: give it with --manifest PATH, or "
-                "pass --no-manifest to check the audit without it"
-            )
-    files = _files_in_order(path, manifest_data, problems)
-    position = 0
-    expected_seq = 0
-    chain = CHAIN_SEED
-    counts: dict[str, int] = {}
-    file_meta: dict[str, Any] = {}
-    for file, relative in files:
-        try:
-            parquet = pq.ParquetFile(file, pre_buffer=False)
-        except (OSError, pa.ArrowException) as exc:
-            raise AuditError(f"cannot read the audit {file}: {exc}", path=str(file)) from None
-        file_meta = _kv_metadata(parquet.metadata.metadata)
-        missing = [n for n in (*HASHED, *_HASH_COLUMNS) if n not in parquet.schema_arrow.names]
-        if missing:
-            raise AuditError(
-                f"{file} is not a walrecover audit: it has no column {missing[0]!r}",
-                path=str(file),
-            )
-        fields = _fields_of(parquet.schema_arrow)
-        file_rows = 0
-        for batch in parquet.iter_batches(batch_size=VERIFY_BATCH_ROWS):
-            table = pa.Table.from_batches([batch])
-            seqs = table.column("seq").to_pylist()
-            stored_rows = table.column("row_hash").to_pylist()
-            stored_chain = table.column("chain_hash").to_pylist()
-            computed, _, _ = hash_rows(table, CHAIN_SEED)
-            typed_bad = _typed_mismatches(table, fields)
-            xids = table.column("xid").to_pylist()
-            lsns = table.column("commit_lsn").to_pylist()
-            for value in table.column("outcome").to_pylist():
-                counts[value] = counts.get(value, 0) + 1
-            for i, seq in enumerate(seqs):
-                where = (
-                    f"row {position} (seq {seq}, xid {xids[i]}, commit LSN {lsns[i]}) in {relative}"
-                )
-                link = hashlib.sha256((chain + (stored_rows[i] or "")).encode()).hexdigest()
-                if seq != expected_seq:
-                    problems.row(
-                        position,
-                        f"{where}: seq {expected_seq} was expected here: a row was deleted, "
-                        "inserted or moved",
-                    )
-                    expected_seq = seq if isinstance(seq, int) else expected_seq
-                elif computed[i] != stored_rows[i]:
-                    problems.row(
-                        position, f"{where}: row_hash does not match the row's content (edited)"
-                    )
-                elif link != stored_chain[i]:
-                    problems.row(
-                        position,
-                        f"{where}: chain_hash does not follow from the row before it (a row "
-                        "was deleted, inserted or moved, or its hash rewritten)",
-                    )
-                elif typed_bad.get(i):
-                    problems.row(position, f"{where}: {typed_bad[i]}")
-                chain = stored_chain[i] or chain
-                expected_seq += 1
-                position += 1
-                file_rows += 1
-        if path.is_dir():
-            _check_file_meta(relative, file_meta, file_rows, problems)
-    meta = file_meta if not path.is_dir() else dict((manifest_data or {}).get("metadata", {}))
-    head = chain
-    if not path.is_dir() and meta:
-        _check_totals(f"the metadata of {path.name}", meta, position, head, counts, problems)
-    if manifest_data is not None:
-        _check_totals(
-            f"the manifest {manifest_file.name}", manifest_data, position, head, counts, problems
-        )
-        for entry in manifest_data.get("files", []):
-            target = path / entry["path"] if path.is_dir() else path
-            if target.exists() and _sha256(target) != entry.get("sha256"):
-                problems.file(
-                    f"{entry['path']}: its SHA-256 differs from the manifest's: the file was "
-                    "changed after it was written"
-                )
-    if chain_head is not None:
-        checked.append("expected chain head")
-        if chain_head.lower() != head:
-            problems.file(
-                f"the chain ends at {head}, not at the expected chain head {chain_head}: the "
-                "audit is not the one recorded"
-            )
-    all_problems = problems.all()
-    return Verification(
-        path=str(path),
-        ok=not all_problems,
-        rows=position,
-        files=len(files),
-        chain_head=head,
-        problems=all_problems,
-        bad_rows=problems.bad_rows,
-        first_bad_row=problems.first_bad_row,
-        manifest=str(manifest_file) if manifest_data is not None else None,
-        checked=tuple(checked),
-    )
-
-
-def _check_file_meta(
-    relative: str, meta: Mapping[str, Any], rows: int, problems: _Problems
-) -> None:
-    if "file_rows" in meta and meta["file_rows"] != rows:
-        problems.file(
-            f"{relative} holds {rows} rows but its metadata says {meta['file_rows']}: rows were "
-            "removed or added"
-        )
-
-
-def _check_totals(
-    what: str,
-    meta: Mapping[str, Any],
-    rows: int,
-    head: str,
-    counts: Mapping[str, int],
-    problems: _Problems,
-) -> None:
-    recorded_rows = meta.get("rows")
-    if isinstance(recorded_rows, int) and recorded_rows > rows:
-        problems.file(
-            f"the audit holds {rows} rows but {what} says {recorded_rows}: rows {rows} to "
-            f"{recorded_rows - 1} were removed at the end"
-        )
-    elif recorded_rows is not None and recorded_rows != rows:
-        problems.file(
-            f"the audit holds {rows} rows but {what} says {recorded_rows}: rows were added"
-        )
-    if "chain_head" in meta and meta["chain_head"] != head:
-        problems.file(f"the chain ends at {head} but {what} says {meta['chain_head']}")
-    recorded = meta.get("outcomes")
-    if isinstance(recorded, dict) and recorded != {k: v for k, v in sorted(counts.items()) if v}:
-        problems.file(f"the outcome counts {dict(sorted(counts.items()))} differ from {what}'s")
-
-
-def _typed_mismatches(table: pa.Table, fields: Sequence[TypedField]) -> dict[int, str]:
-    """Rows whose typed columns differ from what their exact text gives: row -> problem."""
-    found: dict[int, str] = {}
-    for typed, derived in zip(fields, typed_arrays(table, fields), strict=True):
-        stored = table.column(typed.name).combine_chunks()
-        if stored.type == derived.type and stored.equals(derived):
-            continue
-        for i, (ours, theirs) in enumerate(
-            zip(derived.to_pylist(), stored.to_pylist(), strict=True)
-        ):
-            if i in found or (_same(ours, theirs) and stored.type == derived.type):
-                continue
-            image = table.column(f"{typed.image}_values")[i].as_py()
-            text = None if image is None else json.loads(image).get(typed.column)
-            found[i] = (
-                f"column {typed.name} holds {theirs!r} but {typed.image}_values says {text!r} "
-                "(edited)"
-            )
-    return found

@@ -23,7 +23,6 @@ import psycopg
 from tqdm import tqdm
 
 from . import __version__
-from .audit import verify_audit
 from .db import redact
 from .decoders import PLUGINS
 from .errors import (
@@ -38,6 +37,7 @@ from .model import StopPoint, TableName
 from .reconcile import LedgerFile, LedgerQuery, RecoveredAudit, RecoveredTable, plain, reconcile
 from .recover import LedgerCheck, RecoveryResult, recover, recover_capture
 from .rehearsal import RehearsalResult, rehearse
+from .verify import verify_audit
 
 F = TypeVar("F", bound=Callable[..., Any])
 

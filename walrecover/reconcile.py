@@ -42,10 +42,11 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 from . import outcomes
-from .audit import audit_dataset, typed_column
+from .audit import audit_dataset
 from .db import connect
 from .errors import LedgerError
 from .model import TableName
+from .pgarrow import typed_column
 
 _FLOAT_OIDS = {700, 701}
 _FLOAT_TYPES = ("real", "double precision")

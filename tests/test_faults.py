@@ -52,7 +52,7 @@ from helpers import cli, recover_table, source_untouched, table_exists
 
 from walrecover.cluster import Cluster
 from walrecover.model import TableName
-from walrecover.replay import _LOCK_CLASS, _lock_key
+from walrecover.target import LOCK_CLASS, lock_key
 
 SEED_ENV = "WALRECOVER_FAULT_SEED"
 #: Ledger transactions in the workload: a run takes a couple of seconds at --batch-size 200.
@@ -490,10 +490,10 @@ def test_second_writer_is_refused_naming_the_lock_holder(db: Database, tmp_path:
     for path, content in others.items():
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(content)
-    key = _lock_key(TableName("public", "t_recovered"))
+    key = lock_key(TableName("public", "t_recovered"))
     with db.connect() as holder:
         holder.execute("SET application_name = 'first-recovery'")
-        holder.execute("SELECT pg_advisory_lock(%s, %s)", (_LOCK_CLASS, key))
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_CLASS, key))
         pid = holder.info.backend_pid
 
         with source_untouched(db):

@@ -33,8 +33,9 @@ from .errors import (
 from .lsn import Lsn
 from .model import NO_STOP, Change, StopPoint, TableName
 from .reconcile import Reconciliation, reconcile_table
-from .replay import lock_target, replay
+from .replay import replay
 from .sources import CaptureSource, ProgressCallback, SlotSource
+from .target import lock_target
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ import argparse
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from psycopg import sql
+from recording import Step, render_steps, run_steps, table_contents
 
 from walrecover.cluster import Cluster
 from walrecover.db import SESSION_SETTINGS, connect
@@ -76,16 +76,6 @@ CREATE TABLE staging (
     id   integer PRIMARY KEY,
     note text
 )"""
-
-
-@dataclass(frozen=True)
-class Step:
-    """One transaction of the workload and how it ends."""
-
-    label: str
-    statements: tuple[str, ...]
-    #: "commit", or "rollback" for a transaction that aborts.
-    outcome: str = "commit"
 
 
 WORKLOAD: tuple[Step, ...] = (
@@ -217,66 +207,18 @@ TABLES: dict[str, tuple[str, ...]] = {
 
 def render_workload() -> str:
     """The workload as a readable SQL script (what the recorder runs, in order)."""
-    lines = [
+    header = [
         "-- The workload behind workload.jsonl and expected.json (scripts/record_fixtures.py).",
         "-- Session: " + ", ".join(f"{k}={v}" for k, v in SESSION_SETTINGS.items()),
         "SET synchronous_commit = on;",
         f"SELECT pg_create_logical_replication_slot('{SLOT}', 'wal2json');",
-        "",
-        SCHEMA + ";",
-        "",
     ]
-    for step in WORKLOAD:
-        lines.append(f"-- {step.label}")
-        lines.append("BEGIN;")
-        lines.extend(statement + ";" for statement in step.statements)
-        lines.append("COMMIT;" if step.outcome == "commit" else "ROLLBACK;")
-        lines.append("")
-    return "\n".join(lines)
+    return render_steps(header, SCHEMA, WORKLOAD)
 
 
 def run_workload(conn: Any) -> tuple[list[int], list[int]]:
     """Run every step; return (committed xids, aborted xids)."""
-    committed: list[int] = []
-    aborted: list[int] = []
-    for step in WORKLOAD:
-        with conn.cursor() as cur:
-            cur.execute("BEGIN")
-            for statement in step.statements:
-                cur.execute(statement)
-            cur.execute("SELECT pg_current_xact_id()::text::bigint")
-            row = cur.fetchone()
-            assert row is not None
-            xid = int(row[0])
-            if step.outcome == "commit":
-                cur.execute("COMMIT")
-                committed.append(xid)
-            else:
-                cur.execute("ROLLBACK")
-                aborted.append(xid)
-    return committed, aborted
-
-
-def table_contents(conn: Any, table: str, key: tuple[str, ...]) -> dict[str, Any]:
-    """Columns and rows of ``table`` as output-function text (None for NULL), ordered by key."""
-    columns = [
-        str(name)
-        for (name,) in conn.execute(
-            "SELECT attname::text FROM pg_attribute WHERE attrelid = %s::regclass"
-            " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            (table,),
-        )
-    ]
-    order = key or tuple(columns)
-    query = sql.SQL("COPY (SELECT * FROM {} ORDER BY {}) TO STDOUT").format(
-        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, order))
-    )
-    rows: list[list[str | None]] = []
-    with conn.cursor() as cur, cur.copy(query) as copy:
-        # Without set_types, COPY rows come back as the server's text, unescaped, None for NULL.
-        for row in copy.rows():
-            rows.append([None if value is None else str(value) for value in row])
-    return {"columns": columns, "key": list(key), "rows": rows}
+    return run_steps(conn, WORKLOAD)
 
 
 def wal2json_package(major: int) -> str | None:

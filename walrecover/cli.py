@@ -30,6 +30,7 @@ from .errors import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     WalrecoverError,
+    first_line,
 )
 from .export import FORMATS, decode_to
 from .lsn import Lsn
@@ -87,8 +88,7 @@ class _Group(click.Group):
             ctx.exit(exc.exit_code)
         except psycopg.Error as exc:
             # A database error no library code anticipated: still one line, never a traceback.
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            message = redact(text, ctx.meta.get("walrecover.dsn"))
+            message = redact(first_line(exc), ctx.meta.get("walrecover.dsn"))
             click.echo(f"walrecover: error: {message}", err=True)
             ctx.exit(EXIT_ERROR)
         except OSError as exc:

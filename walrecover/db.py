@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .errors import ConnectionFailed
+from .errors import ConnectionFailed, first_line
 
 #: Session settings that make every value's text form predictable.
 SESSION_SETTINGS: dict[str, str] = {
@@ -88,7 +88,7 @@ def connect(dsn: str | None, *, autocommit: bool = False, role: str = "database"
     try:
         params = conninfo_to_dict(dsn or "")
     except psycopg.Error as exc:
-        reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else "", dsn)
+        reason = redact(first_line(exc), dsn)
         raise ConnectionFailed(
             f"the {role} connection string is malformed ({reason}): "
             "give a conninfo like 'host=db dbname=bank' or a postgresql:// URI",
@@ -109,7 +109,7 @@ def connect(dsn: str | None, *, autocommit: bool = False, role: str = "database"
     try:
         conn = psycopg.connect(dsn or "", **kwargs)
     except psycopg.OperationalError as exc:
-        reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else "", dsn)
+        reason = redact(first_line(exc), dsn)
         raise ConnectionFailed(
             f"cannot connect to the {role} database ({safe_dsn(dsn)}): {reason}; "
             "check host, port, database and credentials",
@@ -122,8 +122,3 @@ def connect(dsn: str | None, *, autocommit: bool = False, role: str = "database"
         if not autocommit:
             conn.commit()
     return conn
-
-
-def server_version(conn: Any) -> int:
-    """The server's major version number (15 for 15.4)."""
-    return int(conn.info.server_version) // 10000

@@ -78,20 +78,16 @@ class ClusterError(WalrecoverError):
     """A throwaway PostgreSQL cluster could not be set up."""
 
 
-class RehearsalFailed(WalrecoverError):
-    """A rehearsal ran but its result did not match the ground truth."""
-
-
 class Interrupted(WalrecoverError):
     """The user interrupted the run (Ctrl-C, SIGTERM); what was committed is kept."""
 
     exit_code = 130
 
 
-class ReconciliationMismatch(WalrecoverError):
-    """The rebuilt table does not reconcile with the ledger."""
-
-    exit_code = 3
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libpq's can span several), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 #: Exit codes, documented in the README. 2 is click's usage error; 130 is Ctrl-C.

@@ -25,16 +25,6 @@ from .sources import CaptureSource, ProgressCallback, SlotSource
 FORMATS = ("jsonl", "sql", "undo-sql")
 
 
-@dataclass(frozen=True, slots=True)
-class Selected:
-    """A change that passed the table filter and the stop point, with its transaction."""
-
-    change: Change
-    xid: int | None
-    commit_lsn: str | None
-    commit_time: str | None
-
-
 def select(
     events: Iterable[Event], tables: Iterable[TableName] = (), stop: StopPoint = NO_STOP
 ) -> Iterator[Begin | Change | Commit]:
@@ -335,9 +325,8 @@ def decode_to(
         try:
             count = write(events, fmt, out)
         except DecodeError as exc:
-            if isinstance(source, CaptureSource) and str(source.path) not in exc.message:
-                exc.message = f"{source.where()}: {exc.message}"
-                exc.args = (exc.message,)
+            if isinstance(source, CaptureSource):
+                source.locate(exc)
             raise
         return DecodeResult(
             count, source.plugin, tuple(warnings_for(source.plugin, dict(source.options)))

@@ -29,6 +29,7 @@ from .errors import (
     StopPointError,
     TableNotInStream,
     WalrecoverError,
+    first_line,
 )
 from .lsn import Lsn
 from .model import NO_STOP, Change, StopPoint, TableName
@@ -121,11 +122,6 @@ class RecoveryResult:
             "swept_slots": list(self.swept_slots),
             "warnings": list(self.warnings),
         }
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _lsn(value: Lsn | None) -> str | None:
@@ -309,9 +305,8 @@ def _recover(
                     raise _with_tables(exc, dsn, src) from None
                 raise
             except DecodeError as exc:
-                if isinstance(src, CaptureSource) and str(src.path) not in exc.message:
-                    exc.message = f"{src.where()}: {exc.message}"
-                    exc.args = (exc.message,)
+                if isinstance(src, CaptureSource):
+                    src.locate(exc)
                 raise
             plugin, swept = src.plugin, tuple(src.swept)
         replayed = time.monotonic()
@@ -353,13 +348,13 @@ def _recover(
     except psycopg.OperationalError as exc:
         raise ConnectionFailed(
             f"lost a database connection during the recovery into {into} "
-            f"({redact(_first_line(exc), target_dsn)}): what was committed is kept; rerun the "
+            f"({redact(first_line(exc), target_dsn)}): what was committed is kept; rerun the "
             "same command to resume",
             table=str(into),
         ) from None
     except psycopg.Error as exc:
         raise WalrecoverError(
-            f"the recovery into {into} failed: {redact(_first_line(exc), target_dsn)}; what was"
+            f"the recovery into {into} failed: {redact(first_line(exc), target_dsn)}; what was"
             " committed is kept, rerun the same command to resume",
             table=str(into),
         ) from None

@@ -33,6 +33,7 @@ from .errors import (
     StopPointError,
     TableNotInStream,
     TargetExists,
+    first_line,
 )
 from .lsn import Lsn
 from .model import (
@@ -665,7 +666,7 @@ class Replayer:
         except psycopg.OperationalError as exc:
             raise ConnectionFailed(
                 f"lost the target connection while applying changes to {self.into} "
-                f"({_first_line(exc)}): what was committed is kept; rerun the same command to "
+                f"({first_line(exc)}): what was committed is kept; rerun the same command to "
                 "resume",
                 table=str(self.into),
             ) from None
@@ -850,15 +851,6 @@ class Replayer:
 
     def count_rows(self) -> int:
         return self.target.count_rows()
-
-    def release(self) -> None:
-        """Give up the target lock (closing the connection does it too)."""
-        self.target.unlock()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _where(exc: psycopg.Error) -> str:

@@ -28,7 +28,14 @@ from psycopg import sql
 
 from .db import connect, safe_dsn
 from .decoders import PLUGINS, is_binary, pgoutput, plugin_options
-from .errors import ConfigurationError, DecodeError, PrivilegeError, SlotError, WalrecoverError
+from .errors import (
+    ConfigurationError,
+    DecodeError,
+    PrivilegeError,
+    SlotError,
+    WalrecoverError,
+    first_line,
+)
 from .lsn import Lsn
 from .model import RawMessage, TableName
 
@@ -330,7 +337,7 @@ class SlotSource:
             except psycopg.OperationalError as exc:
                 raise SlotError(
                     f"lost the source connection while reading slot {self.slot!r} "
-                    f"({str(exc).strip().splitlines()[0] if str(exc).strip() else 'closed'}): "
+                    f"({first_line(exc)}): "
                     "rerun the command to resume",
                     slot=self.slot,
                 ) from None
@@ -534,6 +541,12 @@ class CaptureSource:
 
     def describe(self) -> str:
         return f"capture {self.path} ({self.plugin})"
+
+    def locate(self, exc: DecodeError) -> None:
+        """Prefix a decoder's error with the file and line (or byte) it stopped at."""
+        if str(self.path) not in exc.message:
+            exc.message = f"{self.where()}: {exc.message}"
+            exc.args = (exc.message,)
 
     def where(self) -> str:
         """Where reading stopped, for error messages."""

@@ -9,7 +9,6 @@ ALTER TABLEs that follow the stream's own.
 
 from __future__ import annotations
 
-import contextlib
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -127,15 +126,6 @@ class Target:
 
     def lock(self) -> None:
         lock_target(self.conn, self.into)
-
-    def unlock(self) -> None:
-        """Give up the lock (closing the connection does it too)."""
-        with contextlib.suppress(psycopg.Error):
-            self.conn.rollback()
-            self.conn.execute(
-                "SELECT pg_advisory_unlock(%s, %s)", (LOCK_CLASS, lock_key(self.into))
-            )
-            self.conn.commit()
 
     def ensure_bookkeeping(self) -> None:
         """Create ``walrecover.progress`` if needed; name the missing privilege if refused."""

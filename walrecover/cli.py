@@ -2,7 +2,7 @@
 
 Exit codes (also in the README): 0 done; 1 error (one line on stderr saying what to do);
 2 usage error; 3 differences (the reconciliation found some, or ``audit verify`` found a tampered
-audit); 130 interrupted (Ctrl-C).
+audit); 4 rebuilt but not proven exact (warnings say why); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .errors import (
     EXIT_DIFFERENCES,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
+    EXIT_UNPROVEN,
     WalrecoverError,
     first_line,
 )
@@ -119,7 +120,7 @@ def main() -> None:
     In an incident:   walrecover recover -d "dbname=bank" --slot cdc --table public.transactions
 
     Exit codes: 0 done, 1 error, 2 usage error, 3 differences (reconciliation, or a
-    tampered audit), 130 interrupted.
+    tampered audit), 4 rebuilt but not proven exact, 130 interrupted.
     """
     signal.signal(signal.SIGTERM, _sigterm)
     # psycopg logs its own multi-line warnings when a connection dies mid-pipeline; walrecover
@@ -432,10 +433,19 @@ def recover_command(
         click.echo(json.dumps(result.to_dict()))
     else:
         click.echo(_recovery_text(result))
+    for reason in result.unproven:
+        click.echo(f"walrecover: WARNING: not proven exact: {reason}", err=True)
     if result.reconciliation is not None and not result.reconciliation.matched:
         if not as_json:
             click.echo("walrecover: the rebuilt table does not reconcile with the ledger", err=True)
         sys.exit(EXIT_DIFFERENCES)
+    if result.unproven:
+        click.echo(
+            f"walrecover: {result.into} was rebuilt, but walrecover cannot prove it equals "
+            f"{result.table} at the stop point (exit {EXIT_UNPROVEN}): read the warnings above",
+            err=True,
+        )
+        sys.exit(EXIT_UNPROVEN)
 
 
 def _recovery_text(result: RecoveryResult) -> str:

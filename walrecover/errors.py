@@ -95,4 +95,8 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_DIFFERENCES = 3
+#: The table was rebuilt, but walrecover cannot prove it equals the table at the stop point
+#: (a plugin dropped changes, a value or column the plugin cannot carry, a default the WAL does
+#: not hold): each reason is printed as a warning naming the table, the LSN or xid and what to do.
+EXIT_UNPROVEN = 4
 EXIT_INTERRUPTED = 130

@@ -85,6 +85,14 @@ class RecoveryResult:
     swept_slots: tuple[str, ...] = field(default=())
     #: What the user should know about how the stream was read (plugin limits).
     warnings: tuple[str, ...] = field(default=())
+    #: Why the rebuilt table may differ from the table at the stop point. Empty means exact;
+    #: anything here makes ``walrecover recover`` exit with code 4 (``EXIT_UNPROVEN``).
+    unproven: tuple[str, ...] = field(default=())
+
+    @property
+    def exact(self) -> bool:
+        """True when walrecover could prove the rebuilt table is the table at the stop point."""
+        return not self.unproven
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (LSNs as text, Decimals as strings)."""
@@ -121,6 +129,8 @@ class RecoveryResult:
             ),
             "swept_slots": list(self.swept_slots),
             "warnings": list(self.warnings),
+            "unproven": list(self.unproven),
+            "exact": self.exact,
         }
 
 
@@ -389,6 +399,7 @@ def _recover(
             *warnings,
             *(f"followed an ALTER TABLE {change}" for change in result.schema_changes),
         ),
+        unproven=result.unproven,
     )
 
 

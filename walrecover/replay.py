@@ -127,6 +127,8 @@ class ReplayResult:
     seconds: float
     #: ALTER TABLEs in the stream that the rebuilt table followed.
     schema_changes: tuple[str, ...] = ()
+    #: What replay could not prove about the rebuilt table (the run ends with exit code 4).
+    unproven: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -218,6 +220,8 @@ class Replayer:
         self._resume_position = 0
         #: ALTER TABLEs followed in the rebuilt table, for the result.
         self.schema_changes: list[str] = []
+        #: Reasons the rebuilt table may differ from the truth (see :data:`EXIT_UNPROVEN`).
+        self.unproven: list[str] = []
         #: Other tables seen in the stream (a few), to help when the asked-for one is absent.
         self.other_tables: set[str] = set()
         self._left_out: list[Change] = []
@@ -937,4 +941,5 @@ def replay(
         resumed_from=resumed_from,
         seconds=time.monotonic() - started,
         schema_changes=tuple(replayer.schema_changes),
+        unproven=tuple(replayer.unproven),
     )

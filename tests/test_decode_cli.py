@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import Result
 from conftest import Database
-from helpers import cli, differences, snapshot, source_untouched, stderr_lines
+from helpers import cli, differences, in_transaction, snapshot, source_untouched, stderr_lines
 from psycopg import sql
 from test_parity import (
     NOT_JSON_NUMBERS,
@@ -349,8 +349,10 @@ UNAMBIGUOUS_FULL = ["wal2json", "pgoutput"]
 def test_undo_sql_refuses_full_rows_it_cannot_tell_from_keys(db: Database, variant: str) -> None:
     accounts(db, "FULL")
     slot, options = undo_slot(db, variant)
-    db.execute(DAMAGE["delete"])
-    result = cli("decode", "-d", db.dsn, "--slot", slot, *options, "--format", "undo-sql")
+    xid = in_transaction(db, DAMAGE["delete"])
+    result = cli(
+        "decode", "-d", db.dsn, "--slot", slot, *options, "--format", "undo-sql", "--xid", str(xid)
+    )
     assert result.exit_code == 0, result.stderr
     assert "-- cannot undo the delete" in result.stdout
     assert "INSERT" not in result.stdout
@@ -362,9 +364,20 @@ def test_undo_sql_restores_a_full_identity_table(db: Database, variant: str, dam
     accounts(db, "FULL")
     slot, options = undo_slot(db, variant)
     snapshot(db, "accounts", "before")
-    db.execute(DAMAGE[damage])
+    xid = in_transaction(db, DAMAGE[damage])
     with source_untouched(db, slot):
-        result = cli("decode", "-d", db.dsn, "--slot", slot, *options, "--format", "undo-sql")
+        result = cli(
+            "decode",
+            "-d",
+            db.dsn,
+            "--slot",
+            slot,
+            *options,
+            "--format",
+            "undo-sql",
+            "--xid",
+            str(xid),
+        )
     assert result.exit_code == 0, result.stderr
     assert "-- cannot undo" not in result.stdout
     with connect(db.dsn, autocommit=True) as conn:
@@ -382,8 +395,10 @@ def test_undo_sql_restores_nulls_of_columns_that_have_defaults(db: Database, var
     db.execute("UPDATE accounts SET note = NULL WHERE id = 1")
     slot, options = undo_slot(db, variant)
     snapshot(db, "accounts", "before")
-    db.execute("DELETE FROM accounts")
-    result = cli("decode", "-d", db.dsn, "--slot", slot, *options, "--format", "undo-sql")
+    xid = in_transaction(db, "DELETE FROM accounts")
+    result = cli(
+        "decode", "-d", db.dsn, "--slot", slot, *options, "--format", "undo-sql", "--xid", str(xid)
+    )
     assert result.exit_code == 0, result.stderr
     with connect(db.dsn, autocommit=True) as conn:
         conn.execute(result.stdout)
@@ -397,8 +412,10 @@ def test_undo_sql_explains_why_a_default_identity_delete_cannot_be_undone(
 ) -> None:
     accounts(db, "DEFAULT")
     slot, options = undo_slot(db, variant)
-    db.execute("DELETE FROM accounts")
-    result = cli("decode", "-d", db.dsn, "--slot", slot, *options, "--format", "undo-sql")
+    xid = in_transaction(db, "DELETE FROM accounts")
+    result = cli(
+        "decode", "-d", db.dsn, "--slot", slot, *options, "--format", "undo-sql", "--xid", str(xid)
+    )
     assert result.exit_code == 0, result.stderr
     comments = [line for line in result.stdout.splitlines() if line.startswith("-- cannot undo")]
     assert len(comments) == 4
@@ -459,6 +476,8 @@ def test_stop_point_and_table_filter_apply_to_the_sql_formats(
         fmt,
         "--table",
         "public.staging",
+        "--start-at-xid",
+        str(committed_xids()[0]),
         *stop_argument("xid"),
     )
     assert result.exit_code == 0, result.stderr

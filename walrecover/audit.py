@@ -41,6 +41,12 @@ dataset by commit date (``--audit-dir DIR``: ``DIR/commit_date=2024-05-01/part-0
 manifest ``DIR/_manifest.json``, ignored by readers as an underscore file) that pandas, pyarrow,
 DuckDB and Spark read as one table. Either is built beside its final place (``PATH.partial``) and
 renamed when complete, so what is at PATH is always whole.
+
+Files: the audit never replaces anything without ``force`` except the audit of the unfinished
+recovery it resumes (its bookkeeping, ``PATH.parts/walrecover-run.json``, names the target it
+belongs to and whether publishing began), never writes over the capture it reads, creates every
+work file exclusively without following a symlink, and deletes only files it wrote
+(:mod:`walrecover.safefiles`). Every refusal happens when the writer is made, before any row.
 """
 
 from __future__ import annotations
@@ -50,11 +56,11 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
+import re
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import pandas as pd
 import pyarrow as pa
@@ -62,7 +68,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from . import __version__, outcomes
+from . import __version__, outcomes, safefiles
 from .errors import AuditError
 from .lsn import Lsn
 from .model import Column, Op, Relation, Values
@@ -82,6 +88,21 @@ PARTITION: Final = "commit_date"
 #: The partition of rows without a commit time. Not Hive's ``__HIVE_DEFAULT_PARTITION__``:
 #: pandas cannot read a dataset whose partition column has NULLs in some files.
 NO_DATE: Final = "unknown"
+#: The bookkeeping file in ``PATH.parts``: which recovery the parts belong to, and whether
+#: publishing began (then ``PATH.partial`` and the other work files beside PATH are its own).
+RUN_FILE: Final = "walrecover-run.json"
+RUN_FORMAT: Final = "walrecover-audit-run/1"
+#: The names walrecover gives the files in ``PATH.parts``.
+_PART_FILES: Final = (
+    re.compile(r"part-\d{6,}-[0-9A-F]{16}\.parquet"),
+    re.compile(r"open-\d{6,}\.tmp"),
+    re.compile(r"outcomes\.sqlite"),
+    re.compile(re.escape(RUN_FILE) + r"(\.tmp)?"),
+)
+#: The names walrecover gives the files and directories of a partitioned audit.
+_PARTITION_DIR: Final = re.compile(r"commit_date=[0-9A-Za-z_-]+")
+_DATASET_PART: Final = re.compile(r"part-\d{6,}\.parquet")
+_DATASET_FILES: Final = (re.compile(r"_manifest\.json(\.tmp)?"),)
 #: Rows per batch when verifying (each batch's values become Python objects).
 VERIFY_BATCH_ROWS = 16_384
 #: How many problems :func:`verify_audit` reports word for word (it counts all of them).
@@ -186,14 +207,22 @@ class AuditWriter:
         metadata: Mapping[str, Any],
         *,
         partitioned: bool = False,
+        force: bool = False,
+        protect: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
-        self.path = Path(path)
         self.partitioned = partitioned
+        self.option = "--audit-dir" if partitioned else "--audit"
+        self.path = _audit_path(path, self.option, partitioned)
+        self.force = force
         self.partial = self.path.with_name(self.path.name + ".partial")
         self._publishing = False
         self.parts = self.path.with_name(self.path.name + ".parts")
         self.manifest = manifest_path(self.path, partitioned)
+        #: Where a replaced partitioned audit is moved while the new one takes its place.
+        self.old = self.path.with_name(self.path.name + ".old")
         self.metadata = dict(metadata)
+        #: Which recovery the parts belong to (the bookkeeping compares it on a rerun).
+        self.owner = {"target": self.metadata.get("target"), "into": self.metadata.get("into")}
         self.rows = 0
         #: After :meth:`close`: the chain head, the count per outcome, the manifest's SHA-256.
         self.chain_head = CHAIN_SEED
@@ -201,6 +230,7 @@ class AuditWriter:
         self.manifest_sha256: str | None = None
         self._part_index = 0
         self._writer: pq.ParquetWriter | None = None
+        self._writer_file: BinaryIO | None = None
         self._open_files: list[Path] = []
         self._savepoint: tuple[int, int] | None = None
         self._columns: dict[str, list[Any]] = {name: [] for name in PART_SCHEMA.names}
@@ -209,25 +239,147 @@ class AuditWriter:
         self._latest: tuple[Column, ...] = ()
         self._seen: dict[str, Column] = {}
         self._relation: Relation | None = None
-        option = "--audit-dir" if partitioned else "--audit"
-        if partitioned:
-            if self.path.exists() and not self.path.is_dir():
-                raise AuditError(f"{option} {self.path} is a file: give a directory", path=path)
-            if (
-                self.path.is_dir()
-                and any(self.path.iterdir())
-                and not (self.path / DATASET_MANIFEST).exists()
+        #: The bookkeeping of an earlier run found in ``PATH.parts`` (None: no earlier run).
+        self._run: dict[str, Any] | None = None
+        #: Work files beside PATH left by the run this one resumes (removed before publishing).
+        self._stale: list[Path] = []
+        #: PATH exists and may be replaced only because the run this one resumes replaced it.
+        self._replaces_resumed = False
+        self._check_destination([Path(p) for p in protect])
+
+    def _check_destination(self, protect: list[Path]) -> None:
+        """Refuse, before anything is written, every path the audit must not touch."""
+        path, option = self.path, self.option
+        if not safefiles.is_dir(safefiles.lstat(path.parent)):
+            raise AuditError(
+                f"the directory of {option} {path} does not exist: create it first", path=path
+            )
+        for source in protect:
+            if _same_file(source, path) or (
+                not self.partitioned
+                and (_same_file(source, self.manifest) or _same_file(source, self.partial))
             ):
                 raise AuditError(
-                    f"{option} {self.path} is not empty and holds no walrecover audit: "
-                    "give a new or empty directory",
+                    f"{option} {path} is the capture file being read (--from-file): give the "
+                    "audit another path",
                     path=path,
                 )
-        elif self.path.is_dir():
-            raise AuditError(f"{option} {self.path} is a directory: give a file path", path=path)
-        if not self.path.parent.is_dir():
+            if self.partitioned and _inside(source, path):
+                raise AuditError(
+                    f"{option} {path} holds the capture file being read ({source}): give the "
+                    "audit a directory of its own",
+                    path=path,
+                )
+        ours = self._check_parts()
+        # Work files beside PATH: the run this one resumes may have left them while publishing;
+        # anything else there is not walrecover's to remove or overwrite.
+        beside = [(self.partial, self.partitioned)]  # (path, a directory)
+        if self.partitioned:
+            beside.append((self.old, True))
+        else:
+            beside.append((self.manifest.with_name(self.manifest.name + ".tmp"), False))
+        for work, directory in beside:
+            info = safefiles.lstat(work)
+            if info is None:
+                continue
+            kind_ok = safefiles.is_dir(info) if directory else safefiles.is_file(info)
+            if not (ours and kind_ok):
+                raise AuditError(
+                    f"{work} exists and walrecover did not leave it there for this recovery: "
+                    "move it away (walrecover works under that name and will not overwrite, "
+                    "follow or delete what it did not write)",
+                    path=path,
+                )
+            self._stale.append(work)
+        self._check_existing(ours)
+
+    def _check_parts(self) -> bool:
+        """Check ``PATH.parts``; True if it is the bookkeeping of an earlier run that had begun
+        publishing (its work files beside PATH are then its own), a run of this same recovery
+        or one that ``force`` discards."""
+        parts = self.parts
+        info = safefiles.lstat(parts)
+        if info is None:
+            return False
+        if safefiles.is_symlink(info) or not safefiles.is_dir(info):
             raise AuditError(
-                f"the directory of {option} {self.path} does not exist: create it first", path=path
+                f"{parts} exists and is not a directory walrecover made (a symbolic link or a "
+                "file): walrecover keeps the audit's work files there and will not follow or "
+                "replace it; move it away",
+                path=self.path,
+            )
+        foreign = safefiles.foreign_entries(parts, _PART_FILES)
+        run = _read_run(parts / RUN_FILE)
+        if foreign or (run is None and os.listdir(parts)):
+            named = ", ".join(foreign[:3]) if foreign else "files without walrecover's record"
+            raise AuditError(
+                f"{parts} holds files walrecover did not write ({named}): move them away; "
+                "walrecover deletes only its own work files",
+                path=self.path,
+            )
+        if run is None:
+            return False
+        if run.get("owner") != self.owner and not self.force:
+            owner = run.get("owner") or {}
+            raise AuditError(
+                f"{parts} holds the unfinished audit of the recovery into {owner.get('into')} "
+                f"on {owner.get('target')}: rerun that recovery to finish it, pass --force to "
+                f"discard it, or give another {self.option}",
+                path=self.path,
+            )
+        self._run = run
+        return bool(run.get("publishing"))
+
+    def _check_existing(self, ours: bool) -> None:
+        """PATH itself: replaced only with ``force``, or when the resumed run replaced it."""
+        path, option = self.path, self.option
+        info = safefiles.lstat(path)
+        if self.partitioned:
+            if info is None:
+                return
+            if safefiles.is_symlink(info):
+                raise AuditError(
+                    f"{option} {path} is a symbolic link: give the directory itself", path=path
+                )
+            if not safefiles.is_dir(info):
+                raise AuditError(f"{option} {path} is a file: give a directory", path=path)
+            if not os.listdir(path):
+                return  # an empty directory: nothing to keep
+            if not safefiles.is_file(safefiles.lstat(path / DATASET_MANIFEST)):
+                raise AuditError(
+                    f"{option} {path} is not empty and holds no walrecover audit: give a new "
+                    "or empty directory",
+                    path=path,
+                )
+            foreign = _foreign_in_dataset(path)
+            if foreign:
+                raise AuditError(
+                    f"{option} {path} holds {', '.join(foreign[:3])}, which walrecover did not "
+                    "write: move it away or give another directory (walrecover replaces only "
+                    "the audit it wrote)",
+                    path=path,
+                )
+            existing = "holds a walrecover audit"
+        else:
+            if safefiles.is_dir(info):
+                raise AuditError(f"{option} {path} is a directory: give a file path", path=path)
+            manifest = safefiles.lstat(self.manifest)
+            if info is None and manifest is None:
+                return
+            if safefiles.is_dir(manifest):
+                raise AuditError(
+                    f"{self.manifest} (where the audit's manifest goes) is a directory: "
+                    f"give another {option}",
+                    path=path,
+                )
+            existing = "already exists" if info is not None else "has a manifest beside it"
+        if ours:
+            self._replaces_resumed = True
+            return
+        if not self.force:
+            raise AuditError(
+                f"{option} {path} {existing}: give another path, or pass --force to replace it",
+                path=path,
             )
 
     # -- lifecycle driven by replay ----------------------------------------------------------
@@ -235,20 +387,32 @@ class AuditWriter:
     def start(self, committed: Lsn | None, resuming: bool) -> None:
         """Keep the parts the target committed (up to ``committed``) when resuming; else none."""
         if not resuming:
-            shutil.rmtree(self.parts, ignore_errors=True)
-        try:
-            self.parts.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise AuditError(f"cannot create {self.parts}: {exc}", path=self.path) from None
+            if self._replaces_resumed and not self.force:
+                raise AuditError(
+                    f"{self.option} {self.path} already exists and this recovery starts afresh:"
+                    " give another path, or pass --force to replace it",
+                    path=self.path,
+                )
+            # The run being replaced is this recovery's own (or --force discards it).
+            for work in self._stale:
+                _remove_work(work)
+            self._stale = []
+            self._run = None
+        if safefiles.lstat(self.parts) is None:
+            try:
+                self.parts.mkdir()
+            except OSError as exc:
+                raise AuditError(f"cannot create {self.parts}: {exc}", path=self.path) from None
         kept = 0
         last: Path | None = None
-        for part in sorted(self.parts.iterdir()):
+        for name in sorted(os.listdir(self.parts)):
+            part = self.parts / name
             upto = _part_lsn(part)
-            if upto is None or committed is None or upto > committed:
-                if part.is_dir():
-                    shutil.rmtree(part, ignore_errors=True)
-                else:
-                    part.unlink()
+            if name == RUN_FILE:
+                continue
+            if upto is None or committed is None or upto > committed or not resuming:
+                if any(p.fullmatch(name) for p in _PART_FILES):
+                    safefiles.remove_file(part)
                 continue
             kept += pq.ParquetFile(part).metadata.num_rows
             self._part_index = max(self._part_index, _part_number(part) + 1)
@@ -256,6 +420,27 @@ class AuditWriter:
         self.rows = kept
         if last is not None:
             self._restore_columns(last)
+        publishing = bool(self._run and self._run.get("publishing"))
+        self._write_run(publishing=publishing)
+
+    def _write_run(self, *, publishing: bool) -> None:
+        """Record in ``PATH.parts`` whose parts these are and whether publishing began."""
+        content = {
+            "format": RUN_FORMAT,
+            "audit": str(Path(os.path.abspath(self.path))),
+            "owner": self.owner,
+            "publishing": publishing,
+        }
+        run = self.parts / RUN_FILE
+        tmp = run.with_name(RUN_FILE + ".tmp")
+        safefiles.remove_file(tmp)
+        try:
+            safefiles.write_new(tmp, (json.dumps(content) + "\n").encode())
+            os.replace(tmp, run)
+        except OSError as exc:
+            raise AuditError(f"cannot write {run}: {exc}", path=self.path) from None
+        _fsync_dir(self.parts)
+        self._run = content
 
     def unpublished(self) -> Lsn | None:
         """The last commit LSN sealed in parts that were never merged into PATH, or None.
@@ -264,7 +449,7 @@ class AuditWriter:
         audit leaves exactly that: a rerun can then ``start(lsn, resuming=True)`` and ``close``
         without replaying anything.
         """
-        if not self.parts.is_dir():
+        if not safefiles.is_dir(safefiles.lstat(self.parts)):
             return None
         sealed = [lsn for p in self.parts.iterdir() if (lsn := _part_lsn(p)) is not None]
         return max(sealed, default=None)
@@ -288,7 +473,7 @@ class AuditWriter:
         self._columns = {name: [] for name in PART_SCHEMA.names}
         self._close_part_file()
         for tmp in self._open_files[files:]:
-            tmp.unlink(missing_ok=True)
+            safefiles.remove_file(tmp)
         del self._open_files[files:]
         self.rows = rows
         self._savepoint = None
@@ -306,7 +491,7 @@ class AuditWriter:
         for tmp in self._open_files:
             final = self.parts / f"part-{self._part_index:06d}-{int(upto):016X}.parquet"
             self._part_index += 1
-            _fsync(tmp)
+            safefiles.fsync(tmp)
             os.replace(tmp, final)
         _fsync_dir(self.parts)
         self._open_files.clear()
@@ -369,7 +554,8 @@ class AuditWriter:
         if self._writer is None:
             tmp = self.parts / f"open-{self._part_index + len(self._open_files):06d}.tmp"
             try:
-                self._writer = pq.ParquetWriter(tmp, PART_SCHEMA, compression="zstd")
+                self._writer_file = safefiles.create(tmp)
+                self._writer = pq.ParquetWriter(self._writer_file, PART_SCHEMA, compression="zstd")
             except OSError as exc:
                 raise AuditError(f"cannot write the audit under {self.parts}: {exc}") from None
             self._open_files.append(tmp)
@@ -389,6 +575,9 @@ class AuditWriter:
             self._writer.add_key_value_metadata({"walrecover.columns": json.dumps(state)})
             self._writer.close()
             self._writer = None
+        if self._writer_file is not None:
+            self._writer_file.close()
+            self._writer_file = None
 
     def _restore_columns(self, part: Path) -> None:
         raw = (pq.ParquetFile(part).metadata.metadata or {}).get(b"walrecover.columns")
@@ -412,7 +601,12 @@ class AuditWriter:
         the manifest."""
         self._flush()
         self._close_part_file()
-        self._publishing = True  # from here PATH.partial is this writer's
+        # From here the work files beside PATH are this recovery's: a rerun may remove them.
+        self._write_run(publishing=True)
+        self._publishing = True
+        for work in self._stale:
+            _remove_work(work)
+        self._stale = []
         parts = sorted(p for p in self.parts.iterdir() if _part_lsn(p) is not None)
         columns = self.final_columns()
         fields = typed_fields(Relation("", "", columns))
@@ -455,15 +649,7 @@ class AuditWriter:
             counts = dict(sorted(counts.items()))
             meta.update(rows=rows, outcomes=counts, chain_head=chain)
             files = sink.finish(meta)
-        except BaseException:
-            sink.discard()
-            raise
-        finally:
-            finals.close()
-        self._publish()
-        self.manifest_sha256 = _write_manifest(
-            self.manifest,
-            {
+            manifest = {
                 "format": MANIFEST_FORMAT,
                 "layout": "hive" if self.partitioned else "file",
                 "audit": self.path.name,
@@ -472,49 +658,66 @@ class AuditWriter:
                 "chain_head": chain,
                 "outcomes": counts,
                 "files": [
-                    {**entry, "sha256": sha256_of(self._final_file(entry["path"]))}
+                    {
+                        **entry,
+                        "sha256": sha256_of(
+                            self.partial / entry["path"] if self.partitioned else self.partial
+                        ),
+                    }
                     for entry in files
                 ],
                 "metadata": meta,
-            },
-        )
-        shutil.rmtree(self.parts, ignore_errors=True)
+            }
+            if self.partitioned:
+                # Inside the dataset before it moves into place: what is at PATH is whole.
+                self.manifest_sha256 = _write_manifest(self.partial / DATASET_MANIFEST, manifest)
+        except BaseException:
+            sink.discard()
+            raise
+        finally:
+            finals.close()
+        self._publish()
+        if not self.partitioned:
+            self.manifest_sha256 = _write_manifest(self.manifest, manifest)
+        left = safefiles.remove_own_files(self.parts, _PART_FILES)
+        if not left:
+            safefiles.remove_dir_if_empty(self.parts)
         self.rows = rows
         self.chain_head = chain
         self.outcome_counts = counts
         return rows
 
-    def _final_file(self, relative: str) -> Path:
-        return self.path / relative if self.partitioned else self.path
-
     def _publish(self) -> None:
         """Move the finished ``.partial`` file or directory into place."""
         if not self.partitioned:
-            _fsync(self.partial)
+            safefiles.fsync(self.partial)
             os.replace(self.partial, self.path)
+            _fsync_dir(self.path.parent)
             return
-        old = self.path.with_name(self.path.name + f".old-{os.getpid()}")
-        if self.path.exists():
-            os.replace(self.path, old)
+        info = safefiles.lstat(self.path)
+        if safefiles.is_dir(info) and os.listdir(self.path):
+            # A walrecover audit (checked when the writer was made): out of the way first.
+            os.replace(self.path, self.old)
         os.replace(self.partial, self.path)
         _fsync_dir(self.path.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_dataset(self.old)
 
     def abort(self) -> None:
         """Stop after a failure: keep sealed parts (a rerun resumes), drop unsealed rows."""
         with contextlib.suppress(Exception):
             if self._writer is not None:
                 self._writer.close()
+        with contextlib.suppress(Exception):
+            if self._writer_file is not None:
+                self._writer_file.close()
         self._writer = None
+        self._writer_file = None
         for tmp in self._open_files:
-            tmp.unlink(missing_ok=True)
+            safefiles.remove_file(tmp)
         self._open_files.clear()
         if not self._publishing:
             return  # PATH.partial, if any, belongs to another run (one refused by the lock)
-        if self.partial.is_dir():
-            shutil.rmtree(self.partial, ignore_errors=True)
-        else:
-            self.partial.unlink(missing_ok=True)
+        _remove_work(self.partial)
 
 
 def _column_json(column: Column) -> list[Any]:
@@ -538,7 +741,8 @@ class _FinalOutcomes:
     """
 
     def __init__(self, parts: Sequence[Path], path: Path) -> None:
-        path.unlink(missing_ok=True)
+        safefiles.remove_file(path)
+        safefiles.create(path).close()  # exclusively, so SQLite never opens a planted link
         self.path = path
         self.db = sqlite3.connect(path)
         self.db.executescript(
@@ -623,7 +827,7 @@ class _FinalOutcomes:
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.db.close()
-        self.path.unlink(missing_ok=True)
+        safefiles.remove_file(self.path)
 
 
 # -- outputs -------------------------------------------------------------------------------------
@@ -652,9 +856,10 @@ class _FileOutput(_Output):
         self.partial = partial
         self.rows = 0
         try:
-            self.writer = pq.ParquetWriter(partial, schema, compression="zstd")
+            self.file = safefiles.create(partial)
         except OSError as exc:
             raise AuditError(f"cannot write the audit {partial}: {exc}") from None
+        self.writer = pq.ParquetWriter(self.file, schema, compression="zstd")
 
     def write(self, table: pa.Table) -> None:
         self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
@@ -663,6 +868,9 @@ class _FileOutput(_Output):
     def finish(self, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
         self.writer.add_key_value_metadata(_kv(meta))
         self.writer.close()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
         last = self.rows - 1
         return [
             {
@@ -676,16 +884,17 @@ class _FileOutput(_Output):
     def discard(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
-        self.partial.unlink(missing_ok=True)
+        with contextlib.suppress(Exception):
+            self.file.close()
+        safefiles.remove_file(self.partial)
 
 
 class _DatasetOutput(_Output):
     """Hive partitions by commit date (UTC); each file holds a run of consecutive seqs."""
 
     def __init__(self, root: Path, schema: pa.Schema, meta: Mapping[str, Any]) -> None:
-        shutil.rmtree(root, ignore_errors=True)
         try:
-            root.mkdir()
+            root.mkdir()  # fails if anything, even a dangling link, is there
         except OSError as exc:
             raise AuditError(f"cannot create the audit directory {root}: {exc}") from None
         self.root = root
@@ -693,6 +902,7 @@ class _DatasetOutput(_Output):
         self.meta = dict(meta)
         self.files: list[dict[str, Any]] = []
         self.writer: pq.ParquetWriter | None = None
+        self.file: BinaryIO | None = None
         self.current: dict[str, Any] | None = None
         self.number = 0
 
@@ -734,13 +944,17 @@ class _DatasetOutput(_Output):
 
     def _open_file(self, label: str) -> dict[str, Any]:
         directory = self.root / f"{PARTITION}={label}"
-        directory.mkdir(exist_ok=True)
         relative = f"{PARTITION}={label}/part-{self.number:06d}.parquet"
         self.number += 1
         try:
-            self.writer = pq.ParquetWriter(self.root / relative, self.schema, compression="zstd")
+            if safefiles.lstat(directory) is None:
+                directory.mkdir()
+            elif not safefiles.is_dir(safefiles.lstat(directory)):
+                raise FileExistsError(f"{directory} is not a directory walrecover made")
+            self.file = safefiles.create(self.root / relative)
         except OSError as exc:
             raise AuditError(f"cannot write the audit {self.root / relative}: {exc}") from None
+        self.writer = pq.ParquetWriter(self.file, self.schema, compression="zstd")
         self.current = {
             "path": relative,
             "partition": label,
@@ -765,20 +979,26 @@ class _DatasetOutput(_Output):
         self.writer.add_key_value_metadata(_kv(file_meta))
         self.writer.close()
         self.writer = None
+        if self.file is not None:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            self.file = None
         self.files.append({k: v for k, v in entry.items() if k != "partition"})
         self.current = None
 
     def finish(self, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
         self._close_file()
-        for entry in self.files:
-            _fsync(self.root / entry["path"])
         return self.files
 
     def discard(self) -> None:
         with contextlib.suppress(Exception):
             if self.writer is not None:
                 self.writer.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            if self.file is not None:
+                self.file.close()
+        _remove_dataset(self.root)
 
 
 def manifest_path(path: str | os.PathLike[str], partitioned: bool | None = None) -> Path:
@@ -792,8 +1012,10 @@ def manifest_path(path: str | os.PathLike[str], partitioned: bool | None = None)
 def _write_manifest(path: Path, content: Mapping[str, Any]) -> str:
     data = (json.dumps(content, indent=2, default=str, ensure_ascii=False) + "\n").encode()
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    _fsync(tmp)
+    try:
+        safefiles.write_new(tmp, data)  # exclusively: a stale one was removed, or refused
+    except OSError as exc:
+        raise AuditError(f"cannot write the manifest {path}: {exc}", path=str(path)) from None
     os.replace(tmp, path)
     return hashlib.sha256(data).hexdigest()
 
@@ -875,17 +1097,109 @@ def _part_number(part: Path) -> int:
     return int(part.stem.split("-")[1])
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
-        _fsync(path)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# -- where the audit goes, and what is walrecover's there -----------------------------------------
+
+
+def _audit_path(path: str | os.PathLike[str], option: str, partitioned: bool) -> Path:
+    """The audit's path, refusing ``.``, ``..`` and ``/`` (names of no file of its own)."""
+    given = Path(path)
+    absolute = Path(os.path.abspath(given))
+    if not absolute.name:
+        raise AuditError(f"{option} {given} is the root directory: give a path", path=str(given))
+    if partitioned:
+        cwd = Path(os.path.abspath(Path.cwd()))
+        if absolute == cwd or absolute in cwd.parents:
+            raise AuditError(
+                f"{option} {given} is the current directory (or holds it): walrecover builds "
+                f"the audit beside its directory and moves it into place; give a new "
+                f"directory, e.g. {option} ./audit",
+                path=str(given),
+            )
+    return absolute if given.name in ("", ".", "..") else given
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    resolved, root = Path(os.path.realpath(path)), Path(os.path.realpath(directory))
+    return resolved == root or root in resolved.parents
+
+
+def _read_run(path: Path) -> dict[str, Any] | None:
+    """The bookkeeping of an earlier run, or None if there is none walrecover wrote."""
+    if not safefiles.is_file(safefiles.lstat(path)):
+        return None
+    try:
+        with open(path, "rb") as handle:
+            content = json.loads(handle.read(1 << 20))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(content, dict) or content.get("format") != RUN_FORMAT:
+        return None
+    return content
+
+
+def _foreign_in_dataset(root: Path) -> list[str]:
+    """Entries of a partitioned audit that its manifest does not list as written by walrecover
+    (or that are links, or named unlike anything walrecover writes)."""
+    try:
+        with open(root / DATASET_MANIFEST, "rb") as handle:
+            listed = {str(f["path"]) for f in json.loads(handle.read()).get("files", [])}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return [DATASET_MANIFEST + " (not a walrecover manifest)"]
+    foreign: list[str] = []
+    for entry in sorted(os.listdir(root)):
+        sub = root / entry
+        if entry == DATASET_MANIFEST and safefiles.is_file(safefiles.lstat(sub)):
+            continue
+        if _PARTITION_DIR.fullmatch(entry) and safefiles.is_dir(safefiles.lstat(sub)):
+            for name in sorted(os.listdir(sub)):
+                relative = f"{entry}/{name}"
+                if not (
+                    relative in listed
+                    and _DATASET_PART.fullmatch(name)
+                    and safefiles.is_file(safefiles.lstat(sub / name))
+                ):
+                    foreign.append(relative)
+            continue
+        foreign.append(entry)
+    return foreign
+
+
+def _remove_dataset(root: Path) -> None:
+    """Remove what walrecover writes in a partitioned audit (part files, manifest), then its
+    directories if that left them empty; anything else stays."""
+    if not safefiles.is_dir(safefiles.lstat(root)):
+        return
+    for entry in sorted(os.listdir(root)):
+        sub = root / entry
+        if _PARTITION_DIR.fullmatch(entry) and safefiles.is_dir(safefiles.lstat(sub)):
+            safefiles.remove_own_files(sub, (_DATASET_PART,))
+            safefiles.remove_dir_if_empty(sub)
+    safefiles.remove_own_files(root, _DATASET_FILES)
+    safefiles.remove_dir_if_empty(root)
+
+
+def _remove_work(path: Path) -> None:
+    """Remove a work file or partial dataset walrecover left beside the audit."""
+    if safefiles.is_dir(safefiles.lstat(path)):
+        _remove_dataset(path)
+    else:
+        safefiles.remove_file(path)
 
 
 # -- reading -------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .export import FORMATS, decode_to
 from .lsn import Lsn
-from .model import StopPoint, TableName
+from .model import StartPoint, StopPoint, TableName
 from .reconcile import LedgerFile, LedgerQuery, RecoveredAudit, RecoveredTable, plain, reconcile
 from .recover import LedgerCheck, RecoveryResult, recover, recover_capture
 from .rehearsal import RehearsalResult, rehearse
@@ -275,6 +275,82 @@ def _stop_point(lsn: str | None, xid: int | None, when: str | None) -> StopPoint
     return StopPoint()
 
 
+def start_options(f: F) -> F:
+    """``--start-at-lsn/-xid/-time`` and ``--xid``: where ``decode`` starts (inclusively)."""
+    f = click.option(
+        "--xid",
+        "only_xid",
+        type=int,
+        metavar="XID",
+        help="Only transaction XID (e.g. the bad DELETE to undo).",
+    )(f)
+    f = click.option(
+        "--start-at-time",
+        metavar="TS",
+        help="Start with the transactions committed at or after TS (ISO, with a time zone).",
+    )(f)
+    f = click.option(
+        "--start-at-xid",
+        type=int,
+        metavar="XID",
+        help="Start at the commit of transaction XID: it and every later one are included.",
+    )(f)
+    return click.option(
+        "--start-at-lsn",
+        metavar="LSN",
+        help="Start with the transactions whose commit LSN is >= LSN (e.g. 16/B374D848).",
+    )(f)
+
+
+def _time(value: str, option: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO time such as '2024-05-01 10:00:00+00'", param_hint=option
+        ) from None
+    if moment.tzinfo is None:
+        raise click.BadParameter(
+            f"{value!r} has no time zone: add one, e.g. '{value}+00'", param_hint=option
+        )
+    return moment
+
+
+def _xid(value: int, option: str) -> int:
+    if value <= 0:
+        raise click.BadParameter("a transaction id is a positive number", param_hint=option)
+    return value
+
+
+def _start_point(
+    lsn: str | None, xid: int | None, when: str | None, only: int | None
+) -> StartPoint:
+    given = [
+        name
+        for name, value in (
+            ("--start-at-lsn", lsn),
+            ("--start-at-xid", xid),
+            ("--start-at-time", when),
+            ("--xid", only),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise click.UsageError(f"give one start, not {' and '.join(given)}")
+    if lsn is not None:
+        try:
+            return StartPoint(lsn=Lsn.parse(lsn))
+        except WalrecoverError as exc:
+            raise click.BadParameter(str(exc), param_hint="--start-at-lsn") from None
+    if when is not None:
+        return StartPoint(time=_time(when, "--start-at-time"))
+    if xid is not None:
+        return StartPoint(xid=_xid(xid, "--start-at-xid"))
+    if only is not None:
+        return StartPoint(xid=_xid(only, "--xid"), only=True)
+    return StartPoint()
+
+
 def _table(value: str, option: str) -> TableName:
     try:
         return TableName.parse(value)
@@ -505,6 +581,7 @@ def _recovery_text(result: RecoveryResult) -> str:
     metavar="SCHEMA.TABLE",
     help="Only changes of this table (repeatable). Default: every table.",
 )
+@start_options
 @stop_options
 @click.option(
     "--format",
@@ -523,6 +600,10 @@ def decode_command(
     plugin_options: dict[str, str],
     via_plugin: str | None,
     table_names: tuple[str, ...],
+    start_at_lsn: str | None,
+    start_at_xid: int | None,
+    start_at_time: str | None,
+    only_xid: int | None,
     stop_before_lsn: str | None,
     stop_before_xid: int | None,
     stop_before_time: str | None,
@@ -530,15 +611,29 @@ def decode_command(
 ) -> None:
     """Print the row changes of a slot (read through a copy) or a capture file.
 
+    Undo SQL needs a start (--xid, or --start-at-lsn/-xid/-time): it reverses the chosen
+    transactions, newest first, in one transaction, and its header says what it undoes.
+
     \b
     Examples:
       walrecover decode -d "dbname=bank" --slot cdc --table public.transactions
+      walrecover decode -d "dbname=bank" --slot cdc --table public.transactions \\
+          --xid 48213 --format undo-sql > undo.sql
       walrecover decode --from-file capture.bin --plugin pgoutput -o proto_version=1 \\
-          --format undo-sql --stop-before-lsn 16/B374D848 > undo.sql
+          --format undo-sql --start-at-lsn 16/B3000000 --stop-before-lsn 16/B374D848
     """
     _check_source(slot, from_file, plugin)
     tables = [_table(name, "--table") for name in table_names]
+    start = _start_point(start_at_lsn, start_at_xid, start_at_time, only_xid)
     stop = _stop_point(stop_before_lsn, stop_before_xid, stop_before_time)
+    if start.only and stop.is_set:
+        raise click.UsageError("--xid selects one transaction: give no --stop-before-* with it")
+    if fmt == "undo-sql" and not start.is_set:
+        raise click.UsageError(
+            "--format undo-sql needs a start: --xid XID (one transaction) or --start-at-lsn/"
+            "-xid/-time (that point and everything after); without one the script would "
+            "reverse every change the slot ever saw"
+        )
     progress = Progress()
     try:
         result = decode_to(
@@ -549,6 +644,7 @@ def decode_command(
             plugin=plugin,
             tables=tables,
             stop=stop,
+            start=start,
             fmt=fmt,
             options=plugin_options,
             via_plugin=via_plugin,

@@ -237,6 +237,65 @@ NO_STOP = StopPoint()
 
 
 @dataclass(frozen=True, slots=True)
+class StartPoint:
+    """Where a selection starts, inclusively, at transaction granularity (``decode``'s start).
+
+    The mirror of :class:`StopPoint`, so that a start and a stop at the same place split the
+    stream into two parts without overlap or gap. ``lsn``: transactions whose commit record
+    starts at or after it are included (``end_lsn > lsn`` where a plugin only gives the commit
+    record's end). ``xid``: from that transaction's commit on, it included (like
+    ``--stop-before-xid``, a place in commit order, not a range of xids). ``time``: transactions
+    committed at or after it. ``only``: with ``xid``, that one transaction and nothing after.
+    """
+
+    lsn: Lsn | None = None
+    xid: int | None = None
+    time: datetime | None = None
+    only: bool = False
+
+    @property
+    def is_set(self) -> bool:
+        return self.lsn is not None or self.xid is not None or self.time is not None
+
+    def describe(self) -> str:
+        if self.lsn is not None:
+            return f"from LSN {self.lsn}"
+        if self.xid is not None:
+            return f"only transaction {self.xid}" if self.only else f"from transaction {self.xid}"
+        if self.time is not None:
+            return f"from {self.time.isoformat()}"
+        return "from the start of the stream"
+
+    def starts(
+        self,
+        xid: int | None,
+        commit_lsn: Lsn | None,
+        end_lsn: Lsn | None,
+        commit_time: datetime | None,
+    ) -> bool | None:
+        """True if the transaction is the start or after it; None if it cannot tell yet.
+
+        For ``xid`` this answers for one transaction only (is it the start?): the caller keeps
+        everything after it, since a later transaction may have a smaller xid.
+        """
+        if self.lsn is not None:
+            if commit_lsn is not None:
+                return commit_lsn >= self.lsn
+            if end_lsn is not None:
+                return end_lsn > self.lsn
+            return None
+        if self.xid is not None:
+            return None if xid is None else xid == self.xid
+        if self.time is not None:
+            return None if commit_time is None else commit_time >= self.time
+        return True
+
+
+#: No start: from the beginning of the stream.
+NO_START = StartPoint()
+
+
+@dataclass(frozen=True, slots=True)
 class TableName:
     """A schema-qualified table name, parsed the way PostgreSQL reads one.
 

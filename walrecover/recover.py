@@ -293,6 +293,8 @@ def _recover(
                         "started_at": started_at.isoformat(),
                     },
                     partitioned=audit_dir is not None,
+                    force=force,
+                    protect=(src.path,) if isinstance(src, CaptureSource) else (),
                 )
             decoder = make_decoder(src.plugin, dict(src.options))
             warnings = list(warnings_for(src.plugin, dict(src.options)))

@@ -20,7 +20,7 @@ from typing import Any
 from .cluster import Cluster
 from .db import connect
 from .decoders import PLUGINS
-from .errors import ClusterError
+from .errors import AuditError, ClusterError
 from .lsn import Lsn
 from .model import StopPoint, TableName
 from .recover import LedgerCheck, RecoveryResult, recover
@@ -216,6 +216,13 @@ def rehearse(
         raise ClusterError("a rehearsal needs at least one transaction and one account")
     if plugin not in PLUGINS:
         raise ClusterError(f"--plugin {plugin!r} is not one of {', '.join(PLUGINS)}")
+    if audit_path is not None and (Path(audit_path).exists() or Path(audit_path).is_symlink()):
+        # Said now, not after the workload: the recovery never replaces a file it did not write.
+        raise AuditError(
+            f"--audit {audit_path} already exists: give a new path (the rehearsal never "
+            "replaces a file)",
+            path=str(audit_path),
+        )
     started = time.monotonic()
     cluster = Cluster(keep=keep, require_plugins=(plugin,) if plugin == "wal2json" else ())
     cluster.start()

@@ -21,7 +21,7 @@ import psycopg
 
 from . import __version__
 from .audit import AuditWriter
-from .db import connect, redact, safe_dsn
+from .db import connect, connection_lost, redact, safe_dsn
 from .decoders import decode_all, make_decoder, warnings_for
 from .errors import (
     ConnectionFailed,
@@ -355,17 +355,17 @@ def _recover(
                     audit=audit_summary.path if audit_summary is not None else None,
                 )
         finished = time.monotonic()
-    except psycopg.OperationalError as exc:
-        raise ConnectionFailed(
-            f"lost a database connection during the recovery into {into} "
-            f"({redact(first_line(exc), target_dsn)}): what was committed is kept; rerun the "
-            "same command to resume",
-            table=str(into),
-        ) from None
     except psycopg.Error as exc:
+        if connection_lost(exc):
+            raise ConnectionFailed(
+                f"lost a database connection during the recovery into {into} "
+                f"({redact(first_line(exc), target_dsn)}): what was committed is kept; rerun "
+                "the same command to resume",
+                table=str(into),
+            ) from None
         raise WalrecoverError(
             f"the recovery into {into} failed: {redact(first_line(exc), target_dsn)}; what was"
-            " committed is kept, rerun the same command to resume",
+            " committed is kept as an unfinished recovery",
             table=str(into),
         ) from None
     finally:

@@ -43,6 +43,7 @@ from .model import (
     NO_STOP,
     Begin,
     Change,
+    Column,
     Commit,
     Event,
     Op,
@@ -699,12 +700,14 @@ class Replayer:
         retyped = [n for n in changed if "(" in current[n] and "(" in seen[n]]
         if added or dropped or retyped:
             self._flush_midway()
+            existing = self.target.columns()
             for name in retyped:
                 self.target.retype_column(name, seen[name])
             for column in added:
-                self.target.add_column(column)
+                self._add_column(column, change, defined=column.name in existing)
             for name in dropped:
-                self.target.drop_column(name)
+                if name in existing:
+                    self.target.drop_column(name)
             self.schema_changes.append(
                 f"{self._at(change).strip() or 'in the stream'}: "
                 + ", ".join(
@@ -717,6 +720,37 @@ class Replayer:
         self.columns = new.column_names
         if added or dropped or retyped:
             self._load_columns()
+
+    def _add_column(self, column: Column, change: Change, *, defined: bool) -> None:
+        """Follow an ADD COLUMN; say so when the rows that existed then may differ.
+
+        PostgreSQL keeps an added column's DEFAULT for the rows that existed at the ALTER TABLE
+        in the catalog, not in the WAL: the stream shows them with no value for it. A column
+        the target already has (from --ddl) keeps its definition: those rows were copied
+        without the column, so they hold its DEFAULT, which is exact when it is a constant.
+        """
+        if not defined:
+            self.target.add_column(column)
+        rows = self.target.count_rows(commit=False)
+        if not rows:
+            return
+        added = (
+            f"column {column.name} of {self.table} first appears{self._at(change)}, added by "
+            f"an ALTER TABLE when {rows} rows existed"
+        )
+        if not defined:
+            self.unproven.append(
+                f"{added}: {self.into} holds NULL in it for those rows, but the dropped table "
+                "may hold the column's DEFAULT there (kept in the catalog, not in the WAL); "
+                f"give --ddl FILE defining {column.name} with the DEFAULT of that ALTER TABLE "
+                "to rebuild them exactly"
+            )
+        elif self.target.constant_default(column.name) is None:
+            self.unproven.append(
+                f"{added}: those rows took the --ddl DEFAULT of {column.name}, which is not a "
+                "constant, when walrecover wrote them, not when the ALTER TABLE ran; give the "
+                "value the ALTER TABLE gave them as a constant DEFAULT in the --ddl file"
+            )
 
     # -- writing -----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ ALTER TABLEs that follow the stream's own.
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,12 @@ PROGRESS_TABLE = "progress"
 
 #: The advisory lock class of walrecover's targets ("WALR"); the key is a hash of the name.
 LOCK_CLASS = 0x57414C52
+
+#: Nodes of a stored expression that evaluate to the same value every time (given immutable
+#: functions), and the function references in one (``pg_node_tree`` text).
+_CONSTANT_NODES = frozenset({"CONST", "FUNCEXPR", "OPEXPR", "RELABELTYPE"})
+_NODE = re.compile(r"\{([A-Z_]+)")
+_FUNCTION = re.compile(r":(?:funcid|opfuncid) (\d+)")
 
 #: Type names printed without their modifier (test_decoding) that would mean the wrong type.
 _WITHOUT_MODIFIER = {"character": "bpchar", "bit": "bit varying"}
@@ -341,6 +348,37 @@ class Target:
         conn.execute("RELEASE SAVEPOINT walrecover_index")
         return True
 
+    def constant_default(self, name: str) -> str | None:
+        """The DEFAULT of column ``name`` (``NULL`` when it has none) if it is the same value
+        whenever it is evaluated, else None.
+
+        Read from the stored expression tree: constants, and calls of immutable functions and
+        operators (casts such as ``numeric(12,2)``), nothing else (``now()``,
+        ``CURRENT_TIMESTAMP``, ``nextval`` are not constants). Dependencies cannot tell:
+        PostgreSQL records none on built-in functions.
+        """
+        row = self.conn.execute(
+            "SELECT d.adbin::text, pg_get_expr(d.adbin, d.adrelid)"
+            " FROM pg_attribute a LEFT JOIN pg_attrdef d"
+            "   ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+            " WHERE a.attrelid = %s::regclass AND a.attname = %s",
+            (self.regclass, name),
+        ).fetchone()
+        if row is None or row[0] is None:
+            return "NULL"
+        tree, shown = str(row[0]), str(row[1])
+        if not set(_NODE.findall(tree)) <= _CONSTANT_NODES:
+            return None
+        functions = sorted({int(oid) for oid in _FUNCTION.findall(tree)})
+        if functions:
+            (mutable,) = self.conn.execute(
+                "SELECT count(*) FROM pg_proc WHERE oid = ANY(%s) AND provolatile <> 'i'",
+                (functions,),
+            ).fetchone()
+            if mutable:
+                return None
+        return shown
+
     def add_column(self, column: Column) -> None:
         self.conn.execute(
             sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
@@ -360,9 +398,11 @@ class Target:
             )
         )
 
-    def count_rows(self) -> int:
+    def count_rows(self, *, commit: bool = True) -> int:
+        """The table's rows; ``commit=False`` inside a transaction replay still builds."""
         (count,) = self.conn.execute(
             sql.SQL("SELECT count(*) FROM {}").format(self.ident)
         ).fetchone()
-        self.conn.commit()
+        if commit:
+            self.conn.commit()
         return int(count)

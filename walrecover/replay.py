@@ -144,6 +144,9 @@ class _Txn:
     decided: bool
     #: Already applied by an earlier, interrupted run: its changes are skipped.
     skip: bool = False
+    #: Skipped before its commit position was known (test_decoding's Begin): its Commit must
+    #: prove it was applied.
+    skip_unsure: bool = False
     changes: int = 0
 
 
@@ -224,6 +227,9 @@ class Replayer:
         self._fixed_length: frozenset[str] = frozenset()
         #: Columns an index can narrow by ``=`` (see :meth:`Target.equality_indexed`).
         self._indexed: frozenset[str] = frozenset()
+        #: Resuming by LSN: a commit at or after the resume point was seen, so every later
+        #: transaction is new (the stream is in commit order).
+        self._past_resume = False
         self.transactions = 0
         self.changes = 0
         self.no_row = 0
@@ -431,7 +437,7 @@ class Replayer:
             return True
         txn = _Txn(event.xid, event.commit_lsn, event.end_lsn, event.commit_time, stops is False)
         self._position += 1
-        txn.skip = self._already_applied(txn.commit_lsn, txn.end_lsn)
+        txn.skip, txn.skip_unsure = self._already_applied(event)
         self._txn = txn
         self._txn_mark = self._batch.mark()
         self._savepoint = False
@@ -442,12 +448,27 @@ class Replayer:
         """Resuming a stream without LSNs (a capture), by transaction position."""
         return self.resume_after is None and self._resume_position > 0
 
-    def _already_applied(self, commit_lsn: Lsn | None, end_lsn: Lsn | None) -> bool:
-        """Applied by an interrupted run: by commit LSN, or by position where there are none."""
-        if self.resume_after is not None:
-            position = commit_lsn if commit_lsn is not None else end_lsn
-            return position is not None and position <= self.resume_after
-        return self._position <= self._resume_position
+    def _already_applied(self, begin: Begin) -> tuple[bool, bool]:
+        """(applied by an interrupted run, only presumed so until the Commit tells).
+
+        By commit LSN, or by position in a stream without LSNs. test_decoding's Begin has no
+        commit LSN: a transaction whose first record (``Begin.lsn``) is after the resume point,
+        or that starts after a commit at or past it was seen, is new. Any other precedes the
+        resume point's commit in commit order, so it was applied: it is skipped without being
+        buffered or sent (sending it again could only collide with the rows it wrote), and its
+        Commit proves the presumption (:meth:`_commit`).
+        """
+        resume = self.resume_after
+        if resume is None:
+            return self._position <= self._resume_position, False
+        if self._past_resume:
+            return False, False
+        position = begin.commit_lsn if begin.commit_lsn is not None else begin.end_lsn
+        if position is not None:
+            return position <= resume, False
+        if begin.lsn is not None and begin.lsn > resume:
+            return False, False
+        return True, True
 
     def _commit(self, event: Commit) -> bool:
         """Close the transaction; True if the stop point says it (and all after) is left out."""
@@ -458,6 +479,8 @@ class Replayer:
         txn.commit_lsn = txn.commit_lsn or event.commit_lsn
         txn.end_lsn = txn.end_lsn or event.end_lsn
         txn.commit_time = txn.commit_time or event.commit_time
+        if self.resume_after is not None and not self._past_resume:
+            self._check_resume(txn)
         if txn.skip:
             return False
         if not txn.decided:
@@ -492,6 +515,27 @@ class Replayer:
             if self._since_commit >= self.batch_size:
                 self._commit_batch(complete=False)
         return False
+
+    def _check_resume(self, txn: _Txn) -> None:
+        """Note when the stream passes the resume point; refuse a transaction skipped as applied
+        that commits after it (the stream lacks the commit the interrupted run stopped at)."""
+        resume = self.resume_after
+        assert resume is not None
+        position = txn.commit_lsn if txn.commit_lsn is not None else txn.end_lsn
+        if position is not None and position >= resume:
+            self._past_resume = True
+        if txn.skip_unsure and (position is None or position > resume):
+            raise ReplayError(
+                f"transaction {txn.xid} began before the point the interrupted recovery into "
+                f"{self.into} had committed (LSN {resume}) and commits "
+                + (f"after it (LSN {position})" if position is not None else "at no known LSN")
+                + ", but the stream does not hold that point's commit: the source no longer "
+                "holds what the interrupted run read; rebuild with --force from a slot or "
+                "capture that starts at or before it",
+                table=str(self.into),
+                xid=txn.xid,
+                lsn=resume,
+            )
 
     def _change(self, change: Change) -> None:
         relation = change.relation

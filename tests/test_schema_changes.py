@@ -6,11 +6,21 @@ was just before the DROP, through every plugin.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Database
-from helpers import SLOT, differences, drop_with_truth, recover_table, run_script
+from every_way import WAY_IDS, WAYS, create_source, recover_way, slot_name
+from helpers import (
+    SLOT,
+    cli,
+    differences,
+    drop_with_truth,
+    recover_table,
+    run_script,
+    stderr_lines,
+)
 
 from walrecover.errors import ReplayError
 from walrecover.lsn import Lsn
@@ -131,3 +141,113 @@ def test_a_table_dropped_and_recreated_under_its_name_stops_pgoutput(db: Databas
     result = recover_table(db, force=True, stop=StopPoint(lsn=between), **options)
     assert result.rows == 1
     assert db.execute("SELECT id, v FROM t_recovered") == [(1, "old table")]
+
+
+# -- ADD COLUMN ... DEFAULT: the value of the rows that existed is not in the WAL ------------------
+
+#: The table as it was at the DROP, as a user gives it with --ddl.
+FINAL_DDL = (
+    "CREATE TABLE public.t_recovered (id integer PRIMARY KEY, v text, c text DEFAULT 'dflt')"
+)
+
+
+def _column_added_with_a_default(db: Database, plugin: str) -> None:
+    """Two rows, then ADD COLUMN c DEFAULT 'dflt' (they hold 'dflt' from the catalog), then
+    rows that carry c in the stream."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    create_source(db, plugin)
+    run_script(
+        db,
+        [
+            "INSERT INTO t VALUES (1, 'before'), (2, 'before too')",
+            "ALTER TABLE t ADD COLUMN c text DEFAULT 'dflt'",
+            "INSERT INTO t VALUES (3, 'after')",
+            "INSERT INTO t VALUES (4, 'after, own c', 'own')",
+        ],
+    )
+    assert drop_with_truth(db) == 4
+    assert db.scalar("SELECT count(*) FROM truth WHERE c = 'dflt'") == 3
+
+
+@pytest.mark.parametrize(("plugin", "kind"), WAYS, ids=WAY_IDS)
+def test_rows_before_an_added_default_are_not_proven(
+    db: Database, tmp_path: Path, plugin: str, kind: str
+) -> None:
+    """Issue 8 C17: the rows that existed at ``ADD COLUMN c text DEFAULT 'dflt'`` come back
+    with NULL (the default is in the catalog, not the WAL): not proven exact, naming the
+    column, where it appeared, how many rows existed, and --ddl."""
+    _column_added_with_a_default(db, plugin)
+
+    result = recover_way(db, plugin, kind, tmp_path)
+
+    assert db.execute("SELECT id FROM t_recovered WHERE c IS NULL ORDER BY id") == [(1,), (2,)]
+    assert differences(db, "truth", "t_recovered") == (2, 2)
+    (reason,) = result.unproven
+    assert reason.startswith("column c of public.t first appears "), reason
+    assert "when 2 rows existed" in reason and "--ddl" in reason and "DEFAULT" in reason
+    assert "at LSN " in reason or "in transaction " in reason, reason
+
+
+@pytest.mark.parametrize(("plugin", "kind"), WAYS, ids=WAY_IDS)
+def test_a_ddl_with_the_added_default_rebuilds_those_rows_exactly(
+    db: Database, tmp_path: Path, plugin: str, kind: str
+) -> None:
+    """With --ddl defining c and its DEFAULT, the rows copied before the ALTER TABLE take it;
+    the ADD COLUMN in the stream is not run again (it failed with "column already exists ...
+    rerun")."""
+    _column_added_with_a_default(db, plugin)
+
+    result = recover_way(db, plugin, kind, tmp_path, ddl=FINAL_DDL)
+
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+    assert result.unproven == ()
+
+
+def test_a_default_that_is_not_a_constant_is_not_proven(db: Database, tmp_path: Path) -> None:
+    """A --ddl DEFAULT such as now() is evaluated when walrecover writes the rows, not when the
+    ALTER TABLE ran: not proven exact."""
+    _column_added_with_a_default(db, "wal2json")
+    for default in ("now()::text", "CURRENT_USER", "md5(random()::text)"):
+        ddl = FINAL_DDL.replace("'dflt'", default)
+
+        result = recover_way(db, "wal2json", "slot", tmp_path, ddl=ddl, force=True)
+
+        (reason,) = result.unproven
+        assert "not a constant" in reason and "when 2 rows existed" in reason, reason
+    # Casts of constants are constants.
+    ddl = FINAL_DDL.replace("text DEFAULT 'dflt'", "varchar(9) DEFAULT 'dflt'::varchar(4)")
+    assert recover_way(db, "wal2json", "slot", tmp_path, ddl=ddl, force=True).unproven == ()
+
+
+def test_the_cli_exits_4_naming_the_added_column(db: Database) -> None:
+    _column_added_with_a_default(db, "wal2json")
+
+    done = cli("recover", "-d", db.dsn, "--slot", slot_name(db, "wal2json"), "--table", "t")
+
+    assert done.exit_code == 4, done.stderr
+    warnings = [line for line in stderr_lines(done) if "WARNING" in line]
+    assert len(warnings) == 1, done.stderr
+    assert warnings[0].startswith(
+        "walrecover: WARNING: not proven exact: column c of public.t first appears at LSN "
+    ), warnings[0]
+
+
+def test_no_row_before_an_added_column_is_exact(db: Database) -> None:
+    """A column added while the table was still empty: nothing to doubt."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    options = _slot(db, "wal2json")
+    run_script(
+        db,
+        [
+            "INSERT INTO t VALUES (1, 'gone')",
+            "DELETE FROM t",
+            "ALTER TABLE t ADD COLUMN c text DEFAULT 'dflt'",
+            "INSERT INTO t VALUES (2, 'after')",
+        ],
+    )
+    drop_with_truth(db)
+
+    result = recover_table(db, **options)
+
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+    assert result.unproven == ()

@@ -122,3 +122,22 @@ def connect(dsn: str | None, *, autocommit: bool = False, role: str = "database"
         if not autocommit:
             conn.commit()
     return conn
+
+
+#: SQLSTATEs of a session the server ended (admin, crash or immediate shutdown, cannot connect
+#: now): class 08 (connection exceptions) aside, the only errors after which a rerun can work.
+_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03"})
+
+
+def connection_lost(exc: psycopg.Error, conn: Any = None) -> bool:
+    """True if ``exc`` means the connection is gone, not that a statement failed.
+
+    psycopg reports SQLSTATE classes 53, 54, 55, 57 and 58 as ``OperationalError`` too: "index
+    row size exceeds btree maximum" (54000) is a data error, and rerunning cannot help it.
+    """
+    if conn is not None and (conn.closed or conn.broken):
+        return True
+    state = exc.sqlstate
+    if state is None:
+        return isinstance(exc, psycopg.OperationalError)
+    return state.startswith("08") or state in _ENDED_SESSION

@@ -59,6 +59,10 @@ class Relation:
     columns: tuple[Column, ...]
     relation_id: int | None = None
     complete: bool = True
+    #: The key columns were inferred from the columns old images printed (test_decoding), not
+    #: declared by the server: a hypothesis (an old image of a ``REPLICA IDENTITY FULL`` row
+    #: skips its NULL columns and looks like a key), never a primary key of the rebuilt table.
+    key_inferred: bool = False
     #: Derived from ``columns`` once (changes ask for them millions of times).
     column_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
     key_columns: tuple[str, ...] = field(init=False, repr=False, compare=False)

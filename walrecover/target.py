@@ -9,6 +9,7 @@ ALTER TABLEs that follow the stream's own.
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .db import connection_lost
 from .errors import PrivilegeError, ReplayError, TargetBusy
 from .lsn import Lsn
 from .model import Column, Relation, TableName
@@ -25,6 +27,12 @@ PROGRESS_TABLE = "progress"
 
 #: The advisory lock class of walrecover's targets ("WALR"); the key is a hash of the name.
 LOCK_CLASS = 0x57414C52
+
+#: Nodes of a stored expression that evaluate to the same value every time (given immutable
+#: functions), and the function references in one (``pg_node_tree`` text).
+_CONSTANT_NODES = frozenset({"CONST", "FUNCEXPR", "OPEXPR", "RELABELTYPE"})
+_NODE = re.compile(r"\{([A-Z_]+)")
+_FUNCTION = re.compile(r":(?:funcid|opfuncid) (\d+)")
 
 #: Type names printed without their modifier (test_decoding) that would mean the wrong type.
 _WITHOUT_MODIFIER = {"character": "bpchar", "bit": "bit varying"}
@@ -253,8 +261,9 @@ class Target:
             for c in relation.columns
         ]
         key = relation.key_columns
-        # An "identity" of every column is REPLICA IDENTITY FULL, not a primary key.
-        has_key = bool(key) and len(key) < len(relation.columns)
+        # An "identity" of every column is REPLICA IDENTITY FULL, not a primary key; a key
+        # inferred from old images (test_decoding) is a guess, never a constraint.
+        has_key = bool(key) and len(key) < len(relation.columns) and not relation.key_inferred
         if has_key:
             columns.append(
                 sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key)))
@@ -285,13 +294,90 @@ class Target:
         ).fetchall()
         return {r[0] for r in rows}
 
-    def index(self, key: tuple[str, ...]) -> None:
-        """Index ``key`` so updates and deletes find their rows (a key learned late)."""
-        self.conn.execute(
-            sql.SQL("CREATE INDEX ON {} ({})").format(
-                self.ident, sql.SQL(", ").join(map(sql.Identifier, key))
+    def column_types(self) -> dict[str, tuple[str, int]]:
+        """Each column's type as SQL (``format_type``, modifier included) and its ``typlen``
+        (positive for fixed-length types, whose values always fit in an index entry)."""
+        rows = self.conn.execute(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typlen"
+            " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+            " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            (self.regclass,),
+        ).fetchall()
+        return {str(r[0]): (str(r[1]), int(r[2])) for r in rows}
+
+    def equality_indexed(self) -> frozenset[str]:
+        """Columns a btree or hash index with the type's default operator class covers: for
+        them ``column = value`` exists and lets an index narrow a search."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT a.attname::text FROM pg_index i"
+            " JOIN pg_class ic ON ic.oid = i.indexrelid"
+            " JOIN pg_am am ON am.oid = ic.relam"
+            " JOIN LATERAL unnest(i.indkey::int2[], i.indclass::oid[]) AS k(attnum, opclass)"
+            "   ON true"
+            " JOIN pg_opclass oc ON oc.oid = k.opclass"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+            " WHERE i.indrelid = %s::regclass AND am.amname IN ('btree', 'hash')"
+            " AND oc.opcdefault AND i.indpred IS NULL",
+            (self.regclass,),
+        ).fetchall()
+        return frozenset(str(r[0]) for r in rows)
+
+    def try_index(self, columns: tuple[str, ...], *, method: str = "btree") -> bool:
+        """Index ``columns`` so updates and deletes find their rows fast (a key learned late);
+        False, with nothing changed, if PostgreSQL cannot build that index.
+
+        The index only speeds lookups up: a type without an operator class for ``method``, or
+        a value too big for a btree entry, is no reason to stop a recovery.
+        """
+        conn = self.conn
+        conn.execute("SAVEPOINT walrecover_index")
+        try:
+            conn.execute(
+                sql.SQL("CREATE INDEX ON {} USING {} ({})").format(
+                    self.ident,
+                    sql.Identifier(method),
+                    sql.SQL(", ").join(map(sql.Identifier, columns)),
+                )
             )
-        )
+        except psycopg.Error as exc:
+            if connection_lost(exc, conn):
+                raise
+            conn.execute("ROLLBACK TO SAVEPOINT walrecover_index")
+            conn.execute("RELEASE SAVEPOINT walrecover_index")
+            return False
+        conn.execute("RELEASE SAVEPOINT walrecover_index")
+        return True
+
+    def constant_default(self, name: str) -> str | None:
+        """The DEFAULT of column ``name`` (``NULL`` when it has none) if it is the same value
+        whenever it is evaluated, else None.
+
+        Read from the stored expression tree: constants, and calls of immutable functions and
+        operators (casts such as ``numeric(12,2)``), nothing else (``now()``,
+        ``CURRENT_TIMESTAMP``, ``nextval`` are not constants). Dependencies cannot tell:
+        PostgreSQL records none on built-in functions.
+        """
+        row = self.conn.execute(
+            "SELECT d.adbin::text, pg_get_expr(d.adbin, d.adrelid)"
+            " FROM pg_attribute a LEFT JOIN pg_attrdef d"
+            "   ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+            " WHERE a.attrelid = %s::regclass AND a.attname = %s",
+            (self.regclass, name),
+        ).fetchone()
+        if row is None or row[0] is None:
+            return "NULL"
+        tree, shown = str(row[0]), str(row[1])
+        if not set(_NODE.findall(tree)) <= _CONSTANT_NODES:
+            return None
+        functions = sorted({int(oid) for oid in _FUNCTION.findall(tree)})
+        if functions:
+            (mutable,) = self.conn.execute(
+                "SELECT count(*) FROM pg_proc WHERE oid = ANY(%s) AND provolatile <> 'i'",
+                (functions,),
+            ).fetchone()
+            if mutable:
+                return None
+        return shown
 
     def add_column(self, column: Column) -> None:
         self.conn.execute(
@@ -312,9 +398,11 @@ class Target:
             )
         )
 
-    def count_rows(self) -> int:
+    def count_rows(self, *, commit: bool = True) -> int:
+        """The table's rows; ``commit=False`` inside a transaction replay still builds."""
         (count,) = self.conn.execute(
             sql.SQL("SELECT count(*) FROM {}").format(self.ident)
         ).fetchone()
-        self.conn.commit()
+        if commit:
+            self.conn.commit()
         return int(count)

@@ -32,8 +32,10 @@ What test_decoding does not say, and what the decoder does about it:
 
 - **Which columns are the key.** The columns an old image prints are the replica identity, so
   the key is learnt from a relation's first DELETE or UPDATE ``old-key:``, and relations carry
-  ``Column.is_key`` from then on. Before that point a relation's key is unknown (no column is
-  marked): a consumer that needs it earlier must take it from the table's definition. When a
+  ``Column.is_key`` from then on, marked ``Relation.key_inferred``: an old image of a
+  ``REPLICA IDENTITY FULL`` row skips its NULL columns too, so the guess may not be a key.
+  Before that point a relation's key is unknown (no column is marked): a consumer that needs
+  it earlier must take it from the table's definition. When a
   later old image prints a different set of columns, the identity cannot be a key (a key's
   columns are never NULL, so always printed): it is ``REPLICA IDENTITY FULL``, whose old images
   skip NULL columns. From then on every column is the key and old images are completed with
@@ -319,6 +321,7 @@ class _Table:
                     for name, type_name in self.columns
                 ),
                 complete=self.complete,
+                key_inferred=bool(self.key) or self.full_identity,
             )
         return self.relation
 

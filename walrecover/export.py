@@ -20,6 +20,7 @@ from typing import IO
 from .decoders import decode_all, make_decoder, warnings_for
 from .errors import DecodeError, StopPointError
 from .model import NO_STOP, Begin, Change, Commit, Event, Op, StopPoint, TableName, Values
+from .settings import CaptureSettings, ValueChecker
 from .sources import CaptureSource, ProgressCallback, SlotSource
 
 FORMATS = ("jsonl", "sql", "undo-sql")
@@ -298,8 +299,14 @@ def decode_to(
     options: Mapping[str, str] | None = None,
     via_plugin: str | None = None,
     progress: ProgressCallback | None = None,
+    capture_settings: CaptureSettings | None = None,
 ) -> DecodeResult:
-    """Decode a slot (through a copy) or a capture file and write its changes to ``out``."""
+    """Decode a slot (through a copy) or a capture file and write its changes to ``out``.
+
+    ``capture_settings`` are the output settings the capture was printed with: its values are
+    checked against them, and the SQL formats start by setting them so the script's literals
+    are read as they were printed.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
     tables = tuple(tables)
@@ -307,7 +314,9 @@ def decode_to(
     if capture is not None:
         if plugin is None:
             raise DecodeError("a capture file needs --plugin: the plugin pg_recvlogical used")
-        source = CaptureSource(capture, plugin, options=options, progress=progress)
+        source = CaptureSource(
+            capture, plugin, options=options, progress=progress, settings=capture_settings
+        )
     elif slot is not None:
         source = SlotSource(
             dsn,
@@ -319,15 +328,34 @@ def decode_to(
         )
     else:
         raise DecodeError("give a slot (-d and --slot) or a capture file (--from-file)")
+    warnings = []
     with source:
         decoder = make_decoder(source.plugin, dict(source.options))
-        events = select(decode_all(decoder, source.messages()), tables, stop)
+        decoded = decode_all(decoder, source.messages())
+        if isinstance(source, CaptureSource):
+            checker = ValueChecker(source.settings, source.plugin, tables)
+            decoded = checker.events(decoded)
+            warnings.extend(source.settings.warnings())
+            if fmt != "jsonl" and source.settings.stated:
+                out.write(_settings_prologue(source.settings))
+        events = select(decoded, tables, stop)
         try:
             count = write(events, fmt, out)
         except DecodeError as exc:
             if isinstance(source, CaptureSource):
                 source.locate(exc)
             raise
-        return DecodeResult(
-            count, source.plugin, tuple(warnings_for(source.plugin, dict(source.options)))
-        )
+        warnings[:0] = warnings_for(source.plugin, dict(source.options))
+        return DecodeResult(count, source.plugin, tuple(warnings))
+
+
+def _settings_prologue(settings: CaptureSettings) -> str:
+    """``SET`` statements that make a session read the script's literals as the capture's
+    session printed them."""
+    session = settings.session()
+    lines = ["-- the capture's values were printed with these settings; read them the same way"]
+    lines += [
+        f"SET {name} = {_literal(session[name])};"
+        for name in ("DateStyle", "IntervalStyle", "TimeZone")
+    ]
+    return "\n".join(lines) + "\n"

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .db import connect, safe_dsn
+from .db import connect, not_utf8, safe_dsn
 from .decoders import PLUGINS, is_binary, pgoutput, plugin_options
 from .errors import (
     ConfigurationError,
@@ -315,6 +315,7 @@ class SlotSource:
             sql.Literal(flat),
         )
         done = 0
+        last = self.start_lsn
         while True:
             rows = 0
             try:
@@ -323,7 +324,7 @@ class SlotSource:
                     cur.execute(query)
                     for position, xid, data in cur:
                         rows += 1
-                        lsn = Lsn(position)
+                        lsn = last = Lsn(position)
                         if self.progress is not None and rows % 2000 == 0:
                             done = min(max(int(lsn) - start, done), total)
                             self.progress("read", done, total)
@@ -344,6 +345,19 @@ class SlotSource:
                 ) from None
             except psycopg.Error as exc:
                 primary = exc.diag.message_primary or str(exc)
+                if exc.sqlstate == "22021":  # invalid byte sequence for encoding "UTF8"
+                    raise SlotError(
+                        f"slot {self.slot!r} holds text that is not UTF-8 in a change after "
+                        f"LSN {last} ({primary}): {not_utf8(conn)}, so "
+                        "those rows cannot be carried"
+                        + (
+                            "; if they belong to another table, read the slot with "
+                            "--via-plugin wal2json, which leaves other tables out"
+                            if self.plugin != "wal2json"
+                            else ""
+                        ),
+                        slot=self.slot,
+                    ) from None
                 if "publication" in primary and "does not exist" in primary:
                     others = ", ".join(p for p in PLUGINS if p != "pgoutput")
                     raise SlotError(

@@ -133,15 +133,22 @@ def captured(cluster: Cluster) -> Iterator[Captured]:
     db.execute("DROP TABLE t")
     end = db.lsn()
     directory = capture_dir(cluster)
-    files = {}
-    for key, (plugin, settings) in wanted.items():
-        path = directory / f"{key[0]}-{plugin}.capture"
-        files[key] = pg_recvlogical(db, slots[key], plugin, path, settings=settings, endpos=end)
-        db.execute("SELECT pg_drop_replication_slot(%s)", (slots[key],))
-    yield Captured(db, files)
-    shutil.rmtree(directory, ignore_errors=True)
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    try:
+        files = {}
+        for key, (plugin, settings) in wanted.items():
+            path = directory / f"{key[0]}-{plugin}.capture"
+            files[key] = pg_recvlogical(db, slots[key], plugin, path, settings=settings, endpos=end)
+            db.execute("SELECT pg_drop_replication_slot(%s)", (slots[key],))
+        yield Captured(db, files)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE database = %s AND NOT active",
+                (name,),
+            )
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def _setting_args(settings: dict[str, str]) -> list[str]:

@@ -88,16 +88,18 @@ def _setup(cluster: Cluster, label: str, *, latin1_row: bool) -> Iterator[AsciiD
     db.execute("DROP TABLE t")
     end = db.lsn()
     directory = capture_dir(cluster)
-    captures = {}
-    for plugin in PLUGINS:
-        slot = f"{db.name}_{plugin}_capture"
-        captures[plugin] = pg_recvlogical(
-            db, slot, plugin, directory / f"{plugin}.capture", endpos=end
-        )
-        db.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-    yield AsciiDatabase(db, captures)
-    shutil.rmtree(directory, ignore_errors=True)
-    _drop(cluster, db)
+    try:
+        captures = {}
+        for plugin in PLUGINS:
+            slot = f"{db.name}_{plugin}_capture"
+            captures[plugin] = pg_recvlogical(
+                db, slot, plugin, directory / f"{plugin}.capture", endpos=end
+            )
+            db.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        yield AsciiDatabase(db, captures)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        _drop(cluster, db)
 
 
 @pytest.fixture(scope="module")

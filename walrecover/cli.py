@@ -39,6 +39,7 @@ from .model import StartPoint, StopPoint, TableName
 from .reconcile import LedgerFile, LedgerQuery, RecoveredAudit, RecoveredTable, plain, reconcile
 from .recover import LedgerCheck, RecoveryResult, recover, recover_capture
 from .rehearsal import RehearsalResult, rehearse
+from .settings import CaptureSettings
 from .verify import verify_audit
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -176,8 +177,35 @@ def _plugin_option(
     return options
 
 
+def _capture_settings(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> CaptureSettings | None:
+    if not value:
+        return None
+    given: dict[str, str] = {}
+    for item in value:
+        name, sep, setting = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--capture-setting")
+        given[name.strip()] = setting
+    try:
+        return CaptureSettings.parse(given)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--capture-setting") from None
+
+
 def source_options(f: F) -> F:
     """Where the stream comes from besides a slot, and how it is read (as pg_recvlogical)."""
+    f = click.option(
+        "--capture-setting",
+        "capture_settings",
+        multiple=True,
+        metavar="NAME=VALUE",
+        callback=_capture_settings,
+        help="An output setting of the session that ran pg_recvlogical for --from-file "
+        "(DateStyle, IntervalStyle, TimeZone, bytea_output, extra_float_digits; e.g. "
+        "--capture-setting DateStyle='SQL, DMY'). Repeatable; PostgreSQL's defaults otherwise.",
+    )(f)
     f = click.option(
         "--via-plugin",
         type=click.Choice(PLUGINS),
@@ -206,7 +234,17 @@ def source_options(f: F) -> F:
     )(f)
 
 
-def _check_source(slot: str | None, from_file: Path | None, plugin: str | None) -> None:
+def _check_source(
+    slot: str | None,
+    from_file: Path | None,
+    plugin: str | None,
+    capture_settings: CaptureSettings | None = None,
+) -> None:
+    if capture_settings is not None and from_file is None:
+        raise click.UsageError(
+            "--capture-setting describes a --from-file capture; walrecover reads a slot with "
+            "its own settings"
+        )
     if from_file is not None:
         if slot is not None:
             raise click.UsageError("give either --slot or --from-file, not both")
@@ -424,6 +462,7 @@ def recover_command(
     plugin: str | None,
     plugin_options: dict[str, str],
     via_plugin: str | None,
+    capture_settings: CaptureSettings | None,
     table_name: str,
     into_name: str | None,
     target: str | None,
@@ -450,7 +489,7 @@ def recover_command(
           --ledger-query "SELECT id, balance FROM accounts" \\
           --audit transactions.parquet
     """
-    _check_source(slot, from_file, plugin)
+    _check_source(slot, from_file, plugin, capture_settings)
     if from_file is not None and target is None and dsn is None:
         raise click.UsageError("recovering --from-file needs --target (or -d): where to build")
     table = _table(table_name, "--table")
@@ -482,6 +521,7 @@ def recover_command(
                 audit_dir=audit_dir,
                 progress=progress,
                 batch_size=batch_size,
+                capture_settings=capture_settings,
             )
         else:
             assert slot is not None
@@ -526,7 +566,8 @@ def recover_command(
 
 def _recovery_text(result: RecoveryResult) -> str:
     lines = [
-        f"Rebuilt {result.table} as {result.into} from slot {result.slot} ({result.plugin}).",
+        f"Rebuilt {result.table} as {result.into} from "
+        f"{f'slot {result.slot}' if result.slot else 'a capture'} ({result.plugin}).",
         f"  {result.transactions} transactions, {result.changes} row changes applied, "
         f"{result.rows} rows in {result.into}.",
         f"  commit LSNs {result.first_lsn or '-'} .. {result.last_lsn or '-'}; "
@@ -599,6 +640,7 @@ def decode_command(
     plugin: str | None,
     plugin_options: dict[str, str],
     via_plugin: str | None,
+    capture_settings: CaptureSettings | None,
     table_names: tuple[str, ...],
     start_at_lsn: str | None,
     start_at_xid: int | None,
@@ -622,7 +664,7 @@ def decode_command(
       walrecover decode --from-file capture.bin --plugin pgoutput -o proto_version=1 \\
           --format undo-sql --start-at-lsn 16/B3000000 --stop-before-lsn 16/B374D848
     """
-    _check_source(slot, from_file, plugin)
+    _check_source(slot, from_file, plugin, capture_settings)
     tables = [_table(name, "--table") for name in table_names]
     start = _start_point(start_at_lsn, start_at_xid, start_at_time, only_xid)
     stop = _stop_point(stop_before_lsn, stop_before_xid, stop_before_time)
@@ -649,6 +691,7 @@ def decode_command(
             options=plugin_options,
             via_plugin=via_plugin,
             progress=progress,
+            capture_settings=capture_settings,
         )
     finally:
         progress.close()

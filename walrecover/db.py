@@ -79,6 +79,22 @@ def redact(text: str, dsn: str | None) -> str:
     return text
 
 
+def not_utf8(conn: Any) -> str:
+    """Why a session's text can hold bytes that are not UTF-8, for one-line errors.
+
+    Only a SQL_ASCII database does: the server converts from any real encoding, but stores and
+    passes SQL_ASCII bytes as they are, whatever encoding the client that wrote them used.
+    """
+    encoding = conn.info.parameter_status("server_encoding") if conn is not None else None
+    database = conn.info.dbname if conn is not None else "?"
+    if encoding == "SQL_ASCII":
+        return (
+            f"database {database!r} has encoding SQL_ASCII, which stores whatever bytes clients "
+            "send, and walrecover reads text as UTF-8 only"
+        )
+    return f"database {database!r} has encoding {encoding or 'unknown'}"
+
+
 def connect(dsn: str | None, *, autocommit: bool = False, role: str = "database") -> Any:
     """Open a session with walrecover's settings; raise :class:`ConnectionFailed` if it fails.
 
@@ -100,6 +116,11 @@ def connect(dsn: str | None, *, autocommit: bool = False, role: str = "database"
     for keepalive, setting in KEEPALIVES.items():
         if keepalive not in params:
             kwargs[keepalive] = setting
+    # Text arrives as UTF-8 whatever the database's encoding. A SQL_ASCII database would otherwise
+    # make libpq's client encoding SQL_ASCII too, and psycopg hand back bytes for every text
+    # value ("wal_level is b'logical'"); with UTF8, the server converts from a real encoding,
+    # and passes a SQL_ASCII database's bytes through as they are (see :func:`not_utf8`).
+    kwargs["client_encoding"] = "UTF8"
     # Startup options are space-separated: "ISO, YMD" is sent as "ISO,YMD".
     options = " ".join(
         f"-c {name}={value.replace(' ', '')}" for name, value in SESSION_SETTINGS.items()

@@ -46,6 +46,11 @@ class DecodeError(WalrecoverError):
     """A plugin message could not be decoded."""
 
 
+class CaptureSettingError(DecodeError):
+    """A capture's value contradicts the output settings it was said to be printed with, or
+    cannot be carried exactly under them (``--capture-setting``)."""
+
+
 class TableNotInStream(WalrecoverError):
     """The requested table has no change in the stream."""
 

@@ -40,6 +40,7 @@ from .model import (
     TableName,
     Values,
 )
+from .settings import CaptureSettings, ValueChecker
 from .sources import CaptureSource, ProgressCallback, SlotSource
 
 FORMATS = ("jsonl", "sql", "undo-sql")
@@ -591,12 +592,17 @@ def decode_to(
     options: Mapping[str, str] | None = None,
     via_plugin: str | None = None,
     progress: ProgressCallback | None = None,
+    capture_settings: CaptureSettings | None = None,
 ) -> DecodeResult:
     """Decode a slot (through a copy) or a capture file and write its changes to ``out``.
 
     ``start`` and ``stop`` choose the transactions (``start`` inclusive, ``stop`` exclusive);
     ``fmt="undo-sql"`` needs a start: reversing every change the slot ever saw is never what an
     incident needs (after a bad DELETE, it empties the table).
+
+    ``capture_settings`` are the output settings the capture was printed with: its values are
+    checked against them, and the SQL formats start by setting them so the script's literals
+    are read as they were printed.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -621,7 +627,9 @@ def decode_to(
     if capture is not None:
         if plugin is None:
             raise DecodeError("a capture file needs --plugin: the plugin pg_recvlogical used")
-        source = CaptureSource(capture, plugin, options=options, progress=progress)
+        source = CaptureSource(
+            capture, plugin, options=options, progress=progress, settings=capture_settings
+        )
     elif slot is not None:
         source = SlotSource(
             dsn,
@@ -633,10 +641,18 @@ def decode_to(
         )
     else:
         raise DecodeError("give a slot (-d and --slot) or a capture file (--from-file)")
+    warnings: list[str] = []
     with source:
         _check_start(start, source)
         decoder = make_decoder(source.plugin, dict(source.options))
-        events = select(decode_all(decoder, source.messages()), tables, stop, start)
+        decoded = decode_all(decoder, source.messages())
+        if isinstance(source, CaptureSource):
+            checker = ValueChecker(source.settings, source.plugin, tables)
+            decoded = checker.events(decoded)
+            warnings.extend(source.settings.warnings())
+            if fmt != "jsonl" and source.settings.stated:
+                out.write(_settings_prologue(source.settings))
+        events = select(decoded, tables, stop, start)
         selection = Selection(source.describe(), tables, start, stop)
         try:
             summary = write(events, fmt, out, selection)
@@ -644,7 +660,7 @@ def decode_to(
             if isinstance(source, CaptureSource):
                 source.locate(exc)
             raise
-        warnings = list(warnings_for(source.plugin, dict(source.options)))
+        warnings[:0] = warnings_for(source.plugin, dict(source.options))
         missing = sum(summary.not_carried.values())
         if missing and fmt != "jsonl":
             kind = "undone" if fmt == "undo-sql" else "redone"
@@ -679,3 +695,15 @@ def _check_start(start: StartPoint, source: SlotSource | CaptureSource) -> None:
                 f"the stream: check {option}",
                 xid=start.xid,
             )
+
+
+def _settings_prologue(settings: CaptureSettings) -> str:
+    """``SET`` statements that make a session read the script's literals as the capture's
+    session printed them."""
+    session = settings.session()
+    lines = ["-- the capture's values were printed with these settings; read them the same way"]
+    lines += [
+        f"SET {name} = {_literal(session[name])};"
+        for name in ("DateStyle", "IntervalStyle", "TimeZone")
+    ]
+    return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ numeric(p, s), p <= 38, 0<=s<=p    decimal128(p, s)
 numeric, numeric(p > 38, s)        string: the exact text (no Arrow decimal holds every value)
 real, double precision             float32, float64
 boolean                            bool
-bytea                              binary
+bytea (hex or escape output)       binary
 date                               date32
 time                               time64[us]
 timestamp                          timestamp[us]
@@ -124,10 +124,33 @@ def _boolean(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean")
 
 
+_BYTEA_ESCAPE = re.compile(r"\\\\|\\([0-7]{3})|([\x20-\x5b\x5d-\x7e]+)")
+
+
 def _bytea(text: str) -> bytes:
-    if not text.startswith("\\x"):
-        raise ValueError("bytea is not in hex output format")
-    return bytes.fromhex(text[2:])
+    """bytea's output in either ``bytea_output``: hex (``\\x00ff``) or escape (``a\\000\\\\``).
+
+    Escape output can never start with ``\\x`` (a backslash prints as ``\\\\``), so the two
+    cannot be confused; both decode to the exact bytes.
+    """
+    if text.startswith("\\x"):
+        return bytes.fromhex(text[2:])
+    out = bytearray()
+    position = 0
+    for match in _BYTEA_ESCAPE.finditer(text):
+        if match.start() != position:
+            break
+        octal, plain = match.group(1), match.group(2)
+        if plain is not None:
+            out += plain.encode("ascii")
+        elif octal is not None:
+            out.append(int(octal, 8))
+        else:
+            out.append(0x5C)
+        position = match.end()
+    if position != len(text):
+        raise ValueError("bytea is neither hex nor escape output")
+    return bytes(out)
 
 
 def _timestamptz(text: str) -> datetime:

@@ -35,6 +35,9 @@ from .lsn import Lsn
 from .model import NO_STOP, Change, StopPoint, TableName
 from .reconcile import Reconciliation, reconcile_table
 from .replay import replay
+from .settings import CaptureSettings, ServerRoundTrip, ValueChecker
+from .settings import apply as apply_settings
+from .settings import restore as restore_settings
 from .sources import CaptureSource, ProgressCallback, SlotSource
 from .target import lock_target
 
@@ -208,13 +211,22 @@ def recover_capture(
     progress: ProgressCallback | None = None,
     batch_size: int = 20_000,
     audit_dir: str | Path | None = None,
+    capture_settings: CaptureSettings | Mapping[str, str] | None = None,
 ) -> RecoveryResult:
     """Rebuild ``table`` from a ``pg_recvlogical -f`` capture into ``into`` on ``target``.
 
-    ``plugin`` and ``options`` say what produced the file (pg_recvlogical's ``-P`` and ``-o``).
-    The ledger query, if any, runs on ``target``.
+    ``plugin`` and ``options`` say what produced the file (pg_recvlogical's ``-P`` and ``-o``);
+    ``capture_settings`` the output settings its session had (``{"DateStyle": "SQL, DMY"}``;
+    PostgreSQL's built-in defaults for those not given), which the target session parses the
+    values with. The ledger query, if any, runs on ``target``.
     """
-    source = CaptureSource(path, plugin, options=options, progress=progress)
+    source = CaptureSource(
+        path,
+        plugin,
+        options=options,
+        progress=progress,
+        settings=capture_settings_of(capture_settings),
+    )
     return _recover(
         source,
         target,
@@ -231,6 +243,16 @@ def recover_capture(
         audit_dir=audit_dir,
         batch_size=batch_size,
     )
+
+
+def capture_settings_of(given: CaptureSettings | Mapping[str, str] | None) -> CaptureSettings:
+    """``given`` as :class:`CaptureSettings`; raise :class:`WalrecoverError` for a bad one."""
+    if isinstance(given, CaptureSettings):
+        return given
+    try:
+        return CaptureSettings.parse(given)
+    except ValueError as exc:
+        raise WalrecoverError(f"--capture-setting: {exc}") from None
 
 
 def _recover(
@@ -264,8 +286,16 @@ def _recover(
         raise WalrecoverError("give --audit FILE or --audit-dir DIR, not both")
     audit_at = audit_dir if audit_dir is not None else audit_path
     target_conn = connect(target_dsn, role=target_role)
+    checker: ValueChecker | None = None
+    roundtrip: ServerRoundTrip | None = None
     try:
         lock_target(target_conn, into)  # before any work: a second writer is refused at once
+        if isinstance(src, CaptureSource):
+            # The target parses the capture's text (COPY, statements) as it was printed.
+            apply_settings(target_conn, src.settings)
+            if src.settings.date_output != "ISO":
+                roundtrip = ServerRoundTrip(target_dsn, src.settings)
+            checker = ValueChecker(src.settings, src.plugin, (table,), roundtrip)
         with src:
             _check_stop_range(stop, src)
             if stop.xid is not None and isinstance(src, SlotSource):
@@ -291,6 +321,11 @@ def _recover(
                         "stream_start_lsn": _lsn(src.start_lsn),
                         "stream_end_lsn": _lsn(src.end_lsn),
                         "started_at": started_at.isoformat(),
+                        **(
+                            {"capture_settings": src.settings.to_dict()}
+                            if isinstance(src, CaptureSource)
+                            else {}
+                        ),
                     },
                     partitioned=audit_dir is not None,
                     force=force,
@@ -298,10 +333,14 @@ def _recover(
                 )
             decoder = make_decoder(src.plugin, dict(src.options))
             warnings = list(warnings_for(src.plugin, dict(src.options)))
+            events = decode_all(decoder, src.messages())
+            if checker is not None:
+                warnings.extend(checker.settings.warnings())
+                events = checker.events(events)
             try:
                 result = replay(
                     target_conn,
-                    decode_all(decoder, src.messages()),
+                    events,
                     table,
                     into,
                     stop=stop,
@@ -325,6 +364,12 @@ def _recover(
                     src.locate(exc)
                 raise
             plugin, swept = src.plugin, tuple(src.swept)
+        unproven = result.unproven
+        if checker is not None:
+            restore_settings(target_conn)
+            notes, doubts = checker.notes(table, audit=audit_at is not None)
+            warnings.extend(notes)
+            unproven = (*unproven, *doubts)
         replayed = time.monotonic()
         audit_summary = None
         if audit is not None:
@@ -377,6 +422,8 @@ def _recover(
     finally:
         if audit is not None:
             audit.abort()
+        if roundtrip is not None:
+            roundtrip.close()
         with contextlib.suppress(Exception):
             target_conn.close()
     return RecoveryResult(
@@ -405,7 +452,7 @@ def _recover(
             *warnings,
             *(f"followed an ALTER TABLE {change}" for change in result.schema_changes),
         ),
-        unproven=result.unproven,
+        unproven=unproven,
     )
 
 

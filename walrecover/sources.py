@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .db import connect, safe_dsn
+from .db import connect, not_utf8, safe_dsn
 from .decoders import PLUGINS, is_binary, pgoutput, plugin_options
 from .errors import (
     ConfigurationError,
@@ -38,6 +38,7 @@ from .errors import (
 )
 from .lsn import Lsn
 from .model import RawMessage, TableName
+from .settings import CaptureSettings
 
 COPY_PREFIX = "walrecover_"
 
@@ -314,6 +315,7 @@ class SlotSource:
             sql.Literal(flat),
         )
         done = 0
+        last = self.start_lsn
         while True:
             rows = 0
             try:
@@ -322,7 +324,7 @@ class SlotSource:
                     cur.execute(query)
                     for position, xid, data in cur:
                         rows += 1
-                        lsn = Lsn(position)
+                        lsn = last = Lsn(position)
                         if self.progress is not None and rows % 2000 == 0:
                             done = min(max(int(lsn) - start, done), total)
                             self.progress("read", done, total)
@@ -343,6 +345,19 @@ class SlotSource:
                 ) from None
             except psycopg.Error as exc:
                 primary = exc.diag.message_primary or str(exc)
+                if exc.sqlstate == "22021":  # invalid byte sequence for encoding "UTF8"
+                    raise SlotError(
+                        f"slot {self.slot!r} holds text that is not UTF-8 in a change after "
+                        f"LSN {last} ({primary}): {not_utf8(conn)}, so "
+                        "those rows cannot be carried"
+                        + (
+                            "; if they belong to another table, read the slot with "
+                            "--via-plugin wal2json, which leaves other tables out"
+                            if self.plugin != "wal2json"
+                            else ""
+                        ),
+                        slot=self.slot,
+                    ) from None
                 if "publication" in primary and "does not exist" in primary:
                     others = ", ".join(p for p in PLUGINS if p != "pgoutput")
                     raise SlotError(
@@ -427,6 +442,32 @@ class SlotSource:
         return f"slot {self.slot} on {safe_dsn(self.dsn)}"
 
 
+@dataclass(frozen=True, slots=True)
+class CutMessage:
+    """The unfinished last line of a text capture: where it starts and how long it is."""
+
+    offset: int
+    length: int
+
+
+def _cut_message(path: Path, size: int, chunk: int = 1 << 20) -> CutMessage | None:
+    """The text capture's last line if it has no newline, found from the end in bounded reads."""
+    with open(path, "rb") as handle:
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return None
+        end = size
+        while end > 0:
+            start = max(0, end - chunk)
+            handle.seek(start)
+            block = handle.read(end - start)
+            found = block.rfind(b"\n")
+            if found != -1:
+                return CutMessage(start + found + 1, size - (start + found + 1))
+            end = start
+    return CutMessage(0, size)
+
+
 class CaptureSource:
     """Raw messages of a file that ``pg_recvlogical --start -f PATH`` wrote.
 
@@ -444,8 +485,11 @@ class CaptureSource:
         *,
         options: Mapping[str, str] | None = None,
         progress: ProgressCallback | None = None,
+        settings: CaptureSettings | None = None,
     ) -> None:
         self.path = Path(path)
+        #: The output settings pg_recvlogical's session printed the values with.
+        self.settings = settings if settings is not None else CaptureSettings()
         if plugin not in PLUGINS:
             raise DecodeError(
                 f"--plugin {plugin!r} is not one walrecover reads ({', '.join(PLUGINS)})",
@@ -459,6 +503,9 @@ class CaptureSource:
         self.swept: list[str] = []
         #: 1-based line (text plugins) or byte offset (pgoutput) of the last message read.
         self.position = 0
+        #: The last message of a text capture when pg_recvlogical was stopped before its
+        #: newline (found at open from the file's end, never read), else None.
+        self.cut: CutMessage | None = None
 
     @property
     def plugin(self) -> str:
@@ -487,11 +534,14 @@ class CaptureSource:
             raise DecodeError(f"capture file {self.path} does not exist: check --from-file")
         if not self.path.is_file():
             raise DecodeError(f"capture file {self.path} is not a regular file")
-        if self.path.stat().st_size == 0:
+        size = self.path.stat().st_size
+        if size == 0:
             raise DecodeError(
                 f"capture file {self.path} is empty: pg_recvlogical wrote nothing (was the slot "
                 "already consumed, or --start not given?)"
             )
+        if not is_binary(self.plugin):
+            self.cut = _cut_message(self.path, size)
 
     def messages(self) -> Iterator[RawMessage]:
         if is_binary(self.plugin):
@@ -515,32 +565,53 @@ class CaptureSource:
             self.progress("read", total, total)
 
     def _lines(self) -> Iterator[RawMessage]:
+        """Complete lines, one message each; a cut last line is never read (see :attr:`cut`).
+
+        Reading stops at the end of the last complete line found at open, so a line that has
+        no end (a 2 GB message pg_recvlogical never finished) costs no memory, and a file still
+        growing is read as it was when opened.
+        """
         total = self.path.stat().st_size
+        end = self.cut.offset if self.cut is not None else total
         done = 0
+        number = 0
         with open(self.path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
+            while done < end:
+                raw = handle.readline()
+                if not raw.endswith(b"\n"):  # the file shrank since it was opened
+                    break
+                number += 1
                 self.position = number
                 done += len(raw)
-                if not raw.endswith(b"\n"):
-                    raise DecodeError(
-                        f"{self.path}:{number}: the last message has no final newline: the "
-                        "capture is truncated (pg_recvlogical was stopped mid-write?)",
-                    )
                 try:
                     text = raw[:-1].decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise DecodeError(
-                        f"{self.path}:{number}: byte {exc.start + 1} is not UTF-8: this is not "
-                        f"{self.plugin} text output (for pgoutput give --plugin pgoutput)",
+                        f"{self.path}:{number}: byte {exc.start + 1} (0x{raw[exc.start]:02x}) is "
+                        "not UTF-8: pg_recvlogical writes the database's bytes as they are, and "
+                        "a SQL_ASCII database stores text in any encoding; walrecover reads "
+                        "UTF-8 text only, so this capture cannot be carried (for pgoutput's "
+                        "binary output give --plugin pgoutput)",
                     ) from None
                 if self.progress is not None and number % 2000 == 0:
                     self.progress("read", done, total)
                 yield RawMessage(text)
+        if self.cut is not None:
+            self.position = number + 1
+            raise DecodeError(
+                f"{self.path}:{number + 1}: the last message has no final newline: the "
+                f"capture is truncated ({self.cut.length} bytes of a message that "
+                "pg_recvlogical was stopped in the middle of writing)",
+                line=number + 1,
+            )
         if self.progress is not None:
             self.progress("read", total, total)
 
     def describe(self) -> str:
-        return f"capture {self.path} ({self.plugin})"
+        """The capture for messages and the progress row: its path, plugin and the settings
+        stated for it (a rerun with other settings is another source, not a resume)."""
+        stated = self.settings.describe()
+        return f"capture {self.path} ({self.plugin}{', ' + stated if stated else ''})"
 
     def locate(self, exc: DecodeError) -> None:
         """Prefix a decoder's error with the file and line (or byte) it stopped at."""

@@ -382,10 +382,12 @@ class _Reader:
         self.version = version
         self.in_stream = in_stream
 
-    def fail(self, problem: str) -> DecodeError:
+    def fail(
+        self, problem: str, why: str = "the stream is damaged or is not pgoutput output"
+    ) -> DecodeError:
         return DecodeError(
             f"pgoutput {self.what}{_where(self.lsn)} {problem} (byte {self.pos} of "
-            f"{len(self.data)}): the stream is damaged or is not pgoutput output",
+            f"{len(self.data)}): {why}",
             lsn=self.lsn,
             offset=self.pos,
         )
@@ -447,7 +449,12 @@ class _Reader:
             return self.data[start : start + size].decode("utf-8")
         except UnicodeDecodeError as exc:
             self.pos = start + exc.start
-            raise self.fail("has a value that is not UTF-8") from None
+            raise self.fail(
+                "has a value that is not UTF-8",
+                "a SQL_ASCII database stores text in any encoding and pg_recvlogical writes its "
+                "bytes as they are, but walrecover reads text as UTF-8 only, so it cannot be "
+                "carried (or the stream is damaged)",
+            ) from None
 
     def string(self) -> str:
         """A NUL-terminated UTF-8 string (PostgreSQL always writes the terminator)."""

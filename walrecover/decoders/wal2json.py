@@ -12,6 +12,7 @@ An UPDATE whose TOASTed column did not change omits that column; the decoder rep
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,11 +70,34 @@ def _at(lsn: Lsn | None) -> str:
     return f" at LSN {lsn}" if lsn is not None else ""
 
 
-def _text(value: Any, type_oid: int | None, type_name: str | None) -> str | None:
+_BARE_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
+
+
+def bytea_text(value: str, column: str) -> str:
+    """A bytea value as wal2json prints it (bare hex), as PostgreSQL's ``\\x`` hex output.
+
+    wal2json drops the first two characters of bytea's output, which is right only for
+    ``bytea_output = hex`` (the ``\\x``). A capture made under ``escape`` lost two real
+    characters of every value (and an empty value prints whatever memory follows it), so
+    anything but bare hex is refused: it cannot be carried.
+    """
+    if _BARE_HEX.fullmatch(value) is None:
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise DecodeError(
+            f"wal2json printed bytea column {column!r} as {shown!r}, which is not hex: under "
+            "bytea_output escape wal2json cuts the first two characters of every bytea value, "
+            "so this capture cannot carry them; capture again with bytea_output hex "
+            "(PGOPTIONS='-c bytea_output=hex') or with another plugin",
+            column=column,
+        )
+    return "\\x" + value
+
+
+def _text(value: Any, type_oid: int | None, type_name: str | None, column: str = "") -> str | None:
     """wal2json's JSON value as PostgreSQL's own text output."""
     if isinstance(value, str):
         if type_oid == _BYTEA_OID or type_name == "bytea":
-            return "\\x" + value  # wal2json prints bytea as bare hex
+            return bytea_text(value, column)
         return value
     if value is None:
         return None
@@ -235,13 +259,13 @@ class Wal2JsonV2Decoder:
         relation, unchanged = self._relation(obj, op)
         columns = obj.get("columns")
         new = (
-            {c["name"]: _text(c["value"], _oid(c), c.get("type")) for c in columns}
+            {c["name"]: _text(c["value"], _oid(c), c.get("type"), c["name"]) for c in columns}
             if columns is not None
             else None
         )
         identity = obj.get("identity")
         old = (
-            {c["name"]: _text(c["value"], _oid(c), c.get("type")) for c in identity}
+            {c["name"]: _text(c["value"], _oid(c), c.get("type"), c["name"]) for c in identity}
             if identity is not None
             else None
         )

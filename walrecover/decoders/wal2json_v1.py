@@ -495,7 +495,7 @@ def _image(
         signature=tuple(zip(names, type_names, strict=True)),
         oids=tuple(type_oids),
         values=tuple(
-            (name, _text(value, oid, type_name))
+            (name, _text(value, oid, type_name, name))
             for name, value, oid, type_name in zip(
                 names, values, type_oids, type_names, strict=True
             )
@@ -510,11 +510,11 @@ def _whole_number(value: Any) -> int:
     return int(value)
 
 
-def _text(value: Any, type_oid: int | None, type_name: str) -> str | None:
+def _text(value: Any, type_oid: int | None, type_name: str, column: str = "") -> str | None:
     """A JSON value as PostgreSQL's text output (numbers arrive as their literal text)."""
     if isinstance(value, str):
         if type_oid == _BYTEA_OID or type_name == "bytea":
-            return "\\x" + value  # wal2json strips the \x of bytea's hex output
+            return wal2json.bytea_text(value, column)  # wal2json strips bytea's \\x
         return value
     if value is None:
         return None

@@ -36,7 +36,7 @@ from .model import NO_STOP, Change, StopPoint, TableName
 from .reconcile import Reconciliation, reconcile_table
 from .replay import replay
 from .sources import CaptureSource, ProgressCallback, SlotSource
-from .target import lock_target
+from .target import lock_target, refuse_listed
 
 
 @dataclass(frozen=True)
@@ -266,6 +266,8 @@ def _recover(
     target_conn = connect(target_dsn, role=target_role)
     try:
         lock_target(target_conn, into)  # before any work: a second writer is refused at once
+        refuse_listed(target_conn, into)  # a table a publication names cannot be kept from it
+        target_conn.commit()
         with src:
             _check_stop_range(stop, src)
             if stop.xid is not None and isinstance(src, SlotSource):
@@ -398,6 +400,7 @@ def _recover(
         warnings=(
             *warnings,
             *(f"followed an ALTER TABLE {change}" for change in result.schema_changes),
+            *result.warnings,
         ),
         unproven=result.unproven,
     )

@@ -63,6 +63,11 @@ class TargetBusy(WalrecoverError):
     """Another recovery holds the target table."""
 
 
+class PublishedTarget(WalrecoverError):
+    """A publication in the target database publishes (or would publish) what walrecover
+    builds there, and it cannot be built out of the publication's reach."""
+
+
 class StopPointError(WalrecoverError):
     """The stop point is malformed or outside the stream."""
 

@@ -39,7 +39,7 @@ from .settings import CaptureSettings, ServerRoundTrip, ValueChecker
 from .settings import apply as apply_settings
 from .settings import restore as restore_settings
 from .sources import CaptureSource, ProgressCallback, SlotSource
-from .target import lock_target
+from .target import lock_target, refuse_listed
 
 
 @dataclass(frozen=True)
@@ -290,6 +290,8 @@ def _recover(
     roundtrip: ServerRoundTrip | None = None
     try:
         lock_target(target_conn, into)  # before any work: a second writer is refused at once
+        refuse_listed(target_conn, into)  # a table a publication names cannot be kept from it
+        target_conn.commit()
         if isinstance(src, CaptureSource):
             # The target parses the capture's text (COPY, statements) as it was printed.
             apply_settings(target_conn, src.settings)
@@ -451,6 +453,7 @@ def _recover(
         warnings=(
             *warnings,
             *(f"followed an ALTER TABLE {change}" for change in result.schema_changes),
+            *result.warnings,
         ),
         unproven=unproven,
     )

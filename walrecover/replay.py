@@ -133,6 +133,9 @@ class ReplayResult:
     schema_changes: tuple[str, ...] = ()
     #: What replay could not prove about the rebuilt table (the run ends with exit code 4).
     unproven: tuple[str, ...] = ()
+    #: What the user must know about the rebuilt table (a publication now publishes it; a
+    #: crash made this run start again).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -251,6 +254,8 @@ class Replayer:
         self.schema_changes: list[str] = []
         #: Reasons the rebuilt table may differ from the truth (see :data:`EXIT_UNPROVEN`).
         self.unproven: list[str] = []
+        #: What the user must know about the rebuilt table (see :attr:`ReplayResult.warnings`).
+        self.warnings: list[str] = []
         #: Other tables seen in the stream (a few), to help when the asked-for one is absent.
         self.other_tables: set[str] = set()
         self._left_out: list[Change] = []
@@ -273,6 +278,15 @@ class Replayer:
         target.ensure_bookkeeping()
         exists = target.exists()
         progress = target.read_progress()
+        if exists and progress is None and target.reset_by_crash():
+            target.drop()
+            self.conn.commit()
+            exists = False
+            self.warnings.append(
+                f"the server crashed (or stopped without a clean shutdown) during an earlier run,"
+                f" which emptied the unlogged {self.into} it was building and its progress: "
+                f"{self.into} is rebuilt from the start"
+            )
         if (
             exists
             and progress is not None
@@ -307,6 +321,9 @@ class Replayer:
                     table=str(self.into),
                 )
             self._resume(progress)
+            # Begun in logged mode before a publication reached it: go on unpublished.
+            self.target.make_unlogged()
+            self.conn.commit()
             if self.sink is not None:
                 self.sink.start(self.resume_after or Lsn(self._resume_position), resuming=True)
             return
@@ -1059,9 +1076,15 @@ class Replayer:
                 cur.nextset()
 
     def _commit_batch(self, *, complete: bool) -> None:
-        """Send the batch, record progress, seal the audit, then commit, in that order."""
+        """Send the batch, record progress, seal the audit, then commit, in that order. The
+        last commit makes an unlogged build logged."""
         self._flush()
         self._save_progress(complete=complete)
+        if complete:
+            self.target.finish()
+        # After every write of the batch: a publication committed later than this check is
+        # later in the WAL than the batch's rows too, so it cannot publish them.
+        self.target.check_unpublished()
         if self.sink is not None:
             self.sink.commit(self.checkpoint)
         self.conn.commit()
@@ -1096,6 +1119,24 @@ class Replayer:
 
     def count_rows(self) -> int:
         return self.target.count_rows()
+
+    def publication_warnings(self) -> list[str]:
+        """The warning that a publication now publishes the finished table (built unlogged,
+        so no subscriber received it), or nothing."""
+        if not self.target.unlogged:
+            return []
+        publications = self.target.published_by()
+        self.conn.commit()
+        if not publications:
+            return []
+        names = ", ".join(str(p) for p in publications)
+        return [
+            f"{self.into} was built unlogged, so no subscriber received its rows; now complete "
+            f"and logged, it is published by {names}: do not write to it until you swap it in "
+            f"for {self.table}, since subscribers have no {self.into} (a write would stop them)"
+            f", and create {self.into} on a subscriber before its REFRESH PUBLICATION or a new "
+            "CREATE SUBSCRIPTION"
+        ]
 
 
 def _where(exc: psycopg.Error) -> str:
@@ -1198,4 +1239,5 @@ def replay(
         seconds=time.monotonic() - started,
         schema_changes=tuple(replayer.schema_changes),
         unproven=tuple(replayer.unproven),
+        warnings=(*replayer.warnings, *replayer.publication_warnings()),
     )

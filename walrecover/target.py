@@ -5,6 +5,15 @@ from applying row changes: the one-writer lock, the progress row that makes a ki
 resumable (``walrecover.progress``, committed in the same transaction as the data it describes),
 creating the table from the stream's relation or a ``--ddl`` file, its key and columns, and the
 ALTER TABLEs that follow the stream's own.
+
+It also keeps the build away from logical replication. In a database where a publication would
+publish the rebuilt table or the progress table (``FOR ALL TABLES``, ``FOR TABLES IN SCHEMA``),
+a subscriber that lacks them stops applying *every* table at the first row walrecover writes.
+There both are built ``UNLOGGED`` (PostgreSQL never publishes unlogged tables), a server crash
+empties them together (a rerun recognises its own emptied table by :data:`UNLOGGED_MARK` and
+starts again), and the finished table becomes logged in the final commit (a table rewrite,
+which logical decoding does not turn into row changes). A table a publication lists by name
+(``FOR TABLE``) is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from .db import connection_lost
-from .errors import PrivilegeError, ReplayError, TargetBusy
+from .errors import PrivilegeError, PublishedTarget, ReplayError, TargetBusy
 from .lsn import Lsn
 from .model import Column, Relation, TableName
 
@@ -33,6 +42,11 @@ LOCK_CLASS = 0x57414C52
 _CONSTANT_NODES = frozenset({"CONST", "FUNCEXPR", "OPEXPR", "RELABELTYPE"})
 _NODE = re.compile(r"\{([A-Z_]+)")
 _FUNCTION = re.compile(r":(?:funcid|opfuncid) (\d+)")
+
+#: The comment on a table walrecover builds unlogged (any comment of a --ddl follows it on the
+#: next line). It survives a server crash, which empties the table: a rerun that finds its own
+#: marked, unlogged, empty table and no progress row knows the crash reset it.
+UNLOGGED_MARK = "walrecover: unfinished recovery, unlogged (unpublished) until it is complete"
 
 #: Type names printed without their modifier (test_decoding) that would mean the wrong type.
 _WITHOUT_MODIFIER = {"character": "bpchar", "bit": "bit varying"}
@@ -64,6 +78,71 @@ def lock_target(conn: Any, into: TableName) -> None:
         f"another recovery into {into} is running ({who}): wait for it or stop it",
         table=str(into),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A publication of the target database and how it reaches a table."""
+
+    name: str
+    #: ``FOR ALL TABLES``, ``FOR TABLES IN SCHEMA s`` or ``FOR TABLE``.
+    how: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.how})"
+
+
+def publications_of(conn: Any, table: TableName) -> list[Publication]:
+    """The publications that publish ``table``, or would once it exists as a permanent table:
+    ``FOR ALL TABLES``, ``FOR TABLES IN SCHEMA`` of its schema, and ``FOR TABLE`` naming it."""
+    queries = [
+        "SELECT pubname::text, 'FOR ALL TABLES' FROM pg_publication WHERE puballtables",
+        "SELECT p.pubname::text, 'FOR TABLE' FROM pg_publication p"
+        " JOIN pg_publication_rel r ON r.prpubid = p.oid WHERE r.prrelid = to_regclass(%(t)s)",
+    ]
+    if conn.info.server_version >= 150000:  # TABLES IN SCHEMA is new in PostgreSQL 15
+        queries.append(
+            "SELECT p.pubname::text, 'FOR TABLES IN SCHEMA ' || quote_ident(n.nspname)"
+            " FROM pg_publication p JOIN pg_publication_namespace s ON s.pnpubid = p.oid"
+            " JOIN pg_namespace n ON n.oid = s.pnnspid WHERE n.nspname = %(s)s"
+        )
+    rows = conn.execute(
+        " UNION ALL ".join(queries) + " ORDER BY 1, 2",
+        {"t": sql.Identifier(table.schema, table.name).as_string(conn), "s": table.schema},
+    ).fetchall()
+    return [Publication(str(name), str(how)) for name, how in rows]
+
+
+def refuse_listed(conn: Any, into: TableName) -> list[Publication]:
+    """The publications that would publish ``into`` or walrecover's progress table; raise
+    :class:`PublishedTarget` if one lists either by name (``FOR TABLE``): such a table cannot
+    be kept out of it (PostgreSQL refuses to make a listed table unlogged)."""
+    progress = TableName(PROGRESS_SCHEMA, PROGRESS_TABLE)
+    found: list[Publication] = []
+    for table in (into, progress):
+        publications = publications_of(conn, table)
+        listed = [p.name for p in publications if p.how == "FOR TABLE"]
+        if listed and table == into:
+            raise PublishedTarget(
+                f"--into {into} is listed in publication {', '.join(listed)} (FOR TABLE): its "
+                "subscribers would receive every row walrecover writes, and stop applying if "
+                f"they lack the table; choose another --into (or --target another database), "
+                f"or take it out of the publication yourself (ALTER PUBLICATION {listed[0]} "
+                f"DROP TABLE {into})",
+                table=str(into),
+                publications=listed,
+            )
+        if listed:
+            raise PublishedTarget(
+                f"{progress} (walrecover's progress table) is listed in publication "
+                f"{', '.join(listed)} (FOR TABLE): its subscribers would receive walrecover's "
+                f"bookkeeping and stop applying; ALTER PUBLICATION {listed[0]} DROP TABLE "
+                f"{progress}, or build in another database with --target",
+                table=str(progress),
+                publications=listed,
+            )
+        found += [p for p in publications if p not in found]
+    return found
 
 
 def checked_type(type_name: str) -> str:
@@ -124,6 +203,11 @@ class Target:
         self.into = into
         self.ident = sql.Identifier(into.schema, into.name)
         self._progress = sql.Identifier(PROGRESS_SCHEMA, PROGRESS_TABLE)
+        #: Build unlogged: the progress table is unlogged (a publication would publish it or
+        #: the rebuilt table), so the table it describes must be too (a crash resets both).
+        self.unlogged = False
+        #: The publications that would publish the rebuilt or the progress table.
+        self.publications: tuple[Publication, ...] = ()
 
     @property
     def regclass(self) -> str:
@@ -136,24 +220,43 @@ class Target:
         lock_target(self.conn, self.into)
 
     def ensure_bookkeeping(self) -> None:
-        """Create ``walrecover.progress`` if needed; name the missing privilege if refused."""
+        """Create ``walrecover.progress`` if needed, unlogged where a publication would publish
+        it or the rebuilt table (an existing logged one is made unlogged: its rows, and the
+        resumes of earlier runs, are kept); name the missing privilege if refused."""
         conn = self.conn
+        publications = refuse_listed(conn, self.into)
+        self.publications = tuple(publications)
+        unlogged = sql.SQL("UNLOGGED ") if publications else sql.SQL("")
         try:
             conn.execute(
                 sql.SQL(
                     "CREATE SCHEMA IF NOT EXISTS {schema};"
-                    " CREATE TABLE IF NOT EXISTS {table} ("
+                    " CREATE {unlogged}TABLE IF NOT EXISTS {table} ("
                     " target text PRIMARY KEY, source text NOT NULL, last_commit_lsn pg_lsn,"
                     " last_xid bigint, transactions bigint NOT NULL, changes bigint NOT NULL,"
                     " no_row bigint NOT NULL DEFAULT 0, first_lsn pg_lsn,"
                     " audit text, position bigint, complete boolean NOT NULL,"
                     " updated_at timestamptz NOT NULL DEFAULT now())"
-                ).format(schema=sql.Identifier(PROGRESS_SCHEMA), table=self._progress)
+                ).format(
+                    schema=sql.Identifier(PROGRESS_SCHEMA), table=self._progress, unlogged=unlogged
+                )
             )
+            if publications and self._persistence(self._progress) == "p":
+                conn.execute(sql.SQL("ALTER TABLE {} SET UNLOGGED").format(self._progress))
             conn.commit()
         except psycopg.errors.InsufficientPrivilege as exc:
             conn.rollback()
             (user, database) = conn.execute("SELECT current_user, current_database()").fetchone()
+            if publications:
+                raise PrivilegeError(
+                    f"role {user!r} cannot keep walrecover's progress unpublished in the target "
+                    f"database ({exc.diag.message_primary}), where publication "
+                    f"{_names(publications)} would publish it: run walrecover as the owner of "
+                    f"{PROGRESS_SCHEMA}.{PROGRESS_TABLE} (with CREATE on the database), or build"
+                    " in another database with --target",
+                    table=str(self.into),
+                    role=user,
+                ) from None
             raise PrivilegeError(
                 f"role {user!r} cannot keep walrecover's progress in the target database "
                 f"({exc.diag.message_primary}): GRANT CREATE ON DATABASE {database} TO {user} "
@@ -161,6 +264,35 @@ class Target:
                 table=str(self.into),
                 role=user,
             ) from None
+        self.unlogged = self._persistence(self._progress) == "u"
+        conn.commit()
+
+    def _persistence(self, table: sql.Identifier) -> str | None:
+        """``p`` (logged), ``u`` (unlogged), or None if the table does not exist."""
+        row = self.conn.execute(
+            "SELECT relpersistence::text FROM pg_class WHERE oid = to_regclass(%s)",
+            (table.as_string(self.conn),),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def check_unpublished(self) -> None:
+        """Raise :class:`PublishedTarget` if a publication now reaches the logged table being
+        built or the progress table (created or altered during the run). Checked in each
+        batch's transaction after its last write, before it commits: the rows of a batch that
+        fails the check are rolled back, and those of a batch that passes precede, in the WAL,
+        any publication the check did not see, so logical decoding does not publish them."""
+        if self.unlogged:
+            return
+        publications = refuse_listed(self.conn, self.into)
+        if publications:
+            raise PublishedTarget(
+                f"publication {_names(publications)} began publishing {self.into} or "
+                f"{PROGRESS_SCHEMA}.{PROGRESS_TABLE} during the recovery; walrecover stopped "
+                "before committing more, so no subscriber received rows of the rebuild: rerun "
+                f"the same command to resume, building {self.into} unlogged (unpublished)",
+                table=str(self.into),
+                publications=[p.name for p in publications],
+            )
 
     def read_progress(self) -> Progress | None:
         """The progress row of this target, or None."""
@@ -233,6 +365,92 @@ class Target:
     def drop(self) -> None:
         self.conn.execute(sql.SQL("DROP TABLE {}").format(self.ident))
 
+    # -- unlogged builds -----------------------------------------------------------------------
+
+    def _comment(self) -> str | None:
+        row = self.conn.execute(
+            "SELECT obj_description(%s::regclass, 'pg_class')", (self.regclass,)
+        ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def _set_comment(self, comment: str | None) -> None:
+        self.conn.execute(
+            sql.SQL("COMMENT ON TABLE {} IS {}").format(
+                self.ident, sql.SQL("NULL") if comment is None else sql.Literal(comment)
+            )
+        )
+
+    def make_unlogged(self) -> None:
+        """Make the existing logged table unlogged and mark it, in the open transaction (a
+        rewrite: logical decoding sees no rows). A table that is unlogged already is left as it
+        is (a --ddl that asked for it), unmarked, and stays unlogged when the build finishes."""
+        if not self.unlogged or self._persistence(self.ident) != "p":
+            return
+        try:
+            self.conn.execute(sql.SQL("ALTER TABLE {} SET UNLOGGED").format(self.ident))
+        except psycopg.Error as exc:
+            raise PublishedTarget(
+                f"{self._why_unlogged(self.into)}, so walrecover builds {self.into} unlogged,"
+                f" but PostgreSQL refuses: "
+                f"{exc.diag.message_primary or exc}; drop that from the --ddl file (a foreign "
+                "key to a logged table, say), or build with --target another database or "
+                "--into a schema no publication publishes",
+                table=str(self.into),
+                publications=[p.name for p in self.publications],
+            ) from None
+        comment = self._comment()
+        self._set_comment(UNLOGGED_MARK if comment is None else f"{UNLOGGED_MARK}\n{comment}")
+
+    def _why_unlogged(self, subject: str | TableName = "it") -> str:
+        if self.publications:
+            return f"publication {_names(self.publications)} would publish {subject}"
+        return (
+            f"{PROGRESS_SCHEMA}.{PROGRESS_TABLE} is unlogged in this database (a publication "
+            "reached it once), and a table must be built like its progress"
+        )
+
+    def reset_by_crash(self) -> bool:
+        """True if the table is walrecover's own unlogged build, emptied by a server crash (its
+        progress row went with it): it can only be built again from the start."""
+        if self._persistence(self.ident) != "u" or not (self._comment() or "").startswith(
+            UNLOGGED_MARK
+        ):
+            return False
+        (empty,) = self.conn.execute(
+            sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(self.ident)
+        ).fetchone()
+        return bool(empty)
+
+    def finish(self) -> None:
+        """Make a marked unlogged build logged (so the finished table survives a crash) and
+        give back the --ddl's comment, in the open transaction: the build's last commit."""
+        if self._persistence(self.ident) != "u":
+            return
+        comment = self._comment() or ""
+        if not comment.startswith(UNLOGGED_MARK):
+            return
+        try:
+            self.conn.execute(sql.SQL("ALTER TABLE {} SET LOGGED").format(self.ident))
+        except psycopg.Error as exc:
+            raise ReplayError(
+                f"{self.into} is rebuilt but cannot become logged (built unlogged because "
+                f"{self._why_unlogged()}): "
+                f"{exc.diag.message_primary or exc}; fix that (a foreign key of the --ddl to an "
+                "unlogged table, say), then rerun the same command to finish",
+                table=str(self.into),
+            ) from None
+        self._set_comment(comment[len(UNLOGGED_MARK) + 1 :] or None)
+
+    def published_by(self) -> list[Publication]:
+        """The publications that publish the table as it is now (never an unlogged one)."""
+        rows = self.conn.execute(
+            "SELECT pubname::text FROM pg_publication_tables"
+            " WHERE schemaname = %s AND tablename = %s",
+            (self.into.schema, self.into.name),
+        ).fetchall()
+        names = {str(r[0]) for r in rows}
+        return [p for p in publications_of(self.conn, self.into) if p.name in names]
+
     def create(self, relation: Relation, ddl: str | None, table: TableName) -> None:
         """Create the table from the stream's ``relation`` of ``table``, or run ``ddl``."""
         conn = self.conn
@@ -249,6 +467,7 @@ class Target:
                     f"the --ddl file did not create {self.into}: it must create the --into table",
                     table=str(self.into),
                 )
+            self.make_unlogged()
             return
         if not relation.complete:
             raise ReplayError(
@@ -269,8 +488,14 @@ class Target:
                 sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key)))
             )
         conn.execute(
-            sql.SQL("CREATE TABLE {} ({})").format(self.ident, sql.SQL(", ").join(columns))
+            sql.SQL("CREATE {}TABLE {} ({})").format(
+                sql.SQL("UNLOGGED " if self.unlogged else ""),
+                self.ident,
+                sql.SQL(", ").join(columns),
+            )
         )
+        if self.unlogged:
+            self._set_comment(UNLOGGED_MARK)
         if not has_key:
             # Without it, a publication FOR ALL TABLES in the target refuses updates/deletes.
             conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(self.ident))
@@ -406,3 +631,7 @@ class Target:
         if commit:
             self.conn.commit()
         return int(count)
+
+
+def _names(publications: tuple[Publication, ...] | list[Publication]) -> str:
+    return ", ".join(str(p) for p in publications)

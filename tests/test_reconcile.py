@@ -699,8 +699,11 @@ def test_command_writes_the_differences(bank: Bank, tmp_path: Path) -> None:
 
 
 def test_composite_keys_are_written_once(tmp_path: Path) -> None:
+    recovered: dict[tuple[str | None, ...], tuple[Decimal, int]] = {
+        ("1", "EUR"): (Decimal("1.00"), 2)
+    }
     rec = compare_totals(
-        {("1", "EUR"): (Decimal("1.00"), 2)},
+        recovered,
         {("1", "EUR"): Decimal("1.50")},
         key_columns=["account_id", "currency"],
     )

@@ -583,9 +583,10 @@ def decode_command(
 @click.option(
     "--plugin",
     type=click.Choice(PLUGINS),
-    default="wal2json",
+    default="pgoutput",
     show_default=True,
-    help="The output plugin of the rehearsal's slot.",
+    help="The output plugin of the rehearsal's slot (pgoutput is built into PostgreSQL; "
+    "wal2json needs the postgresql-<major>-wal2json package).",
 )
 @click.option(
     "--keep",

@@ -679,9 +679,7 @@ class _Reader:
             else:
                 self.ignore(stmt, "not about the table")
         if self.settings:
-            self.ignored.insert(
-                0, Ignored(f"{self.settings} SET statements", "session settings")
-            )
+            self.ignored.insert(0, Ignored(f"{self.settings} SET statements", "session settings"))
         return Definition(
             table=self.table,
             columns=tuple(

@@ -303,6 +303,8 @@ def test_stop_options(db: Database, kind: str) -> None:
         (["recover", "--help"], "walrecover recover -d"),
         (["recover", "-h"], "--stop-before-lsn 16/B374D848"),
         (["rehearse", "--help"], "walrecover rehearse --transactions"),
+        (["swap", "--help"], "walrecover swap -d"),
+        (["--help"], "walrecover swap -d"),
     ],
 )
 def test_help_shows_an_example(args: list[str], example: str) -> None:

@@ -119,6 +119,7 @@ def main() -> None:
     \b
     Practise first:   walrecover rehearse
     In an incident:   walrecover recover -d "dbname=bank" --slot cdc --table public.transactions
+    Put it back:      walrecover swap -d "dbname=bank" --table public.transactions --ddl orig.sql
 
     Exit codes: 0 done, 1 error, 2 usage error, 3 differences (reconciliation, or a
     tampered audit), 4 rebuilt but not proven exact, 130 interrupted.

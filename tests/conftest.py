@@ -2,25 +2,95 @@
 
 Nothing is mocked: every test that needs a database talks to a cluster started by
 :mod:`walrecover.cluster` (initdb as an unprivileged user when run as root, wal_level=logical).
+
+Without the wal2json plugin (a developer without root), the tests that need it are reported as
+skipped instead of failed, and the run ends naming them and the package to install. CI (``CI``
+set) installs wal2json and never skips: there a missing plugin fails.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import os
+import re
+from collections import Counter
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from walrecover.cluster import Cluster
+from walrecover.cluster import Cluster, find_installation
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 VECTORS = ROOT.parent / "shared" / "vectors"
 
 _counter = itertools.count(1)
+
+
+# -- running without wal2json ---------------------------------------------------------------------
+
+#: What PostgreSQL or walrecover say when a test reaches for the missing plugin.
+_NO_WAL2JSON = re.compile(
+    r"could not access file \\?\"wal2json\\?\"|output plugin '?wal2json'? is not installed"
+)
+
+
+def _wal2json_package() -> str | None:
+    """The package to install when wal2json is missing and may be skipped, else None."""
+    if os.environ.get("CI"):
+        return None  # CI installs it and runs everything
+    try:
+        installation = find_installation()
+    except Exception:
+        return None
+    if installation.has_plugin("wal2json"):
+        return None
+    return f"postgresql-{installation.major}-wal2json"
+
+
+_MISSING = _wal2json_package()
+_SKIPPED: list[str] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A test that failed only because wal2json is not installed is reported as skipped."""
+    report = yield
+    if _MISSING and report.failed and call.excinfo is not None:
+        text = f"{call.excinfo.value}\n{report.longreprtext}"
+        if _NO_WAL2JSON.search(text):
+            report.outcome = "skipped"
+            report.longrepr = (str(item.path), item.location[1] or 0, f"needs {_MISSING}")
+            if item.nodeid not in _SKIPPED:
+                _SKIPPED.append(item.nodeid)
+    return report
+
+
+def wal2json_summary() -> str | None:
+    """One line: how many tests were skipped for want of wal2json, where, and what to install."""
+    if not _SKIPPED:
+        return None
+    files = Counter(nodeid.split("::")[0].removeprefix("tests/") for nodeid in _SKIPPED)
+    where = ", ".join(f"{name} {count}" for name, count in sorted(files.items()))
+    return (
+        f"skipped {len(_SKIPPED)} tests that need the wal2json plugin ({where}): "
+        f"install {_MISSING} (sudo apt-get install {_MISSING}) to run them"
+    )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    line = wal2json_summary()
+    report = os.environ.get("WALRECOVER_SKIPPED_REPORT")
+    if report:
+        # ./dev test prints it as the very last line, after pytest's own summary.
+        Path(report).write_text(line or "")
+    elif line:
+        terminalreporter.write_line(line, yellow=True)
 
 
 @pytest.fixture(scope="session")

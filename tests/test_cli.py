@@ -29,6 +29,7 @@ from helpers import (
 from psycopg.conninfo import make_conninfo
 
 from walrecover.audit import read_metadata
+from walrecover.cluster import find_installation
 from walrecover.lsn import Lsn
 
 LEDGER = "SELECT id, balance FROM accounts"
@@ -302,6 +303,8 @@ def test_stop_options(db: Database, kind: str) -> None:
         (["recover", "--help"], "walrecover recover -d"),
         (["recover", "-h"], "--stop-before-lsn 16/B374D848"),
         (["rehearse", "--help"], "walrecover rehearse --transactions"),
+        (["swap", "--help"], "walrecover swap -d"),
+        (["--help"], "walrecover swap -d"),
     ],
 )
 def test_help_shows_an_example(args: list[str], example: str) -> None:
@@ -436,6 +439,30 @@ def test_rehearse_small() -> None:
     out = json.loads(result.stdout)
     assert out["identical"] is True
     assert out["reconciled"] is True
-    assert (out["transactions"], out["accounts"], out["plugin"]) == (300, 10, "wal2json")
+    # pgoutput by default: built into PostgreSQL, so the first command needs nothing else.
+    assert (out["transactions"], out["accounts"], out["plugin"]) == (300, 10, "pgoutput")
     assert out["rows"] > 0
     assert out["audit_rows"] == out["changes"] > out["rows"]
+
+
+def test_rehearse_with_wal2json_missing_names_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An installation without wal2json: the server's binaries, an empty plugin directory.
+    real = find_installation()
+    bindir = tmp_path / "15" / "bin"
+    bindir.mkdir(parents=True)
+    (tmp_path / "15" / "lib").mkdir()
+    for name in ("initdb", "pg_ctl", "postgres"):
+        (bindir / name).symlink_to(real.bindir / name)
+    monkeypatch.setenv("WALRECOVER_PG_BINDIR", str(bindir))
+
+    result = cli("rehearse", "--transactions", "10", "--plugin", "wal2json")
+
+    assert result.exit_code == 1
+    package = f"postgresql-{real.major}-wal2json"
+    assert stderr_lines(result) == [
+        f"walrecover: error: output plugin wal2json is not installed for PostgreSQL "
+        f"{real.major} (no wal2json.so in {tmp_path / '15' / 'lib'}): install the package "
+        f"{package} (sudo apt-get install {package}), or use pgoutput, which is built in"
+    ]

@@ -549,10 +549,13 @@ def test_differences_are_written_exactly(bank: Bank, tmp_path: Path) -> None:
     csv_path = rec.write_differences(tmp_path / "diff.csv")
     parquet_path = rec.write_differences(tmp_path / "diff.parquet")
 
-    text = csv_path.read_text().splitlines()
-    assert text[0].split(",")[:2] == ["key", "account_id"]
-    assert text[1].split(",")[0] == "3"
-    assert "-42.00000000" in text[1]
+    text = csv_path.read_text()
+    lines = text.splitlines()
+    # The key once, under its own name; every line ends with a newline, the last one too.
+    assert lines[0] == "account_id,rows,recovered,ledger,delta,status"
+    assert lines[1].split(",")[0] == "3"
+    assert "-42.00000000" in lines[1]
+    assert text.endswith("\n") and not text.endswith("\n\n")
     table = pq.read_table(parquet_path)
     assert pa.types.is_decimal(table.schema.field("delta").type)
     assert table.column("delta").to_pylist() == [-Decimal(LATE[1])]
@@ -690,6 +693,24 @@ def test_command_writes_the_differences(bank: Bank, tmp_path: Path) -> None:
     assert result.exit_code == 3
     assert f"differences written to {out}" in result.stdout
     assert pd.read_csv(out, dtype=str)["delta"].tolist() == ["-42.00000000"]
+    text = out.read_text()
+    assert text.splitlines()[0] == "account_id,rows,recovered,ledger,delta,status"
+    assert text.endswith("\n")
+
+
+def test_composite_keys_are_written_once(tmp_path: Path) -> None:
+    recovered: dict[tuple[str | None, ...], tuple[Decimal, int]] = {
+        ("1", "EUR"): (Decimal("1.00"), 2)
+    }
+    rec = compare_totals(
+        recovered,
+        {("1", "EUR"): Decimal("1.50")},
+        key_columns=["account_id", "currency"],
+    )
+    text = rec.write_differences(tmp_path / "diff.csv").read_text()
+    assert text == (
+        "account_id,currency,rows,recovered,ledger,delta,status\n1,EUR,2,1.00,1.50,-0.50,mismatched\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ from .reconcile import LedgerFile, LedgerQuery, RecoveredAudit, RecoveredTable, 
 from .recover import LedgerCheck, RecoveryResult, recover, recover_capture
 from .rehearsal import RehearsalResult, rehearse
 from .settings import CaptureSettings
+from .swap import SwapResult, swap
 from .verify import verify_audit
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -119,6 +120,7 @@ def main() -> None:
     \b
     Practise first:   walrecover rehearse
     In an incident:   walrecover recover -d "dbname=bank" --slot cdc --table public.transactions
+    Put it back:      walrecover swap -d "dbname=bank" --table public.transactions --ddl orig.sql
 
     Exit codes: 0 done, 1 error, 2 usage error, 3 differences (reconciliation, or a
     tampered audit), 4 rebuilt but not proven exact, 130 interrupted.
@@ -722,9 +724,10 @@ def decode_command(
 @click.option(
     "--plugin",
     type=click.Choice(PLUGINS),
-    default="wal2json",
+    default="pgoutput",
     show_default=True,
-    help="The output plugin of the rehearsal's slot.",
+    help="The output plugin of the rehearsal's slot (pgoutput is built into PostgreSQL; "
+    "wal2json needs the postgresql-<major>-wal2json package).",
 )
 @click.option(
     "--keep",
@@ -946,6 +949,109 @@ def reconcile_command(
         if not as_json:
             click.echo("walrecover: the totals do not reconcile with the ledger", err=True)
         sys.exit(EXIT_DIFFERENCES)
+
+
+@main.command("swap")
+@dbname_option
+@click.option(
+    "--table",
+    "table_name",
+    required=True,
+    metavar="SCHEMA.TABLE",
+    help="The dropped table's name: the rebuilt table is put back under it.",
+)
+@click.option(
+    "--from",
+    "from_name",
+    metavar="SCHEMA.TABLE",
+    help="The rebuilt table (recover's --into). Default: <table>_recovered.",
+)
+@click.option(
+    "--ddl",
+    "ddl_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The original table's DDL: pg_dump --schema-only -t TABLE of a replica or an old "
+    "backup, or the migrations' SQL.",
+)
+@click.option(
+    "--move-existing-to",
+    metavar="SCHEMA",
+    help="If a table already has --table's name, move it (with its indexes and sequences) "
+    "into this schema instead of refusing.",
+)
+@click.option("--dry-run", is_flag=True, help="Check, and print the SQL without running it.")
+@json_option
+def swap_command(
+    dsn: str | None,
+    table_name: str,
+    from_name: str | None,
+    ddl_path: Path,
+    move_existing_to: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Put a rebuilt table in place of the dropped one, with the original's definition.
+
+    In one transaction: renames the rebuilt table into place, adds the DDL's constraints and
+    indexes (validated), re-creates owned sequences after the largest key, sets defaults,
+    NOT NULL, identity, owner, grants and comments, and ANALYZEs. A constraint the rows break
+    stops it naming the rows; nothing is changed then.
+
+    \b
+    Example:
+      pg_dump --schema-only -t public.transactions "host=replica dbname=bank" > original.sql
+      walrecover swap -d "dbname=bank" --table public.transactions --ddl original.sql --dry-run
+    """
+    table = _table(table_name, "--table")
+    source = _table(from_name, "--from") if from_name else None
+    try:
+        ddl = ddl_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{ddl_path} is not UTF-8 text", param_hint="--ddl") from None
+    result = swap(
+        dsn, table, ddl, source=source, dry_run=dry_run, move_existing_to=move_existing_to
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    elif dry_run:
+        click.echo(
+            f"-- walrecover swap --dry-run: {result.source} -> {result.table}, "
+            f"{result.rows} rows; nothing was changed."
+        )
+        for item in result.ignored:
+            click.echo(f"-- ignored: {item.statement} ({item.reason})")
+        for note in result.notes:
+            click.echo(f"-- note: {note}")
+        click.echo(result.script(), nl=False)
+    else:
+        click.echo(_swap_text(result))
+    _warn(list(result.warnings))
+
+
+def _swap_text(result: SwapResult) -> str:
+    lines = [
+        f"Swapped {result.source} into place as {result.table} ({result.rows} rows), "
+        "in one transaction."
+    ]
+    if result.moved_existing_to:
+        lines.append(f"  the table that had the name is now {result.moved_existing_to}")
+    if result.constraints:
+        lines.append(f"  constraints (validated): {', '.join(result.constraints)}")
+    if result.indexes:
+        lines.append(f"  indexes: {', '.join(result.indexes)}")
+    for name, following in result.sequences:
+        lines.append(f"  sequence {name}: the next value is {following}")
+    lines.append(
+        f"  grants: {result.grants}; owner: {result.owner or 'unchanged'}; "
+        f"comments: {result.comments}; analyzed."
+    )
+    for item in result.ignored:
+        if not item.about_table:
+            lines.append(f"  ignored: {item.statement} ({item.reason})")
+    for note in result.notes:
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)
 
 
 @main.group("audit")

@@ -132,7 +132,11 @@ def _free_port() -> int:
 
 
 class Cluster:
-    """A running throwaway cluster; use as a context manager (or call start/stop)."""
+    """A running throwaway cluster; use as a context manager (or call start/stop).
+
+    ``require_plugins`` names output plugins that must be installed: a missing one is refused
+    before anything starts, naming the package to install (pgoutput is always there).
+    """
 
     superuser = "postgres"
 
@@ -143,16 +147,17 @@ class Cluster:
         settings: dict[str, str] | None = None,
         keep: bool = False,
         run_as: str | None = None,
-        require_plugins: tuple[str, ...] = ("wal2json",),
+        require_plugins: tuple[str, ...] = (),
     ) -> None:
         self.installation = installation or find_installation()
         for plugin in require_plugins:
             if not self.installation.has_plugin(plugin):
                 major = self.installation.major
                 raise ClusterError(
-                    f"output plugin {plugin} is not installed for PostgreSQL {major}: "
-                    f"apt-get install postgresql-{major}-{plugin} (or build it for "
-                    f"{self.installation.pkglibdir})"
+                    f"output plugin {plugin} is not installed for PostgreSQL {major} (no "
+                    f"{plugin}.so in {self.installation.pkglibdir}): install the package "
+                    f"postgresql-{major}-{plugin} (sudo apt-get install "
+                    f"postgresql-{major}-{plugin}), or use pgoutput, which is built in"
                 )
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
         self.keep = keep

@@ -84,6 +84,10 @@ class AuditError(WalrecoverError):
     """The audit file could not be written or failed verification."""
 
 
+class SwapError(WalrecoverError):
+    """The rebuilt table cannot be put in place of the original (nothing was changed)."""
+
+
 class ClusterError(WalrecoverError):
     """A throwaway PostgreSQL cluster could not be set up."""
 

@@ -22,6 +22,7 @@ it counts in the recovered total.
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -325,17 +326,26 @@ class Reconciliation:
         return "\n".join(lines)
 
     def write_differences(self, path: str | Path) -> Path:
-        """Write the differences to ``path``: ``.csv`` (exact decimal text) or ``.parquet``."""
+        """Write the differences to ``path``: ``.csv`` (exact decimal text) or ``.parquet``.
+
+        The key appears once, as its own column(s); the comparison's display column ``key``
+        (the key as one text) is left out when it only repeats them.
+        """
         path = Path(path)
         differences = self.differences
+        if any(name != "key" for name in self.key_columns):
+            differences = differences.drop(columns=["key"])
         suffix = path.suffix.lower()
         try:
             if suffix == ".csv":
-                frame = differences.copy()
-                for name in ("recovered", "opening", "ledger", "delta"):
-                    if name in frame:
-                        frame[name] = [plain(Decimal(v)) for v in frame[name]]
-                frame.to_csv(path, index=False)
+                with path.open("w", newline="", encoding="utf-8") as handle:
+                    writer = csv.writer(handle, lineterminator="\n")
+                    writer.writerow(differences.columns)
+                    for row in differences.itertuples(index=False):
+                        writer.writerow(
+                            _csv_cell(name, value)
+                            for name, value in zip(differences.columns, row, strict=True)
+                        )
             elif suffix in (".parquet", ".pq"):
                 pq.write_table(pa.Table.from_pandas(differences, preserve_index=False), path)
             else:
@@ -343,6 +353,15 @@ class Reconciliation:
         except OSError as exc:
             raise LedgerError(f"cannot write {path}: {exc}") from None
         return path
+
+
+def _csv_cell(name: str, value: Any) -> str:
+    """A cell of the differences CSV: amounts as plain exact decimals, NULL as empty."""
+    if value is None or value is pd.NA:
+        return ""
+    if name in ("recovered", "opening", "ledger", "delta"):
+        return plain(Decimal(value))
+    return str(value)
 
 
 def _decimal_column(values: Sequence[Decimal]) -> pd.Series:

@@ -204,13 +204,15 @@ def rehearse(
     keep: bool = False,
     audit_path: str | Path | None = None,
     progress: ProgressCallback | None = None,
-    plugin: str = "wal2json",
+    plugin: str = "pgoutput",
 ) -> RehearsalResult:
     """Run the whole drill on a throwaway cluster and report what happened and how long.
 
-    ``plugin`` is the slot's output plugin. With pgoutput the bank has a publication for all
-    tables; with test_decoding, which never says which columns form the key, the recovery is
-    given the table's definition (as an engineer would give ``--ddl``).
+    ``plugin`` is the slot's output plugin: pgoutput by default, because it is built into
+    PostgreSQL (and is what managed services offer), so the drill needs nothing installed
+    beyond the server. With pgoutput the bank has a publication for all tables; with
+    test_decoding, which never says which columns form the key, the recovery is given the
+    table's definition (as an engineer would give ``--ddl``).
     """
     if transactions < 1 or accounts < 1:
         raise ClusterError("a rehearsal needs at least one transaction and one account")
@@ -224,7 +226,7 @@ def rehearse(
             path=str(audit_path),
         )
     started = time.monotonic()
-    cluster = Cluster(keep=keep, require_plugins=(plugin,) if plugin == "wal2json" else ())
+    cluster = Cluster(keep=keep, require_plugins=(plugin,))
     cluster.start()
     workdir = tempfile.TemporaryDirectory(prefix="walrecover-rehearsal-")
     try:

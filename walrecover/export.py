@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO
 
-from .decoders import decode_all, make_decoder, warnings_for
+from .decoders import column_limits, decode_all, make_decoder, warnings_for
 from .errors import DecodeError, StopPointError
 from .model import NO_STOP, Begin, Change, Commit, Event, Op, StopPoint, TableName, Values
 from .sources import CaptureSource, ProgressCallback, SlotSource
@@ -328,6 +328,12 @@ def decode_to(
             if isinstance(source, CaptureSource):
                 source.locate(exc)
             raise
-        return DecodeResult(
-            count, source.plugin, tuple(warnings_for(source.plugin, dict(source.options)))
-        )
+        warnings = warnings_for(source.plugin, dict(source.options))
+        if isinstance(source, SlotSource):
+            # What the server said while decoding (wal2json's changes it could not identify),
+            # and what the slot read cannot carry.
+            warnings += [*source.warnings, *source.unproven, *source.notices.warnings()]
+            warnings += column_limits(source.plugin, source.server_version)
+        else:
+            warnings += column_limits(source.plugin, None)
+        return DecodeResult(count, source.plugin, tuple(warnings))

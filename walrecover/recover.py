@@ -22,7 +22,7 @@ import psycopg
 from . import __version__
 from .audit import AuditWriter
 from .db import connect, redact, safe_dsn
-from .decoders import decode_all, make_decoder, warnings_for
+from .decoders import column_limits, decode_all, make_decoder, warnings_for
 from .errors import (
     ConnectionFailed,
     DecodeError,
@@ -33,6 +33,7 @@ from .errors import (
 )
 from .lsn import Lsn
 from .model import NO_STOP, Change, StopPoint, TableName
+from .notices import LossWatch
 from .reconcile import Reconciliation, reconcile_table
 from .replay import replay
 from .sources import CaptureSource, ProgressCallback, SlotSource
@@ -173,6 +174,7 @@ def recover(
         options=options,
         via_plugin=via_plugin,
         progress=progress,
+        stop_lsn=stop.lsn,
     )
     return _recover(
         source,
@@ -296,10 +298,21 @@ def _recover(
                 )
             decoder = make_decoder(src.plugin, dict(src.options))
             warnings = list(warnings_for(src.plugin, dict(src.options)))
+            unproven: list[str] = []
+            events = decode_all(decoder, src.messages())
+            watch: LossWatch | None = None
+            if isinstance(src, SlotSource):
+                warnings.extend(src.warnings)
+                unproven.extend(src.unproven)
+                watch = LossWatch(src.notices, table, stop, src.plugin)
+                events = watch.follow(events)
+            if ddl is None:
+                version = src.server_version if isinstance(src, SlotSource) else None
+                warnings.extend(column_limits(src.plugin, version))
             try:
                 result = replay(
                     target_conn,
-                    decode_all(decoder, src.messages()),
+                    events,
                     table,
                     into,
                     stop=stop,
@@ -309,6 +322,7 @@ def _recover(
                     batch_size=batch_size,
                     sink=audit,
                     audit_id=str(Path(audit_at).resolve()) if audit_at is not None else None,
+                    stream_start=src.start_lsn if isinstance(src, SlotSource) else None,
                 )
             except TableNotInStream as exc:
                 if isinstance(src, SlotSource) and not exc.facts.get("tables"):
@@ -319,6 +333,11 @@ def _recover(
                     src.locate(exc)
                 raise
             plugin, swept = src.plugin, tuple(src.swept)
+            if isinstance(src, SlotSource) and watch is not None:
+                lost, after_stop = watch.verdict()
+                unproven.extend(lost)
+                warnings.extend(src.notices.warnings(skip=table))
+                warnings.extend(after_stop)
         replayed = time.monotonic()
         audit_summary = None
         if audit is not None:
@@ -399,7 +418,7 @@ def _recover(
             *warnings,
             *(f"followed an ALTER TABLE {change}" for change in result.schema_changes),
         ),
-        unproven=result.unproven,
+        unproven=(*unproven, *result.unproven),
     )
 
 

@@ -76,6 +76,10 @@ class ReplayError(WalrecoverError):
     """A change could not be applied to the rebuilt table."""
 
 
+class LostChanges(WalrecoverError):
+    """The plugin left changes of the rebuilt table out of the stream (and said so)."""
+
+
 class LedgerError(WalrecoverError):
     """The ledger query or file is unusable."""
 

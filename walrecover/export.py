@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO
 
-from .decoders import decode_all, make_decoder, warnings_for
+from .decoders import column_limits, decode_all, make_decoder, warnings_for
 from .errors import DecodeError, StopPointError
 from .lsn import Lsn
 from .model import (
@@ -661,6 +661,13 @@ def decode_to(
                 source.locate(exc)
             raise
         warnings[:0] = warnings_for(source.plugin, dict(source.options))
+        if isinstance(source, SlotSource):
+            # What the server said while decoding (wal2json's changes it could not identify),
+            # and what the slot read cannot carry.
+            warnings += [*source.warnings, *source.unproven, *source.notices.warnings()]
+            warnings += column_limits(source.plugin, source.server_version)
+        else:
+            warnings += column_limits(source.plugin, None)
         missing = sum(summary.not_carried.values())
         if missing and fmt != "jsonl":
             kind = "undone" if fmt == "undo-sql" else "redone"

@@ -22,7 +22,7 @@ import psycopg
 from . import __version__
 from .audit import AuditWriter
 from .db import connect, connection_lost, redact, safe_dsn
-from .decoders import decode_all, make_decoder, warnings_for
+from .decoders import column_limits, decode_all, make_decoder, warnings_for
 from .errors import (
     ConnectionFailed,
     DecodeError,
@@ -33,6 +33,7 @@ from .errors import (
 )
 from .lsn import Lsn
 from .model import NO_STOP, Change, StopPoint, TableName
+from .notices import LossWatch
 from .reconcile import Reconciliation, reconcile_table
 from .replay import replay
 from .settings import CaptureSettings, ServerRoundTrip, ValueChecker
@@ -176,6 +177,7 @@ def recover(
         options=options,
         via_plugin=via_plugin,
         progress=progress,
+        stop_lsn=stop.lsn,
     )
     return _recover(
         source,
@@ -335,10 +337,20 @@ def _recover(
                 )
             decoder = make_decoder(src.plugin, dict(src.options))
             warnings = list(warnings_for(src.plugin, dict(src.options)))
+            unproven: list[str] = []
             events = decode_all(decoder, src.messages())
             if checker is not None:
                 warnings.extend(checker.settings.warnings())
                 events = checker.events(events)
+            watch: LossWatch | None = None
+            if isinstance(src, SlotSource):
+                warnings.extend(src.warnings)
+                unproven.extend(src.unproven)
+                watch = LossWatch(src.notices, table, stop, src.plugin)
+                events = watch.follow(events)
+            if ddl is None:
+                version = src.server_version if isinstance(src, SlotSource) else None
+                warnings.extend(column_limits(src.plugin, version))
             try:
                 result = replay(
                     target_conn,
@@ -356,6 +368,7 @@ def _recover(
                     batch_size=batch_size,
                     sink=audit,
                     audit_id=str(Path(audit_at).resolve()) if audit_at is not None else None,
+                    stream_start=src.start_lsn if isinstance(src, SlotSource) else None,
                 )
             except TableNotInStream as exc:
                 if isinstance(src, SlotSource) and not exc.facts.get("tables"):
@@ -366,12 +379,16 @@ def _recover(
                     src.locate(exc)
                 raise
             plugin, swept = src.plugin, tuple(src.swept)
-        unproven = result.unproven
+            if isinstance(src, SlotSource) and watch is not None:
+                lost, after_stop = watch.verdict()
+                unproven.extend(lost)
+                warnings.extend(src.notices.warnings(skip=table))
+                warnings.extend(after_stop)
         if checker is not None:
             restore_settings(target_conn)
             notes, doubts = checker.notes(table, audit=audit_at is not None)
             warnings.extend(notes)
-            unproven = (*unproven, *doubts)
+            unproven.extend(doubts)
         replayed = time.monotonic()
         audit_summary = None
         if audit is not None:
@@ -455,7 +472,7 @@ def _recover(
             *(f"followed an ALTER TABLE {change}" for change in result.schema_changes),
             *result.warnings,
         ),
-        unproven=unproven,
+        unproven=(*unproven, *result.unproven),
     )
 
 

@@ -32,6 +32,7 @@ from .errors import (
     Interrupted,
     PrivilegeError,
     ReplayError,
+    SlotError,
     StopPointError,
     TableNotInStream,
     TargetExists,
@@ -205,9 +206,16 @@ class Replayer:
         batch_size: int = 20_000,
         sink: AuditSink | None = None,
         audit_id: str | None = None,
+        stream_start: Lsn | None = None,
     ) -> None:
         self.conn = conn
         self.target = Target(conn, into)
+        #: Where this run's copy of the slot starts (None for a capture), and where the
+        #: recovery's first copy started (kept across resumes).
+        self.stream_start = stream_start
+        self.first_stream_start = stream_start
+        #: The end of the last transaction read (the resume point saved with each batch).
+        self._read_end: Lsn | None = stream_start
         self.audit_id = audit_id
         self.table = table
         self.into = into
@@ -262,6 +270,8 @@ class Replayer:
         self._stop_txn: _Txn | None = None
         self.resume_after: Lsn | None = None
         self._batch = _Batch()
+        #: Generated columns of the target (from --ddl): never written.
+        self._generated: frozenset[str] = frozenset()
         self._txn: _Txn | None = None
         self._txn_mark = (0, 0, 0)
         self._savepoint = False
@@ -320,6 +330,7 @@ class Replayer:
                     "the same way to resume, or pass --force to rebuild",
                     table=str(self.into),
                 )
+            self._check_slot_position(progress)
             self._resume(progress)
             # Begun in logged mode before a publication reached it: go on unpublished.
             self.target.make_unlogged()
@@ -340,8 +351,34 @@ class Replayer:
         if self.sink is not None:
             self.sink.start(None, resuming=False)
 
+    def _check_slot_position(self, progress: Progress) -> None:
+        """Refuse to resume from a copy that starts past where the unfinished recovery got to.
+
+        Decoding skips every transaction whose commit record starts before the copy's start,
+        so when the user's slot was advanced (its consumer confirmed) past the end of the last
+        transaction the recovery read, the transactions in between are gone from it.
+        """
+        start = self.stream_start
+        point = progress.resume_lsn or progress.last_commit_lsn or progress.stream_start_lsn
+        if start is None or point is None or start <= point:
+            return
+        began = progress.stream_start_lsn or point
+        raise SlotError(
+            f"the slot has moved past the resume point of the unfinished recovery into "
+            f"{self.into}: a copy of it now starts at LSN {start}, but the recovery read the "
+            f"stream only up to LSN {point}, so the transactions in between are no longer in the "
+            f"slot and resuming would lose them; nothing was changed. A rebuild with --force can "
+            f"only work from another slot or a capture that still holds the changes from LSN "
+            f"{began}",
+            table=str(self.into),
+            lsn=start,
+        )
+
     def _resume(self, progress: Progress) -> None:
         self._created = True
+        if progress.stream_start_lsn is not None:
+            self.first_stream_start = progress.stream_start_lsn
+        self._read_end = progress.resume_lsn or progress.last_commit_lsn or self._read_end
         self.resume_after = progress.last_commit_lsn
         self.transactions = progress.transactions
         self.changes = progress.changes
@@ -522,6 +559,8 @@ class Replayer:
             if self.sink is not None:
                 self.sink.release_savepoint()
             self._savepoint = False
+        if txn.end_lsn is not None and (self._read_end is None or txn.end_lsn > self._read_end):
+            self._read_end = txn.end_lsn
         if txn.changes:
             self.transactions += 1
             position = txn.commit_lsn or txn.end_lsn
@@ -623,11 +662,17 @@ class Replayer:
                 "fix the --ddl or drop the target and rebuild",
                 table=str(self.into),
             )
-        self.columns = relation.column_names
+        self._generated = self.target.generated_columns()
+        self.columns = self._written(relation)
         self._load_columns()
         self.key = self.target.primary_key()
         if not self.key and relation.key_columns:
             self._learn_identity(relation)
+
+    def _written(self, relation: Relation) -> tuple[str, ...]:
+        """The stream's columns that replay writes: not the target's generated ones (a --ddl
+        with GENERATED ALWAYS ... STORED), which the server computes and refuses to take."""
+        return tuple(name for name in relation.column_names if name not in self._generated)
 
     def _load_columns(self) -> None:
         """Read the target's column types and indexes (after creating or altering it)."""
@@ -778,7 +823,7 @@ class Replayer:
                 )
             )
         self.relation = new
-        self.columns = new.column_names
+        self.columns = self._written(new)
         if added or dropped or retyped:
             self._load_columns()
 
@@ -1004,6 +1049,23 @@ class Replayer:
         ):
             # test_decoding prints no old key when the key did not change: the new row has it.
             image = {name: new[name] for name in self._guess}
+        if image is None and change.op is Op.DELETE:
+            raise ReplayError(
+                f"the stream does not say which row the delete{self._at(change)} of "
+                f"{self.table} removed (test_decoding prints (no-tuple-data); pgoutput and "
+                "wal2json leave such a delete out): the table had no usable replica identity "
+                "(REPLICA IDENTITY NOTHING, a DEFERRABLE primary key, or no primary key), so "
+                "no plugin's stream can rebuild it past this point; stop before it with "
+                + (
+                    f"--stop-before-xid {change.xid}"
+                    if change.xid is not None
+                    else f"--stop-before-lsn {change.lsn}"
+                    if change.lsn is not None
+                    else self._stop_hint()
+                ),
+                table=str(self.table),
+                lsn=change.lsn,
+            )
         if image is None:
             raise ReplayError(
                 f"the stream does not say which row the {change.op}{self._at(change)} of "
@@ -1114,6 +1176,8 @@ class Replayer:
                 audit=self.audit_id,
                 position=self._position,
                 complete=complete,
+                stream_start_lsn=self.first_stream_start,
+                resume_lsn=self._read_end,
             )
         )
 
@@ -1181,8 +1245,12 @@ def replay(
     batch_size: int = 20_000,
     sink: AuditSink | None = None,
     audit_id: str | None = None,
+    stream_start: Lsn | None = None,
 ) -> ReplayResult:
-    """Rebuild ``table`` as ``into`` from ``events`` on the target connection ``conn``."""
+    """Rebuild ``table`` as ``into`` from ``events`` on the target connection ``conn``.
+
+    ``stream_start`` is where the slot copy starts: a resume is refused when it lies past the
+    point the unfinished recovery had read to (the user's slot moved)."""
     started = time.monotonic()
     replayer = Replayer(
         conn,
@@ -1194,6 +1262,7 @@ def replay(
         batch_size=batch_size,
         sink=sink,
         audit_id=audit_id,
+        stream_start=stream_start,
     )
     replayer.prepare(force=force)
     resumed_from = replayer.resume_after

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from .db import connect, not_utf8, safe_dsn
-from .decoders import PLUGINS, is_binary, pgoutput, plugin_options
+from .decoders import PLUGINS, is_binary, pgoutput, plugin_options, without_streaming
 from .errors import (
     ConfigurationError,
     DecodeError,
@@ -38,6 +38,7 @@ from .errors import (
 )
 from .lsn import Lsn
 from .model import RawMessage, TableName
+from .notices import NoticeLog
 from .settings import CaptureSettings
 
 COPY_PREFIX = "walrecover_"
@@ -57,13 +58,15 @@ class SlotInfo:
     confirmed_flush_lsn: Lsn | None
     active: bool
     temporary: bool
+    #: The backend consuming the slot while it is active.
+    active_pid: int | None = None
 
 
 def read_slot(conn: Any, name: str) -> SlotInfo:
     """The slot ``name``; raise :class:`SlotError` naming the slots that exist if it does not."""
     row = conn.execute(
         "SELECT slot_name::text, plugin::text, slot_type, database::text, restart_lsn::text,"
-        " confirmed_flush_lsn::text, active, temporary"
+        " confirmed_flush_lsn::text, active, temporary, active_pid"
         " FROM pg_replication_slots WHERE slot_name = %s",
         (name,),
     ).fetchone()
@@ -81,7 +84,7 @@ def read_slot(conn: Any, name: str) -> SlotInfo:
             f"replication slot {name!r} does not exist ({hint}): check --slot and the database",
             slot=name,
         )
-    slot_name, plugin, slot_type, database, restart, confirmed, active, temporary = row
+    slot_name, plugin, slot_type, database, restart, confirmed, active, temporary, pid = row
     if slot_type != "logical":
         raise SlotError(
             f"slot {name!r} is a physical slot: walrecover needs a logical replication slot",
@@ -95,6 +98,7 @@ def read_slot(conn: Any, name: str) -> SlotInfo:
         confirmed_flush_lsn=Lsn.parse(confirmed) if confirmed else None,
         active=bool(active),
         temporary=bool(temporary),
+        active_pid=pid,
     )
 
 
@@ -168,6 +172,137 @@ def check_replication_privilege(conn: Any, slot: str) -> None:
         )
 
 
+def _publication_names(options: Mapping[str, str]) -> list[str]:
+    """The publications a pgoutput read uses (``publication_names``, as walrecover sends it)."""
+    return [p.strip() for p in options.get("publication_names", "").split(",") if p.strip()]
+
+
+_ACTIONS = ("update", "delete", "truncate")
+
+#: Whether a publication lists a table, with its column list and row filter (PostgreSQL 15+).
+_LISTED = (
+    "SELECT 1, prattrs IS NOT NULL, pg_get_expr(prqual, prrelid) FROM pg_publication_rel"
+    " WHERE prpubid = %s AND prrelid = %s"
+)
+_LISTED_OLD = "SELECT 1 FROM pg_publication_rel WHERE prpubid = %s AND prrelid = %s"
+
+
+def check_publications(
+    conn: Any, names: list[str], tables: Iterable[TableName], server_version: int | None
+) -> tuple[list[str], list[str]]:
+    """(reasons a rebuilt table is not proven exact, warnings) from the publications a pgoutput
+    read uses: pgoutput silently leaves out what a publication does not publish.
+
+    Looked at: the publish flags (``publish = 'insert'`` drops every UPDATE, DELETE, TRUNCATE),
+    and, where the table still exists, a column list or row filter for it
+    (``pg_publication_rel.prattrs``/``prqual``, PostgreSQL 15+). A dropped table's
+    ``pg_publication_rel`` rows went with it: for a publication that lists tables one by one,
+    that cannot be checked, which is a warning. The catalog shows the publications as they are
+    now; pgoutput read them as they were at each change.
+    """
+    rows = conn.execute(
+        "SELECT oid, pubname::text, puballtables, pubupdate, pubdelete, pubtruncate"
+        " FROM pg_publication WHERE pubname = ANY(%s) ORDER BY pubname",
+        (names,),
+    ).fetchall()
+    unproven: list[str] = []
+    warnings: list[str] = []
+    remedy = (
+        "read the slot with --via-plugin test_decoding (or wal2json), which reads every change,"
+        " and --force to rebuild"
+    )
+    tables = list(tables)
+    if not tables:  # walrecover decode of every table: the flags alone
+        for _, name, _, *flags in rows:
+            missing = [a.upper() for a, on in zip(_ACTIONS, flags, strict=True) if not on]
+            if missing:
+                warnings.append(
+                    f"publication {name} does not publish {', '.join(missing)}: pgoutput leaves "
+                    "every such change out of the stream; --via-plugin test_decoding shows them"
+                )
+        return unproven, warnings
+    modern = server_version is None or server_version >= 150000
+    for table in tables:
+        ident = sql.Identifier(table.schema, table.name).as_string(conn)
+        (oid,) = conn.execute("SELECT to_regclass(%s)::oid", (ident,)).fetchone()
+        covering: list[tuple[str, tuple[bool, ...]]] = []
+        listing: list[str] = []
+        for pub_oid, name, alltables, *flags in rows:
+            in_schema = modern and bool(
+                conn.execute(
+                    "SELECT 1 FROM pg_publication_namespace pn"
+                    " JOIN pg_namespace n ON n.oid = pn.pnnspid"
+                    " WHERE pn.pnpubid = %s AND n.nspname = %s",
+                    (pub_oid, table.schema),
+                ).fetchone()
+            )
+            if alltables or in_schema:
+                covering.append((name, tuple(flags)))
+                continue
+            if oid is None:  # dropped: it may have been listed
+                covering.append((name, tuple(flags)))
+                listing.append(name)
+                continue
+            listed = conn.execute(_LISTED if modern else _LISTED_OLD, (pub_oid, oid)).fetchone()
+            if listed is None:
+                continue
+            covering.append((name, tuple(flags)))
+            if modern and listed[1]:
+                unproven.append(
+                    f"publication {name} publishes only some columns of {table} (a column "
+                    "list): pgoutput left the others out of the stream, so the rebuilt table "
+                    f"lacks them; {remedy}"
+                )
+            if modern and listed[2] is not None:
+                unproven.append(
+                    f"publication {name} publishes only the rows of {table} WHERE {listed[2]}: "
+                    "pgoutput left the other rows out of the stream (and sent updates that "
+                    f"cross the filter as inserts or deletes); {remedy}"
+                )
+        if covering:
+            missing = [
+                a.upper()
+                for i, a in enumerate(_ACTIONS)
+                if not any(flags[i] for _, flags in covering)
+            ]
+            if missing:
+                pubs = ", ".join(name for name, _ in covering)
+                unproven.append(
+                    f"publication {pubs} does not publish {', '.join(missing)}: pgoutput left "
+                    f"every such change of {table} out of the stream, so the rebuilt table may "
+                    f"still hold rows that were later changed or removed; {remedy}"
+                )
+        if listing and modern:
+            warnings.append(
+                f"publication {', '.join(listing)} lists its tables one by one and {table} no "
+                "longer exists, so a column list or row filter it had for the table cannot be "
+                "checked: if it had one, pgoutput left those columns or rows out "
+                "(--via-plugin test_decoding reads every column and row)"
+            )
+    return unproven, warnings
+
+
+def _active_warning(conn: Any, info: SlotInfo, copied_at: Lsn | None) -> str:
+    """Slot ``info`` is in use by another consumer: say who, and what that means."""
+    who = ""
+    if info.active_pid is not None:
+        row = conn.execute(
+            "SELECT coalesce(application_name, ''), coalesce(client_addr::text, 'local')"
+            " FROM pg_stat_activity WHERE pid = %s",
+            (info.active_pid,),
+        ).fetchone()
+        detail = f" ({row[0] or 'no application_name'}, {row[1]})" if row else ""
+        who = f" by backend pid {info.active_pid}{detail}"
+    return (
+        f"slot {info.name!r} is active: it is being consumed{who}, so its position may move "
+        f"during the incident; walrecover read a copy taken at {copied_at}, but a later run "
+        "reads the slot from wherever its consumer has moved it (and a resume is refused if "
+        "that is past what was applied): keep the history with your own copy now, "
+        f"SELECT pg_copy_logical_replication_slot('{info.name}', '{info.name}_incident'), and "
+        "read that one"
+    )
+
+
 class SlotSource:
     """Raw messages of a user's slot, read through a copy that is dropped afterwards.
 
@@ -185,6 +320,7 @@ class SlotSource:
         page_size: int = 20_000,
         fetch_size: int = 5_000,
         progress: ProgressCallback | None = None,
+        stop_lsn: Lsn | None = None,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
@@ -194,11 +330,22 @@ class SlotSource:
         self.page_size = page_size
         self.fetch_size = fetch_size
         self.progress = progress
+        #: A page never reaches past this LSN (the stop point), so no page holds transactions
+        #: on both sides of it.
+        self.stop_lsn = stop_lsn
         self.info: SlotInfo | None = None
         self.copy_name: str | None = None
         self.start_lsn: Lsn | None = None
         self.end_lsn: Lsn | None = None
         self.swept: list[str] = []
+        #: The source server's ``server_version_num``.
+        self.server_version: int | None = None
+        #: What the user should know about this read (active slot, options not used, ...).
+        self.warnings: list[str] = []
+        #: Why a table rebuilt from this read may differ from the truth (publication limits).
+        self.unproven: list[str] = []
+        #: Every notice and warning the server sent while the copy was read.
+        self.notices = NoticeLog()
         self._conn: Any = None
 
     @property
@@ -209,8 +356,12 @@ class SlotSource:
 
     @property
     def options(self) -> list[tuple[str, str]]:
-        """The options sent to the server (walrecover's defaults, then the user's)."""
-        return plugin_options(self.plugin, self.tables, self.user_options)
+        """The options sent to the server (walrecover's defaults, then the user's), without
+        streaming, which a read in pages cannot use (:func:`without_streaming`)."""
+        options, _ = without_streaming(
+            self.plugin, plugin_options(self.plugin, self.tables, self.user_options)
+        )
+        return options
 
     def __enter__(self) -> SlotSource:
         self.open()
@@ -228,8 +379,10 @@ class SlotSource:
         """Check the slot and the server, sweep orphans, and make the copy."""
         conn = connect(self.dsn, autocommit=True, role="source")
         self._conn = conn
+        conn.add_notice_handler(self.notices.handler)
         try:
             check_server(conn)
+            self.server_version = int(conn.info.server_version)
             info = read_slot(conn, self.slot)
             (database,) = conn.execute("SELECT current_database()::text").fetchone()
             if info.database != database:
@@ -252,7 +405,26 @@ class SlotSource:
                 names = [r[0] for r in conn.execute("SELECT pubname::text FROM pg_publication")]
                 if names:
                     self.user_options["publication_names"] = ",".join(names)
-            plugin_options(plugin, self.tables, self.user_options)  # refuse bad options early
+            # Refuse bad options early.
+            _, streaming = without_streaming(
+                plugin, plugin_options(plugin, self.tables, self.user_options)
+            )
+            if streaming is not None:
+                self.warnings.append(
+                    f"-o {streaming} is not used: walrecover reads the slot in pages, each a new "
+                    "decoding session, and the server would stream a transaction still open at a "
+                    "page's end again from its start; without streaming it sends each "
+                    "transaction whole at its commit, which decodes to the same changes"
+                )
+            if plugin == "pgoutput":
+                unproven, warnings = check_publications(
+                    conn,
+                    _publication_names(self.user_options),
+                    self.tables,
+                    self.server_version,
+                )
+                self.unproven.extend(unproven)
+                self.warnings.extend(warnings)
             check_replication_privilege(conn, self.slot)
             self.swept = sweep_copies(conn)
             (pid,) = conn.execute("SELECT pg_backend_pid()").fetchone()
@@ -283,7 +455,11 @@ class SlotSource:
                     slot=self.slot,
                 ) from None
             self.copy_name = name
-            self.start_lsn = info.confirmed_flush_lsn or info.restart_lsn
+            # The copy's own position: the user's slot may have moved since it was read.
+            copied = read_slot(conn, name)
+            self.start_lsn = copied.confirmed_flush_lsn or copied.restart_lsn
+            if info.active:
+                self.warnings.append(_active_warning(conn, info, self.start_lsn))
             self.end_lsn = wait_for_flush(conn)
             conn.autocommit = False
         except BaseException:
@@ -291,7 +467,14 @@ class SlotSource:
             raise
 
     def messages(self) -> Iterator[RawMessage]:
-        """Every message up to the WAL position seen at open, page by page."""
+        """Every message up to the WAL position seen at open, page by page.
+
+        With a stop LSN inside the stream, pages first run up to it and then on to the end, so
+        the transactions of a page lie all before the stop point or all after it (the server
+        ends a call after the WAL record that reaches its ``upto_lsn``: a commit that starts
+        before the stop point is in, one that starts at it is not). Each page's notices are
+        kept in :attr:`notices`.
+        """
         conn, copy = self._conn, self.copy_name
         if conn is None or copy is None:
             raise WalrecoverError("the slot source is not open: use it in a with block")
@@ -303,85 +486,90 @@ class SlotSource:
             if is_binary(self.plugin)
             else "pg_logical_slot_get_changes"
         )
-        query = sql.SQL(
-            "SELECT (lsn - '0/0'::pg_lsn)::bigint, xid::text::bigint, data"
-            " FROM {}("
-            "{}, {}::pg_lsn, {}, VARIADIC {}::text[])"
-        ).format(
-            sql.Identifier(function),
-            sql.Literal(copy),
-            sql.Literal(str(self.end_lsn)),
-            self.page_size,
-            sql.Literal(flat),
-        )
+        bounds = [self.end_lsn]
+        if self.stop_lsn is not None and start < self.stop_lsn < int(self.end_lsn or 0):
+            bounds.insert(0, self.stop_lsn)
         done = 0
-        last = self.start_lsn
-        while True:
-            rows = 0
-            try:
-                with conn.transaction(), conn.cursor(name="walrecover_page") as cur:
-                    cur.itersize = self.fetch_size
-                    cur.execute(query)
-                    for position, xid, data in cur:
-                        rows += 1
-                        lsn = last = Lsn(position)
-                        if self.progress is not None and rows % 2000 == 0:
-                            done = min(max(int(lsn) - start, done), total)
-                            self.progress("read", done, total)
-                        yield RawMessage(data, lsn, xid)
-            except psycopg.errors.UndefinedFile as exc:
-                raise ConfigurationError(
-                    f"output plugin {self.plugin!r} is not installed on the source server "
-                    f"({exc.diag.message_primary}): install it (Debian: "
-                    f"postgresql-<major>-{self.plugin})",
-                    slot=self.slot,
-                ) from None
-            except psycopg.OperationalError as exc:
-                raise SlotError(
-                    f"lost the source connection while reading slot {self.slot!r} "
-                    f"({first_line(exc)}): "
-                    "rerun the command to resume",
-                    slot=self.slot,
-                ) from None
-            except psycopg.Error as exc:
-                primary = exc.diag.message_primary or str(exc)
-                if exc.sqlstate == "22021":  # invalid byte sequence for encoding "UTF8"
-                    raise SlotError(
-                        f"slot {self.slot!r} holds text that is not UTF-8 in a change after "
-                        f"LSN {last} ({primary}): {not_utf8(conn)}, so "
-                        "those rows cannot be carried"
-                        + (
-                            "; if they belong to another table, read the slot with "
-                            "--via-plugin wal2json, which leaves other tables out"
-                            if self.plugin != "wal2json"
-                            else ""
-                        ),
-                        slot=self.slot,
-                    ) from None
-                if "publication" in primary and "does not exist" in primary:
-                    others = ", ".join(p for p in PLUGINS if p != "pgoutput")
-                    raise SlotError(
-                        f"reading slot {self.slot!r} failed: {primary}. pgoutput looks "
-                        "publications up as they were when each change was made, so one "
-                        "created after the changes cannot serve: name an older publication "
-                        "(-o publication_names=...), or read the slot through another plugin "
-                        f"with --via-plugin ({others}); the slot itself is left untouched",
-                        slot=self.slot,
-                    ) from None
-                if "could not access file" in primary or "could not load library" in primary:
+        last: Lsn | None = self.start_lsn
+        for upto in bounds:
+            query = sql.SQL(
+                "SELECT (lsn - '0/0'::pg_lsn)::bigint, xid::text::bigint, data"
+                " FROM {}("
+                "{}, {}::pg_lsn, {}, VARIADIC {}::text[])"
+            ).format(
+                sql.Identifier(function),
+                sql.Literal(copy),
+                sql.Literal(str(upto)),
+                self.page_size,
+                sql.Literal(flat),
+            )
+            rows = self.page_size
+            while rows >= self.page_size:
+                rows = 0
+                self.notices.start_page(last)
+                try:
+                    with conn.transaction(), conn.cursor(name="walrecover_page") as cur:
+                        cur.itersize = self.fetch_size
+                        cur.execute(query)
+                        for position, xid, data in cur:
+                            rows += 1
+                            lsn = last = Lsn(position)
+                            if self.progress is not None and rows % 2000 == 0:
+                                done = min(max(int(lsn) - start, done), total)
+                                self.progress("read", done, total)
+                            yield RawMessage(data, lsn, xid)
+                    self.notices.end_page(last)
+                except psycopg.errors.UndefinedFile as exc:
                     raise ConfigurationError(
                         f"output plugin {self.plugin!r} is not installed on the source server "
-                        f"({primary}): install it (Debian: postgresql-<major>-{self.plugin}) "
-                        "or choose another with --via-plugin",
+                        f"({exc.diag.message_primary}): install it (Debian: "
+                        f"postgresql-<major>-{self.plugin})",
                         slot=self.slot,
                     ) from None
-                raise SlotError(
-                    f"reading slot {self.slot!r} failed: {primary}", slot=self.slot
-                ) from None
-            if rows < self.page_size:
-                if self.progress is not None:
-                    self.progress("read", total, total)
-                return
+                except psycopg.OperationalError as exc:
+                    raise SlotError(
+                        f"lost the source connection while reading slot {self.slot!r} "
+                        f"({first_line(exc)}): "
+                        "rerun the command to resume",
+                        slot=self.slot,
+                    ) from None
+                except psycopg.Error as exc:
+                    primary = exc.diag.message_primary or str(exc)
+                    if exc.sqlstate == "22021":  # invalid byte sequence for encoding "UTF8"
+                        raise SlotError(
+                            f"slot {self.slot!r} holds text that is not UTF-8 in a change after "
+                            f"LSN {last} ({primary}): {not_utf8(conn)}, so "
+                            "those rows cannot be carried"
+                            + (
+                                "; if they belong to another table, read the slot with "
+                                "--via-plugin wal2json, which leaves other tables out"
+                                if self.plugin != "wal2json"
+                                else ""
+                            ),
+                            slot=self.slot,
+                        ) from None
+                    if "publication" in primary and "does not exist" in primary:
+                        others = ", ".join(p for p in PLUGINS if p != "pgoutput")
+                        raise SlotError(
+                            f"reading slot {self.slot!r} failed: {primary}. pgoutput looks "
+                            "publications up as they were when each change was made, so one "
+                            "created after the changes cannot serve: name an older publication "
+                            "(-o publication_names=...), or read the slot through another plugin "
+                            f"with --via-plugin ({others}); the slot itself is left untouched",
+                            slot=self.slot,
+                        ) from None
+                    if "could not access file" in primary or "could not load library" in primary:
+                        raise ConfigurationError(
+                            f"output plugin {self.plugin!r} is not installed on the source server "
+                            f"({primary}): install it (Debian: postgresql-<major>-{self.plugin}) "
+                            "or choose another with --via-plugin",
+                            slot=self.slot,
+                        ) from None
+                    raise SlotError(
+                        f"reading slot {self.slot!r} failed: {primary}", slot=self.slot
+                    ) from None
+        if self.progress is not None:
+            self.progress("read", total, total)
 
     def xid_status(self, xid: int) -> str | None:
         """``committed``, ``aborted`` or ``in progress`` for a 32-bit xid; None if unknown.

@@ -179,6 +179,13 @@ class Progress:
     #: Source transactions seen (the resume point of streams without LSNs).
     position: int
     complete: bool
+    #: Where the slot copy of the first run started (None for a capture).
+    stream_start_lsn: Lsn | None = None
+    #: The latest position a new copy of the slot may start at for a resume to miss nothing:
+    #: the end of the last transaction this recovery has read and committed (the stream's
+    #: start before any). Decoding skips a transaction whose commit record starts before the
+    #: copy's start, and the next unread one starts at or after this end.
+    resume_lsn: Lsn | None = None
 
 
 _PROGRESS_COLUMNS = (
@@ -192,7 +199,21 @@ _PROGRESS_COLUMNS = (
     "audit",
     "position",
     "complete",
+    "stream_start_lsn",
+    "resume_lsn",
 )
+
+#: Columns later versions added to ``walrecover.progress`` (a table an older walrecover made
+#: lacks them until :meth:`Target.ensure_bookkeeping` adds them).
+_ADDED_COLUMNS = {"stream_start_lsn": "pg_lsn", "resume_lsn": "pg_lsn"}
+
+
+def _lsn_or_none(text: str | None) -> Lsn | None:
+    return Lsn.parse(text) if text else None
+
+
+def _lsn_text(lsn: Lsn | None) -> str | None:
+    return None if lsn is None else str(lsn)
 
 
 class Target:
@@ -236,13 +257,37 @@ class Target:
                     " last_xid bigint, transactions bigint NOT NULL, changes bigint NOT NULL,"
                     " no_row bigint NOT NULL DEFAULT 0, first_lsn pg_lsn,"
                     " audit text, position bigint, complete boolean NOT NULL,"
-                    " updated_at timestamptz NOT NULL DEFAULT now())"
+                    " updated_at timestamptz NOT NULL DEFAULT now(),"
+                    " stream_start_lsn pg_lsn, resume_lsn pg_lsn)"
                 ).format(
                     schema=sql.Identifier(PROGRESS_SCHEMA), table=self._progress, unlogged=unlogged
                 )
             )
             if publications and self._persistence(self._progress) == "p":
                 conn.execute(sql.SQL("ALTER TABLE {} SET UNLOGGED").format(self._progress))
+            conn.commit()
+            # Only when missing: ALTER TABLE would queue behind other runs' open batches.
+            present = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT attname::text FROM pg_attribute WHERE attrelid = %s::regclass"
+                    " AND NOT attisdropped",
+                    (self._progress.as_string(conn),),
+                )
+            }
+            missing = [name for name in _ADDED_COLUMNS if name not in present]
+            if missing:
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} {}").format(
+                        self._progress,
+                        sql.SQL(", ").join(
+                            sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(
+                                sql.Identifier(name), sql.SQL(_ADDED_COLUMNS[name])
+                            )
+                            for name in missing
+                        ),
+                    )
+                )
             conn.commit()
         except psycopg.errors.InsufficientPrivilege as exc:
             conn.rollback()
@@ -299,7 +344,8 @@ class Target:
         row = self.conn.execute(
             sql.SQL(
                 "SELECT source, last_commit_lsn::text, last_xid, transactions, changes, no_row,"
-                " first_lsn::text, audit, position, complete FROM {} WHERE target = %s"
+                " first_lsn::text, audit, position, complete, stream_start_lsn::text,"
+                " resume_lsn::text FROM {} WHERE target = %s"
             ).format(self._progress),
             (str(self.into),),
         ).fetchone()
@@ -320,6 +366,8 @@ class Target:
             audit=values["audit"],
             position=int(values["position"] or 0),
             complete=bool(values["complete"]),
+            stream_start_lsn=_lsn_or_none(values["stream_start_lsn"]),
+            resume_lsn=_lsn_or_none(values["resume_lsn"]),
         )
 
     def write_progress(self, progress: Progress) -> None:
@@ -327,14 +375,17 @@ class Target:
         self.conn.execute(
             sql.SQL(
                 "INSERT INTO {} AS p (target, source, last_commit_lsn, last_xid, transactions,"
-                " changes, no_row, first_lsn, audit, position, complete)"
-                " VALUES (%s, %s, %s::pg_lsn, %s, %s, %s, %s, %s::pg_lsn, %s, %s, %s)"
+                " changes, no_row, first_lsn, audit, position, complete, stream_start_lsn,"
+                " resume_lsn)"
+                " VALUES (%s, %s, %s::pg_lsn, %s, %s, %s, %s, %s::pg_lsn, %s, %s, %s,"
+                " %s::pg_lsn, %s::pg_lsn)"
                 " ON CONFLICT (target) DO UPDATE SET source = excluded.source,"
                 " last_commit_lsn = excluded.last_commit_lsn, last_xid = excluded.last_xid,"
                 " transactions = excluded.transactions, changes = excluded.changes,"
                 " no_row = excluded.no_row, first_lsn = excluded.first_lsn,"
                 " audit = excluded.audit, position = excluded.position,"
-                " complete = excluded.complete, updated_at = now()"
+                " complete = excluded.complete, stream_start_lsn = excluded.stream_start_lsn,"
+                " resume_lsn = excluded.resume_lsn, updated_at = now()"
             ).format(self._progress),
             (
                 str(self.into),
@@ -348,6 +399,8 @@ class Target:
                 progress.audit,
                 progress.position,
                 progress.complete,
+                _lsn_text(progress.stream_start_lsn),
+                _lsn_text(progress.resume_lsn),
             ),
         )
 
@@ -518,6 +571,16 @@ class Target:
             (self.regclass,),
         ).fetchall()
         return {r[0] for r in rows}
+
+    def generated_columns(self) -> frozenset[str]:
+        """Columns the server computes (GENERATED ALWAYS ... STORED): COPY and UPDATE refuse
+        values for them."""
+        rows = self.conn.execute(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = %s::regclass"
+            " AND attnum > 0 AND NOT attisdropped AND attgenerated <> ''",
+            (self.regclass,),
+        ).fetchall()
+        return frozenset(r[0] for r in rows)
 
     def column_types(self) -> dict[str, tuple[str, int]]:
         """Each column's type as SQL (``format_type``, modifier included) and its ``typlen``

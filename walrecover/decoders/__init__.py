@@ -22,11 +22,13 @@ __all__ = [
     "PLUGINS",
     "Decoder",
     "RawMessage",
+    "column_limits",
     "decode_all",
     "is_binary",
     "make_decoder",
     "plugin_options",
     "warnings_for",
+    "without_streaming",
 ]
 
 #: The output plugins walrecover reads.
@@ -102,6 +104,49 @@ def plugin_options(
     merged = dict(base)
     merged.update(user)
     return list(merged.items())
+
+
+#: The option that makes each plugin send a transaction in parts before it commits.
+STREAMING_OPTIONS = {"pgoutput": "streaming", "test_decoding": "stream-changes"}
+
+_OFF = ("off", "false", "0", "no", "f", "n")
+
+
+def without_streaming(
+    plugin: str, options: Sequence[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], str | None]:
+    """``options`` without the one that streams open transactions, and that option as
+    ``NAME=VALUE`` if it asked for streaming (None otherwise).
+
+    A slot is read in pages, one ``pg_logical_slot_get_changes`` call each, and every call is a
+    new decoding session: a transaction still open at a page's end would be streamed again from
+    its first part by the next page. Without streaming the server holds such a transaction
+    (spilling it to disk past ``logical_decoding_work_mem``) and sends it whole at its commit,
+    which decodes to the same changes.
+    """
+    name = STREAMING_OPTIONS.get(plugin)
+    kept = [(k, v) for k, v in options if k != name]
+    asked = [f"{k}={v}" for k, v in options if k == name and v.strip().lower() not in _OFF]
+    return kept, (asked[0] if asked else None)
+
+
+def column_limits(plugin: str, server_version: int | None) -> list[str]:
+    """What kinds of column ``plugin`` cannot carry on a server of ``server_version``
+    (``server_version_num``; None: unknown, a capture), for a table rebuilt from the stream."""
+    if plugin != "pgoutput" or (server_version is not None and server_version >= 180000):
+        return []
+    server = (
+        f"PostgreSQL {server_version // 10000}"
+        if server_version is not None
+        else "a server before PostgreSQL 18"
+    )
+    return [
+        f"pgoutput on {server} does not send GENERATED ALWAYS ... STORED columns, and sends a "
+        "domain column as its base type: if the table had such a column, the rebuilt table "
+        "lacks it (or has the base type); give --ddl FILE with the table's definition (a "
+        "generated column is then computed by the server), or read the slot with --via-plugin "
+        "test_decoding or wal2json, which carry the generated values"
+    ]
 
 
 def make_decoder(plugin: str, options: Mapping[str, str] | None = None) -> Decoder:

@@ -162,6 +162,8 @@ def recovered(cluster: Cluster) -> Iterator[Recovered]:
         daily_ledger = ARTIFACTS / "daily_ledger.csv"
         daily_ledger.write_text("account_id,day,total\n" + "\n".join(daily_lines) + "\n")
         audit = ARTIFACTS / "bank.parquet"
+        for stale in ARTIFACTS.glob("bank.parquet*"):  # the previous run's: never replaced
+            stale.unlink()
         recover(
             db.dsn,
             NOTEBOOK_SLOT,
@@ -257,6 +259,8 @@ REHEARSAL_CHARTS = ("rehearsal_stages.png", "rehearsal_outcomes.png", "lsn_cover
 def test_rehearsal_notebook_runs_and_charts(kernel: str) -> None:
     for chart in REHEARSAL_CHARTS:
         (ARTIFACTS / chart).unlink(missing_ok=True)
+    for stale in ARTIFACTS.glob("rehearsal.parquet*"):  # the previous run's: never replaced
+        stale.unlink()
 
     execute(
         "rehearsal.ipynb",

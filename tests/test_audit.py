@@ -36,6 +36,7 @@ from audit_helpers import (
     write_audit,
 )
 from conftest import FIXTURES, Database
+from every_way import WAY_IDS, WAYS, create_source, recover_way
 from helpers import (
     PASSWORD,
     SLOT,
@@ -746,6 +747,44 @@ def test_after_image_keeps_an_unchanged_toasted_value(db: Database, tmp_path: Pa
     assert [json.loads(r["new_values"])["note"] for r in rows] == [long, long, long]
     assert [r["new_s"] for r in rows] == ["new", "settled", "settled"]
     assert [r["outcome"] for r in rows] == ["superseded", "superseded", "applied"]
+
+
+@pytest.mark.parametrize(("plugin", "kind"), WAYS, ids=WAY_IDS)
+def test_unchanged_toasted_values_keep_their_text(
+    db: Database, tmp_path: Path, plugin: str, kind: str
+) -> None:
+    """An unchanged TOAST value the target fills in comes back as the text the table holds:
+    bytea as hex (not Python bytes), jsonb 1.50 as 1.50 (not a float's 1.5)."""
+    db.execute(
+        "CREATE TABLE t (id integer PRIMARY KEY, doc jsonb, blob bytea, s text);"
+        " ALTER TABLE t ALTER COLUMN blob SET STORAGE EXTERNAL;"
+        " ALTER TABLE t ALTER COLUMN doc SET STORAGE EXTERNAL"
+    )
+    create_source(db, plugin)
+    run_script(
+        db,
+        [
+            "INSERT INTO t SELECT 1, jsonb_build_object('amount', 1.50::numeric, 'pad',"
+            " string_agg(md5(g::text), '')), decode(string_agg(md5(g::text), ''), 'hex'), 'new'"
+            " FROM generate_series(1, 400) g",
+            "UPDATE t SET s = 'settled'",
+        ],
+    )
+    drop_with_truth(db)
+    ((doc, blob),) = db.execute("SELECT doc::text, blob::text FROM truth")
+    path = tmp_path / "audit.parquet"
+
+    # test_decoding prints no key for an update that keeps it: the DDL names it.
+    ddl = "CREATE TABLE t_recovered (id integer PRIMARY KEY, doc jsonb, blob bytea, s text)"
+    result = recover_way(db, plugin, kind, tmp_path, audit_path=path, ddl=ddl)
+
+    assert result.exact
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+    rows = _read(path)
+    assert [r["op"] for r in rows] == ["insert", "update"]
+    after = json.loads(rows[1]["new_values"])
+    assert (after["doc"], after["blob"], after["s"]) == (doc, blob, "settled")
+    assert '"amount": 1.50' in after["doc"]
 
 
 # -- metadata, manifest, hashes -------------------------------------------------------------------

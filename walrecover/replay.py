@@ -1007,8 +1007,13 @@ class Replayer:
             return statement, params
         new = change.new or {}
         assigned = [name for name in self.columns if name in new]
+        # As text, like every value the stream carries (bytea as the session prints it, jsonb's
+        # 1.50 as 1.50): the audit's after image holds what the table holds.
         returning = (
-            sql.SQL(", ").join(map(sql.Identifier, sorted(change.unchanged_toast)))
+            sql.SQL(", ").join(
+                sql.SQL("{}::text").format(sql.Identifier(name))
+                for name in sorted(change.unchanged_toast)
+            )
             if change.unchanged_toast
             else sql.SQL("1")
         )

@@ -63,6 +63,9 @@ class Relation:
     #: declared by the server: a hypothesis (an old image of a ``REPLICA IDENTITY FULL`` row
     #: skips its NULL columns and looks like a key), never a primary key of the rebuilt table.
     key_inferred: bool = False
+    #: Whether the stream says the table's replica identity is FULL (pgoutput's Relation
+    #: message does); None where it does not, and an identity of every column is taken as FULL.
+    identity_full: bool | None = None
     #: Derived from ``columns`` once (changes ask for them millions of times).
     column_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
     key_columns: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -81,6 +84,17 @@ class Relation:
             if column.name == name:
                 return column
         return None
+
+    @property
+    def keyed(self) -> bool:
+        """The key columns are a real key: declared by the server and not ``REPLICA IDENTITY
+        FULL`` (a primary key may cover every column, or every column a publication sends)."""
+        key = self.key_columns
+        if not key or self.key_inferred:
+            return False
+        if self.identity_full is not None:
+            return not self.identity_full
+        return len(key) < len(self.columns)
 
     def same_table(self, schema: str, name: str) -> bool:
         return self.schema == schema and self.name == name

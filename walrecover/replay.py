@@ -685,7 +685,7 @@ class Replayer:
         """The stream names key columns while the target has no primary key.
 
         A key the server declared (pgoutput's and wal2json's key flags) is a real key, unless
-        it covers every column: that is ``REPLICA IDENTITY FULL``, and the table is keyless. A
+        it is ``REPLICA IDENTITY FULL`` (:attr:`Relation.keyed`): then the table is keyless. A
         key inferred from old images (test_decoding) is only a guess. Either is indexed so
         updates and deletes find their rows without scanning the table.
         """
@@ -699,7 +699,7 @@ class Replayer:
                 if guess:
                     self._index_guess(guess)
             return
-        if full:
+        if not relation.keyed:
             return
         self._identity_changes()
         self.key = key

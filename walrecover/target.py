@@ -533,9 +533,9 @@ class Target:
             for c in relation.columns
         ]
         key = relation.key_columns
-        # An "identity" of every column is REPLICA IDENTITY FULL, not a primary key; a key
-        # inferred from old images (test_decoding) is a guess, never a constraint.
-        has_key = bool(key) and len(key) < len(relation.columns) and not relation.key_inferred
+        # REPLICA IDENTITY FULL is not a primary key; a key inferred from old images
+        # (test_decoding) is a guess, never a constraint.
+        has_key = relation.keyed
         if has_key:
             columns.append(
                 sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key)))

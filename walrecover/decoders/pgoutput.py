@@ -1396,6 +1396,7 @@ class PgoutputDecoder:
                 for column in message.columns
             ),
             relation_id=message.relation_id,
+            identity_full=message.replica_identity == "f",
         )
         # Inside a stream block the schema belongs to that transaction until it commits.
         target = self._stream.relations if self._stream is not None else self._relations

@@ -29,6 +29,7 @@ from .errors import (
     StopPointError,
     TableNotInStream,
     WalrecoverError,
+    WalUnavailable,
     first_line,
 )
 from .lsn import Lsn
@@ -37,6 +38,7 @@ from .reconcile import Reconciliation, reconcile_table
 from .replay import replay
 from .sources import CaptureSource, ProgressCallback, SlotSource
 from .target import lock_target
+from .walinspect import WalInspect, waldump_command
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,7 @@ def recover(
         audit_path=audit_path,
         audit_dir=audit_dir,
         batch_size=batch_size,
+        wal_dsn=dsn,
     )
 
 
@@ -208,11 +211,13 @@ def recover_capture(
     progress: ProgressCallback | None = None,
     batch_size: int = 20_000,
     audit_dir: str | Path | None = None,
+    wal_dsn: str | None = None,
 ) -> RecoveryResult:
     """Rebuild ``table`` from a ``pg_recvlogical -f`` capture into ``into`` on ``target``.
 
     ``plugin`` and ``options`` say what produced the file (pg_recvlogical's ``-P`` and ``-o``).
-    The ledger query, if any, runs on ``target``.
+    The ledger query, if any, runs on ``target``. ``wal_dsn`` is a database of the server that
+    wrote the capture, where pg_walinspect may read its WAL (to tell a re-created table).
     """
     source = CaptureSource(path, plugin, options=options, progress=progress)
     return _recover(
@@ -230,6 +235,7 @@ def recover_capture(
         audit_path=audit_path,
         audit_dir=audit_dir,
         batch_size=batch_size,
+        wal_dsn=wal_dsn,
     )
 
 
@@ -249,6 +255,7 @@ def _recover(
     audit_path: str | Path | None,
     batch_size: int,
     audit_dir: str | Path | None = None,
+    wal_dsn: str | None = None,
 ) -> RecoveryResult:
     """The recovery proper, from any source."""
     started = time.monotonic()
@@ -264,18 +271,19 @@ def _recover(
         raise WalrecoverError("give --audit FILE or --audit-dir DIR, not both")
     audit_at = audit_dir if audit_dir is not None else audit_path
     target_conn = connect(target_dsn, role=target_role)
+    wal: WalInspect | None = None
+    notes: list[str] = []
     try:
         lock_target(target_conn, into)  # before any work: a second writer is refused at once
         with src:
             _check_stop_range(stop, src)
-            if stop.xid is not None and isinstance(src, SlotSource):
-                status = src.xid_status(stop.xid)
-                if status in ("aborted", "in progress"):
-                    raise StopPointError(
-                        f"transaction {stop.xid} is {status} on the source, so it never commits "
-                        "in the stream: check --stop-before-xid",
-                        xid=stop.xid,
-                    )
+            wal, _ = (
+                _open_wal(wal_dsn, capture=isinstance(src, CaptureSource))
+                if stop.xid is not None
+                else (None, "")
+            )
+            given_stop = stop
+            stop = _resolve_stop_xid(stop, src, wal, notes)
             if audit_at is not None:
                 audit = AuditWriter(
                     audit_at,
@@ -310,6 +318,10 @@ def _recover(
                     sink=audit,
                     audit_id=str(Path(audit_at).resolve()) if audit_at is not None else None,
                 )
+            except StopPointError as exc:
+                if exc.facts.get("missing") and given_stop.xid is not None:
+                    raise _xid_hint(exc, given_stop, src) from None
+                raise
             except TableNotInStream as exc:
                 if isinstance(src, SlotSource) and not exc.facts.get("tables"):
                     raise _with_tables(exc, dsn, src) from None
@@ -371,6 +383,8 @@ def _recover(
     finally:
         if audit is not None:
             audit.abort()
+        if wal is not None:
+            wal.close()
         with contextlib.suppress(Exception):
             target_conn.close()
     return RecoveryResult(
@@ -397,6 +411,7 @@ def _recover(
         swept_slots=swept,
         warnings=(
             *warnings,
+            *notes,
             *(f"followed an ALTER TABLE {change}" for change in result.schema_changes),
         ),
         unproven=result.unproven,
@@ -442,3 +457,84 @@ def _check_stop_range(stop: StopPoint, source: SlotSource | CaptureSource) -> No
             f"--stop-before-lsn {stop.lsn} is after the end of the WAL ({end}): check the LSN",
             lsn=stop.lsn,
         )
+
+
+def _open_wal(dsn: str | None, *, capture: bool) -> tuple[WalInspect | None, str]:
+    """pg_walinspect on the source's server, or None and why not (for the user's advice)."""
+    if dsn is None and capture:
+        return None, (
+            "no source database was given (-d) to read the WAL of the server that wrote the capture"
+        )
+    conn = connect(dsn, autocommit=True, role="source")
+    try:
+        return WalInspect.open(conn), ""
+    except WalUnavailable as exc:
+        conn.close()
+        return None, exc.message
+
+
+def _resolve_stop_xid(
+    stop: StopPoint, src: SlotSource | CaptureSource, wal: WalInspect | None, notes: list[str]
+) -> StopPoint:
+    """Check an xid stop point against the source and resolve a subtransaction to its
+    top-level transaction (the stream shows only those): the stop point to use."""
+    if stop.xid is None or stop.xid32 is None:
+        return stop
+    xid, xid32 = stop.xid, stop.xid32
+    if not isinstance(src, SlotSource):
+        if stop.epoch is not None:
+            notes.append(
+                f"a capture records no epochs: --stop-before-xid {xid} is matched as xid {xid32}"
+                f" (epoch {stop.epoch} is not checked)"
+            )
+        return stop
+    if stop.epoch is not None:
+        here = src.widen_xid(xid32)
+        if here is not None and here != xid:
+            when = (
+                "has not been assigned yet"
+                if xid > here
+                else "is older than anything the slot can hold (a slot holds at most the last"
+                " 2^31 transactions)"
+            )
+            raise StopPointError(
+                f"--stop-before-xid {xid} is xid {xid32} of epoch {stop.epoch}, but the server "
+                f"is in epoch {here >> 32}, where xid {xid32} is {here}: transaction {xid} "
+                f"{when}; check --stop-before-xid",
+                xid=xid,
+            )
+    status = src.xid_status(xid)
+    if status in ("aborted", "in progress"):
+        raise StopPointError(
+            f"transaction {xid} is {status} on the source, so it never commits "
+            "in the stream: check --stop-before-xid",
+            xid=xid,
+        )
+    if status == "committed" and wal is not None and src.start_lsn is not None:
+        try:
+            record = wal.top_level(xid32, src.start_lsn, src.end_lsn)
+        except WalUnavailable:
+            record = None
+        if record is not None and record.xid != xid32:
+            notes.append(
+                f"transaction {xid} is a subtransaction of transaction {record.xid} (commit LSN "
+                f"{record.lsn}): a subtransaction commits with its top-level transaction, so "
+                f"the recovery stops before transaction {record.xid}"
+            )
+            return StopPoint(xid=record.xid)
+    return stop
+
+
+def _xid_hint(
+    exc: StopPointError, stop: StopPoint, src: SlotSource | CaptureSource
+) -> StopPointError:
+    """The 'does not commit in the stream' error, with what the xid may be."""
+    assert stop.xid32 is not None
+    check = waldump_command(src.start_lsn, src.end_lsn, f"subxacts:.* {stop.xid32}( |$)")
+    message = (
+        f"{exc.message}. If it is a subtransaction (the stream shows only top-level xids), stop"
+        f" at its top-level transaction: with pg_walinspect in the source database (CREATE "
+        f"EXTENSION pg_walinspect, PostgreSQL 15+) walrecover finds it itself; or find it on "
+        f"the server with: {check}"
+    )
+    return StopPointError(message, **exc.facts)

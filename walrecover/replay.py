@@ -346,6 +346,7 @@ class Replayer:
                     f"transaction {self.stop.xid} does not commit in the stream: nothing was "
                     "built; check --stop-before-xid",
                     xid=self.stop.xid,
+                    missing=True,
                 )
             self._commit_batch(complete=False)
             raise StopPointError(
@@ -354,6 +355,7 @@ class Replayer:
                 "--stop-before-xid and rebuild with --force",
                 xid=self.stop.xid,
                 table=str(self.into),
+                missing=True,
             )
         if self.relation is None and self.resume_after is None and not self.resumed_by_position:
             self.conn.rollback()  # the table never appeared: commit nothing, not even progress

@@ -35,6 +35,7 @@ from .errors import (
 from .lsn import Lsn
 from .model import NO_STOP, Change, StopPoint, TableName
 from .reconcile import Reconciliation, reconcile_table
+from .recreation import RecreationJudge
 from .replay import replay
 from .sources import CaptureSource, ProgressCallback, SlotSource
 from .target import lock_target
@@ -272,18 +273,29 @@ def _recover(
     audit_at = audit_dir if audit_dir is not None else audit_path
     target_conn = connect(target_dsn, role=target_role)
     wal: WalInspect | None = None
+    judge: RecreationJudge | None = None
     notes: list[str] = []
     try:
         lock_target(target_conn, into)  # before any work: a second writer is refused at once
         with src:
             _check_stop_range(stop, src)
-            wal, _ = (
+            wal, wal_problem = (
                 _open_wal(wal_dsn, capture=isinstance(src, CaptureSource))
-                if stop.xid is not None
+                if src.plugin != "pgoutput" or stop.xid is not None
                 else (None, "")
             )
             given_stop = stop
             stop = _resolve_stop_xid(stop, src, wal, notes)
+            if src.plugin != "pgoutput":  # pgoutput has relation ids: replay compares them
+                judge = RecreationJudge(
+                    table,
+                    into,
+                    wal=wal,
+                    wal_problem=wal_problem,
+                    start=src.start_lsn,
+                    end=src.end_lsn,
+                )
+                wal = None  # the judge owns it now
             if audit_at is not None:
                 audit = AuditWriter(
                     audit_at,
@@ -317,6 +329,7 @@ def _recover(
                     batch_size=batch_size,
                     sink=audit,
                     audit_id=str(Path(audit_at).resolve()) if audit_at is not None else None,
+                    judge=judge,
                 )
             except StopPointError as exc:
                 if exc.facts.get("missing") and given_stop.xid is not None:
@@ -383,6 +396,8 @@ def _recover(
     finally:
         if audit is not None:
             audit.abort()
+        if judge is not None:
+            judge.close()
         if wal is not None:
             wal.close()
         with contextlib.suppress(Exception):
@@ -412,6 +427,7 @@ def _recover(
         warnings=(
             *warnings,
             *notes,
+            *result.warnings,
             *(f"followed an ALTER TABLE {change}" for change in result.schema_changes),
         ),
         unproven=result.unproven,

@@ -48,6 +48,7 @@ from .model import (
     TableName,
     Values,
 )
+from .recreation import RecreationJudge
 from .sources import ProgressCallback
 from .target import PROGRESS_SCHEMA, Progress, Target
 
@@ -129,6 +130,8 @@ class ReplayResult:
     schema_changes: tuple[str, ...] = ()
     #: What replay could not prove about the rebuilt table (the run ends with exit code 4).
     unproven: tuple[str, ...] = ()
+    #: What the user should know about what was rebuilt (a re-created table left out).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -141,6 +144,9 @@ class _Txn:
     #: Already applied by an earlier, interrupted run: its changes are skipped.
     skip: bool = False
     changes: int = 0
+    #: Changes of any table, and of the table, seen in it (skipped or not).
+    events: int = 0
+    ours: int = 0
 
 
 @dataclass(slots=True)
@@ -186,8 +192,11 @@ class Replayer:
         batch_size: int = 20_000,
         sink: AuditSink | None = None,
         audit_id: str | None = None,
+        judge: RecreationJudge | None = None,
     ) -> None:
         self.conn = conn
+        #: Tells when the table's changes switch to a re-created table of the same name.
+        self.judge = judge
         self.target = Target(conn, into)
         self.audit_id = audit_id
         self.table = table
@@ -312,8 +321,10 @@ class Replayer:
         stream = iter(events)
         for event in stream:
             if isinstance(event, Change):
-                if self._txn is not None and not self._txn.skip:
-                    self._change(event)
+                if self._txn is not None:
+                    self._watch(event, self._txn)
+                    if not self._txn.skip:
+                        self._change(event)
             elif isinstance(event, Begin):
                 if self._begin(event):
                     self._audit_after_stop(event, stream)
@@ -392,6 +403,23 @@ class Replayer:
         if rows:
             sink.write(rows)
 
+    def _watch(self, change: Change, txn: _Txn) -> None:
+        """Ask the judge about every change of the table, applied or skipped by a resume: a
+        change of a re-created table first empties what the earlier one left (a TRUNCATE)."""
+        txn.events += 1
+        if not change.relation.same_table(self.table.schema, self.table.name):
+            return
+        txn.ours += 1
+        if self.judge is None:
+            return
+        recreated = self.judge.change(change, txn.xid, txn.commit_lsn)
+        if recreated is None or txn.skip or not self._created:
+            return
+        if self.relation is None:  # resumed: the earlier table's rows are in the target
+            self._adopt(change.relation)
+        assert self.relation is not None
+        self._change(Change(Op.TRUNCATE, self.relation, lsn=recreated.lsn, xid=recreated.xid))
+
     @staticmethod
     def _left(change: Change, txn: _Txn | None) -> AppliedChange:
         if txn is None:
@@ -436,6 +464,7 @@ class Replayer:
         txn.end_lsn = txn.end_lsn or event.end_lsn
         txn.commit_time = txn.commit_time or event.commit_time
         if txn.skip:
+            self._judged(txn)
             return False
         if not txn.decided:
             stops = self.stop.stops(txn.xid, txn.commit_lsn, txn.end_lsn, txn.commit_time)
@@ -445,6 +474,8 @@ class Replayer:
                     f"point {self.stop.describe()} cannot be applied: use --stop-before-xid",
                 )
             if stops:
+                if self.judge is not None:
+                    self.judge.discard()  # what it saw in this transaction is past the stop
                 self._left_out = [p.change for p in self._batch.pending[self._txn_mark[0] :]]
                 self._stop_txn = txn
                 self._batch.truncate(self._txn_mark)
@@ -454,6 +485,7 @@ class Replayer:
                         self.sink.rollback_to_savepoint()
                 self.stopped_before = (txn.xid, txn.commit_lsn or txn.end_lsn)
                 return True
+        self._judged(txn)
         if self._savepoint:
             self.conn.execute("RELEASE SAVEPOINT walrecover_txn")
             if self.sink is not None:
@@ -469,6 +501,13 @@ class Replayer:
             if self._since_commit >= self.batch_size:
                 self._commit_batch(complete=False)
         return False
+
+    def _judged(self, txn: _Txn) -> None:
+        """Tell the judge a transaction committed before the stop point."""
+        if self.judge is not None:
+            self.judge.commit(
+                txn.xid, txn.commit_lsn, txn.end_lsn, events=txn.events, ours=txn.ours
+            )
 
     def _change(self, change: Change) -> None:
         relation = change.relation
@@ -686,7 +725,9 @@ class Replayer:
             raise ReplayError(
                 f"applying changes to {self.into} failed: {exc.diag.message_primary}"
                 f"{_where(exc)}: a row came back twice, which happens when the table was dropped "
-                "and re-created within the stream; stop before the DROP with --stop-before-lsn",
+                "and re-created within the stream; stop before the DROP with --stop-before-lsn "
+                "(with pg_walinspect in the source database walrecover finds the DROP itself "
+                "and rebuilds only the later table)",
                 table=str(self.into),
             ) from None
         except psycopg.Error as exc:
@@ -886,6 +927,7 @@ def replay(
     batch_size: int = 20_000,
     sink: AuditSink | None = None,
     audit_id: str | None = None,
+    judge: RecreationJudge | None = None,
 ) -> ReplayResult:
     """Rebuild ``table`` as ``into`` from ``events`` on the target connection ``conn``."""
     started = time.monotonic()
@@ -899,6 +941,7 @@ def replay(
         batch_size=batch_size,
         sink=sink,
         audit_id=audit_id,
+        judge=judge,
     )
     replayer.prepare(force=force)
     resumed_from = replayer.resume_after
@@ -943,5 +986,6 @@ def replay(
         resumed_from=resumed_from,
         seconds=time.monotonic() - started,
         schema_changes=tuple(replayer.schema_changes),
-        unproven=tuple(replayer.unproven),
+        unproven=(*replayer.unproven, *(judge.unproven if judge is not None else ())),
+        warnings=tuple(judge.warnings) if judge is not None else (),
     )

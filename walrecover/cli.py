@@ -276,7 +276,9 @@ def stop_options(f: F) -> F:
         "--stop-before-xid",
         type=int,
         metavar="XID",
-        help="Stop at the commit of transaction XID (it and all later are left out).",
+        help="Stop at the commit of transaction XID (it and all later are left out): a 32-bit "
+        "xid, or an xid8 with its epoch as pg_current_xact_id() prints it; a subtransaction's "
+        "xid stops at its top-level transaction.",
     )(f)
     return click.option(
         "--stop-before-lsn",
@@ -309,8 +311,11 @@ def _stop_point(lsn: str | None, xid: int | None, when: str | None) -> StopPoint
             )
         return StopPoint(time=moment)
     if xid is not None:
-        if xid <= 0:
-            raise click.BadParameter("a transaction id is a positive number")
+        if xid <= 0 or xid >= 1 << 64:
+            raise click.BadParameter(
+                f"{xid} is not a transaction id: give a positive 32-bit xid or a 64-bit xid8",
+                param_hint="--stop-before-xid",
+            )
         return StopPoint(xid=xid)
     return StopPoint()
 
@@ -524,6 +529,7 @@ def recover_command(
                 progress=progress,
                 batch_size=batch_size,
                 capture_settings=capture_settings,
+                wal_dsn=dsn,
             )
         else:
             assert slot is not None

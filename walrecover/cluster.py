@@ -324,6 +324,32 @@ class Cluster:
         if result.returncode != 0:
             raise ClusterError(f"restart failed: {self._log_tail()}")
 
+    def reset_wal(self, *options: str) -> None:
+        """Stop the server, run ``pg_resetwal OPTIONS`` on its data, start it again.
+
+        For tests and drills of a cluster past xid wraparound (``-e EPOCH``); the WAL is
+        reset too, so create replication slots afterwards.
+        """
+        bindir = self.installation.bindir
+        for args in (
+            [str(bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+            [str(bindir / "pg_resetwal"), *options, "-D", str(self.data)],
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.data.parent / "server.log"),
+                "-w",
+                "start",
+            ],
+        ):
+            result = self._run(args)
+            if result.returncode != 0:
+                raise ClusterError(
+                    f"{Path(args[0]).name} failed: {_last_line(result.stderr or result.stdout)}"
+                )
+
     def detach(self) -> None:
         """Leave the server running and its directory in place after this process exits."""
         self.keep = True

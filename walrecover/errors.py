@@ -72,6 +72,13 @@ class StopPointError(WalrecoverError):
     """The stop point is malformed or outside the stream."""
 
 
+class WalUnavailable(WalrecoverError):
+    """The source's WAL cannot be read (pg_walinspect missing, not allowed, or WAL removed).
+
+    Raised by :mod:`walrecover.walinspect`; recovery turns it into advice, not a failure.
+    """
+
+
 class ReplayError(WalrecoverError):
     """A change could not be applied to the rebuilt table."""
 

@@ -208,8 +208,10 @@ class StopPoint:
     ``lsn``: transactions whose commit record starts at or after it are left out (when a plugin
     only gives the commit record's end, ``end_lsn > lsn`` is the same test for any record
     boundary). ``xid``: stop at that transaction's commit, like ``recovery_target_xid`` with
-    ``recovery_target_inclusive = off``. ``time``: the first transaction committed at or after it
-    and everything after are left out.
+    ``recovery_target_inclusive = off``; either a 32-bit xid or an epoch-qualified ``xid8`` (what
+    ``pg_current_xact_id()`` returns), matched against the stream's 32-bit xids by its low 32
+    bits. ``time``: the first transaction committed at or after it and everything after are left
+    out.
     """
 
     lsn: Lsn | None = None
@@ -220,10 +222,22 @@ class StopPoint:
     def is_set(self) -> bool:
         return self.lsn is not None or self.xid is not None or self.time is not None
 
+    @property
+    def xid32(self) -> int | None:
+        """The xid as the stream prints it (the low 32 bits of an xid8)."""
+        return None if self.xid is None else self.xid & XID_MASK
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch of an xid8 stop point; None for a plain 32-bit xid."""
+        return None if self.xid is None or self.xid <= XID_MASK else self.xid >> 32
+
     def describe(self) -> str:
         if self.lsn is not None:
             return f"before LSN {self.lsn}"
         if self.xid is not None:
+            if self.epoch is not None:
+                return f"before xid {self.xid} (xid {self.xid32} of epoch {self.epoch})"
             return f"before xid {self.xid}"
         if self.time is not None:
             return f"before {self.time.isoformat()}"
@@ -244,11 +258,14 @@ class StopPoint:
                 return end_lsn > self.lsn
             return None
         if self.xid is not None:
-            return None if xid is None else xid == self.xid
+            return None if xid is None else xid == self.xid32
         if self.time is not None:
             return None if commit_time is None else commit_time >= self.time
         return False
 
+
+#: The 32 bits of an xid (an xid8 is the epoch above them).
+XID_MASK = 0xFFFFFFFF
 
 #: The absence of a stop point: replay everything.
 NO_STOP = StopPoint()

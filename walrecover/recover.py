@@ -29,18 +29,21 @@ from .errors import (
     StopPointError,
     TableNotInStream,
     WalrecoverError,
+    WalUnavailable,
     first_line,
 )
 from .lsn import Lsn
 from .model import NO_STOP, Change, StopPoint, TableName
 from .notices import LossWatch
 from .reconcile import Reconciliation, reconcile_table
+from .recreation import RecreationJudge
 from .replay import replay
 from .settings import CaptureSettings, ServerRoundTrip, ValueChecker
 from .settings import apply as apply_settings
 from .settings import restore as restore_settings
 from .sources import CaptureSource, ProgressCallback, SlotSource
 from .target import lock_target, refuse_listed
+from .walinspect import WalInspect, waldump_command
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,7 @@ def recover(
         audit_path=audit_path,
         audit_dir=audit_dir,
         batch_size=batch_size,
+        wal_dsn=dsn,
     )
 
 
@@ -214,13 +218,16 @@ def recover_capture(
     batch_size: int = 20_000,
     audit_dir: str | Path | None = None,
     capture_settings: CaptureSettings | Mapping[str, str] | None = None,
+    wal_dsn: str | None = None,
 ) -> RecoveryResult:
     """Rebuild ``table`` from a ``pg_recvlogical -f`` capture into ``into`` on ``target``.
 
     ``plugin`` and ``options`` say what produced the file (pg_recvlogical's ``-P`` and ``-o``);
     ``capture_settings`` the output settings its session had (``{"DateStyle": "SQL, DMY"}``;
     PostgreSQL's built-in defaults for those not given), which the target session parses the
-    values with. The ledger query, if any, runs on ``target``.
+    values with. The ledger query, if any, runs on ``target``. ``wal_dsn`` is a database of the
+    server that wrote the capture, where pg_walinspect may read its WAL (to tell a re-created
+    table).
     """
     source = CaptureSource(
         path,
@@ -244,6 +251,7 @@ def recover_capture(
         audit_path=audit_path,
         audit_dir=audit_dir,
         batch_size=batch_size,
+        wal_dsn=wal_dsn,
     )
 
 
@@ -273,6 +281,7 @@ def _recover(
     audit_path: str | Path | None,
     batch_size: int,
     audit_dir: str | Path | None = None,
+    wal_dsn: str | None = None,
 ) -> RecoveryResult:
     """The recovery proper, from any source."""
     started = time.monotonic()
@@ -290,6 +299,9 @@ def _recover(
     target_conn = connect(target_dsn, role=target_role)
     checker: ValueChecker | None = None
     roundtrip: ServerRoundTrip | None = None
+    wal: WalInspect | None = None
+    judge: RecreationJudge | None = None
+    notes: list[str] = []
     try:
         lock_target(target_conn, into)  # before any work: a second writer is refused at once
         refuse_listed(target_conn, into)  # a table a publication names cannot be kept from it
@@ -302,14 +314,23 @@ def _recover(
             checker = ValueChecker(src.settings, src.plugin, (table,), roundtrip)
         with src:
             _check_stop_range(stop, src)
-            if stop.xid is not None and isinstance(src, SlotSource):
-                status = src.xid_status(stop.xid)
-                if status in ("aborted", "in progress"):
-                    raise StopPointError(
-                        f"transaction {stop.xid} is {status} on the source, so it never commits "
-                        "in the stream: check --stop-before-xid",
-                        xid=stop.xid,
-                    )
+            wal, wal_problem = (
+                _open_wal(wal_dsn, capture=isinstance(src, CaptureSource))
+                if src.plugin != "pgoutput" or stop.xid is not None
+                else (None, "")
+            )
+            given_stop = stop
+            stop = _resolve_stop_xid(stop, src, wal, notes)
+            if src.plugin != "pgoutput":  # pgoutput has relation ids: replay compares them
+                judge = RecreationJudge(
+                    table,
+                    into,
+                    wal=wal,
+                    wal_problem=wal_problem,
+                    start=src.start_lsn,
+                    end=src.end_lsn,
+                )
+                wal = None  # the judge owns it now
             if audit_at is not None:
                 audit = AuditWriter(
                     audit_at,
@@ -369,7 +390,12 @@ def _recover(
                     sink=audit,
                     audit_id=str(Path(audit_at).resolve()) if audit_at is not None else None,
                     stream_start=src.start_lsn if isinstance(src, SlotSource) else None,
+                    judge=judge,
                 )
+            except StopPointError as exc:
+                if exc.facts.get("missing") and given_stop.xid is not None:
+                    raise _xid_hint(exc, given_stop, src) from None
+                raise
             except TableNotInStream as exc:
                 if isinstance(src, SlotSource) and not exc.facts.get("tables"):
                     raise _with_tables(exc, dsn, src) from None
@@ -443,6 +469,10 @@ def _recover(
             audit.abort()
         if roundtrip is not None:
             roundtrip.close()
+        if judge is not None:
+            judge.close()
+        if wal is not None:
+            wal.close()
         with contextlib.suppress(Exception):
             target_conn.close()
     return RecoveryResult(
@@ -469,6 +499,8 @@ def _recover(
         swept_slots=swept,
         warnings=(
             *warnings,
+            *notes,
+            *result.warnings,
             *(f"followed an ALTER TABLE {change}" for change in result.schema_changes),
             *result.warnings,
         ),
@@ -515,3 +547,84 @@ def _check_stop_range(stop: StopPoint, source: SlotSource | CaptureSource) -> No
             f"--stop-before-lsn {stop.lsn} is after the end of the WAL ({end}): check the LSN",
             lsn=stop.lsn,
         )
+
+
+def _open_wal(dsn: str | None, *, capture: bool) -> tuple[WalInspect | None, str]:
+    """pg_walinspect on the source's server, or None and why not (for the user's advice)."""
+    if dsn is None and capture:
+        return None, (
+            "no source database was given (-d) to read the WAL of the server that wrote the capture"
+        )
+    conn = connect(dsn, autocommit=True, role="source")
+    try:
+        return WalInspect.open(conn), ""
+    except WalUnavailable as exc:
+        conn.close()
+        return None, exc.message
+
+
+def _resolve_stop_xid(
+    stop: StopPoint, src: SlotSource | CaptureSource, wal: WalInspect | None, notes: list[str]
+) -> StopPoint:
+    """Check an xid stop point against the source and resolve a subtransaction to its
+    top-level transaction (the stream shows only those): the stop point to use."""
+    if stop.xid is None or stop.xid32 is None:
+        return stop
+    xid, xid32 = stop.xid, stop.xid32
+    if not isinstance(src, SlotSource):
+        if stop.epoch is not None:
+            notes.append(
+                f"a capture records no epochs: --stop-before-xid {xid} is matched as xid {xid32}"
+                f" (epoch {stop.epoch} is not checked)"
+            )
+        return stop
+    if stop.epoch is not None:
+        here = src.widen_xid(xid32)
+        if here is not None and here != xid:
+            when = (
+                "has not been assigned yet"
+                if xid > here
+                else "is older than anything the slot can hold (a slot holds at most the last"
+                " 2^31 transactions)"
+            )
+            raise StopPointError(
+                f"--stop-before-xid {xid} is xid {xid32} of epoch {stop.epoch}, but the server "
+                f"is in epoch {here >> 32}, where xid {xid32} is {here}: transaction {xid} "
+                f"{when}; check --stop-before-xid",
+                xid=xid,
+            )
+    status = src.xid_status(xid)
+    if status in ("aborted", "in progress"):
+        raise StopPointError(
+            f"transaction {xid} is {status} on the source, so it never commits "
+            "in the stream: check --stop-before-xid",
+            xid=xid,
+        )
+    if status == "committed" and wal is not None and src.start_lsn is not None:
+        try:
+            record = wal.top_level(xid32, src.start_lsn, src.end_lsn)
+        except WalUnavailable:
+            record = None
+        if record is not None and record.xid != xid32:
+            notes.append(
+                f"transaction {xid} is a subtransaction of transaction {record.xid} (commit LSN "
+                f"{record.lsn}): a subtransaction commits with its top-level transaction, so "
+                f"the recovery stops before transaction {record.xid}"
+            )
+            return StopPoint(xid=record.xid)
+    return stop
+
+
+def _xid_hint(
+    exc: StopPointError, stop: StopPoint, src: SlotSource | CaptureSource
+) -> StopPointError:
+    """The 'does not commit in the stream' error, with what the xid may be."""
+    assert stop.xid32 is not None
+    check = waldump_command(src.start_lsn, src.end_lsn, f"subxacts:.* {stop.xid32}( |$)")
+    message = (
+        f"{exc.message}. If it is a subtransaction (the stream shows only top-level xids), stop"
+        f" at its top-level transaction: with pg_walinspect in the source database (CREATE "
+        f"EXTENSION pg_walinspect, PostgreSQL 15+) walrecover finds it itself; or find it on "
+        f"the server with: {check}"
+    )
+    return StopPointError(message, **exc.facts)

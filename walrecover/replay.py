@@ -53,6 +53,7 @@ from .model import (
     TableName,
     Values,
 )
+from .recreation import RecreationJudge
 from .sources import ProgressCallback
 from .target import PROGRESS_SCHEMA, Progress, Target
 
@@ -135,7 +136,7 @@ class ReplayResult:
     #: What replay could not prove about the rebuilt table (the run ends with exit code 4).
     unproven: tuple[str, ...] = ()
     #: What the user must know about the rebuilt table (a publication now publishes it; a
-    #: crash made this run start again).
+    #: crash made this run start again; a re-created table left out).
     warnings: tuple[str, ...] = ()
 
 
@@ -152,6 +153,9 @@ class _Txn:
     #: prove it was applied.
     skip_unsure: bool = False
     changes: int = 0
+    #: Changes of any table, and of the table, seen in it (skipped or not).
+    events: int = 0
+    ours: int = 0
 
 
 @dataclass(slots=True)
@@ -207,8 +211,11 @@ class Replayer:
         sink: AuditSink | None = None,
         audit_id: str | None = None,
         stream_start: Lsn | None = None,
+        judge: RecreationJudge | None = None,
     ) -> None:
         self.conn = conn
+        #: Tells when the table's changes switch to a re-created table of the same name.
+        self.judge = judge
         self.target = Target(conn, into)
         #: Where this run's copy of the slot starts (None for a capture), and where the
         #: recovery's first copy started (kept across resumes).
@@ -397,8 +404,10 @@ class Replayer:
         stream = iter(events)
         for event in stream:
             if isinstance(event, Change):
-                if self._txn is not None and not self._txn.skip:
-                    self._change(event)
+                if self._txn is not None:
+                    self._watch(event, self._txn)
+                    if not self._txn.skip:
+                        self._change(event)
             elif isinstance(event, Begin):
                 if self._begin(event):
                     self._audit_after_stop(event, stream)
@@ -431,6 +440,7 @@ class Replayer:
                     f"transaction {self.stop.xid} does not commit in the stream: nothing was "
                     "built; check --stop-before-xid",
                     xid=self.stop.xid,
+                    missing=True,
                 )
             self._commit_batch(complete=False)
             raise StopPointError(
@@ -439,6 +449,7 @@ class Replayer:
                 "--stop-before-xid and rebuild with --force",
                 xid=self.stop.xid,
                 table=str(self.into),
+                missing=True,
             )
         if self.relation is None and self.resume_after is None and not self.resumed_by_position:
             self.conn.rollback()  # the table never appeared: commit nothing, not even progress
@@ -474,6 +485,23 @@ class Replayer:
                 txn.commit_time = txn.commit_time or event.commit_time
         if rows:
             sink.write(rows)
+
+    def _watch(self, change: Change, txn: _Txn) -> None:
+        """Ask the judge about every change of the table, applied or skipped by a resume: a
+        change of a re-created table first empties what the earlier one left (a TRUNCATE)."""
+        txn.events += 1
+        if not change.relation.same_table(self.table.schema, self.table.name):
+            return
+        txn.ours += 1
+        if self.judge is None:
+            return
+        recreated = self.judge.change(change, txn.xid, txn.commit_lsn)
+        if recreated is None or txn.skip or not self._created:
+            return
+        if self.relation is None:  # resumed: the earlier table's rows are in the target
+            self._adopt(change.relation)
+        assert self.relation is not None
+        self._change(Change(Op.TRUNCATE, self.relation, lsn=recreated.lsn, xid=recreated.xid))
 
     @staticmethod
     def _left(change: Change, txn: _Txn | None) -> AppliedChange:
@@ -536,6 +564,7 @@ class Replayer:
         if self.resume_after is not None and not self._past_resume:
             self._check_resume(txn)
         if txn.skip:
+            self._judged(txn)
             return False
         if not txn.decided:
             stops = self.stop.stops(txn.xid, txn.commit_lsn, txn.end_lsn, txn.commit_time)
@@ -545,6 +574,8 @@ class Replayer:
                     f"point {self.stop.describe()} cannot be applied: use --stop-before-xid",
                 )
             if stops:
+                if self.judge is not None:
+                    self.judge.discard()  # what it saw in this transaction is past the stop
                 self._left_out = [p.change for p in self._batch.pending[self._txn_mark[0] :]]
                 self._stop_txn = txn
                 self._batch.truncate(self._txn_mark)
@@ -554,6 +585,7 @@ class Replayer:
                         self.sink.rollback_to_savepoint()
                 self.stopped_before = (txn.xid, txn.commit_lsn or txn.end_lsn)
                 return True
+        self._judged(txn)
         if self._savepoint:
             self.conn.execute("RELEASE SAVEPOINT walrecover_txn")
             if self.sink is not None:
@@ -591,6 +623,13 @@ class Replayer:
                 table=str(self.into),
                 xid=txn.xid,
                 lsn=resume,
+            )
+
+    def _judged(self, txn: _Txn) -> None:
+        """Tell the judge a transaction committed before the stop point."""
+        if self.judge is not None:
+            self.judge.commit(
+                txn.xid, txn.commit_lsn, txn.end_lsn, events=txn.events, ours=txn.ours
             )
 
     def _change(self, change: Change) -> None:
@@ -948,7 +987,8 @@ class Replayer:
             return ReplayError(
                 f"{what} cannot be applied to {self.into}: {reason}: a row came back twice, "
                 "which happens when the table was dropped and re-created within the stream; "
-                "stop before the DROP with --stop-before-lsn",
+                "stop before the DROP with --stop-before-lsn (with pg_walinspect in the source "
+                "database walrecover finds the DROP itself and rebuilds only the later table)",
                 **facts,
             )
         if self.ddl is not None:
@@ -1251,6 +1291,7 @@ def replay(
     sink: AuditSink | None = None,
     audit_id: str | None = None,
     stream_start: Lsn | None = None,
+    judge: RecreationJudge | None = None,
 ) -> ReplayResult:
     """Rebuild ``table`` as ``into`` from ``events`` on the target connection ``conn``.
 
@@ -1268,6 +1309,7 @@ def replay(
         sink=sink,
         audit_id=audit_id,
         stream_start=stream_start,
+        judge=judge,
     )
     replayer.prepare(force=force)
     resumed_from = replayer.resume_after
@@ -1312,6 +1354,10 @@ def replay(
         resumed_from=resumed_from,
         seconds=time.monotonic() - started,
         schema_changes=tuple(replayer.schema_changes),
-        unproven=tuple(replayer.unproven),
-        warnings=(*replayer.warnings, *replayer.publication_warnings()),
+        unproven=(*replayer.unproven, *(judge.unproven if judge is not None else ())),
+        warnings=(
+            *replayer.warnings,
+            *replayer.publication_warnings(),
+            *(judge.warnings if judge is not None else ()),
+        ),
     )

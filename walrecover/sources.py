@@ -571,10 +571,11 @@ class SlotSource:
         if self.progress is not None:
             self.progress("read", total, total)
 
-    def xid_status(self, xid: int) -> str | None:
-        """``committed``, ``aborted`` or ``in progress`` for a 32-bit xid; None if unknown.
+    def widen_xid(self, xid: int) -> int | None:
+        """The xid8 (epoch and xid) the server means by the 32-bit ``xid`` now; None if unknown.
 
-        The xid is widened with the current epoch (from the snapshot, so no xid is assigned).
+        Widened with the current epoch from the snapshot (so no xid is assigned): the xid
+        nearest before the next one to be assigned.
         """
         conn = self._conn
         if conn is None:
@@ -584,16 +585,29 @@ class SlotSource:
                 (xmax,) = conn.execute(
                     "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
                 ).fetchone()
-                full = (xmax >> 32 << 32) | (xid & 0xFFFFFFFF)
-                if full >= xmax:
-                    full -= 1 << 32
-                if full < 0:
-                    return None
+        except psycopg.Error:
+            return None
+        full = (xmax >> 32 << 32) | (xid & 0xFFFFFFFF)
+        if full >= xmax:
+            full -= 1 << 32
+        return full if full >= 0 else None
+
+    def xid_status(self, xid: int) -> str | None:
+        """``committed``, ``aborted`` or ``in progress``; None if unknown.
+
+        ``xid`` is an xid8 when it is above 32 bits, else widened with :meth:`widen_xid`.
+        """
+        conn = self._conn
+        full = xid if xid > 0xFFFFFFFF else self.widen_xid(xid)
+        if conn is None or full is None:
+            return None
+        try:
+            with conn.transaction():
                 (status,) = conn.execute(
                     "SELECT pg_xact_status(%s::text::xid8)", (str(full),)
                 ).fetchone()
         except psycopg.Error:
-            return None  # too old for the commit log, or an older server: cannot tell
+            return None  # too old for the commit log, in the future, or an older server
         return str(status) if status is not None else None
 
     def close(self) -> None:

@@ -936,20 +936,12 @@ def killed_then_rerun(
 #: does not fail the random test (``WALRECOVER_ORACLE_STRICT=1``: it does); the fixed histories
 #: of :data:`KNOWN` are strict xfails. Remove an entry once its fix is merged.
 OPEN_DEFECTS: dict[str, str] = {
-    "A1": "test_decoding resume re-applies committed work (branch: replay row identity and resume)",
-    "A2": "keyless REPLICA IDENTITY FULL: one duplicate row's change hits them all (branch: replay "
-    "row identity)",
-    "A4": "UPDATE/DELETE of a table without a replica identity lost with exit 0 (branch: wal2json "
-    "lost changes)",
-    "A6": "pgoutput streaming=on from a slot: a streamed transaction over pages (branch: slot "
-    "safety)",
-    "A7": "keyless table with json (no equality): rerun advised that cannot help",
-    "C14": "keyless REPLICA IDENTITY FULL: rows equal under = but not as text",
-    "C15": "a table dropped and re-created under its name is merged (branch: WAL inspection)",
-    "C16": "wal2json capture without include-pk: key change then key reuse",
-    "C17": "ADD COLUMN ... DEFAULT: existing rows rebuilt with NULL, exit 0",
-    "C19": "test_decoding, primary key + REPLICA IDENTITY FULL, long value: index row size error "
-    "advises a rerun",
+    "A4": "a wal2json capture of a table without a replica identity: its UPDATEs and DELETEs are "
+    "missing with exit 0 (pg_recvlogical printed the warning, not the file)",
+    "C15b": "pgoutput: a re-created table with no change after the re-creation keeps the earlier "
+    "table's rows, exit 0",
+    "C17": "ADD COLUMN ... DEFAULT with no change of the table after it: the rebuilt table lacks "
+    "the column, exit 0",
     "D1": "wal2json format 1 drops TRUNCATE: only a warning, exit 0 with the truncated rows back",
     "D2": "a pgoutput capture resumed over ALTER TABLE ADD COLUMN: 'has no column ... that the "
     "stream carries' on every rerun",
@@ -1277,7 +1269,7 @@ KNOWN: dict[str, tuple[History, list[str | Path_]]] = {
     ),
     # C15 through pgoutput, found by this oracle: the re-created table has no change in the
     # stream, so no new relation id shows; truth {}, rebuilt the old table's row, exit 0.
-    "C15-recreated-empty-pgoutput": (
+    "C15b-recreated-empty-pgoutput": (
         History(Shape("pk", ("int",)), (_rows(1, 0), Ddl(Recreate(split=False))), None),
         ["slot:pgoutput", "capture:pgoutput-v1"],
     ),

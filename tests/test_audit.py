@@ -35,10 +35,11 @@ from audit_helpers import (
     update,
     write_audit,
 )
-from conftest import FIXTURES, Database
 from helpers import (
+    FIXTURES,
     PASSWORD,
     SLOT,
+    Database,
     differences,
     drop_with_truth,
     recover_table,

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Database
-from helpers import differences, run_script, snapshot, source_untouched
+from helpers import ROOT, Database, differences, run_script, snapshot, source_untouched
 
 import walrecover
 from walrecover import errors

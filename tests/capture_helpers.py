@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from conftest import Database
+from helpers import Database
 
 from walrecover.cluster import Cluster, find_installation
 from walrecover.decoders import plugin_options

@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from conftest import Database
 from fault_helpers import peek_capture
-from helpers import recover_table
+from helpers import Database, recover_table
 from psycopg import sql
 
 from walrecover.model import TableName

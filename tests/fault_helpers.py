@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
-from conftest import Database
+from helpers import Database
 from psycopg import sql
 
 from walrecover.cluster import Cluster

@@ -35,11 +35,12 @@ from audit_helpers import (
     update,
     write_audit,
 )
-from conftest import FIXTURES, Database
 from every_way import WAY_IDS, WAYS, create_source, recover_way
 from helpers import (
+    FIXTURES,
     PASSWORD,
     SLOT,
+    Database,
     differences,
     drop_with_truth,
     recover_table,

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from audit_helpers import insert, stream
 from click.testing import Result
-from conftest import Database
-from helpers import cli, source_untouched, stderr_lines, stop_workload, table_exists
+from helpers import Database, cli, source_untouched, stderr_lines, stop_workload, table_exists
 
 from walrecover.audit import DATASET_MANIFEST, RUN_FILE, AuditWriter
 from walrecover.errors import AuditError

@@ -21,8 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from audit_helpers import ledger_stream, write_audit
-from conftest import Database
-from helpers import cli, drop_with_truth, recover_table, run_script, stderr_lines
+from helpers import Database, cli, drop_with_truth, recover_table, run_script, stderr_lines
 
 import walrecover.audit
 from walrecover.audit import DATASET_MANIFEST, hash_rows, manifest_path

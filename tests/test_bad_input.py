@@ -25,9 +25,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import Result
-from conftest import Database
 from fault_helpers import peek_capture, progress, session
-from helpers import cli, in_transaction, source_untouched
+from helpers import Database, cli, in_transaction, source_untouched
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 

@@ -22,8 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from capture_helpers import capture_dir, o_args, pg_recvlogical
 from click.testing import Result
-from conftest import Database
-from helpers import cli, differences, stderr_lines
+from helpers import Database, cli, differences, stderr_lines
 
 import walrecover
 from walrecover.cluster import Cluster

@@ -13,10 +13,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import Result
-from conftest import Database
 from helpers import (
     PASSWORD,
     SLOT,
+    Database,
     cli,
     differences,
     drop_with_truth,

@@ -18,8 +18,15 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from conftest import Database
-from helpers import cli, differences, in_transaction, snapshot, source_untouched, stderr_lines
+from helpers import (
+    Database,
+    cli,
+    differences,
+    in_transaction,
+    snapshot,
+    source_untouched,
+    stderr_lines,
+)
 from psycopg import sql
 from test_parity import (
     NOT_JSON_NUMBERS,

@@ -15,8 +15,8 @@ import time
 
 import pytest
 from click.testing import Result
-from conftest import Database
 from helpers import (
+    Database,
     cli,
     differences,
     in_transaction,

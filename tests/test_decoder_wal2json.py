@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Database
+from helpers import Database
 
 from walrecover.db import connect
 from walrecover.decoders import decode_all, make_decoder

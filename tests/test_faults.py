@@ -28,7 +28,6 @@ from typing import Any
 import psycopg
 import pyarrow.parquet as pq
 import pytest
-from conftest import Database
 from fault_helpers import (
     LSN_RE,
     Finished,
@@ -48,7 +47,7 @@ from fault_helpers import (
     wait_until,
     walrecover_backends,
 )
-from helpers import cli, recover_table, source_untouched, table_exists
+from helpers import Database, cli, recover_table, source_untouched, table_exists
 
 from walrecover.cluster import Cluster
 from walrecover.model import TableName

@@ -24,9 +24,8 @@ from urllib.parse import quote
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
-from conftest import Database
 from fault_helpers import session
-from helpers import cli, source_untouched
+from helpers import Database, cli, source_untouched
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 

@@ -29,7 +29,7 @@ from typing import Any
 import nbformat
 import psycopg
 import pytest
-from conftest import ROOT, Database
+from helpers import ROOT, Database
 from nbclient import NotebookClient
 
 from walrecover.cluster import Cluster

@@ -32,7 +32,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import FIXTURES, Database
+from helpers import FIXTURES, Database
 from psycopg import sql
 
 from walrecover.cluster import Cluster

@@ -23,7 +23,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Database
 from fault_helpers import (
     progress,
     run,
@@ -35,6 +34,7 @@ from fault_helpers import (
 )
 from helpers import (
     SLOT,
+    Database,
     cli,
     differences,
     drop_with_truth,

@@ -23,8 +23,8 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import Database
 from helpers import (
+    Database,
     cli,
     differences,
     recover_table,

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
-from conftest import Database
 from helpers import (
     SLOT,
+    Database,
     differences,
     drop_with_truth,
     in_transaction,

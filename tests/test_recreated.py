@@ -15,9 +15,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import Database
 from fault_helpers import peek_capture, start, wait_for_progress
-from helpers import SLOT, cli, differences, run_script, snapshot, source_untouched
+from helpers import SLOT, Database, cli, differences, run_script, snapshot, source_untouched
 
 from walrecover.errors import EXIT_UNPROVEN
 

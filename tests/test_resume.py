@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Database
 from fault_helpers import run, start, table_differences, wait_for_progress
-from helpers import cli, drop_with_truth, source_untouched, stderr_lines
+from helpers import Database, cli, drop_with_truth, source_untouched, stderr_lines
 from test_parity import fast_wal_writer
 
 from walrecover.cluster import Cluster

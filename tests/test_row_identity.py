@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Database
 from every_way import WAY_IDS, WAYS, capture_of, create_source, recover_way, slot_name
 from fault_helpers import LSN_RE, run
-from helpers import drop_with_truth, in_transaction, run_script
+from helpers import Database, drop_with_truth, in_transaction, run_script
 from psycopg import sql
 
 from walrecover.model import TableName

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Database
 from every_way import WAY_IDS, WAYS, create_source, recover_way, slot_name
 from helpers import (
     SLOT,
+    Database,
     cli,
     differences,
     drop_with_truth,

@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import Database
 from helpers import (
     SLOT,
+    Database,
     cli,
     differences,
     drop_with_truth,

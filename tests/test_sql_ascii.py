@@ -22,8 +22,7 @@ import psycopg
 import pytest
 from capture_helpers import capture_dir, o_args, pg_recvlogical
 from click.testing import Result
-from conftest import Database
-from helpers import cli, differences, source_untouched, stderr_lines
+from helpers import Database, cli, differences, source_untouched, stderr_lines
 
 from walrecover.cluster import Cluster
 from walrecover.model import TableName

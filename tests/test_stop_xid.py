@@ -13,9 +13,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Database
 from fault_helpers import peek_capture
-from helpers import SLOT, cli, differences, run_script, snapshot, source_untouched
+from helpers import SLOT, Database, cli, differences, run_script, snapshot, source_untouched
 
 from walrecover.cluster import Cluster
 

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Database
-from helpers import cli, differences, source_untouched, stderr_lines, table_exists
+from helpers import Database, cli, differences, source_untouched, stderr_lines, table_exists
 
 from walrecover.cluster import find_installation
 from walrecover.errors import SwapError

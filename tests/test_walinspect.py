@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from conftest import Database
+from helpers import Database
 from psycopg.conninfo import make_conninfo
 
 from walrecover.db import connect

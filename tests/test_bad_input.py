@@ -427,8 +427,14 @@ def _deeply_nested(messages: list[bytes], plugin: str, path: Path) -> Path:
 Damage = Callable[[list[bytes], str, Path], Path]
 #: damage -> (plugins it applies to, what the line must say besides the file's path)
 DAMAGES: dict[str, tuple[Damage, tuple[str, ...], str]] = {
-    "truncated-mid-message": (_truncated_mid_message, PLUGINS, r"truncated|damaged"),
-    "truncated-in-a-transaction": (_truncated_in_a_transaction, PLUGINS, r"truncated"),
+    # Cut short (pg_recvlogical stopped) inside the table's first transaction: what committed
+    # is read, and that holds no change of the table (issue 9, item 3).
+    "truncated-mid-message": (_truncated_mid_message, PLUGINS, r"has no change.* ends inside"),
+    "truncated-in-a-transaction": (
+        _truncated_in_a_transaction,
+        PLUGINS,
+        r"has no change.* ends inside transaction",
+    ),
     "garbled": (_garbled, PLUGINS, r"(line|byte) \d+.*(not JSON|malformed|unknown|never prints)"),
     "not-utf8": (_not_utf8, PLUGINS, r"UTF-8"),
     "empty": (_empty, PLUGINS, r"is empty"),

@@ -563,7 +563,24 @@ def _damage(kind: str, data: bytes, plugin: str) -> bytes:
     return data[:at] + b"table public.kinds: INSERT: id[integer]:\xff\xfe\n" + data[at:]
 
 
-@pytest.mark.parametrize("damage", ["empty", "truncated", "cut-between-messages", "garbled"])
+@pytest.mark.parametrize("damage", ["truncated", "cut-between-messages"])
+@pytest.mark.parametrize("name", CAPTURES)
+def test_a_capture_cut_short_decodes_what_committed_with_a_warning(
+    captures: dict[str, Path], tmp_path: Path, name: str, damage: str
+) -> None:
+    """pg_recvlogical stopped inside a transaction: the transactions before it, and a warning
+    naming the file, the transaction and where the file ends (issue 9, item 3)."""
+    plugin = group("capture")[name]["plugin"]
+    cut = tmp_path / f"{damage}-{name}.capture"
+    cut.write_bytes(_damage(damage, captures[name].read_bytes(), plugin))
+    result = cli("decode", *capture_args({name: cut}, name))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip()
+    (warning,) = [line for line in stderr_lines(result) if " ends inside " in line]
+    assert f"{cut} ends inside " in warning and f" at {_unit(name)} " in warning, warning
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbled"])
 @pytest.mark.parametrize("name", CAPTURES)
 def test_a_damaged_capture_exits_1_naming_the_file_and_where(
     captures: dict[str, Path], tmp_path: Path, name: str, damage: str
@@ -596,7 +613,7 @@ def test_a_capture_that_is_not_utf8_exits_1_naming_the_line(
     [
         ("wal2json_v2", ["--plugin", "test_decoding"]),
         ("test_decoding", ["--plugin", "wal2json"]),
-        ("wal2json_v1", ["--plugin", "wal2json"]),  # format 1 read as format 2
+        ("wal2json_v1", ["--plugin", "wal2json", "-o", "format-version=2"]),  # 1 stated as 2
         ("wal2json_v2", ["--plugin", "wal2json", "-o", "format-version=1"]),
         ("pgoutput_v1", ["--plugin", "wal2json"]),
         ("pgoutput_v1", ["--plugin", "test_decoding"]),

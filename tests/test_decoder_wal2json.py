@@ -611,7 +611,7 @@ MALFORMED: dict[str, list[str | bytes]] = {
 
 @pytest.mark.parametrize("name", sorted(MALFORMED))
 def test_malformed_input_raises_decode_error_naming_the_lsn(name: str) -> None:
-    decoder = make_decoder("wal2json")
+    decoder = make_decoder("wal2json", {"format-version": "2"})
     messages = MALFORMED[name]
     with pytest.raises(DecodeError) as caught:
         for message in messages:

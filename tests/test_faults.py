@@ -559,9 +559,11 @@ CAPTURED: dict[str, tuple[str, dict[str, str], str | None]] = {
 def test_interrupted_capture_recovery_resumes_without_duplicates(
     db: Database, tmp_path: Path, read: str
 ) -> None:
-    """A capture cut short (pg_recvlogical still copying it) fails after some batches were
-    committed; once the whole file is there, the same command must resume and give the table
-    exactly, without applying a transaction twice (test_decoding captures carry no LSN)."""
+    """A capture damaged two thirds in (a bad copy) fails after some batches were committed;
+    once the whole file is there, the same command must resume and give the table exactly,
+    without applying a transaction twice (test_decoding captures carry no LSN). (A capture that
+    merely ends early is not a failure: what committed in it is recovered, see
+    test_cut_captures.py.)"""
     plugin, options, ddl = CAPTURED[read]
     updates = (
         ""
@@ -583,7 +585,8 @@ def test_interrupted_capture_recovery_resumes_without_duplicates(
     capture = tmp_path / "capture"
     peek_capture(db.dsn, "cdc", plugin, capture, options=options)
     whole = capture.read_bytes()
-    capture.write_bytes(whole[: len(whole) * 2 // 3])
+    middle = len(whole) * 2 // 3
+    capture.write_bytes(whole[:middle] + b"\n\x7f damaged \x00\n" + whole[middle:])
     flags = [f"{name}={value}" for name, value in options.items() if name != "publication_names"]
     args = [
         "recover",

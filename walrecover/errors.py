@@ -46,6 +46,16 @@ class DecodeError(WalrecoverError):
     """A plugin message could not be decoded."""
 
 
+class StreamCutShort(DecodeError):
+    """The stream ends inside a transaction, as a capture does when pg_recvlogical was stopped
+    (``--endpos``, killed) while writing one. Everything committed before it is whole: a capture
+    reader leaves that transaction out with a warning; anything else treats it as damage.
+
+    Facts: ``xid`` (None when the plugin does not print it), ``begun`` (where the transaction
+    began: ``line N``, ``LSN X``, ``byte N``) and ``what`` (``transaction 745``).
+    """
+
+
 class CaptureSettingError(DecodeError):
     """A capture's value contradicts the output settings it was said to be printed with, or
     cannot be carried exactly under them (``--capture-setting``)."""

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO
 
-from .decoders import column_limits, decode_all, make_decoder, warnings_for
-from .errors import DecodeError, StopPointError
+from .decoders import column_limits, decode_all, decoder_notes, make_decoder, warnings_for
+from .errors import DecodeError, StopPointError, StreamCutShort
 from .lsn import Lsn
 from .model import (
     NO_START,
@@ -644,8 +644,17 @@ def decode_to(
     warnings: list[str] = []
     with source:
         _check_start(start, source)
-        decoder = make_decoder(source.plugin, dict(source.options))
-        decoded = decode_all(decoder, source.messages())
+        decoder = make_decoder(
+            source.plugin,
+            dict(source.options),
+            two_phase=isinstance(source, CaptureSource) and source.two_phase,
+        )
+        cut: list[StreamCutShort] = []
+        decoded = (
+            _whole_transactions(source.decoded(decoder), cut)
+            if isinstance(source, CaptureSource)
+            else decode_all(decoder, source.messages())
+        )
         if isinstance(source, CaptureSource):
             checker = ValueChecker(source.settings, source.plugin, tables)
             decoded = checker.events(decoded)
@@ -661,6 +670,7 @@ def decode_to(
                 source.locate(exc)
             raise
         warnings[:0] = warnings_for(source.plugin, dict(source.options))
+        warnings += [*decoder_notes(decoder), *(exc.message for exc in cut)]
         if isinstance(source, SlotSource):
             # What the server said while decoding (wal2json's changes it could not identify),
             # and what the slot read cannot carry.
@@ -676,6 +686,23 @@ def decode_to(
                 f"has a '-- cannot {kind[:4]}' comment for each (see its header)"
             )
         return DecodeResult(summary.changes, source.plugin, tuple(warnings), summary)
+
+
+def _whole_transactions(events: Iterable[Event], cut: list[StreamCutShort]) -> Iterator[Event]:
+    """``events`` a transaction at a time, so a capture that ends inside one (pg_recvlogical
+    stopped while writing it) yields none of its changes; the :class:`StreamCutShort` that says
+    so is put in ``cut``. Holds one transaction's events in memory."""
+    held: list[Event] = []
+    try:
+        for event in events:
+            held.append(event)
+            if isinstance(event, Commit):
+                yield from held
+                held = []
+    except StreamCutShort as exc:
+        cut.append(exc)
+        return
+    yield from held
 
 
 def _check_start(start: StartPoint, source: SlotSource | CaptureSource) -> None:

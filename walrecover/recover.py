@@ -22,7 +22,7 @@ import psycopg
 from . import __version__
 from .audit import AuditWriter
 from .db import connect, connection_lost, redact, safe_dsn
-from .decoders import column_limits, decode_all, make_decoder, warnings_for
+from .decoders import column_limits, decode_all, decoder_notes, make_decoder, warnings_for
 from .errors import (
     ConnectionFailed,
     DecodeError,
@@ -356,10 +356,18 @@ def _recover(
                     force=force,
                     protect=(src.path,) if isinstance(src, CaptureSource) else (),
                 )
-            decoder = make_decoder(src.plugin, dict(src.options))
+            decoder = make_decoder(
+                src.plugin,
+                dict(src.options),
+                two_phase=isinstance(src, CaptureSource) and src.two_phase,
+            )
             warnings = list(warnings_for(src.plugin, dict(src.options)))
             unproven: list[str] = []
-            events = decode_all(decoder, src.messages())
+            events = (
+                src.decoded(decoder)
+                if isinstance(src, CaptureSource)
+                else decode_all(decoder, src.messages())
+            )
             if checker is not None:
                 warnings.extend(checker.settings.warnings())
                 events = checker.events(events)
@@ -391,6 +399,7 @@ def _recover(
                     audit_id=str(Path(audit_at).resolve()) if audit_at is not None else None,
                     stream_start=src.start_lsn if isinstance(src, SlotSource) else None,
                     judge=judge,
+                    cut_ok=isinstance(src, CaptureSource),
                 )
             except StopPointError as exc:
                 if exc.facts.get("missing") and given_stop.xid is not None:
@@ -405,6 +414,7 @@ def _recover(
                     src.locate(exc)
                 raise
             plugin, swept = src.plugin, tuple(src.swept)
+            warnings.extend(decoder_notes(decoder))
             if isinstance(src, SlotSource) and watch is not None:
                 lost, after_stop = watch.verdict()
                 unproven.extend(lost)

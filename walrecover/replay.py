@@ -34,6 +34,7 @@ from .errors import (
     ReplayError,
     SlotError,
     StopPointError,
+    StreamCutShort,
     TableNotInStream,
     TargetExists,
     WalrecoverError,
@@ -212,6 +213,7 @@ class Replayer:
         audit_id: str | None = None,
         stream_start: Lsn | None = None,
         judge: RecreationJudge | None = None,
+        cut_ok: bool = False,
     ) -> None:
         self.conn = conn
         #: Tells when the table's changes switch to a re-created table of the same name.
@@ -221,6 +223,10 @@ class Replayer:
         #: recovery's first copy started (kept across resumes).
         self.stream_start = stream_start
         self.first_stream_start = stream_start
+        #: A capture may end inside a transaction (:class:`StreamCutShort`): it is left out.
+        self.cut_ok = cut_ok
+        #: Why the stream ended inside a transaction, when it did.
+        self.cut: StreamCutShort | None = None
         #: The end of the last transaction read (the resume point saved with each batch).
         self._read_end: Lsn | None = stream_start
         self.audit_id = audit_id
@@ -402,19 +408,24 @@ class Replayer:
         if self.finished:
             return  # resumed only to publish the audit: everything is applied
         stream = iter(events)
-        for event in stream:
-            if isinstance(event, Change):
-                if self._txn is not None:
-                    self._watch(event, self._txn)
-                    if not self._txn.skip:
-                        self._change(event)
-            elif isinstance(event, Begin):
-                if self._begin(event):
-                    self._audit_after_stop(event, stream)
+        try:
+            for event in stream:
+                if isinstance(event, Change):
+                    if self._txn is not None:
+                        self._watch(event, self._txn)
+                        if not self._txn.skip:
+                            self._change(event)
+                elif isinstance(event, Begin):
+                    if self._begin(event):
+                        self._audit_after_stop(event, stream)
+                        break
+                elif self._commit(event):
+                    self._audit_after_stop(None, stream)
                     break
-            elif self._commit(event):
-                self._audit_after_stop(None, stream)
-                break
+        except StreamCutShort as exc:
+            if not self.cut_ok:
+                raise
+            self._cut_short(exc)
         if self._txn is not None and self.stopped_before is None:
             raise ReplayError(
                 f"the stream ended inside transaction {self._txn.xid}: it is truncated",
@@ -433,7 +444,7 @@ class Replayer:
                 f"({self.stop.describe()}): nothing was built; check the stop point",
                 table=str(self.table),
             )
-        if self.stop.xid is not None and self.stopped_before is None:
+        if self.stop.xid is not None and self.stopped_before is None and self.cut is None:
             if not self._committed and self.resume_after is None:
                 self.conn.rollback()  # nothing of this run was committed: leave no trace
                 raise StopPointError(
@@ -451,10 +462,53 @@ class Replayer:
                 table=str(self.into),
                 missing=True,
             )
-        if self.relation is None and self.resume_after is None and not self.resumed_by_position:
+        if (
+            (self.relation is None or self.only_cut)
+            and self.resume_after is None
+            and not self.resumed_by_position
+        ):
             self.conn.rollback()  # the table never appeared: commit nothing, not even progress
             return
         self._commit_batch(complete=True)
+
+    def _cut_short(self, exc: StreamCutShort) -> None:
+        """The capture ends inside a transaction: leave it out (it never committed in the file),
+        warn, and say the table is not proven at a stop point the file did not reach."""
+        self.cut = exc
+        self.warnings.append(exc.message)
+        txn, self._txn = self._txn, None
+        if txn is not None:
+            self._position -= 1
+            if not txn.skip:
+                self._batch.truncate(self._txn_mark)
+                if self._savepoint:
+                    self.conn.execute("ROLLBACK TO SAVEPOINT walrecover_txn")
+                    if self.sink is not None:
+                        self.sink.rollback_to_savepoint()
+                    self._savepoint = False
+        if self.stopped_before is not None or not self.stop.is_set:
+            return  # the stop point came first, or the stop point is the file's end
+        xid = exc.facts.get("xid")
+        if self.stop.xid is not None and xid == self.stop.xid:
+            self.stopped_before = (xid, None)  # it would have been left out anyway
+            return
+        before = txn is not None and txn.decided
+        last = (
+            f"LSN {self.last_lsn}"
+            if self.last_lsn is not None
+            else f"transaction {self._last_xid}"
+            if self._last_xid is not None
+            else "its start"
+        )
+        self.unproven.append(
+            f"the capture ends inside {exc.facts.get('what') or 'a transaction'}"
+            + (", which committed before the stop point" if before else "")
+            + f", and the stop point ({self.stop.describe()}) is not in the file: {self.into} "
+            f"is {self.table} as of the last transaction that committed in the file ({last}), "
+            "not at the stop point; the transactions that committed in between are missing. "
+            "Capture again from a slot that still holds them, up to the stop point "
+            "(pg_recvlogical --endpos), and rebuild with --force"
+        )
 
     def _audit_after_stop(self, begin: Begin | None, stream: Iterator[Event]) -> None:
         """Send the table's changes past the stop point to the audit as ``after_stop``.
@@ -470,19 +524,26 @@ class Replayer:
             txn = _Txn(begin.xid, begin.commit_lsn, begin.end_lsn, begin.commit_time, True)
         rows: list[AppliedChange] = [self._left(change, txn) for change in self._left_out]
         self._left_out = []
-        for event in stream:
-            if isinstance(event, Change):
-                if event.relation.same_table(self.table.schema, self.table.name):
-                    rows.append(self._left(event, txn))
-                    if len(rows) >= self.batch_size:
-                        sink.write(rows)
-                        rows = []
-            elif isinstance(event, Begin):
-                txn = _Txn(event.xid, event.commit_lsn, event.end_lsn, event.commit_time, True)
-            elif txn is not None:
-                txn.commit_lsn = txn.commit_lsn or event.commit_lsn
-                txn.end_lsn = txn.end_lsn or event.end_lsn
-                txn.commit_time = txn.commit_time or event.commit_time
+        kept = 0  # rows of transactions that committed; the rest belong to an open one
+        try:
+            for event in stream:
+                if isinstance(event, Change):
+                    if event.relation.same_table(self.table.schema, self.table.name):
+                        rows.append(self._left(event, txn))
+                        if len(rows) >= self.batch_size:
+                            sink.write(rows)
+                            rows, kept = [], 0
+                elif isinstance(event, Begin):
+                    txn = _Txn(event.xid, event.commit_lsn, event.end_lsn, event.commit_time, True)
+                elif txn is not None:
+                    txn.commit_lsn = txn.commit_lsn or event.commit_lsn
+                    txn.end_lsn = txn.end_lsn or event.end_lsn
+                    txn.commit_time = txn.commit_time or event.commit_time
+                    kept = len(rows)
+        except StreamCutShort:
+            if self.cut_ok and rows[:kept]:  # the cut transaction's rows never committed
+                sink.write(rows[:kept])
+            raise
         if rows:
             sink.write(rows)
 
@@ -524,6 +585,11 @@ class Replayer:
         self._txn_mark = self._batch.mark()
         self._savepoint = False
         return False
+
+    @property
+    def only_cut(self) -> bool:
+        """The table's only changes were in the transaction a cut capture ends inside."""
+        return self.cut is not None and self.transactions == 0 and not self._committed
 
     @property
     def resumed_by_position(self) -> bool:
@@ -902,7 +968,7 @@ class Replayer:
     def _flush_midway(self) -> None:
         """Flush inside an open source transaction, guarding it with a savepoint if undecided."""
         txn = self._txn
-        if txn is not None and not txn.decided and not self._savepoint:
+        if txn is not None and (not txn.decided or self.cut_ok) and not self._savepoint:
             head = self._split(self._txn_mark)
             self._send(head)
             self.conn.execute("SAVEPOINT walrecover_txn")
@@ -1292,11 +1358,14 @@ def replay(
     audit_id: str | None = None,
     stream_start: Lsn | None = None,
     judge: RecreationJudge | None = None,
+    cut_ok: bool = False,
 ) -> ReplayResult:
     """Rebuild ``table`` as ``into`` from ``events`` on the target connection ``conn``.
 
     ``stream_start`` is where the slot copy starts: a resume is refused when it lies past the
-    point the unfinished recovery had read to (the user's slot moved)."""
+    point the unfinished recovery had read to (the user's slot moved). ``cut_ok``: the events
+    are a capture's, which may end inside a transaction (:class:`StreamCutShort`); it is left
+    out with a warning (not proven exact when a stop point was given and not reached)."""
     started = time.monotonic()
     replayer = Replayer(
         conn,
@@ -1310,6 +1379,7 @@ def replay(
         audit_id=audit_id,
         stream_start=stream_start,
         judge=judge,
+        cut_ok=cut_ok,
     )
     replayer.prepare(force=force)
     resumed_from = replayer.resume_after
@@ -1331,13 +1401,18 @@ def replay(
         with contextlib.suppress(psycopg.Error):
             conn.rollback()
         raise
-    if replayer.relation is None and resumed_from is None and not replayer.resumed_by_position:
+    if (
+        (replayer.relation is None or replayer.only_cut)
+        and resumed_from is None
+        and not replayer.resumed_by_position
+    ):
         conn.rollback()
         seen = sorted(replayer.other_tables)
         raise TableNotInStream(
             f"table {table} has no change in the stream before the stop point: check --table"
             " and that the slot existed before its rows were written"
-            + (f" (tables in the stream: {', '.join(seen[:20])})" if seen else ""),
+            + (f" (tables in the stream: {', '.join(seen[:20])})" if seen else "")
+            + (f"; {replayer.cut.message}" if replayer.cut is not None else ""),
             table=str(table),
             tables=seen,
         )

@@ -27,17 +27,26 @@ import psycopg
 from psycopg import sql
 
 from .db import connect, not_utf8, safe_dsn
-from .decoders import PLUGINS, is_binary, pgoutput, plugin_options, without_streaming
+from .decoders import (
+    PLUGINS,
+    Decoder,
+    decode_all,
+    is_binary,
+    pgoutput,
+    plugin_options,
+    without_streaming,
+)
 from .errors import (
     ConfigurationError,
     DecodeError,
     PrivilegeError,
     SlotError,
+    StreamCutShort,
     WalrecoverError,
     first_line,
 )
 from .lsn import Lsn
-from .model import RawMessage, TableName
+from .model import Event, RawMessage, TableName
 from .notices import NoticeLog
 from .settings import CaptureSettings
 
@@ -670,6 +679,23 @@ def _cut_message(path: Path, size: int, chunk: int = 1 << 20) -> CutMessage | No
     return CutMessage(0, size)
 
 
+#: How test_decoding begins a two-phase row (a value that happens to begin a line so only costs
+#: holding each transaction until its end).
+_PREPARE = b"PREPARE TRANSACTION '"
+
+
+def _holds_line(path: Path, start: bytes, chunk: int = 1 << 20) -> bool:
+    """Whether a line of the file begins with ``start``, read in bounded blocks."""
+    needle = b"\n" + start
+    with open(path, "rb") as handle:
+        tail = b"\n"  # the file's start is a line's start
+        while block := handle.read(chunk):
+            if needle in tail + block:
+                return True
+            tail = block[-len(needle) :]
+    return False
+
+
 class CaptureSource:
     """Raw messages of a file that ``pg_recvlogical --start -f PATH`` wrote.
 
@@ -705,9 +731,12 @@ class CaptureSource:
         self.swept: list[str] = []
         #: 1-based line (text plugins) or byte offset (pgoutput) of the last message read.
         self.position = 0
-        #: The last message of a text capture when pg_recvlogical was stopped before its
-        #: newline (found at open from the file's end, never read), else None.
+        #: The last message when pg_recvlogical was stopped before its newline (text: found at
+        #: open from the file's end, never read; pgoutput: found when reached), else None.
         self.cut: CutMessage | None = None
+        #: A test_decoding capture of a two-phase slot (it holds ``PREPARE TRANSACTION`` rows):
+        #: its transactions are held until they commit or are prepared, then decided.
+        self.two_phase = False
 
     @property
     def plugin(self) -> str:
@@ -744,6 +773,49 @@ class CaptureSource:
             )
         if not is_binary(self.plugin):
             self.cut = _cut_message(self.path, size)
+        if self.plugin == "test_decoding":
+            self.two_phase = _holds_line(self.path, _PREPARE)
+
+    def decoded(self, decoder: Decoder) -> Iterator[Event]:
+        """``decoder``'s events for the whole file; a file that ends inside a transaction
+        (pg_recvlogical stopped with ``--endpos`` or killed while writing it) or inside a
+        message raises :class:`StreamCutShort` after the last committed transaction, with a
+        message that says where (damage before the end is a :class:`DecodeError` as always)."""
+        try:
+            yield from decode_all(decoder, self.messages())
+        except StreamCutShort as exc:
+            raise self._cut_short(exc) from None
+        if self.cut is not None:
+            raise self._cut_short(None)
+
+    def _cut_short(self, exc: StreamCutShort | None) -> StreamCutShort:
+        """Where and inside what the file ends, as one warning."""
+        binary = is_binary(self.plugin)
+        unit = "byte" if binary else "line"
+        what = exc.facts.get("what") if exc is not None else None
+        begun = exc.facts.get("begun") if exc is not None else None
+        xid = exc.facts.get("xid") if exc is not None else None
+        if self.cut is not None:
+            where = self.cut.offset if binary else self.position
+            detail = (
+                f"; its last {self.cut.length} bytes, from {unit} {where}, are a message "
+                "pg_recvlogical was stopped in the middle of writing"
+            )
+            what = what or "a transaction whose first message is cut"
+        else:
+            where = self.path.stat().st_size if binary else self.position
+            detail = ""
+        inside = f"{what} (begun {begun})" if begun else str(what)
+        return StreamCutShort(
+            f"{self.path} ends inside {inside} at {unit} {where}{detail}: pg_recvlogical was "
+            "stopped (--endpos, or killed) before it was written whole, so it was left out; "
+            "every transaction that committed in the file was read",
+            xid=xid,
+            what=what,
+            begun=begun,
+            line=None if binary else where,
+            offset=where if binary else None,
+        )
 
     def messages(self) -> Iterator[RawMessage]:
         if is_binary(self.plugin):
@@ -758,11 +830,15 @@ class CaptureSource:
             mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
         ):
             total = len(data)
-            for count, message in enumerate(pgoutput.split_capture(data, version)):  # type: ignore[arg-type]
-                self.position += len(message) + 1
-                if self.progress is not None and count % 2000 == 0:
-                    self.progress("read", self.position, total)
-                yield RawMessage(message)
+            try:
+                for count, message in enumerate(pgoutput.split_capture(data, version)):  # type: ignore[arg-type]
+                    self.position += len(message) + 1
+                    if self.progress is not None and count % 2000 == 0:
+                        self.progress("read", self.position, total)
+                    yield RawMessage(message)
+            except pgoutput.CaptureEndsMidMessage as exc:
+                offset = int(exc.facts["offset"])
+                self.cut = CutMessage(offset, total - offset)
         if self.progress is not None:
             self.progress("read", total, total)
 
@@ -799,13 +875,7 @@ class CaptureSource:
                     self.progress("read", done, total)
                 yield RawMessage(text)
         if self.cut is not None:
-            self.position = number + 1
-            raise DecodeError(
-                f"{self.path}:{number + 1}: the last message has no final newline: the "
-                f"capture is truncated ({self.cut.length} bytes of a message that "
-                "pg_recvlogical was stopped in the middle of writing)",
-                line=number + 1,
-            )
+            self.position = number + 1  # the cut line: :meth:`decoded` says it was left out
         if self.progress is not None:
             self.progress("read", total, total)
 

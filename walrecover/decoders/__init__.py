@@ -11,6 +11,7 @@ and which decoder reads a stream produced with given options (``pg_recvlogical -
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
@@ -24,6 +25,7 @@ __all__ = [
     "RawMessage",
     "column_limits",
     "decode_all",
+    "decoder_notes",
     "is_binary",
     "make_decoder",
     "plugin_options",
@@ -149,16 +151,95 @@ def column_limits(plugin: str, server_version: int | None) -> list[str]:
     ]
 
 
-def make_decoder(plugin: str, options: Mapping[str, str] | None = None) -> Decoder:
-    """A fresh decoder for ``plugin`` with the options the stream was produced with."""
+class Wal2JsonAnyFormat:
+    """wal2json output whose format-version was not given (``pg_recvlogical -P wal2json``
+    without ``-o format-version``, which writes wal2json's default, format 1): the first message
+    tells. Format 2 writes one object per line, each with an ``action``; format 1 writes one
+    document per transaction, which starts with ``{"xid"``, ``{"change"``, ``{"timestamp"`` or,
+    pretty-printed or written in chunks, with a line that is not a whole object.
+
+    ``stated`` is the format-version the user gave, if any: content of the other format is a
+    contradiction, refused on its first message.
+    """
+
+    plugin = "wal2json"
+
+    def __init__(self, stated: str | None = None) -> None:
+        self.stated = stated
+        self.version: str | None = None
+        self._inner: Decoder | None = None
+        self.notes: list[str] = []
+
+    def decode(self, message: RawMessage) -> Sequence[Event]:
+        if self._inner is None:
+            self.version = _wal2json_format(message.data)
+            if self.stated is not None and self.stated != self.version:
+                at = f" at LSN {message.lsn}" if message.lsn is not None else ""
+                raise DecodeError(
+                    f"the wal2json output{at} is format-version {self.version} (its first message "
+                    f"begins {_head(message.data)!r}), not format-version {self.stated} as "
+                    f"-o format-version={self.stated} says: give the options pg_recvlogical "
+                    "used (without -o format-version, wal2json writes format 1)",
+                    plugin="wal2json",
+                    lsn=message.lsn,
+                )
+            if self.version == "1":
+                self._inner = wal2json_v1.Wal2JsonV1Decoder()
+                if self.stated is None:
+                    self.notes.append(
+                        "the capture is wal2json format-version 1 (no -o format-version was "
+                        "given: wal2json's default). " + wal2json_v1.LIMITATIONS
+                    )
+            else:
+                self._inner = wal2json.Wal2JsonV2Decoder()
+        return self._inner.decode(message)
+
+    def finish(self) -> Sequence[Event]:
+        return self._inner.finish() if self._inner is not None else ()
+
+
+def _head(data: str | bytes) -> str:
+    text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+    return text[:30]
+
+
+def _wal2json_format(data: str | bytes) -> str:
+    """``"2"`` when ``data`` is a whole JSON object with an ``action``, else ``"1"``."""
+    text = (data if isinstance(data, str) else data.decode("utf-8", "replace")).lstrip()
+    if text.startswith('{"action"'):
+        return "2"
+    if text.startswith("{") and '"action"' in text[:200]:
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            return "1"
+        return "2" if isinstance(obj, dict) and "action" in obj else "1"
+    return "1"
+
+
+def decoder_notes(decoder: Decoder) -> list[str]:
+    """What a decoder learnt while reading that a user should know (a prepared transaction
+    left undecided, the wal2json format it found)."""
+    notes = getattr(decoder, "notes", None)
+    return list(notes) if notes else []
+
+
+def make_decoder(
+    plugin: str, options: Mapping[str, str] | None = None, *, two_phase: bool = False
+) -> Decoder:
+    """A fresh decoder for ``plugin`` with the options the stream was produced with.
+
+    wal2json without ``format-version`` (a capture made with pg_recvlogical's defaults) is
+    read in the format its content shows; ``two_phase``: test_decoding output that holds
+    ``PREPARE TRANSACTION`` rows (see :mod:`.test_decoding`)."""
     _check(plugin)
     options = options or {}
     if plugin == "wal2json":
-        if _wal2json_version(options) == "1":
-            return wal2json_v1.Wal2JsonV1Decoder()
-        return wal2json.Wal2JsonV2Decoder()
+        if "format-version" not in options:
+            return Wal2JsonAnyFormat()
+        return Wal2JsonAnyFormat(_wal2json_version(options))
     if plugin == "test_decoding":
-        return test_decoding.TestDecodingDecoder()
+        return test_decoding.TestDecodingDecoder(two_phase=two_phase)
     try:
         version = int(options.get("proto_version", "1"))
     except ValueError:

@@ -45,7 +45,7 @@ from enum import Enum
 from itertools import accumulate
 from typing import IO, Final, overload
 
-from ..errors import DecodeError
+from ..errors import DecodeError, StreamCutShort
 from ..lsn import Lsn
 from ..model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation
 
@@ -395,7 +395,9 @@ class _Reader:
     def _take(self, size: int) -> int:
         start = self.pos
         if start + size > len(self.data):
-            raise self.fail(f"is truncated: {size} more bytes expected")
+            error = self.fail(f"is truncated: {size} more bytes expected")
+            error.overrun = True  # type: ignore[attr-defined]
+            raise error
         self.pos = start + size
         return start
 
@@ -436,7 +438,10 @@ class _Reader:
         value = self.i16() if size == 2 else self.i32()
         if value < 0 or value * per_item > self.remaining():
             self.pos = start
-            raise self.fail(f"has an impossible {noun} {value}")
+            error = self.fail(f"has an impossible {noun} {value}")
+            # Past the end of the data: where a capture's end cut the message (or damage).
+            error.overrun = value >= 0  # type: ignore[attr-defined]
+            raise error
         return value
 
     def raw(self, size: int) -> bytes:
@@ -460,7 +465,9 @@ class _Reader:
         """A NUL-terminated UTF-8 string (PostgreSQL always writes the terminator)."""
         end = self.data.find(b"\0", self.pos)
         if end < 0:
-            raise self.fail("has a string without its NUL terminator")
+            error = self.fail("has a string without its NUL terminator")
+            error.overrun = True  # type: ignore[attr-defined]
+            raise error
         value = self.text(end - self.pos)
         self.pos += 1
         return value
@@ -724,12 +731,19 @@ def parse_message(
     return message
 
 
+class CaptureEndsMidMessage(DecodeError):
+    """The capture's last message runs past the end of the file, or lacks its newline:
+    pg_recvlogical was stopped while writing it. ``offset`` is where that message starts."""
+
+
 def split_capture(data: bytes, proto_version: int = 1) -> Iterator[bytes]:
     """Cut a ``pg_recvlogical -f`` capture of pgoutput into its messages.
 
     pg_recvlogical writes each message followed by a newline and no length, and a message can
     itself contain newline bytes, so each message is measured by parsing its structure.
     ``data`` may be an ``mmap`` of the file, so a large capture is not read into memory.
+    A last message that the file's end cuts raises :class:`CaptureEndsMidMessage` after every
+    whole message was yielded; one cut by anything else is damage (:class:`DecodeError`).
     """
     pos, size, in_stream = 0, len(data), False
     while pos < size:
@@ -760,9 +774,21 @@ def split_capture(data: bytes, proto_version: int = 1) -> Iterator[bytes]:
         if kind == 0x41 and proto_version >= 4:  # Stream Abort: 9 or 25 bytes, by its layout
             end = pos + 25 if pos + 25 < size and data[pos + 25] == 0x0A else pos + 9
         else:
-            parse(reader)
-            end = reader.pos
-        if end >= size or data[end] != 0x0A:
+            try:
+                parse(reader)
+            except DecodeError as exc:
+                if not getattr(exc, "overrun", False):
+                    raise
+                end = size
+            else:
+                end = reader.pos
+        if end >= size:
+            raise CaptureEndsMidMessage(
+                f"the capture ends inside the {name} message {where} ({size - pos} bytes, "
+                "without its newline): pg_recvlogical was stopped while writing it",
+                offset=pos,
+            )
+        if data[end] != 0x0A:
             raise DecodeError(
                 f"pgoutput capture is truncated or damaged after the {name} message {where}: "
                 "pg_recvlogical ends every message with a newline",
@@ -1198,6 +1224,8 @@ class PgoutputDecoder:
         self.spilled_changes = 0
         #: Streamed or prepared transactions still undecided when :meth:`finish` ran.
         self.unfinished_xids: tuple[int, ...] = ()
+        #: What a reader should know once the stream was read (prepared transactions left out).
+        self.notes: list[str] = []
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -1223,12 +1251,21 @@ class PgoutputDecoder:
         """
         inside = self._inside()
         if inside is not None:
-            raise DecodeError(
+            xid = self._current_xid()
+            raise StreamCutShort(
                 f"the pgoutput stream ends inside {inside}: the capture is truncated",
-                xid=self._current_xid(),
+                xid=xid,
+                what=inside.split(" (")[0],
+                begun="",
             )
         pending = [*self._streamed.values(), *self._prepared.values()]
         self.unfinished_xids = tuple(p.xid for p in pending)
+        for prepared in self._prepared.values():
+            self.notes.append(
+                f"prepared transaction '{prepared.gid}' (xid {prepared.xid}) is neither "
+                "committed nor rolled back in the stream, so its changes were left out: if it "
+                "was committed later (COMMIT PREPARED), they are missing"
+            )
         for transaction in pending:
             self._drop(transaction)
         self._streamed.clear()

@@ -52,9 +52,14 @@ What test_decoding does not say, and what the decoder does about it:
 
 Refused with :class:`DecodeError`, because the stream does not hold the data:
 ``stream-changes`` output (test_decoding prints "streaming change for transaction" instead of the
-rows) and two-phase output (``PREPARE TRANSACTION`` / ``COMMIT PREPARED``: a prepared
-transaction's fate is only known later, and holding every transaction back until then would hold
-unbounded memory). Read such slots through a copy made without those options.
+rows). Two-phase output (``PREPARE TRANSACTION 'gid'`` / ``COMMIT PREPARED`` / ``ROLLBACK
+PREPARED``, a slot made with ``pg_recvlogical --two-phase``) is read with ``two_phase=True``:
+a transaction's end (COMMIT or PREPARE) is only known at its last row, so every transaction is
+held until then (in memory up to ``spill_threshold`` changes, the rest in a temporary file, as
+pgoutput's are); a prepared one is held until COMMIT PREPARED, where it comes out in that
+commit's order, or dropped at ROLLBACK PREPARED. One still undecided at the end of the stream is
+left out and named in :attr:`TestDecodingDecoder.notes`. Without ``two_phase`` such rows are
+refused (the changes before them were already passed on as committed).
 
 Capture files: ``pg_recvlogical -f`` writes each row followed by a newline, and a row may itself
 contain newlines (inside a quoted value or identifier, or a message's content). Given one line at
@@ -71,9 +76,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..errors import DecodeError
+from ..errors import DecodeError, StreamCutShort
 from ..lsn import Lsn
 from ..model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation, TableName
+from .pgoutput import _Pending
 
 PLUGIN = "test_decoding"
 
@@ -105,6 +111,13 @@ _STREAMING = (
     "preparing streamed transaction",
 )
 _TWO_PHASE = ("PREPARE TRANSACTION ", "COMMIT PREPARED ", "ROLLBACK PREPARED ")
+#: ``PREPARE TRANSACTION 'gid'``, ``COMMIT PREPARED``, ``ROLLBACK PREPARED``: the gid through
+#: ``quote_literal_cstr`` (``E'...'`` when it holds a backslash), then ``, txid N``, `` (at T)``.
+_DECIDE = re.compile(
+    r"(PREPARE TRANSACTION|COMMIT PREPARED|ROLLBACK PREPARED) (E?)'((?:[^']|'')*)'"
+    r"(?:, txid (\d+))?(?: \(at (.+)\))?",
+    re.DOTALL,
+)
 _NO_TUPLE = " (no-tuple-data)"
 _NEW_TUPLE = " new-tuple:"
 _OLD_KEY = " old-key:"
@@ -362,7 +375,22 @@ class TestDecodingDecoder:
 
     plugin = PLUGIN
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        two_phase: bool = False,
+        spill_dir: str | None = None,
+        spill_threshold: int = 10_000,
+    ) -> None:
+        #: Hold each transaction until it commits or is prepared (two-phase output).
+        self.two_phase = two_phase
+        self._spill_dir, self._spill_threshold = spill_dir, spill_threshold
+        #: The transaction being held (two-phase), with its Begin.
+        self._held: tuple[Begin, _Pending] | None = None
+        #: Prepared transactions by gid, waiting for COMMIT or ROLLBACK PREPARED.
+        self._prepared: dict[str, tuple[Begin, _Pending]] = {}
+        #: What a reader should know once the stream was read (prepared transactions left out).
+        self.notes: list[str] = []
         self._tables: dict[tuple[str, str], _Table] = {}
         self._open = False
         self._xid: int | None = None
@@ -383,28 +411,115 @@ class TestDecodingDecoder:
         text = self._text(message)
         if message.lsn is not None:
             self._last_lsn = message.lsn
-        if self._pending is not None:
-            return self._continue(text, message)
-        return self._row(text, message, self._line)
+        events = (
+            self._continue(text, message)
+            if self._pending is not None
+            else self._row(text, message, self._line)
+        )
+        if not self.two_phase or not events:
+            return events
+        out: list[Event] = []
+        for event in events:
+            if isinstance(event, Begin):
+                pending = _Pending(
+                    event.xid or 0, event.lsn, True, self._spill_threshold, self._spill_dir
+                )
+                self._held = (event, pending)
+            elif isinstance(event, Change):
+                assert self._held is not None
+                self._held[1].add(0, event)
+            else:
+                assert self._held is not None
+                (begin, pending), self._held = self._held, None
+                out.extend(pending.events(begin, event))
+        return out
+
+    def _decide(self, text: str, message: RawMessage, line: int) -> Sequence[Event]:
+        """A two-phase row: hold the open transaction as prepared, or let one out or drop it."""
+        lsn = message.lsn
+        match = _DECIDE.fullmatch(text)
+        if match is None:
+            raise _Malformed("a two-phase row without a quoted transaction identifier")
+        verb, escaped, quoted, xid_text, at = match.groups()
+        gid = quoted.replace("''", "'")
+        if escaped:
+            gid = gid.replace("\\\\", "\\")
+        if not self.two_phase:
+            raise DecodeError(
+                f"test_decoding row {_where(lsn, line)} is two-phase output ({verb} "
+                f"'{gid}'): a slot's two-phase output is not read; read a copy of the slot made "
+                "without two-phase decoding, or capture it with pg_recvlogical",
+                plugin=PLUGIN,
+                lsn=lsn,
+                line=line,
+            )
+        if verb == "PREPARE TRANSACTION":
+            if not self._open or self._held is None:
+                raise _Malformed(f"PREPARE TRANSACTION '{gid}' outside a transaction")
+            if gid in self._prepared:
+                raise _Malformed(f"transaction '{gid}' is prepared twice")
+            self._open = False
+            self._prepared[gid], self._held = self._held, None
+            return ()
+        if self._open:
+            raise _Malformed(f"{verb} '{gid}' inside transaction {self._xid}")
+        held = self._prepared.pop(gid, None)
+        if verb == "ROLLBACK PREPARED":
+            if held is not None:
+                held[1].discard()
+            return ()
+        if held is None:
+            raise DecodeError(
+                f"test_decoding row {_where(lsn, line)} commits prepared transaction '{gid}', "
+                "whose PREPARE TRANSACTION is not in the stream: its changes are missing; "
+                "capture from a point before it was prepared",
+                plugin=PLUGIN,
+                lsn=lsn,
+                line=line,
+            )
+        begin, pending = held
+        xid = _xid(xid_text, message.xid)
+        xid = xid if xid is not None else begin.xid
+        commit_time = _commit_time(at) if at is not None else None
+        return pending.events(
+            Begin(xid=xid, commit_time=commit_time, lsn=begin.lsn),
+            Commit(xid=xid, commit_lsn=None, end_lsn=lsn, commit_time=commit_time),
+        )
 
     def finish(self) -> Sequence[Event]:
-        """The stream ended: a row or a transaction left open means the capture is cut."""
-        if self._pending is not None:
-            raise DecodeError(
+        """The stream ended: a row or a transaction left open means the capture is cut;
+        a prepared transaction still undecided is left out (named in :attr:`notes`)."""
+        for gid, (begin, pending) in self._prepared.items():
+            pending.discard()
+            self.notes.append(
+                f"prepared transaction '{gid}' (xid {begin.xid}) is neither committed nor "
+                "rolled back in the stream, so its changes were left out: if it was committed "
+                "later (COMMIT PREPARED), they are missing"
+            )
+        self._prepared.clear()
+        if self._pending is not None and not self._open:
+            raise StreamCutShort(
                 f"test_decoding stream ends inside a row that starts at line "
                 f"{self._pending_line} (an unclosed quote or a short message): the capture is "
                 "truncated",
                 plugin=PLUGIN,
                 line=self._pending_line,
+                xid=None,
+                what="a row outside any transaction",
+                begun=f"at line {self._pending_line}",
             )
         if self._open:
             where = f", last at LSN {self._last_lsn}" if self._last_lsn is not None else ""
-            raise DecodeError(
+            if self._pending is not None:
+                where += f", in a row that starts at line {self._pending_line}"
+            raise StreamCutShort(
                 f"test_decoding stream ends inside transaction {self._xid} (begun "
                 f"{self._begin_where}{where}): the capture is truncated",
                 plugin=PLUGIN,
                 xid=self._xid,
                 lsn=self._last_lsn,
+                what=f"transaction {self._xid}" if self._xid is not None else "a transaction",
+                begun=self._begin_where + where,
             )
         return ()
 
@@ -466,15 +581,7 @@ class TestDecodingDecoder:
             if text.startswith("BEGIN"):
                 return self._begin(text, message, line)
             if text.startswith(_TWO_PHASE):
-                raise DecodeError(
-                    f"test_decoding row {_where(lsn, line)} is two-phase output "
-                    f"({text.split(' ', 2)[0]} {text.split(' ', 2)[1]}): walrecover cannot "
-                    "hold prepared transactions until they are decided; read a copy of the slot "
-                    "made without two-phase decoding",
-                    plugin=PLUGIN,
-                    lsn=lsn,
-                    line=line,
-                )
+                return self._decide(text, message, line)
             if text.startswith("COMMIT"):
                 return self._commit(text, message, line)
             if text.startswith(_STREAMING):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..errors import DecodeError, StopPointError
+from ..errors import DecodeError, StopPointError, StreamCutShort
 from ..lsn import Lsn
 from ..model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation, TableName
 
@@ -185,9 +185,10 @@ class Wal2JsonV2Decoder:
             ) from None
 
     def finish(self) -> Sequence[Event]:
-        # Sources stop at transaction boundaries, so an open transaction here is damage.
+        # Slots stop at transaction boundaries: only a capture cut short ends inside one.
         if self._open:
-            raise DecodeError(
+            begun = f"at LSN {self._begin_row_lsn}" if self._begin_row_lsn is not None else ""
+            raise StreamCutShort(
                 f"the stream ends inside transaction {self._xid}"
                 + (
                     f" (begun at LSN {self._begin_row_lsn}, last message at LSN {self._last_lsn})"
@@ -197,6 +198,8 @@ class Wal2JsonV2Decoder:
                 + ": the capture is truncated",
                 xid=self._xid,
                 lsn=self._last_lsn,
+                what=f"transaction {self._xid}",
+                begun=begun,
             )
         return ()
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..errors import DecodeError, StopPointError
+from ..errors import DecodeError, StopPointError, StreamCutShort
 from ..lsn import Lsn
 from ..model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation, TableName
 from . import wal2json
@@ -224,13 +224,15 @@ class Wal2JsonV1Decoder:
         if self._doc is not None:
             doc = self._doc
             where = f"at LSN {doc.lsn}" if doc.lsn is not None else f"at line {doc.line}"
-            raise DecodeError(
+            raise StreamCutShort(
                 f"wal2json stream ends inside a format-version 1 document that begins {where}: "
                 "the capture is truncated",
                 plugin=PLUGIN,
                 lsn=doc.lsn,
                 line=doc.line,
                 xid=doc.xid,
+                what=f"transaction {doc.xid}" if doc.xid is not None else "a transaction",
+                begun=where,
             )
         return ()
 

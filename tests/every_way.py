@@ -83,5 +83,6 @@ def recover_way(
         TableName("public", table),
         target=db.dsn,
         options=user_options(plugin),
+        wal_dsn=db.dsn,
         **options,
     )

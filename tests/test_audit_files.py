@@ -29,7 +29,9 @@ VICTIM = b"the user's own bytes\n"
 
 @pytest.fixture
 def source(db: Database) -> Iterator[Database]:
-    """A dropped table ``t`` in a wal2json slot ``cdc``."""
+    """A dropped table ``t`` in a wal2json slot ``cdc``. pg_walinspect proves that the truth's
+    snapshot (a CREATE TABLE between t's changes) did not re-create t."""
+    db.execute("CREATE EXTENSION pg_walinspect")
     stop_workload(db)
     yield db
 

@@ -153,8 +153,9 @@ FINAL_DDL = (
 
 def _column_added_with_a_default(db: Database, plugin: str) -> None:
     """Two rows, then ADD COLUMN c DEFAULT 'dflt' (they hold 'dflt' from the catalog), then
-    rows that carry c in the stream."""
-    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    rows that carry c in the stream. pg_walinspect proves the ALTER TABLE did not re-create the
+    table (test_decoding's stream alone cannot: see test_recreated.py)."""
+    db.execute("CREATE EXTENSION pg_walinspect; CREATE TABLE t (id integer PRIMARY KEY, v text)")
     create_source(db, plugin)
     run_script(
         db,
@@ -182,7 +183,7 @@ def test_rows_before_an_added_default_are_not_proven(
 
     assert db.execute("SELECT id FROM t_recovered WHERE c IS NULL ORDER BY id") == [(1,), (2,)]
     assert differences(db, "truth", "t_recovered") == (2, 2)
-    (reason,) = result.unproven
+    (reason,) = _without_recreation_doubt(result.unproven, plugin, kind)
     assert reason.startswith("column c of public.t first appears "), reason
     assert "when 2 rows existed" in reason and "--ddl" in reason and "DEFAULT" in reason
     assert "at LSN " in reason or "in transaction " in reason, reason
@@ -200,7 +201,17 @@ def test_a_ddl_with_the_added_default_rebuilds_those_rows_exactly(
     result = recover_way(db, plugin, kind, tmp_path, ddl=FINAL_DDL)
 
     assert differences(db, "truth", "t_recovered") == (0, 0)
-    assert result.unproven == ()
+    assert _without_recreation_doubt(result.unproven, plugin, kind) == ()
+
+
+def _without_recreation_doubt(unproven: tuple[str, ...], plugin: str, kind: str) -> tuple[str, ...]:
+    """A test_decoding capture has no LSNs, so even pg_walinspect cannot tell its ALTER TABLE
+    from a DROP and CREATE: that doubt (and only there) is right; the rest is the test's."""
+    if (plugin, kind) != ("test_decoding", "capture"):
+        return unproven
+    doubts = [r for r in unproven if "may have been dropped and re-created" in r]
+    assert len(doubts) == 1, unproven
+    return tuple(r for r in unproven if r not in doubts)
 
 
 def test_a_default_that_is_not_a_constant_is_not_proven(db: Database, tmp_path: Path) -> None:

@@ -422,8 +422,8 @@ def _recover(
                 warnings.extend(after_stop)
         if checker is not None:
             restore_settings(target_conn)
-            notes, doubts = checker.notes(table, audit=audit_at is not None)
-            warnings.extend(notes)
+            checked, doubts = checker.notes(table, audit=audit_at is not None)
+            warnings.extend(checked)
             unproven.extend(doubts)
         replayed = time.monotonic()
         audit_summary = None
@@ -510,7 +510,6 @@ def _recover(
         warnings=(
             *warnings,
             *notes,
-            *result.warnings,
             *(f"followed an ALTER TABLE {change}" for change in result.schema_changes),
             *result.warnings,
         ),

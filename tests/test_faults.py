@@ -306,11 +306,16 @@ def test_interrupt_exits_130_saying_where_it_stopped_then_rerun_resumes(
 
     assert kept is not None and not kept.complete and kept.last_commit_lsn is not None
     problems = []
-    if stopped.returncode != 130 or stopped.stdout or len(stopped.lines) != 1:
-        problems.append(f"expected exit 130, one stderr line, no stdout: {stopped.describe()}")
+    if stopped.returncode != 130 or len(stopped.lines) != 1:
+        problems.append(f"expected exit 130, one stderr line: {stopped.describe()}")
     line = stopped.lines[-1] if stopped.lines else ""
+    # --json: the error is also the one object on stdout.
+    if stopped.json() != {"error": line.removeprefix("walrecover: error: "), "exit": 130}:
+        problems.append(f"expected the error as JSON on stdout: {stopped.stdout!r}")
     if not line.startswith("walrecover: ") or "rerun" not in line or "resume" not in line:
         problems.append(f"the line does not say that rerunning resumes: {line!r}")
+    if f"{into} is incomplete" not in line:
+        problems.append(f"the line does not say that {into} is incomplete: {line!r}")
     if kept.last_commit_lsn not in LSN_RE.findall(line):
         problems.append(
             f"the line does not say where it stopped (last committed LSN "

@@ -245,6 +245,8 @@ class AuditWriter:
         self._stale: list[Path] = []
         #: PATH exists and may be replaced only because the run this one resumes replaced it.
         self._replaces_resumed = False
+        #: start() ran: ``PATH.parts`` holds this run's bookkeeping.
+        self._started = False
         self._check_destination([Path(p) for p in protect])
 
     def _check_destination(self, protect: list[Path]) -> None:
@@ -386,6 +388,7 @@ class AuditWriter:
 
     def start(self, committed: Lsn | None, resuming: bool) -> None:
         """Keep the parts the target committed (up to ``committed``) when resuming; else none."""
+        self._started = True
         if not resuming:
             if self._replaces_resumed and not self.force:
                 raise AuditError(
@@ -633,19 +636,17 @@ class AuditWriter:
         rows = 0
         counts: dict[str, int] = {}
         try:
-            for part in parts:
-                for batch in _batches(part):
-                    table = pa.Table.from_batches([batch]).cast(PART_SCHEMA)
-                    table = finals.apply(table).drop_columns(list(_PRIVATE))
-                    for typed, array in zip(fields, typed_arrays(table, fields), strict=True):
-                        table = table.append_column(typed.field(), array)
-                    row_hashes, chain_hashes, chain = hash_rows(table, chain)
-                    table = table.append_column("row_hash", pa.array(row_hashes, pa.string()))
-                    table = table.append_column("chain_hash", pa.array(chain_hashes, pa.string()))
-                    sink.write(table)
-                    rows += table.num_rows
-                    for value in table.column("outcome").to_pylist():
-                        counts[value] = counts.get(value, 0) + 1
+            for group in _row_groups(parts):
+                table = finals.apply(group).drop_columns(list(_PRIVATE))
+                for typed, array in zip(fields, typed_arrays(table, fields), strict=True):
+                    table = table.append_column(typed.field(), array)
+                row_hashes, chain_hashes, chain = hash_rows(table, chain)
+                table = table.append_column("row_hash", pa.array(row_hashes, pa.string()))
+                table = table.append_column("chain_hash", pa.array(chain_hashes, pa.string()))
+                sink.write(table)
+                rows += table.num_rows
+                for value in table.column("outcome").to_pylist():
+                    counts[value] = counts.get(value, 0) + 1
             counts = dict(sorted(counts.items()))
             meta.update(rows=rows, outcomes=counts, chain_head=chain)
             files = sink.finish(meta)
@@ -702,8 +703,13 @@ class AuditWriter:
         _fsync_dir(self.path.parent)
         _remove_dataset(self.old)
 
-    def abort(self) -> None:
-        """Stop after a failure: keep sealed parts (a rerun resumes), drop unsealed rows."""
+    def abort(self) -> Path | None:
+        """Stop after a failure: keep sealed parts (a rerun resumes), drop unsealed rows.
+
+        Returns ``PATH.parts`` if it holds work a rerun resumes. When nothing was sealed (and
+        publishing had not begun), this run's own bookkeeping is removed with the directory,
+        so a failed run leaves nothing behind.
+        """
         with contextlib.suppress(Exception):
             if self._writer is not None:
                 self._writer.close()
@@ -715,9 +721,18 @@ class AuditWriter:
         for tmp in self._open_files:
             safefiles.remove_file(tmp)
         self._open_files.clear()
-        if not self._publishing:
-            return  # PATH.partial, if any, belongs to another run (one refused by the lock)
-        _remove_work(self.partial)
+        if self._publishing:
+            _remove_work(self.partial)
+            return self.parts
+        # Before publishing, PATH.partial, if any, belongs to another run (one refused by the
+        # lock), and PATH.parts is this run's only once start() made it its own.
+        if not self._started or not safefiles.is_dir(safefiles.lstat(self.parts)):
+            return None
+        if self.unpublished() is not None or (self._run or {}).get("publishing"):
+            return self.parts
+        safefiles.remove_own_files(self.parts, _PART_FILES)
+        safefiles.remove_dir_if_empty(self.parts)
+        return None
 
 
 def _column_json(column: Column) -> list[Any]:
@@ -1082,6 +1097,31 @@ def _batches(path: Path, columns: Sequence[str] | None = None) -> Iterator[pa.Re
     yield from parquet.iter_batches(
         batch_size=ROW_GROUP_ROWS, columns=list(columns) if columns is not None else None
     )
+
+
+def _row_groups(parts: Sequence[Path]) -> Iterator[pa.Table]:
+    """The parts' rows in seq order, regrouped into tables of :data:`ROW_GROUP_ROWS` rows (the
+    last may be smaller).
+
+    Parts are sealed at every target commit, so their size follows ``--batch-size`` and how
+    often a run was resumed; the published audit's row groups must not: thousands of tiny row
+    groups make the file several times larger and every reader of it slower.
+    """
+    pending: list[pa.Table] = []
+    count = 0
+    for part in parts:
+        for batch in _batches(part):
+            table = pa.Table.from_batches([batch]).cast(PART_SCHEMA)
+            while table.num_rows:
+                piece = table.slice(0, ROW_GROUP_ROWS - count)
+                table = table.slice(piece.num_rows)
+                pending.append(piece)
+                count += piece.num_rows
+                if count == ROW_GROUP_ROWS:
+                    yield pa.concat_tables(pending).combine_chunks()
+                    pending, count = [], 0
+    if pending:
+        yield pa.concat_tables(pending).combine_chunks()
 
 
 def _part_lsn(part: Path) -> Lsn | None:

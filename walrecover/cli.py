@@ -80,32 +80,78 @@ class Progress:
 
 
 class _Group(click.Group):
-    """Maps walrecover's errors and Ctrl-C to one stderr line and a documented exit code."""
+    """Maps walrecover's errors and Ctrl-C to one stderr line and a documented exit code.
+
+    With ``--json``, an error is also one JSON object on stdout, ``{"error": ..., "exit": N}``,
+    so a script reading stdout always gets an answer (usage errors included).
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
+        as_json = _wants_json(ctx.args)
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            if as_json:
+                _json_error(exc.format_message(), exc.exit_code)
+            raise  # click prints the usage and the message on stderr, and exits 2
         except WalrecoverError as exc:
-            message = redact(str(exc), ctx.meta.get("walrecover.dsn"))
-            click.echo(f"walrecover: error: {message}", err=True)
-            ctx.exit(exc.exit_code)
+            _fail(ctx, _redact(ctx, str(exc)), exc.exit_code, as_json)
         except psycopg.Error as exc:
             # A database error no library code anticipated: still one line, never a traceback.
-            message = redact(first_line(exc), ctx.meta.get("walrecover.dsn"))
-            click.echo(f"walrecover: error: {message}", err=True)
-            ctx.exit(EXIT_ERROR)
+            _fail(ctx, _redact(ctx, first_line(exc)), EXIT_ERROR, as_json)
         except OSError as exc:
             # A file that cannot be read or written (a full disk, a permission): one line too.
             message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
-            click.echo(f"walrecover: error: {message}", err=True)
-            ctx.exit(EXIT_ERROR)
+            _fail(ctx, message, EXIT_ERROR, as_json)
         except KeyboardInterrupt:
-            click.echo(
-                "walrecover: interrupted; what was committed is kept, rerun the same command "
-                "to resume",
-                err=True,
+            _fail(
+                ctx,
+                "interrupted; what was committed is kept, rerun the same command to resume",
+                EXIT_INTERRUPTED,
+                as_json,
+                prefix="walrecover: ",
             )
-            ctx.exit(EXIT_INTERRUPTED)
+
+
+def _wants_json(args: list[str]) -> bool:
+    """True if the command line asks for ``--json`` (before any ``--``)."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
+def _json_error(message: str, code: int) -> None:
+    click.echo(json.dumps({"error": message, "exit": code}))
+
+
+def _fail(
+    ctx: click.Context,
+    message: str,
+    code: int,
+    as_json: bool,
+    prefix: str = "walrecover: error: ",
+) -> None:
+    if as_json:
+        _json_error(message, code)
+    click.echo(f"{prefix}{message}", err=True)
+    ctx.exit(code)
+
+
+def _redact(ctx: click.Context, text: str) -> str:
+    """``text`` without the password of any connection string given on the command line."""
+    for dsn in ctx.meta.get("walrecover.dsns", ()):
+        text = redact(text, dsn)
+    return text
+
+
+def _remember_dsn(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Keep a connection string given as an option, so errors can leave its password out."""
+    if value is not None:
+        ctx.meta.setdefault("walrecover.dsns", []).append(value)
+    return value
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:
@@ -144,16 +190,12 @@ def json_option(f: F) -> F:
 def dbname_option(f: F) -> F:
     """``-d/--dbname``: a libpq conninfo or URI, as in psql."""
 
-    def remember(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-        ctx.meta["walrecover.dsn"] = value
-        return value
-
     return click.option(
         "-d",
         "--dbname",
         "dsn",
         metavar="CONNINFO",
-        callback=remember,
+        callback=_remember_dsn,
         help="Source database: conninfo ('host=db dbname=bank') or postgresql:// URI; "
         "PG* variables, service files and .pgpass work as in psql.",
     )(f)
@@ -424,7 +466,10 @@ def _table(value: str, option: str) -> TableName:
     help="Table to build. Default: <table>_recovered in the same schema.",
 )
 @click.option(
-    "--target", metavar="CONNINFO", help="Database to build it in. Default: the -d database."
+    "--target",
+    metavar="CONNINFO",
+    callback=_remember_dsn,
+    help="Database to build it in. Default: the -d database.",
 )
 @stop_options
 @click.option("--key", "key_column", metavar="COL", help="Ledger key column (e.g. account_id).")
@@ -572,20 +617,32 @@ def recover_command(
         sys.exit(EXIT_UNPROVEN)
 
 
+def _transaction(xid: int | None, lsn: Lsn | None, lsn_kind: str) -> str:
+    """A transaction as people can find it: its xid and the LSN the stream gives, if any."""
+    kind = "end LSN" if lsn_kind == "end" else "commit LSN"
+    if xid is None:
+        return f"the transaction at {kind} {lsn}" if lsn is not None else "a transaction"
+    return f"transaction {xid}" + (f" ({kind} {lsn})" if lsn is not None else "")
+
+
 def _recovery_text(result: RecoveryResult) -> str:
+    source = f"capture {result.capture}" if result.capture else f"slot {result.slot}"
+    kind = "end LSNs of the commits" if result.lsn_kind == "end" else "commit LSNs"
+    if result.first_lsn is None and result.last_lsn is None and result.transactions:
+        lsns = f"the {'capture' if result.capture else 'slot'} carries no LSNs"
+    else:
+        lsns = f"{kind} {result.first_lsn or '-'} .. {result.last_lsn or '-'}"
     lines = [
-        f"Rebuilt {result.table} as {result.into} from "
-        f"{f'slot {result.slot}' if result.slot else 'a capture'} ({result.plugin}).",
+        f"Rebuilt {result.table} as {result.into} from {source} ({result.plugin}).",
         f"  {result.transactions} transactions, {result.changes} row changes applied, "
         f"{result.rows} rows in {result.into}.",
-        f"  commit LSNs {result.first_lsn or '-'} .. {result.last_lsn or '-'}; "
-        f"stop point: {result.stop}.",
+        f"  {lsns}; stop point: {result.stop}.",
     ]
     if result.stopped_before:
-        xid, lsn = result.stopped_before
-        lines.append(f"  stopped before transaction {xid} (commit LSN {lsn}).")
+        lines.append(f"  stopped before {_transaction(*result.stopped_before, result.lsn_kind)}.")
     if result.resumed_from:
-        lines.append(f"  resumed after commit LSN {result.resumed_from}.")
+        one = "end LSN" if result.lsn_kind == "end" else "commit LSN"
+        lines.append(f"  resumed after {one} {result.resumed_from}.")
     if result.no_row:
         lines.append(
             f"  {result.no_row} updates/deletes found no row (rows older than the slot): "
@@ -828,6 +885,7 @@ def _rehearsal_text(result: RehearsalResult) -> str:
 @click.option(
     "--ledger-dsn",
     metavar="CONNINFO",
+    callback=_remember_dsn,
     help="Database of --ledger-query and --opening-query. Default: the -d database.",
 )
 @click.option(

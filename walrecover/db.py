@@ -45,17 +45,49 @@ KEEPALIVES = {
 }
 
 
+def ambiguous_uri(dsn: str | None) -> bool:
+    """True for a ``postgresql://`` URI with more than one ``@`` before its host.
+
+    libpq ends the user and password at the *first* ``@``, so ``postgresql://u:s3cr3t-P@ss@db/x``
+    connects as password ``s3cr3t-P`` to host ``ss@db``: the parsed host and port may then hold
+    the rest of the password, and nothing parsed from that part may be shown.
+    """
+    text = (dsn or "").strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres"):
+        return False
+    authority = re.split(r"[/?]", rest, maxsplit=1)[0]
+    return authority.count("@") > 1
+
+
+#: What messages and metadata show instead of the user, password, host and port of an
+#: ambiguous URI.
+HIDDEN_AUTHORITY = "<user, password and host hidden: the URI has more than one '@'>"
+
+#: Parameters an ambiguous URI's user-password-host part sets (all may hold password text).
+_AUTHORITY_PARAMS = ("user", "host", "hostaddr", "port")
+
+
 def safe_dsn(dsn: str | None) -> str:
-    """The connection string with any password removed, for messages and metadata."""
+    """The connection string with any password removed, for messages and metadata.
+
+    For an ambiguous URI (see :func:`ambiguous_uri`) the user, host and port are left out too,
+    since libpq's reading of them may hold part of the password.
+    """
     try:
         params = conninfo_to_dict(dsn or "")
     except psycopg.Error:
         return "<unparseable connection string>"
     for secret in SECRETS:
         params.pop(secret, None)
+    hidden = ambiguous_uri(dsn)
+    if hidden:
+        for name in _AUTHORITY_PARAMS:
+            params.pop(name, None)
     if not params:
-        return "<libpq defaults>"
-    return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
+        return HIDDEN_AUTHORITY if hidden else "<libpq defaults>"
+    shown = make_conninfo("", **{k: v for k, v in params.items() if v is not None})
+    return f"{shown} {HIDDEN_AUTHORITY}" if hidden else shown
 
 
 def _passwords(dsn: str | None) -> list[str]:
@@ -64,12 +96,22 @@ def _passwords(dsn: str | None) -> list[str]:
         params = conninfo_to_dict(dsn or "")
         found.extend(str(params[s]) for s in SECRETS if params.get(s))
     except psycopg.Error:
+        params = {}
         match = re.search(r"(?:(?:ssl)?password\s*=\s*|://[^:/@]*:)([^\s@'&]+)", dsn or "")
         if match:
             found.append(match.group(1))
+    if ambiguous_uri(dsn):
+        # Everything up to the last '@' may be the password, and libpq's host and port (which
+        # its messages quote) hold what followed the first '@'.
+        userinfo = (dsn or "").strip().partition("://")[2]
+        userinfo = re.split(r"[/?]", userinfo, maxsplit=1)[0].rpartition("@")[0]
+        found.append(userinfo)
+        found.append(userinfo.partition(":")[2])
+        found.extend(str(params[p]) for p in _AUTHORITY_PARAMS if "@" in str(params.get(p, "")))
     if os.environ.get("PGPASSWORD"):
         found.append(os.environ["PGPASSWORD"])
-    return [p for p in found if p]
+    # Longest first, so a password is never half replaced by a shorter one inside it.
+    return sorted({p for p in found if p}, key=len, reverse=True)
 
 
 def redact(text: str, dsn: str | None) -> str:
@@ -130,7 +172,14 @@ def connect(dsn: str | None, *, autocommit: bool = False, role: str = "database"
     try:
         conn = psycopg.connect(dsn or "", **kwargs)
     except psycopg.OperationalError as exc:
-        reason = redact(first_line(exc), dsn)
+        if ambiguous_uri(dsn):
+            # libpq's message quotes the host it read, which holds part of the password.
+            reason = (
+                "the URI's user:password@host part holds more than one '@', and libpq takes "
+                "the host from after the first one; write each '@' of the password as %40"
+            )
+        else:
+            reason = redact(first_line(exc), dsn)
         raise ConnectionFailed(
             f"cannot connect to the {role} database ({safe_dsn(dsn)}): {reason}; "
             "check host, port, database and credentials",

@@ -25,6 +25,11 @@ class WalrecoverError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def extend(self, text: str) -> None:
+        """Add ``text`` to the message (what a caller knows that the raiser did not)."""
+        self.message += text
+        self.args = (self.message,)
+
 
 class ConnectionFailed(WalrecoverError):
     """A database could not be reached or the connection was lost."""

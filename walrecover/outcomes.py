@@ -25,13 +25,27 @@ AFTER_STOP: Final = "after_stop"
 #: Every outcome, in the order reports list them.
 ALL: Final[tuple[str, ...]] = (APPLIED, SUPERSEDED, REMOVED, NO_ROW, AFTER_STOP)
 
-#: One line per outcome for people reading a report.
+#: One line per outcome for people reading a report (see :func:`describe` for a change's own).
 DESCRIPTIONS: Final[dict[str, str]] = {
-    APPLIED: "applied; this version of the row is in the rebuilt table",
+    APPLIED: "applied to the rebuilt table",
     SUPERSEDED: "applied, then replaced by a later change to the same row",
     REMOVED: "applied, then removed by a later delete or truncate",
     NO_ROW: "not applied: no row had its key (the row predates the slot)",
     AFTER_STOP: "left out: committed at or after the stop point",
+}
+
+#: What an applied change of each op leaves in the rebuilt table.
+_APPLIED: Final[dict[str, str]] = {
+    "insert": "inserted; this row is in the rebuilt table",
+    "update": "updated; this version of the row is in the rebuilt table",
+    "delete": "deleted; the row is not in the rebuilt table",
+    "truncate": "truncated; the rows before it are not in the rebuilt table",
+}
+_VERB: Final[dict[str, str]] = {
+    "insert": "inserted",
+    "update": "updated",
+    "delete": "deleted",
+    "truncate": "truncated",
 }
 
 #: Ops whose after-image a live row carries.
@@ -43,6 +57,16 @@ def is_live(op: str, outcome: str) -> bool:
     return outcome == APPLIED and op in LIVE_OPS
 
 
-def describe(outcome: str) -> str:
-    """A person's reading of an outcome (unknown values are returned as they are)."""
+def describe(outcome: str, op: str | None = None) -> str:
+    """A person's reading of what became of a change: by its op and outcome when the op is
+    given (an applied delete removed its row, an applied insert is a row of the table), else by
+    the outcome alone. Unknown values are returned as they are."""
+    if op is None or op not in _VERB:
+        return DESCRIPTIONS.get(outcome, outcome)
+    if outcome == APPLIED:
+        return _APPLIED[op]
+    if outcome in (SUPERSEDED, REMOVED) and op in LIVE_OPS:
+        return f"{_VERB[op]}, then {DESCRIPTIONS[outcome].removeprefix('applied, then ')}"
+    if outcome == AFTER_STOP:
+        return f"not applied: this {op} committed at or after the stop point"
     return DESCRIPTIONS.get(outcome, outcome)

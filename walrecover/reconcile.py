@@ -319,7 +319,7 @@ class Reconciliation:
                 flag = "counted" if row["counted"] else "not counted"
                 lines.append(
                     f"      seq {row['seq']} {row['op']} xid {row['xid']} at {row['commit_lsn']}"
-                    f": {shown}, {row['outcome']} ({flag})"
+                    f": {shown}, {row['outcome']}: {row['meaning']} ({flag})"
                 )
             if len(explanation.rows) > 8 or explanation.truncated:
                 lines.append("      ... (--json lists more rows)")
@@ -498,9 +498,12 @@ def explain_keys(
     """The audit rows of each key in ``keys``, and what became of them.
 
     Two filtered reads of the audit: the row identities (primary keys) of rows whose after- or
-    before-image carries one of the keys, then every row of those keys or identities, so an
-    update or delete whose images do not carry the key column still shows. A row *counts* for
-    a key when it is live and its after-image carries that key (and period).
+    before-image carries one of the keys, then every row of those keys or identities. A row
+    belongs to a key when its own images carry the key, or when it updates or deletes a version
+    of a row that did: so a delete whose before-image holds only the primary key still shows,
+    but a row that merely reuses a primary key later (another row inserted under it after a
+    delete, or in a table dropped and re-created under the same name) is not pulled in. A row
+    *counts* for a key when it is live and its after-image carries that key (and period).
     """
     if not keys:
         return {}
@@ -522,7 +525,7 @@ def explain_keys(
     identities = dataset.to_table(columns=["key"], filter=match).column("key").drop_null()
     if len(identities):
         match = match | ds.field("key").isin(sorted(set(identities.to_pylist())))
-    base = ["seq", "commit_time", "commit_lsn", "xid", "op", "outcome", "key"]
+    base = ["seq", "commit_time", "commit_lsn", "xid", "op", "outcome", "relation", "key"]
     extra = [f for f in (*new_fields, *old_fields, amount_new, amount_old, time_new) if f]
     wanted = list(dict.fromkeys([*base, *extra]))
     table = dataset.to_table(columns=wanted, filter=match).sort_by("seq")
@@ -534,35 +537,34 @@ def explain_keys(
         return tuple(_cell_text(record[f]) for f in fields if f)
 
     wanted_keys = set(keys)
-    after_keys: list[Key | None] = []
-    owners: list[set[Key]] = []
-    by_identity: dict[str, set[Key]] = {}
-    for record in records:
-        after = image_key(record, new_fields) if record["op"] in outcomes.LIVE_OPS else None
+    members: dict[Key, list[int]] = {k: [] for k in keys}
+    counted: dict[Key, list[bool]] = {k: [] for k in keys}
+    #: The keys whose versions each row identity (per relation) holds now, in seq order: an
+    #: insert starts a row's life, a delete ends it, an update carries it on.
+    versions: dict[tuple[str, str], set[Key]] = {}
+    for i, record in enumerate(records):
+        op = record["op"]
+        after = image_key(record, new_fields) if op in outcomes.LIVE_OPS else None
         if after is not None and period is not None:
             stamp = record[time_new] if time_new else None
             after = (*after, None if stamp is None else period_label(stamp, period))
-        before = image_key(record, old_fields) if record["op"] in ("update", "delete") else None
+        before = image_key(record, old_fields) if op in ("update", "delete") else None
         if before is not None and all(v is None for v in before):
             before = None  # the before-image does not carry the key columns
-        found = {
-            k
-            for k in wanted_keys
-            if (after is not None and k[:n] == after[:n])
-            or (before is not None and k[:n] == before)
-        }
-        after_keys.append(after)
-        owners.append(found)
-        if record["key"] is not None:
-            by_identity.setdefault(record["key"], set()).update(found)
-    members: dict[Key, list[int]] = {k: [] for k in keys}
-    counted: dict[Key, list[bool]] = {k: [] for k in keys}
-    for i, record in enumerate(records):
-        found = owners[i] | by_identity.get(record["key"], set())
-        live = outcomes.is_live(record["op"], record["outcome"])
+        carries = {k for k in wanted_keys if after is not None and k[:n] == after[:n]}
+        found = carries | {k for k in wanted_keys if before is not None and k[:n] == before}
+        identity = (record["relation"], record["key"]) if record["key"] is not None else None
+        if identity is not None:
+            if op in ("update", "delete"):
+                found |= versions.get(identity, set())  # the version it changes
+            if op == "delete":
+                versions.pop(identity, None)
+            elif op in outcomes.LIVE_OPS:
+                versions[identity] = carries
+        live = outcomes.is_live(op, record["outcome"])
         for key in found:
             members[key].append(i)
-            counted[key].append(live and after_keys[i] == key)
+            counted[key].append(live and after == key)
     rename = {amount_new: "amount", **({amount_old: "old_amount"} if amount_old else {})}
     result: dict[Key, Explanation] = {}
     for key in keys:
@@ -571,7 +573,16 @@ def explain_keys(
         rows = rows.append_column("counted", pa.array(counted[key], pa.bool_()))
         rows = rows.append_column(
             "meaning",
-            pa.array([outcomes.describe(o) for o in rows.column("outcome").to_pylist()]),
+            pa.array(
+                [
+                    outcomes.describe(outcome, op)
+                    for outcome, op in zip(
+                        rows.column("outcome").to_pylist(),
+                        rows.column("op").to_pylist(),
+                        strict=True,
+                    )
+                ]
+            ),
         )
         result[key] = Explanation(
             key=key,

@@ -10,6 +10,7 @@ unfinished recovery that rerunning the same command resumes.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from .decoders import column_limits, decode_all, decoder_notes, make_decoder, wa
 from .errors import (
     ConnectionFailed,
     DecodeError,
+    PrivilegeError,
     StopPointError,
     TableNotInStream,
     WalrecoverError,
@@ -95,6 +97,11 @@ class RecoveryResult:
     #: Why the rebuilt table may differ from the table at the stop point. Empty means exact;
     #: anything here makes ``walrecover recover`` exit with code 4 (``EXIT_UNPROVEN``).
     unproven: tuple[str, ...] = field(default=())
+    #: The capture file read (``--from-file``), or None for a slot.
+    capture: str | None = None
+    #: What ``first_lsn``, ``last_lsn`` and ``stopped_before`` hold: ``"commit"`` (where each
+    #: commit record starts) or ``"end"`` (where it ends: test_decoding gives no commit LSN).
+    lsn_kind: str = "commit"
 
     @property
     def exact(self) -> bool:
@@ -138,6 +145,8 @@ class RecoveryResult:
             "warnings": list(self.warnings),
             "unproven": list(self.unproven),
             "exact": self.exact,
+            "capture": self.capture,
+            "lsn_kind": self.lsn_kind,
         }
 
 
@@ -461,6 +470,12 @@ def _recover(
                     audit=audit_summary.path if audit_summary is not None else None,
                 )
         finished = time.monotonic()
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PrivilegeError(
+            f"the recovery into {into} was refused: {redact(first_line(exc), target_dsn)}; "
+            "grant the role that privilege (or use another role)",
+            table=str(into),
+        ) from None
     except psycopg.Error as exc:
         if connection_lost(exc):
             raise ConnectionFailed(
@@ -470,13 +485,20 @@ def _recover(
                 table=str(into),
             ) from None
         raise WalrecoverError(
-            f"the recovery into {into} failed: {redact(first_line(exc), target_dsn)}; what was"
-            " committed is kept as an unfinished recovery",
+            f"the recovery into {into} failed: {redact(first_line(exc), target_dsn)}",
             table=str(into),
         ) from None
     finally:
         if audit is not None:
-            audit.abort()
+            kept = audit.abort()
+            # sys.exception() is the error on its way out of this function (finally runs
+            # while it propagates): say where the audit's work went.
+            failure = sys.exception()
+            if kept is not None and isinstance(failure, WalrecoverError):
+                failure.extend(
+                    f"; the audit written so far is kept in {kept} (a resumed run continues it,"
+                    " --force discards it)"
+                )
         if roundtrip is not None:
             roundtrip.close()
         if judge is not None:
@@ -514,6 +536,8 @@ def _recover(
             *result.warnings,
         ),
         unproven=(*unproven, *result.unproven),
+        capture=str(src.path) if isinstance(src, CaptureSource) else None,
+        lsn_kind="end" if plugin == "test_decoding" else "commit",
     )
 
 

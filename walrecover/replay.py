@@ -291,6 +291,10 @@ class Replayer:
         self._created = False
         #: The change the target refused, when a send fails (for the error message).
         self._failed: _Pending | None = None
+        #: The last commit marked the recovery complete.
+        self._complete = False
+        #: Where the table's first change past the stop point is: (xid, commit LSN, end LSN).
+        self._first_after_stop: tuple[int | None, Lsn | None, Lsn | None] | None = None
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -298,6 +302,7 @@ class Replayer:
         """Lock the target, check it is free (or resumable), and set up the progress table."""
         target = self.target
         target.lock()
+        target.check_privileges(force=force)
         target.ensure_bookkeeping()
         exists = target.exists()
         progress = target.read_progress()
@@ -439,9 +444,15 @@ class Replayer:
             and not self._resume_position
         ):
             self.conn.rollback()  # nothing to build: leave no empty table behind
+            later = self._first_after_stop if self.relation is None else None
+            if self.relation is None and later is None:
+                later = self._scan_after_stop(stream)
+            if self.relation is None and later is None:
+                return  # not in the stream at all: replay() says so, listing what is there
+            where = f": its first change is in {_named(*later)}" if later is not None else ""
             raise StopPointError(
                 f"no change of {self.table} commits before the stop point "
-                f"({self.stop.describe()}): nothing was built; check the stop point",
+                f"({self.stop.describe()}){where}; nothing was built; check the stop point",
                 table=str(self.table),
             )
         if self.stop.xid is not None and self.stopped_before is None and self.cut is None:
@@ -564,8 +575,35 @@ class Replayer:
         assert self.relation is not None
         self._change(Change(Op.TRUNCATE, self.relation, lsn=recreated.lsn, xid=recreated.xid))
 
-    @staticmethod
-    def _left(change: Change, txn: _Txn | None) -> AppliedChange:
+    def _scan_after_stop(
+        self, stream: Iterator[Event]
+    ) -> tuple[int | None, Lsn | None, Lsn | None] | None:
+        """Read on past the stop point to the table's first change (and its commit), noting the
+        other tables seen; None if the table never appears."""
+        stopped = self.stopped_before
+        xid, commit_lsn, end_lsn = (stopped[0], stopped[1], None) if stopped else (None, None, None)
+        found = False
+        for event in stream:
+            if isinstance(event, Begin):
+                xid, commit_lsn, end_lsn = event.xid, event.commit_lsn, event.end_lsn
+            elif isinstance(event, Change):
+                relation = event.relation
+                if relation.same_table(self.table.schema, self.table.name):
+                    found = True
+                elif len(self.other_tables) < 50 and relation.schema != PROGRESS_SCHEMA:
+                    self.other_tables.add(relation.qualified_name)
+            else:
+                commit_lsn = commit_lsn or event.commit_lsn
+                end_lsn = end_lsn or event.end_lsn
+                if found:
+                    return xid, commit_lsn, end_lsn
+        return (xid, commit_lsn, end_lsn) if found else None
+
+    def _left(self, change: Change, txn: _Txn | None) -> AppliedChange:
+        if self._first_after_stop is None:
+            self._first_after_stop = (
+                (txn.xid, txn.commit_lsn, txn.end_lsn) if txn else (change.xid, None, None)
+            )
         if txn is None:
             return AppliedChange(change, change.xid, None, None, None, Outcome.AFTER_STOP)
         return AppliedChange(
@@ -1262,6 +1300,7 @@ class Replayer:
             self.sink.commit(self.checkpoint)
         self.conn.commit()
         self._committed += 1
+        self._complete = complete
         self._since_commit = 0
         self.committed_lsn = self.last_lsn
         self.committed_transactions = self.transactions
@@ -1312,6 +1351,66 @@ class Replayer:
             f", and create {self.into} on a subscriber before its REFRESH PUBLICATION or a new "
             "CREATE SUBSCRIPTION"
         ]
+
+    @property
+    def left_incomplete(self) -> bool:
+        """The target holds committed work of a recovery not marked complete: under its final
+        name, but not yet the table at the stop point."""
+        built = self._committed > 0 or self.resume_after is not None or self._resume_position > 0
+        return built and not self._complete and not self.finished
+
+    def interrupted(self) -> Interrupted:
+        """The error for Ctrl-C: what the target kept, and that the table is incomplete.
+
+        What was kept is read back from the progress row: Ctrl-C during a commit may stop the
+        client after the server committed, before this object counted it."""
+        incomplete, done, last = (
+            self.left_incomplete,
+            self.committed_transactions,
+            self.committed_lsn,
+        )
+        with contextlib.suppress(psycopg.Error):
+            kept = self.target.read_progress()
+            if kept is not None and not kept.complete and kept.transactions >= done:
+                incomplete, done, last = True, kept.transactions, kept.last_commit_lsn
+        if not incomplete:
+            return Interrupted(
+                "interrupted before anything was committed: nothing was built; rerun the same "
+                "command to start again",
+                table=str(self.into),
+            )
+        lsn = f", up to commit LSN {last}" if last is not None else ""
+        return Interrupted(
+            f"interrupted: {done} transactions committed{lsn}; "
+            f"{self.into} is incomplete: rerun the same command to resume, or pass --force to "
+            "rebuild it",
+            table=str(self.into),
+        )
+
+    def note_incomplete(self, exc: WalrecoverError) -> WalrecoverError:
+        """Add to ``exc`` that the target is left incomplete under its final name, and how to
+        go on (unless the message already says how to rebuild)."""
+        if not self.left_incomplete or "--force" in exc.message:
+            return exc
+        if isinstance(exc, ConnectionFailed):
+            note = f" ({self.into} is incomplete until then; --force rebuilds it instead)"
+        else:
+            note = (
+                f"; {self.into} is left incomplete: once that is fixed the same command resumes"
+                " it, or pass --force to rebuild it"
+            )
+        exc.extend(note)
+        return exc
+
+
+def _named(xid: int | None, commit_lsn: Lsn | None, end_lsn: Lsn | None) -> str:
+    """A transaction for messages: its xid and the LSN the stream gives (commit, else end)."""
+    lsn = f"commit LSN {commit_lsn}" if commit_lsn is not None else None
+    if lsn is None and end_lsn is not None:
+        lsn = f"end LSN {end_lsn}"
+    if xid is None:
+        return f"the transaction at {lsn}" if lsn else "a later transaction"
+    return f"transaction {xid}" + (f" ({lsn})" if lsn else "")
 
 
 def _where(exc: psycopg.Error) -> str:
@@ -1385,21 +1484,31 @@ def replay(
     resumed_from = replayer.resume_after
     try:
         replayer.run(events)
-    except KeyboardInterrupt:
+    except BaseException as exc:
         with contextlib.suppress(psycopg.Error):
             conn.rollback()
-        where = (
-            f"{replayer.committed_transactions} transactions committed, up to commit LSN "
-            f"{replayer.committed_lsn}"
-            if replayer.committed_lsn is not None
-            else "nothing committed yet"
-        )
-        raise Interrupted(
-            f"interrupted: {where}; rerun the same command to resume", table=str(into)
-        ) from None
-    except BaseException:
-        with contextlib.suppress(psycopg.Error):
-            conn.rollback()
+        if isinstance(exc, KeyboardInterrupt):
+            raise replayer.interrupted() from None
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            raise replayer.note_incomplete(replayer.target.privilege_error(exc)) from None
+        if isinstance(exc, psycopg.OperationalError):
+            raise replayer.note_incomplete(
+                ConnectionFailed(
+                    f"lost the target connection during the recovery into {into} "
+                    f"({first_line(exc)}): what was committed is kept; rerun the same command "
+                    "to resume",
+                    table=str(into),
+                )
+            ) from None
+        if isinstance(exc, psycopg.Error):
+            raise replayer.note_incomplete(
+                ReplayError(
+                    f"the recovery into {into} failed: {exc.diag.message_primary or exc}",
+                    table=str(into),
+                )
+            ) from None
+        if isinstance(exc, WalrecoverError):
+            replayer.note_incomplete(exc)
         raise
     if (
         (replayer.relation is None or replayer.only_cut)
@@ -1409,7 +1518,7 @@ def replay(
         conn.rollback()
         seen = sorted(replayer.other_tables)
         raise TableNotInStream(
-            f"table {table} has no change in the stream before the stop point: check --table"
+            f"table {table} has no change in the stream: check --table"
             " and that the slot existed before its rows were written"
             + (f" (tables in the stream: {', '.join(seen[:20])})" if seen else "")
             + (f"; {replayer.cut.message}" if replayer.cut is not None else ""),

@@ -162,6 +162,13 @@ def checked_type(type_name: str) -> str:
     return type_name
 
 
+def _quoted(name: str) -> str:
+    """A name as SQL needs it: bare when it is a plain lower-case identifier, else quoted."""
+    if re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
 @dataclass(frozen=True, slots=True)
 class Progress:
     """A recovery's progress row: how far it got, from which source, and whether it finished."""
@@ -291,7 +298,7 @@ class Target:
             conn.commit()
         except psycopg.errors.InsufficientPrivilege as exc:
             conn.rollback()
-            (user, database) = conn.execute("SELECT current_user, current_database()").fetchone()
+            (user,) = conn.execute("SELECT current_user").fetchone()
             if publications:
                 raise PrivilegeError(
                     f"role {user!r} cannot keep walrecover's progress unpublished in the target "
@@ -302,13 +309,15 @@ class Target:
                     table=str(self.into),
                     role=user,
                 ) from None
-            raise PrivilegeError(
-                f"role {user!r} cannot keep walrecover's progress in the target database "
-                f"({exc.diag.message_primary}): GRANT CREATE ON DATABASE {database} TO {user} "
-                "(walrecover creates the schema walrecover there), or build with another role",
-                table=str(self.into),
-                role=user,
-            ) from None
+            # Even with IF NOT EXISTS, PostgreSQL checks the privilege to create the schema and
+            # the table before it sees that they exist: a role granted what an existing progress
+            # table needs (and no more) goes on.
+            if self._progress_exists() and self._missing_privilege(force=False) is None:
+                self.unlogged = self._persistence(self._progress) == "u"
+                conn.commit()
+                return
+            raise self.privilege_error(exc) from None
+
         self.unlogged = self._persistence(self._progress) == "u"
         conn.commit()
 
@@ -338,6 +347,147 @@ class Target:
                 table=str(self.into),
                 publications=[p.name for p in publications],
             )
+
+    def _progress_exists(self) -> bool:
+        (exists,) = self.conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s)",
+            (PROGRESS_SCHEMA, PROGRESS_TABLE),
+        ).fetchone()
+        return bool(exists)
+
+    def check_privileges(self, *, force: bool) -> None:
+        """Raise :class:`PrivilegeError` naming the object and the privilege if the role lacks
+        one that building ``into`` needs: before any work, since a rerun cannot fix it."""
+        missing = self._missing_privilege(force=force)
+        self.conn.commit()
+        if missing is not None:
+            raise missing
+
+    def privilege_error(self, exc: psycopg.Error) -> PrivilegeError:
+        """The error for a refused statement: the missing privilege and its object if walrecover
+        can tell which, else the server's words; never a rerun (it would be refused again)."""
+        try:
+            missing = self._missing_privilege(force=False)
+            self.conn.rollback()
+        except psycopg.Error:
+            missing = None
+        if missing is not None:
+            return missing
+        return PrivilegeError(
+            f"building {self.into} was refused: {exc.diag.message_primary or exc}; grant the "
+            "role that privilege (or build with another role)",
+            table=str(self.into),
+        )
+
+    def _missing_privilege(self, *, force: bool) -> PrivilegeError | None:
+        """The first privilege the role lacks: on the database (to create the schema
+        ``walrecover``), on that schema, on ``walrecover.progress``, on the target schema, or
+        (with ``force``) the ownership that dropping an existing target needs."""
+        conn = self.conn
+        role, database = conn.execute("SELECT current_user, current_database()").fetchone()
+
+        def owned(owner: str) -> str:
+            return f"the owner of database {database}" if owner == "pg_database_owner" else owner
+
+        def error(privileges: str, what: str, owner: str | None, grant: str) -> PrivilegeError:
+            by = f" (as {owned(owner)} or a superuser)" if owner and owner != role else ""
+            return PrivilegeError(
+                f"role {role!r} lacks {privileges} on {what}: {grant} TO {_quoted(role)}{by}, "
+                "or build with another role",
+                table=str(self.into),
+                role=role,
+                privilege=privileges,
+            )
+
+        quoted_db = _quoted(database)
+        schema = conn.execute(
+            "SELECT pg_get_userbyid(nspowner), has_schema_privilege(oid, 'USAGE'),"
+            " has_schema_privilege(oid, 'CREATE') FROM pg_namespace WHERE nspname = %s",
+            (PROGRESS_SCHEMA,),
+        ).fetchone()
+        if schema is None:
+            (may,) = conn.execute(
+                "SELECT has_database_privilege(current_database(), 'CREATE')"
+            ).fetchone()
+            if not may:
+                return error(
+                    "CREATE",
+                    f"database {database} (walrecover keeps its progress in a schema "
+                    f"{PROGRESS_SCHEMA} it creates there)",
+                    None,
+                    f"GRANT CREATE ON DATABASE {quoted_db}",
+                )
+        else:
+            owner, usage, create = schema
+            table = conn.execute(
+                "SELECT pg_get_userbyid(c.relowner),"
+                " has_table_privilege(c.oid, 'SELECT'), has_table_privilege(c.oid, 'INSERT'),"
+                " has_table_privilege(c.oid, 'UPDATE'), has_table_privilege(c.oid, 'DELETE')"
+                " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relname = %s",
+                (PROGRESS_SCHEMA, PROGRESS_TABLE),
+            ).fetchone()
+            lacking = [p for p, ok in (("USAGE", usage), ("CREATE", create)) if not ok]
+            if table is not None and "CREATE" in lacking:
+                lacking.remove("CREATE")  # the progress table exists: nothing to create there
+            if lacking:
+                privileges = " and ".join(lacking)
+                return error(
+                    privileges,
+                    f"schema {PROGRESS_SCHEMA} (owned by {owned(owner)}), where walrecover keeps"
+                    " its progress",
+                    owner,
+                    f"GRANT {', '.join(lacking)} ON SCHEMA {PROGRESS_SCHEMA}",
+                )
+            if table is not None:
+                table_owner, *flags = table
+                names = ("SELECT", "INSERT", "UPDATE", "DELETE")
+                lacking = [p for p, ok in zip(names, flags, strict=True) if not ok]
+                if lacking:
+                    return error(
+                        ", ".join(lacking),
+                        f"table {PROGRESS_SCHEMA}.{PROGRESS_TABLE} (owned by"
+                        f" {owned(table_owner)}), where walrecover keeps its progress",
+                        table_owner,
+                        f"GRANT {', '.join(names)} ON {PROGRESS_SCHEMA}.{PROGRESS_TABLE}",
+                    )
+        target = conn.execute(
+            "SELECT pg_get_userbyid(nspowner), has_schema_privilege(oid, 'USAGE'),"
+            " has_schema_privilege(oid, 'CREATE') FROM pg_namespace WHERE nspname = %s",
+            (self.into.schema,),
+        ).fetchone()
+        quoted_schema = _quoted(self.into.schema)
+        if target is None:
+            return PrivilegeError(
+                f"the schema {quoted_schema} of --into {self.into} does not exist: create it "
+                f"(CREATE SCHEMA {quoted_schema}) or choose another --into",
+                table=str(self.into),
+            )
+        owner, usage, create = target
+        lacking = [p for p, ok in (("USAGE", usage), ("CREATE", create)) if not ok]
+        if lacking:
+            return error(
+                " and ".join(lacking),
+                f"schema {self.into.schema} (owned by {owned(owner)}), where {self.into} is built",
+                owner,
+                f"GRANT {', '.join(lacking)} ON SCHEMA {quoted_schema}",
+            )
+        if force:
+            row = conn.execute(
+                "SELECT pg_get_userbyid(c.relowner), pg_has_role(c.relowner, 'USAGE')"
+                " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relname = %s",
+                (self.into.schema, self.into.name),
+            ).fetchone()
+            if row is not None and not row[1]:
+                return PrivilegeError(
+                    f"role {role!r} may not drop {self.into} for --force: it is owned by "
+                    f"{row[0]}; drop it as {row[0]}, or choose another --into",
+                    table=str(self.into),
+                    role=role,
+                )
+        return None
 
     def read_progress(self) -> Progress | None:
         """The progress row of this target, or None."""

@@ -66,6 +66,11 @@ def to_decimal(value: Any, what: str) -> Decimal:
     try:
         result = Decimal(str(value).strip())
     except InvalidOperation:
+        if re.fullmatch(r"\s*[-+]?[\d.]*\d,\d+\s*", str(value)):
+            raise LedgerError(
+                f"{what} {value!r} has a decimal comma (or a thousands separator): write "
+                "amounts with a decimal point and no separators, e.g. 1234.50"
+            ) from None
         raise LedgerError(f"{what} {value!r} is not a number: fix the ledger") from None
     if not result.is_finite():
         raise LedgerError(f"{what} {value!r} is not a finite number: fix the ledger")
@@ -438,6 +443,22 @@ def _pick_columns(
     )
 
 
+#: The column separators a ledger CSV may use: comma, semicolon (spreadsheets in locales with a
+#: decimal comma), tab.
+CSV_DELIMITERS = (",", ";", "\t")
+
+
+def csv_delimiter(header: str) -> str:
+    """The separator of a CSV file, from its header line: the one that splits it into the most
+    columns (a comma when none does)."""
+    best, most = ",", 1
+    for delimiter in CSV_DELIMITERS:
+        count = len(next(csv.reader([header], delimiter=delimiter), []))
+        if count > most:
+            best, most = delimiter, count
+    return best
+
+
 def _ledger_file(
     path: Path,
     names: Sequence[str],
@@ -451,10 +472,20 @@ def _ledger_file(
     try:
         if suffix == ".csv":
             with path.open(newline="", encoding="utf-8") as fh:
-                header = next(csv.reader(fh), [])
+                first = fh.readline()
+            delimiter = csv_delimiter(first)
+            header = next(csv.reader([first], delimiter=delimiter), [])
+            if not first.strip():
+                raise LedgerError(f"the {what} file {path} is empty: it needs a header line")
+            if len(header) < 2:
+                raise LedgerError(
+                    f"the {what} file {path} has one column ({first.strip()!r}): separate its "
+                    "columns with a comma, a semicolon or a tab"
+                )
             columns = _pick_columns(header, names, period, what)
             reader = pacsv.open_csv(
                 path,
+                parse_options=pacsv.ParseOptions(delimiter=delimiter),
                 convert_options=pacsv.ConvertOptions(
                     column_types=dict.fromkeys(header, pa.string()),
                     include_columns=columns,

@@ -417,9 +417,9 @@ REFUSALS: tuple[Refusal, ...] = (
         "add-column-default",
         {1, 4},
         r"default",
-        lambda c: "add_column_default" in c.facts,
+        lambda c: bool(c.facts & {"add_column", "add_column_default"}),
         "ADD COLUMN ... DEFAULT: rows that existed get the default from the catalog, never "
-        "from the WAL",
+        "from the WAL (and the stream cannot tell an ADD COLUMN without one from it)",
     ),
     _refusal(
         "format-1-truncate",
@@ -943,8 +943,6 @@ OPEN_DEFECTS: dict[str, str] = {
     "C17": "ADD COLUMN ... DEFAULT with no change of the table after it: the rebuilt table lacks "
     "the column, exit 0",
     "D1": "wal2json format 1 drops TRUNCATE: only a warning, exit 0 with the truncated rows back",
-    "D2": "a pgoutput capture resumed over ALTER TABLE ADD COLUMN: 'has no column ... that the "
-    "stream carries' on every rerun",
     "D3": "pgoutput through a publication that does not publish UPDATE/DELETE: they are lost, "
     "exit 0",
 }

@@ -39,12 +39,13 @@ from .model import NO_STOP, Change, StopPoint, TableName
 from .notices import LossWatch
 from .reconcile import Reconciliation, reconcile_table
 from .recreation import RecreationJudge
-from .replay import replay
+from .replay import ReplayResult, replay
 from .settings import CaptureSettings, ServerRoundTrip, ValueChecker
 from .settings import apply as apply_settings
 from .settings import restore as restore_settings
 from .sources import CaptureSource, ProgressCallback, SlotSource
 from .target import lock_target, refuse_listed
+from .unseen import capture_publications, replaced
 from .walinspect import WalInspect, waldump_command
 
 
@@ -424,6 +425,10 @@ def _recover(
                 raise
             plugin, swept = src.plugin, tuple(src.swept)
             warnings.extend(decoder_notes(decoder))
+            if plugin == "pgoutput":
+                hidden, noted = _unseen(src, wal_dsn, table, into, stop, result)
+                unproven.extend(hidden)
+                warnings.extend(noted)
             if isinstance(src, SlotSource) and watch is not None:
                 lost, after_stop = watch.verdict()
                 unproven.extend(lost)
@@ -539,6 +544,46 @@ def _recover(
         capture=str(src.path) if isinstance(src, CaptureSource) else None,
         lsn_kind="end" if plugin == "test_decoding" else "commit",
     )
+
+
+def _unseen(
+    src: SlotSource | CaptureSource,
+    dsn: str | None,
+    table: TableName,
+    into: TableName,
+    stop: StopPoint,
+    result: ReplayResult,
+) -> tuple[list[str], list[str]]:
+    """What the pgoutput stream could not show, asked of the source database ``dsn`` (a slot
+    read's, or a capture's -d): a table replaced with no change of the new one in the stream,
+    and (a capture) what its publications publish. See :mod:`walrecover.unseen`."""
+    capture = isinstance(src, CaptureSource)
+    if dsn is None:
+        return capture_publications(None, dict(src.options), table, result.relation)
+    wal, _ = _open_wal(dsn, capture=capture)
+    try:
+        with connect(dsn, autocommit=True, role="source") as conn:
+            unproven, warnings = (
+                capture_publications(conn, dict(src.options), table, result.relation)
+                if capture
+                else ([], [])
+            )
+            oid = result.relation.relation_id
+            if oid is not None:
+                unproven += replaced(
+                    conn,
+                    wal,
+                    table,
+                    into,
+                    oid,
+                    last_lsn=result.last_lsn,
+                    stop=stop,
+                    stopped_lsn=result.stopped_before[1] if result.stopped_before else None,
+                )
+    finally:
+        if wal is not None:
+            wal.close()
+    return unproven, warnings
 
 
 def _with_tables(exc: TableNotInStream, dsn: str | None, src: SlotSource) -> TableNotInStream:

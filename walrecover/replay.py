@@ -286,6 +286,8 @@ class Replayer:
         #: Generated columns of the target (from --ddl): never written.
         self._generated: frozenset[str] = frozenset()
         self._txn: _Txn | None = None
+        #: The table's definition at its last change skipped as applied by an earlier run.
+        self._applied_relation: Relation | None = None
         self._txn_mark = (0, 0, 0)
         self._savepoint = False
         self._created = False
@@ -420,6 +422,10 @@ class Replayer:
                         self._watch(event, self._txn)
                         if not self._txn.skip:
                             self._change(event)
+                        elif event.relation.complete and event.relation.same_table(
+                            self.table.schema, self.table.name
+                        ):
+                            self._applied_relation = event.relation
                 elif isinstance(event, Begin):
                     if self._begin(event):
                         self._audit_after_stop(event, stream)
@@ -747,8 +753,10 @@ class Replayer:
         if self.relation is None and change.op is Op.TRUNCATE and not self._created:
             return  # nothing was recovered before it: there is nothing to truncate
         if self.relation is None:
-            self._adopt(relation)
-        elif relation is not self.relation:
+            # Resumed: the target has the table's definition as of the last change the earlier
+            # run applied; an ALTER TABLE after it is followed like any other.
+            self._adopt(self._applied_relation or relation)
+        if relation is not self.relation:
             if relation.complete:
                 self._check_schema(change)
             if not self.key and relation.key_columns:

@@ -121,6 +121,7 @@ def main() -> None:
 
     \b
     Practise first:   walrecover rehearse
+    Check first:      walrecover check -d "dbname=bank" --slot cdc --table public.transactions
     In an incident:   walrecover recover -d "dbname=bank" --slot cdc --table public.transactions
     Put it back:      walrecover swap -d "dbname=bank" --table public.transactions --ddl orig.sql
 

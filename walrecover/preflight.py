@@ -79,7 +79,9 @@ def command_identity(**options: Any) -> str:
     return json.dumps({k: options[k] for k in sorted(options)}, sort_keys=True)
 
 
-def _shown(value: Any) -> str:
+def _shown(value: Any, key: str = "") -> str:
+    if value is None and key == "via_plugin":
+        return "none (the slot's own plugin)"
     if value is None or value in ({}, ""):
         return "none"
     if isinstance(value, dict):
@@ -101,8 +103,8 @@ def command_differences(stored: str | None, current: str | None) -> list[str]:
     for key, option in OPTION_NAMES.items():
         if key in before and key in now and before[key] != now[key]:
             differs.append(
-                f"{option} differs (it was {_shown(before[key])}, this command gives "
-                f"{_shown(now[key])})"
+                f"{option} differs (it was {_shown(before[key], key)}, this command gives "
+                f"{_shown(now[key], key)})"
             )
     return differs
 
@@ -318,8 +320,9 @@ def check_ledger_query(conn: Any, query: str, keys: int = 1) -> str:
     oid = total.type_code if total is not None else None
     if oid in FLOAT_TYPES:
         raise LedgerError(
-            f"the ledger query returns its total {names[-1]!r} as {FLOAT_TYPES[oid]}, which "
-            "cannot be compared exactly: cast it to numeric in the query; nothing was built"
+            f"the ledger query returns its total {names[-1]!r} as {FLOAT_TYPES[oid]} (a "
+            "float), which cannot be compared exactly: cast it to numeric in the query; "
+            "nothing was built"
         )
     if oid not in SUMMABLE_TYPES and oid not in TEXT_TYPES:
         (shown,) = conn.execute("SELECT format_type(%s, NULL)", (oid,)).fetchone()

@@ -365,19 +365,21 @@ def _recover(
     try:
         lock_target(target_conn, into)  # before any work: a second writer is refused at once
         exists = table_exists(target_conn, into)
-        # The privileges first: without USAGE on the walrecover schema, even looking at its
-        # progress table fails.
-        facts = check_target(target_conn, into, force=force, exists=exists)
-        refuse_listed(target_conn, into)  # a table a publication names cannot be kept from it
-        previous = read_progress(target_conn, into) if exists and not force else None
-        target_conn.commit()
+        previous = None
+        if exists and not force:
+            try:
+                previous = read_progress(target_conn, into)
+            except psycopg.errors.InsufficientPrivilege:
+                previous = None  # check_target names the missing grant below
+            target_conn.rollback()
         if previous is not None and previous.command is not None:
             differs = command_differences(previous.command, command)
             if differs:
                 state = "a complete" if previous.complete else "an unfinished"
                 raise TargetExists(
-                    f"{into} holds {state} recovery made by another command: "
-                    f"{'; '.join(differs)}. Rerun that command (the same options) to "
+                    f"{into} holds {state} recovery made by another command (from "
+                    f"{previous.source}): {'; '.join(differs)}. Rerun that command (the same "
+                    "options) to "
                     f"{'see its result' if previous.complete else 'resume it'}, choose another "
                     "--into, or pass --force to rebuild",
                     table=str(into),
@@ -410,6 +412,11 @@ def _recover(
                 roundtrip = ServerRoundTrip(target_dsn, src.settings)
             checker = ValueChecker(src.settings, src.plugin, (table,), roundtrip)
         with src:
+            # Before any row: the grants the build needs (named per object), then the
+            # publications (a table a publication names cannot be kept from it).
+            facts = check_target(target_conn, into, force=force, exists=exists)
+            refuse_listed(target_conn, into)
+            target_conn.commit()
             check_encoding(
                 facts.encoding,
                 src.server_encoding if isinstance(src, SlotSource) else None,

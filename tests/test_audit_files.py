@@ -226,8 +226,12 @@ def test_a_rerun_with_audit_dir_keeps_files_walrecover_did_not_write(
 
     (directory / "notes.txt").unlink()
     (partition / "mine.parquet").unlink()
+    # The same command again: the recovery and its audit are complete, nothing is touched.
+    kept = tree(tmp_path)
     again = recover(source, "--audit-dir", str(directory))
-    refused(again, "holds a walrecover audit", "--force")
+    assert again.exit_code == 0, again.stderr
+    assert again.stdout.startswith("Already complete")
+    assert tree(tmp_path) == kept
     forced = recover(source, "--audit-dir", str(directory), "--force")
     assert forced.exit_code == 0, forced.stderr
     assert verify_audit(directory).ok

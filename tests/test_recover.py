@@ -458,8 +458,15 @@ def test_existing_target_is_refused_and_force_rebuilds_it(db: Database, existing
     kept = db.execute("SELECT * FROM t_recovered ORDER BY 1")
     assert kept
 
-    with source_untouched(db), pytest.raises(TargetExists, match="--force"):
-        recover(db.dsn, SLOT, TableName("public", "t"))
+    if existing == "user-table":
+        with source_untouched(db), pytest.raises(TargetExists, match="--force"):
+            recover(db.dsn, SLOT, TableName("public", "t"))
+    else:
+        # The same command again: already complete, nothing read or written.
+        again = recover_table(db)
+        assert again.already_complete
+        with source_untouched(db), pytest.raises(TargetExists, match=r"another command.*--force"):
+            recover(db.dsn, SLOT, TableName("public", "t"), stop=StopPoint(lsn=Lsn(1 << 40)))
 
     assert db.execute("SELECT * FROM t_recovered ORDER BY 1") == kept
     first = recover_table(db, force=True)

@@ -228,5 +228,9 @@ def test_a_recovery_is_resumed_only_through_the_plugin_that_started_it(
     assert db.scalar("SELECT count(*) FROM t_recovered") == 20
     assert again.exit_code == 1, again.stderr
     (line,) = stderr_lines(again)
-    assert "holds an unfinished recovery from slot " in line, line
-    assert "through test_decoding" in line and "through wal2json" in line, line
+    assert "holds an unfinished recovery made by another command (from slot " in line, line
+    assert (
+        "--via-plugin differs (it was test_decoding, this command gives none (the slot's own"
+        in line
+    ), line
+    assert "through test_decoding" in line, line

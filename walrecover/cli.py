@@ -29,6 +29,7 @@ from .errors import (
     EXIT_DIFFERENCES,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
+    EXIT_OK,
     EXIT_UNPROVEN,
     WalrecoverError,
     first_line,
@@ -36,6 +37,7 @@ from .errors import (
 from .export import FORMATS, decode_to
 from .lsn import Lsn
 from .model import StartPoint, StopPoint, TableName
+from .plan import Plan, plan_capture, plan_recovery
 from .reconcile import LedgerFile, LedgerQuery, RecoveredAudit, RecoveredTable, plain, reconcile
 from .recover import LedgerCheck, RecoveryResult, recover, recover_capture
 from .rehearsal import RehearsalResult, rehearse
@@ -165,6 +167,7 @@ def main() -> None:
 
     \b
     Practise first:   walrecover rehearse
+    Check first:      walrecover check -d "dbname=bank" --slot cdc --table public.transactions
     In an incident:   walrecover recover -d "dbname=bank" --slot cdc --table public.transactions
     Put it back:      walrecover swap -d "dbname=bank" --table public.transactions --ddl orig.sql
 
@@ -448,63 +451,78 @@ def _table(value: str, option: str) -> TableName:
 # -- commands --------------------------------------------------------------------------------
 
 
+#: The options of ``recover`` (outermost first), shared by ``check``: the same command line.
+_RECOVER_OPTIONS: list[Callable[[Any], Any]] = [
+    dbname_option,
+    slot_option,
+    source_options,
+    click.option(
+        "--table",
+        "table_name",
+        required=True,
+        metavar="SCHEMA.TABLE",
+        help="The dropped (or damaged) table to rebuild.",
+    ),
+    click.option(
+        "--into",
+        "into_name",
+        metavar="SCHEMA.TABLE",
+        help="Table to build. Default: <table>_recovered in the same schema.",
+    ),
+    click.option(
+        "--target", metavar="CONNINFO", help="Database to build it in. Default: the -d database."
+    ),
+    stop_options,
+    click.option("--key", "key_column", metavar="COL", help="Ledger key column (e.g. account_id)."),
+    click.option("--amount", "amount_column", metavar="COL", help="Amount column to sum per key."),
+    click.option(
+        "--ledger-query",
+        metavar="SQL",
+        help="Query on the source returning (key, total) to reconcile against.",
+    ),
+    click.option(
+        "--audit",
+        "audit_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Write a Parquet audit of every recovered row change to this file.",
+    ),
+    click.option(
+        "--audit-dir",
+        "audit_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Write the audit as a Hive-partitioned dataset by commit date into this directory "
+        "(for recoveries too big for one file; pandas, DuckDB and Spark read it as one table).",
+    ),
+    click.option(
+        "--ddl",
+        "ddl_file",
+        type=click.File("r"),
+        help="SQL that creates the --into table, instead of the stream's definition.",
+    ),
+    click.option("--force", is_flag=True, help="Drop and rebuild --into if it already exists."),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(1),
+        default=20_000,
+        show_default=True,
+        help="Row changes per target commit (each commit records progress for a resume).",
+    ),
+]
+
+
+def recover_options(f: F) -> F:
+    """Apply the options of ``recover`` (``check`` takes the same command line)."""
+    for option in reversed(_RECOVER_OPTIONS):
+        f = option(f)
+    return f
+
+
 @main.command("recover")
-@dbname_option
-@slot_option
-@source_options
+@recover_options
 @click.option(
-    "--table",
-    "table_name",
-    required=True,
-    metavar="SCHEMA.TABLE",
-    help="The dropped (or damaged) table to rebuild.",
-)
-@click.option(
-    "--into",
-    "into_name",
-    metavar="SCHEMA.TABLE",
-    help="Table to build. Default: <table>_recovered in the same schema.",
-)
-@click.option(
-    "--target",
-    metavar="CONNINFO",
-    callback=_remember_dsn,
-    help="Database to build it in. Default: the -d database.",
-)
-@stop_options
-@click.option("--key", "key_column", metavar="COL", help="Ledger key column (e.g. account_id).")
-@click.option("--amount", "amount_column", metavar="COL", help="Amount column to sum per key.")
-@click.option(
-    "--ledger-query",
-    metavar="SQL",
-    help="Query on the source returning (key, total) to reconcile against.",
-)
-@click.option(
-    "--audit",
-    "audit_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write a Parquet audit of every recovered row change to this file.",
-)
-@click.option(
-    "--audit-dir",
-    "audit_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Write the audit as a Hive-partitioned dataset by commit date into this directory "
-    "(for recoveries too big for one file; pandas, DuckDB and Spark read it as one table).",
-)
-@click.option(
-    "--ddl",
-    "ddl_file",
-    type=click.File("r"),
-    help="SQL that creates the --into table, instead of the stream's definition.",
-)
-@click.option("--force", is_flag=True, help="Drop and rebuild --into if it already exists.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1),
-    default=20_000,
-    show_default=True,
-    help="Row changes per target commit (each commit records progress for a resume).",
+    "--dry-run",
+    is_flag=True,
+    help="Run every check and print the plan (what would be read and created); change nothing.",
 )
 @json_option
 def recover_command(
@@ -529,6 +547,7 @@ def recover_command(
     ddl_file: Any,
     force: bool,
     batch_size: int,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Rebuild a table from a logical replication slot, without moving the slot.
@@ -553,8 +572,13 @@ def recover_command(
     ledger = LedgerCheck(key_column, amount_column, ledger_query) if all(ledger_args) else None  # type: ignore[arg-type]
     if audit_path is not None and audit_dir is not None:
         raise click.UsageError("give --audit FILE or --audit-dir DIR, not both")
-    progress = Progress()
     ddl = ddl_file.read() if ddl_file else None
+    if dry_run:
+        _plan_and_exit(
+            dsn, slot, from_file, plugin, plugin_options, via_plugin, capture_settings, table,
+            into, target, stop, ledger, audit_path, audit_dir, ddl, force, as_json,
+        )  # fmt: skip
+    progress = Progress()
     try:
         if from_file is not None:
             assert plugin is not None
@@ -632,8 +656,12 @@ def _recovery_text(result: RecoveryResult) -> str:
         lsns = f"the {'capture' if result.capture else 'slot'} carries no LSNs"
     else:
         lsns = f"{kind} {result.first_lsn or '-'} .. {result.last_lsn or '-'}"
+    plugin = f" ({result.plugin})" if result.plugin else ""
     lines = [
-        f"Rebuilt {result.table} as {result.into} from {source} ({result.plugin}).",
+        f"Already complete: {result.into} was rebuilt from {source}{plugin} by an earlier run "
+        "of this command; nothing was read or written. Its result:"
+        if result.already_complete
+        else f"Rebuilt {result.table} as {result.into} from {source}{plugin}.",
         f"  {result.transactions} transactions, {result.changes} row changes applied, "
         f"{result.rows} rows in {result.into}.",
         f"  {lsns}; stop point: {result.stop}.",
@@ -674,6 +702,160 @@ def _recovery_text(result: RecoveryResult) -> str:
     seconds = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     lines.append(f"  time: {seconds}.")
     return "\n".join(lines)
+
+
+def _plan_and_exit(
+    dsn: str | None,
+    slot: str | None,
+    from_file: Path | None,
+    plugin: str | None,
+    plugin_options: dict[str, str],
+    via_plugin: str | None,
+    capture_settings: CaptureSettings | None,
+    table: TableName,
+    into: TableName | None,
+    target: str | None,
+    stop: StopPoint,
+    ledger: LedgerCheck | None,
+    audit_path: Path | None,
+    audit_dir: Path | None,
+    ddl: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Run every check of the recovery, print the plan, exit 0 (all pass) or 1."""
+    if from_file is not None:
+        assert plugin is not None
+        plan = plan_capture(
+            from_file,
+            plugin,
+            table,
+            target=target if target is not None else dsn,
+            into=into,
+            options=plugin_options,
+            stop=stop,
+            ddl=ddl,
+            force=force,
+            ledger=ledger,
+            audit_path=audit_path,
+            audit_dir=audit_dir,
+            capture_settings=capture_settings,
+        )
+    else:
+        assert slot is not None
+        plan = plan_recovery(
+            dsn,
+            slot,
+            table,
+            into=into,
+            target=target,
+            stop=stop,
+            ddl=ddl,
+            force=force,
+            ledger=ledger,
+            audit_path=audit_path,
+            audit_dir=audit_dir,
+            options=plugin_options,
+            via_plugin=via_plugin,
+        )
+    _warn(plan.warnings)
+    if as_json:
+        click.echo(json.dumps(plan.to_dict()))
+    else:
+        click.echo(_plan_text(plan))
+    for failed in plan.failures:
+        click.echo(f"walrecover: error: check failed: {failed.name}: {failed.detail}", err=True)
+    sys.exit(EXIT_OK if plan.ok else EXIT_ERROR)
+
+
+def _plan_text(plan: Plan) -> str:
+    size = plan.bytes_to_read
+    mb = "unknown" if size is None else f"{size} bytes" if size < 10**6 else f"{size / 1e6:.1f} MB"
+    lines = [
+        f"Plan: rebuild {plan.table} as {plan.into} in {plan.target}"
+        f" ({'all checks passed' if plan.ok else f'{len(plan.failures)} checks failed'}).",
+        f"  source: {plan.source}" + (f" ({plan.plugin})" if plan.plugin and plan.slot else ""),
+        f"  LSN range: {plan.start_lsn or '-'} .. {plan.end_lsn or '-'}; stop point: "
+        f"{plan.stop}; to read: {mb}.",
+    ]
+    if plan.estimated_changes is not None:
+        seconds = plan.estimated_seconds or 0.0
+        lines.append(
+            f"  estimated: about {plan.estimated_changes} row changes of {plan.table}, about "
+            f"{_duration(seconds)} ({plan.estimate})."
+        )
+    lines.append(f"  target table: {plan.target_state}.")
+    if plan.creates:
+        lines.append(f"  would create: {'; '.join(plan.creates)}.")
+    else:
+        lines.append("  would create: nothing.")
+    lines.append(
+        "  publications: "
+        + (", ".join(plan.publications) if plan.publications else "none would publish it")
+        + "."
+    )
+    lines.append("  checks:")
+    for check in plan.checks:
+        lines.append(f"    [{'ok' if check.ok else 'FAILED'}] {check.name}: {check.detail}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 0.1):.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@main.command("check")
+@recover_options
+@json_option
+def check_command(
+    dsn: str | None,
+    slot: str | None,
+    from_file: Path | None,
+    plugin: str | None,
+    plugin_options: dict[str, str],
+    via_plugin: str | None,
+    capture_settings: CaptureSettings | None,
+    table_name: str,
+    into_name: str | None,
+    target: str | None,
+    stop_before_lsn: str | None,
+    stop_before_xid: int | None,
+    stop_before_time: str | None,
+    key_column: str | None,
+    amount_column: str | None,
+    ledger_query: str | None,
+    audit_path: Path | None,
+    audit_dir: Path | None,
+    ddl_file: Any,
+    force: bool,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """Check a recovery before running it (the same options as recover); change nothing.
+
+    Runs every check recover makes before it writes a row (source, stop point, ledger query,
+    --key/--amount, target privileges, encoding, publications, audit paths) and prints the plan:
+    what would be read (LSN range, bytes, an estimate of changes and time from a sample) and
+    what would be created. Exits 0 when every check passes, 1 naming each that fails. The same
+    as recover --dry-run.
+
+    \b
+    Example:
+      walrecover check -d "dbname=bank" --slot cdc --table public.transactions \\
+          --stop-before-lsn 16/B374D848 --key account_id --amount amount \\
+          --ledger-query "SELECT id, balance FROM accounts" --audit transactions.parquet
+    """
+    ctx = click.get_current_context()
+    ctx.invoke(
+        recover_command,
+        **{k: v for k, v in ctx.params.items() if k != "as_json"},
+        dry_run=True,
+        as_json=as_json,
+    )
 
 
 @main.command("decode")

@@ -106,6 +106,11 @@ class LedgerError(WalrecoverError):
     """The ledger query or file is unusable."""
 
 
+class ReconcileFailed(LedgerError):
+    """The recovery finished, but its reconciliation could not run (the error names the
+    ``walrecover reconcile`` command that runs it alone)."""
+
+
 class AuditError(WalrecoverError):
     """The audit file could not be written or failed verification."""
 

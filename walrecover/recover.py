@@ -10,26 +10,31 @@ unfinished recovery that rerunning the same command resumes.
 from __future__ import annotations
 
 import contextlib
+import json
+import shlex
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from . import __version__
-from .audit import AuditWriter
+from .audit import AuditWriter, manifest_path
 from .db import connect, connection_lost, redact, safe_dsn
 from .decoders import column_limits, decode_all, decoder_notes, make_decoder, warnings_for
 from .errors import (
     ConnectionFailed,
     DecodeError,
     PrivilegeError,
+    ReconcileFailed,
     StopPointError,
     TableNotInStream,
+    TargetExists,
     WalrecoverError,
     WalUnavailable,
     first_line,
@@ -37,6 +42,17 @@ from .errors import (
 from .lsn import Lsn
 from .model import NO_STOP, Change, StopPoint, TableName
 from .notices import LossWatch
+from .preflight import (
+    check_encoding,
+    check_key_amount,
+    check_ledger_query,
+    check_target,
+    command_differences,
+    command_identity,
+    database_identity,
+    ddl_identity,
+    table_column_types,
+)
 from .reconcile import Reconciliation, reconcile_table
 from .recreation import RecreationJudge
 from .replay import ReplayResult, replay
@@ -44,7 +60,7 @@ from .settings import CaptureSettings, ServerRoundTrip, ValueChecker
 from .settings import apply as apply_settings
 from .settings import restore as restore_settings
 from .sources import CaptureSource, ProgressCallback, SlotSource
-from .target import lock_target, refuse_listed
+from .target import Progress, Target, lock_target, read_progress, refuse_listed
 from .unseen import capture_publications, replaced
 from .walinspect import WalInspect, waldump_command
 
@@ -103,6 +119,9 @@ class RecoveryResult:
     #: What ``first_lsn``, ``last_lsn`` and ``stopped_before`` hold: ``"commit"`` (where each
     #: commit record starts) or ``"end"`` (where it ends: test_decoding gives no commit LSN).
     lsn_kind: str = "commit"
+    #: An earlier run of the same command had finished this recovery: nothing was read or
+    #: written, the result is the one it recorded (the reconciliation, if asked, is new).
+    already_complete: bool = False
 
     @property
     def exact(self) -> bool:
@@ -148,6 +167,7 @@ class RecoveryResult:
             "exact": self.exact,
             "capture": self.capture,
             "lsn_kind": self.lsn_kind,
+            "already_complete": self.already_complete,
         }
 
 
@@ -192,11 +212,15 @@ def recover(
         progress=progress,
         stop_lsn=stop.lsn,
     )
+    command = slot_command(
+        dsn, slot, table, via_plugin, options, stop, ddl, audit_identity(audit_path, audit_dir)
+    )
     return _recover(
         source,
         dsn,
         slot,
         table,
+        command=command,
         into=into,
         target=target if target is not None else dsn,
         target_role="target" if target is not None else "source",
@@ -246,11 +270,13 @@ def recover_capture(
         progress=progress,
         settings=capture_settings_of(capture_settings),
     )
+    command = capture_command(source, table, stop, ddl, audit_identity(audit_path, audit_dir))
     return _recover(
         source,
         target,
         None,
         table,
+        command=command,
         into=into,
         target=target,
         target_role="target",
@@ -275,12 +301,58 @@ def capture_settings_of(given: CaptureSettings | Mapping[str, str] | None) -> Ca
         raise WalrecoverError(f"--capture-setting: {exc}") from None
 
 
+def slot_command(
+    dsn: str | None,
+    slot: str,
+    table: TableName,
+    via_plugin: str | None,
+    options: Mapping[str, str] | None,
+    stop: StopPoint,
+    ddl: str | None,
+    audit: str | None,
+) -> str:
+    """The identity of a recovery from a slot (see :func:`.preflight.command_identity`)."""
+    return command_identity(
+        database=database_identity(dsn),
+        slot=slot,
+        via_plugin=via_plugin,
+        options=dict(options or {}),
+        table=str(table),
+        stop=stop.describe(),
+        ddl=ddl_identity(ddl),
+        audit=audit,
+    )
+
+
+def capture_command(
+    source: CaptureSource, table: TableName, stop: StopPoint, ddl: str | None, audit: str | None
+) -> str:
+    """The identity of a recovery from a capture file."""
+    return command_identity(
+        capture=str(source.path.resolve()),
+        plugin=source.plugin,
+        options=dict(source.user_options),
+        capture_settings=source.settings.describe() or None,
+        table=str(table),
+        stop=stop.describe(),
+        ddl=ddl_identity(ddl),
+        audit=audit,
+    )
+
+
+def audit_identity(audit_path: str | Path | None, audit_dir: str | Path | None) -> str | None:
+    """The audit a recovery writes, as its progress row records it (an absolute path)."""
+    audit_at = audit_dir if audit_dir is not None else audit_path
+    return str(Path(audit_at).resolve()) if audit_at is not None else None
+
+
 def _recover(
     src: SlotSource | CaptureSource,
     dsn: str | None,
     slot: str | None,
     table: TableName,
     *,
+    command: str,
     into: TableName | None,
     target: str | None,
     target_role: str,
@@ -314,8 +386,47 @@ def _recover(
     notes: list[str] = []
     try:
         lock_target(target_conn, into)  # before any work: a second writer is refused at once
-        refuse_listed(target_conn, into)  # a table a publication names cannot be kept from it
-        target_conn.commit()
+        exists = table_exists(target_conn, into)
+        previous = None
+        if exists and not force:
+            try:
+                previous = read_progress(target_conn, into)
+            except psycopg.errors.InsufficientPrivilege:
+                previous = None  # check_target names the missing grant below
+            target_conn.rollback()
+        if previous is not None and previous.command is not None:
+            differs = command_differences(previous.command, command)
+            if differs:
+                state = "a complete" if previous.complete else "an unfinished"
+                raise TargetExists(
+                    f"{into} holds {state} recovery made by another command (from "
+                    f"{previous.source}): {'; '.join(differs)}. Rerun that command (the same "
+                    "options) to "
+                    f"{'see its result' if previous.complete else 'resume it'}, choose another "
+                    "--into, or pass --force to rebuild",
+                    table=str(into),
+                    differs=differs,
+                )
+            if previous.complete and _audit_published(audit_at, audit_dir is not None, into):
+                return _already_complete(
+                    previous,
+                    target_conn,
+                    dsn,
+                    target_dsn,
+                    table,
+                    into,
+                    slot=slot,
+                    stop=stop,
+                    ledger=ledger,
+                    started=started,
+                )
+        if ledger is not None:
+            with connect(dsn, role="ledger") as ledger_conn:
+                check_ledger_query(ledger_conn, ledger.query)
+            if exists and not force:
+                columns = table_column_types(target_conn, into)
+                target_conn.commit()
+                check_key_amount(columns, ledger.key, ledger.amount, str(into))
         if isinstance(src, CaptureSource):
             # The target parses the capture's text (COPY, statements) as it was printed.
             apply_settings(target_conn, src.settings)
@@ -323,6 +434,16 @@ def _recover(
                 roundtrip = ServerRoundTrip(target_dsn, src.settings)
             checker = ValueChecker(src.settings, src.plugin, (table,), roundtrip)
         with src:
+            # Before any row: the grants the build needs (named per object), then the
+            # publications (a table a publication names cannot be kept from it).
+            facts = check_target(target_conn, into, force=force, exists=exists)
+            refuse_listed(target_conn, into)
+            target_conn.commit()
+            check_encoding(
+                facts.encoding,
+                src.server_encoding if isinstance(src, SlotSource) else None,
+                facts.database,
+            )
             _check_stop_range(stop, src)
             wal, wal_problem = (
                 _open_wal(wal_dsn, capture=isinstance(src, CaptureSource))
@@ -410,6 +531,8 @@ def _recover(
                     stream_start=src.start_lsn if isinstance(src, SlotSource) else None,
                     judge=judge,
                     cut_ok=isinstance(src, CaptureSource),
+                    command=command,
+                    on_created=_column_check(ledger, ddl),
                 )
             except StopPointError as exc:
                 if exc.facts.get("missing") and given_stop.xid is not None:
@@ -462,18 +585,36 @@ def _recover(
                 outcomes=dict(audit.outcome_counts),
             )
             audit = None
+        all_unproven = (*unproven, *result.unproven)
+        with contextlib.suppress(psycopg.Error):  # only the "already complete" answer needs it
+            Target(target_conn, into).store_result(
+                json.dumps(
+                    {
+                        "plugin": plugin,
+                        "slot": slot or "",
+                        "rows": result.rows,
+                        "stopped_before": list(result.stopped_before)
+                        if result.stopped_before
+                        else None,
+                        "audit": _audit_dict(audit_summary),
+                        "unproven": list(all_unproven),
+                        "completed_at": datetime.now(UTC).isoformat(),
+                    },
+                    default=str,
+                )
+            )
         reconciliation = None
         if ledger is not None:
-            with connect(dsn, role="ledger") as ledger_conn:
-                reconciliation = reconcile_table(
-                    target_conn,
-                    into,
-                    key=ledger.key,
-                    amount=ledger.amount,
-                    ledger=ledger_conn,
-                    ledger_query=ledger.query,
-                    audit=audit_summary.path if audit_summary is not None else None,
-                )
+            reconciliation = _reconcile_complete(
+                target_conn,
+                dsn,
+                target_dsn,
+                into,
+                ledger,
+                audit_summary,
+                f"{result.transactions} transactions, {result.changes} row changes, commit LSNs "
+                f"{result.first_lsn or '-'} .. {result.last_lsn or '-'}",
+            )
         finished = time.monotonic()
     except psycopg.errors.InsufficientPrivilege as exc:
         raise PrivilegeError(
@@ -540,7 +681,7 @@ def _recover(
             *(f"followed an ALTER TABLE {change}" for change in result.schema_changes),
             *result.warnings,
         ),
-        unproven=(*unproven, *result.unproven),
+        unproven=all_unproven,
         capture=str(src.path) if isinstance(src, CaptureSource) else None,
         lsn_kind="end" if plugin == "test_decoding" else "commit",
     )
@@ -584,6 +725,216 @@ def _unseen(
         if wal is not None:
             wal.close()
     return unproven, warnings
+
+
+def table_exists(conn: Any, table: TableName) -> bool:
+    """True if ``table`` exists on ``conn``."""
+    (oid,) = conn.execute(
+        "SELECT to_regclass(%s)::oid", (sql.Identifier(table.schema, table.name).as_string(conn),)
+    ).fetchone()
+    return oid is not None
+
+
+def _column_check(ledger: LedgerCheck | None, ddl: str | None) -> Callable[[Target], None] | None:
+    """The check of --key/--amount against the table just created (before its first commit)."""
+    if ledger is None:
+        return None
+
+    def check(target: Target) -> None:
+        origin = "the --ddl" if ddl is not None else "the stream's definition"
+        check_key_amount(
+            table_column_types(target.conn, target.into),
+            ledger.key,
+            ledger.amount,
+            f"{target.into} (created from {origin})",
+        )
+
+    return check
+
+
+def _audit_dict(audit: AuditSummary | None) -> dict[str, Any] | None:
+    if audit is None:
+        return None
+    return {
+        "path": audit.path,
+        "rows": audit.rows,
+        "manifest": audit.manifest,
+        "chain_head": audit.chain_head,
+        "outcomes": dict(audit.outcomes),
+    }
+
+
+def _audit_published(audit_at: str | Path | None, partitioned: bool, into: TableName) -> bool:
+    """True if no audit is asked for, or the finished recovery's audit is in place (published,
+    with its manifest, no work files); False if its publishing was cut short (the normal path
+    finishes it). Raise :class:`TargetExists` if it is gone."""
+    if audit_at is None:
+        return True
+    path = Path(audit_at)
+    parts = path.with_name(path.name + ".parts")
+    if parts.exists():
+        return False
+    manifest = manifest_path(path, partitioned)
+    if path.exists() and manifest.exists():
+        return True
+    raise TargetExists(
+        f"{into} is complete, but its audit {path} (or its manifest {manifest}) is gone: the "
+        "audit is written while the table is built, so pass --force to rebuild both",
+        table=str(into),
+    )
+
+
+def _audit_from_manifest(path: str) -> AuditSummary | None:
+    """The audit summary from the manifest of a published audit (None if unreadable)."""
+    for partitioned in (False, True):
+        manifest = manifest_path(path, partitioned)
+        try:
+            content = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        return AuditSummary(
+            path,
+            int(content.get("rows", 0)),
+            manifest=str(manifest),
+            chain_head=content.get("chain_head"),
+            outcomes=dict(content.get("outcomes") or {}),
+        )
+    return None
+
+
+def _already_complete(
+    previous: Progress,
+    target_conn: Any,
+    dsn: str | None,
+    target_dsn: str | None,
+    table: TableName,
+    into: TableName,
+    *,
+    slot: str | None,
+    stop: StopPoint,
+    ledger: LedgerCheck | None,
+    started: float,
+) -> RecoveryResult:
+    """The result an earlier run of the same command recorded, reconciled again if asked."""
+    stored: dict[str, Any] = {}
+    if previous.result:
+        with contextlib.suppress(ValueError):
+            stored = json.loads(previous.result)
+    audit = None
+    if stored.get("audit"):
+        info = stored["audit"]
+        audit = AuditSummary(
+            info["path"],
+            int(info["rows"]),
+            manifest=info.get("manifest"),
+            chain_head=info.get("chain_head"),
+            outcomes=dict(info.get("outcomes") or {}),
+        )
+    elif previous.audit:
+        audit = _audit_from_manifest(previous.audit)
+    rows = stored.get("rows")
+    if rows is None:
+        rows = Target(target_conn, into).count_rows()
+    before = stored.get("stopped_before")
+    stopped_before = (before[0], Lsn.parse(before[1]) if before[1] else None) if before else None
+    checked = time.monotonic()
+    reconciliation = None
+    if ledger is not None:
+        reconciliation = _reconcile_complete(
+            target_conn,
+            dsn,
+            target_dsn,
+            into,
+            ledger,
+            audit,
+            f"{previous.transactions} transactions, {previous.changes} row changes, commit LSNs "
+            f"{previous.first_lsn or '-'} .. {previous.last_commit_lsn or '-'}",
+        )
+    finished = time.monotonic()
+    with contextlib.suppress(Exception):
+        target_conn.close()
+    return RecoveryResult(
+        table=str(table),
+        into=str(into),
+        plugin=str(stored.get("plugin") or ""),
+        slot=slot or "",
+        transactions=previous.transactions,
+        changes=previous.changes,
+        rows=int(rows),
+        no_row=previous.no_row,
+        first_lsn=previous.first_lsn,
+        last_lsn=previous.last_commit_lsn,
+        stop=stop.describe(),
+        stopped_before=stopped_before,
+        resumed_from=None,
+        seconds={"reconcile": finished - checked, "total": finished - started},
+        reconciliation=reconciliation,
+        audit=audit,
+        unproven=tuple(stored.get("unproven") or ()),
+        already_complete=True,
+    )
+
+
+def _reconcile_complete(
+    target_conn: Any,
+    dsn: str | None,
+    target_dsn: str | None,
+    into: TableName,
+    ledger: LedgerCheck,
+    audit: AuditSummary | None,
+    done: str,
+) -> Reconciliation:
+    """Reconcile the finished table; when that fails, say the table and audit are complete
+    and give the exact ``walrecover reconcile`` command to run it alone."""
+    try:
+        with connect(dsn, role="ledger") as ledger_conn:
+            return reconcile_table(
+                target_conn,
+                into,
+                key=ledger.key,
+                amount=ledger.amount,
+                ledger=ledger_conn,
+                ledger_query=ledger.query,
+                audit=audit.path if audit is not None else None,
+            )
+    except (WalrecoverError, psycopg.Error) as exc:
+        reason = exc.message if isinstance(exc, WalrecoverError) else first_line(exc)
+        reason = redact(redact(reason, dsn), target_dsn)
+        command = reconcile_command(target_dsn, dsn, into, ledger, audit)
+        audit_done = (
+            f"; its audit {audit.path} is complete too (chain head {audit.chain_head})"
+            if audit is not None
+            else ""
+        )
+        raise ReconcileFailed(
+            f"{into} is complete ({done}){audit_done}, but the reconciliation failed: "
+            f"{reason}. Nothing needs rebuilding: run the reconciliation alone with "
+            f"`{command}` (or rerun this command, which finds the recovery complete and only "
+            "reconciles)",
+            table=str(into),
+            command=command,
+        ) from None
+
+
+def reconcile_command(
+    target_dsn: str | None,
+    ledger_dsn: str | None,
+    into: TableName,
+    ledger: LedgerCheck,
+    audit: AuditSummary | None,
+) -> str:
+    """The ``walrecover reconcile`` command that reconciles a finished recovery on its own,
+    shell-quoted, with no password (libpq takes it from .pgpass or PGPASSWORD)."""
+    words = ["walrecover", "reconcile"]
+    if target_dsn:
+        words += ["-d", safe_dsn(target_dsn)]
+    words += ["--table", str(into), "--key", ledger.key, "--amount", ledger.amount]
+    words += ["--ledger-query", ledger.query]
+    if ledger_dsn != target_dsn and ledger_dsn:
+        words += ["--ledger-dsn", safe_dsn(ledger_dsn)]
+    if audit is not None:
+        words += ["--audit", audit.path]
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def _with_tables(exc: TableNotInStream, dsn: str | None, src: SlotSource) -> TableNotInStream:

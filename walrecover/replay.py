@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -54,6 +54,7 @@ from .model import (
     TableName,
     Values,
 )
+from .preflight import command_differences
 from .recreation import RecreationJudge
 from .sources import ProgressCallback
 from .target import PROGRESS_SCHEMA, Progress, Target
@@ -214,10 +215,17 @@ class Replayer:
         stream_start: Lsn | None = None,
         judge: RecreationJudge | None = None,
         cut_ok: bool = False,
+        command: str | None = None,
+        on_created: Callable[[Target], None] | None = None,
     ) -> None:
         self.conn = conn
         #: Tells when the table's changes switch to a re-created table of the same name.
         self.judge = judge
+        #: The command's identity (JSON), kept in the progress row (see :mod:`.preflight`).
+        self.command = command
+        #: Called right after the target table is created, before its first batch commits
+        #: (a check that fails there leaves nothing committed of the table).
+        self.on_created = on_created
         self.target = Target(conn, into)
         #: Where this run's copy of the slot starts (None for a capture), and where the
         #: recovery's first copy started (kept across resumes).
@@ -337,6 +345,15 @@ class Replayer:
     def _prepare_target(self, progress: Progress | None, exists: bool, *, force: bool) -> None:
         """Resume an unfinished recovery of the same source, or start afresh (if allowed)."""
         if exists and progress is not None and not progress.complete and not force:
+            differs = command_differences(progress.command, self.command)
+            if differs:
+                raise TargetExists(
+                    f"{self.into} holds an unfinished recovery made by another command: "
+                    f"{'; '.join(differs)}; rerun that command to resume, or pass --force to "
+                    "rebuild",
+                    table=str(self.into),
+                    differs=differs,
+                )
             if progress.source != self.source:
                 raise TargetExists(
                     f"{self.into} holds an unfinished recovery from {progress.source}, not "
@@ -804,6 +821,8 @@ class Replayer:
         if not self._created:
             self.target.create(relation, self.ddl, self.table)
             self._created = True
+            if self.on_created is not None:
+                self.on_created(self.target)
         self.relation = relation
         existing = self.target.columns()
         missing = [name for name in relation.column_names if name not in existing]
@@ -1336,6 +1355,7 @@ class Replayer:
                 complete=complete,
                 stream_start_lsn=self.first_stream_start,
                 resume_lsn=self._read_end,
+                command=self.command,
             )
         )
 
@@ -1466,6 +1486,8 @@ def replay(
     stream_start: Lsn | None = None,
     judge: RecreationJudge | None = None,
     cut_ok: bool = False,
+    command: str | None = None,
+    on_created: Callable[[Target], None] | None = None,
 ) -> ReplayResult:
     """Rebuild ``table`` as ``into`` from ``events`` on the target connection ``conn``.
 
@@ -1487,6 +1509,8 @@ def replay(
         stream_start=stream_start,
         judge=judge,
         cut_ok=cut_ok,
+        command=command,
+        on_created=on_created,
     )
     replayer.prepare(force=force)
     resumed_from = replayer.resume_after

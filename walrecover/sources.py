@@ -347,8 +347,9 @@ class SlotSource:
         self.start_lsn: Lsn | None = None
         self.end_lsn: Lsn | None = None
         self.swept: list[str] = []
-        #: The source server's ``server_version_num``.
+        #: The source server's ``server_version_num`` and its database's encoding.
         self.server_version: int | None = None
+        self.server_encoding: str | None = None
         #: What the user should know about this read (active slot, options not used, ...).
         self.warnings: list[str] = []
         #: Why a table rebuilt from this read may differ from the truth (publication limits).
@@ -392,6 +393,7 @@ class SlotSource:
         try:
             check_server(conn)
             self.server_version = int(conn.info.server_version)
+            self.server_encoding = conn.info.parameter_status("server_encoding")
             info = read_slot(conn, self.slot)
             (database,) = conn.execute("SELECT current_database()::text").fetchone()
             if info.database != database:

@@ -193,6 +193,11 @@ class Progress:
     #: start before any). Decoding skips a transaction whose commit record starts before the
     #: copy's start, and the next unread one starts at or after this end.
     resume_lsn: Lsn | None = None
+    #: The command's identity (JSON: the options that decide the rows), so a rerun can tell
+    #: the same command from another one and name the option that differs.
+    command: str | None = None
+    #: The finished recovery's result (JSON), for the "already complete" answer of a rerun.
+    result: str | None = None
 
 
 _PROGRESS_COLUMNS = (
@@ -208,11 +213,18 @@ _PROGRESS_COLUMNS = (
     "complete",
     "stream_start_lsn",
     "resume_lsn",
+    "command",
+    "result",
 )
 
 #: Columns later versions added to ``walrecover.progress`` (a table an older walrecover made
 #: lacks them until :meth:`Target.ensure_bookkeeping` adds them).
-_ADDED_COLUMNS = {"stream_start_lsn": "pg_lsn", "resume_lsn": "pg_lsn"}
+_ADDED_COLUMNS = {
+    "stream_start_lsn": "pg_lsn",
+    "resume_lsn": "pg_lsn",
+    "command": "text",
+    "result": "text",
+}
 
 
 def _lsn_or_none(text: str | None) -> Lsn | None:
@@ -221,6 +233,43 @@ def _lsn_or_none(text: str | None) -> Lsn | None:
 
 def _lsn_text(lsn: Lsn | None) -> str | None:
     return None if lsn is None else str(lsn)
+
+
+def read_progress(conn: Any, into: TableName) -> Progress | None:
+    """The progress row of ``into``, or None (also when there is no progress table yet).
+
+    Read as one JSON object, so a progress table an older walrecover made (lacking columns
+    this version adds) reads too: a missing column is None. Leaves the transaction open.
+    """
+    progress = sql.Identifier(PROGRESS_SCHEMA, PROGRESS_TABLE)
+    (exists,) = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (progress.as_string(conn),)
+    ).fetchone()
+    if not exists:
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT to_jsonb(p) FROM {} p WHERE target = %s").format(progress),
+        (str(into),),
+    ).fetchone()
+    if row is None:
+        return None
+    values = {name: row[0].get(name) for name in _PROGRESS_COLUMNS}
+    return Progress(
+        source=str(values["source"]),
+        last_commit_lsn=_lsn_or_none(values["last_commit_lsn"]),
+        last_xid=values["last_xid"],
+        transactions=int(values["transactions"]),
+        changes=int(values["changes"]),
+        no_row=int(values["no_row"] or 0),
+        first_lsn=_lsn_or_none(values["first_lsn"]),
+        audit=values["audit"],
+        position=int(values["position"] or 0),
+        complete=bool(values["complete"]),
+        stream_start_lsn=_lsn_or_none(values["stream_start_lsn"]),
+        resume_lsn=_lsn_or_none(values["resume_lsn"]),
+        command=values["command"],
+        result=values["result"],
+    )
 
 
 class Target:
@@ -265,7 +314,7 @@ class Target:
                     " no_row bigint NOT NULL DEFAULT 0, first_lsn pg_lsn,"
                     " audit text, position bigint, complete boolean NOT NULL,"
                     " updated_at timestamptz NOT NULL DEFAULT now(),"
-                    " stream_start_lsn pg_lsn, resume_lsn pg_lsn)"
+                    " stream_start_lsn pg_lsn, resume_lsn pg_lsn, command text, result text)"
                 ).format(
                     schema=sql.Identifier(PROGRESS_SCHEMA), table=self._progress, unlogged=unlogged
                 )
@@ -491,34 +540,19 @@ class Target:
 
     def read_progress(self) -> Progress | None:
         """The progress row of this target, or None."""
-        row = self.conn.execute(
-            sql.SQL(
-                "SELECT source, last_commit_lsn::text, last_xid, transactions, changes, no_row,"
-                " first_lsn::text, audit, position, complete, stream_start_lsn::text,"
-                " resume_lsn::text FROM {} WHERE target = %s"
-            ).format(self._progress),
-            (str(self.into),),
-        ).fetchone()
+        progress = read_progress(self.conn, self.into)
         self.conn.commit()
-        if row is None:
-            return None
-        values = dict(zip(_PROGRESS_COLUMNS, row, strict=True))
-        return Progress(
-            source=str(values["source"]),
-            last_commit_lsn=Lsn.parse(values["last_commit_lsn"])
-            if values["last_commit_lsn"]
-            else None,
-            last_xid=values["last_xid"],
-            transactions=int(values["transactions"]),
-            changes=int(values["changes"]),
-            no_row=int(values["no_row"]),
-            first_lsn=Lsn.parse(values["first_lsn"]) if values["first_lsn"] else None,
-            audit=values["audit"],
-            position=int(values["position"] or 0),
-            complete=bool(values["complete"]),
-            stream_start_lsn=_lsn_or_none(values["stream_start_lsn"]),
-            resume_lsn=_lsn_or_none(values["resume_lsn"]),
+        return progress
+
+    def store_result(self, result: str) -> None:
+        """Keep a finished recovery's result (JSON) with its progress row, and commit."""
+        self.conn.execute(
+            sql.SQL("UPDATE {} SET result = %s WHERE target = %s AND complete").format(
+                self._progress
+            ),
+            (result, str(self.into)),
         )
+        self.conn.commit()
 
     def write_progress(self, progress: Progress) -> None:
         """Record ``progress`` in the open transaction (it commits with the data)."""
@@ -526,16 +560,17 @@ class Target:
             sql.SQL(
                 "INSERT INTO {} AS p (target, source, last_commit_lsn, last_xid, transactions,"
                 " changes, no_row, first_lsn, audit, position, complete, stream_start_lsn,"
-                " resume_lsn)"
+                " resume_lsn, command)"
                 " VALUES (%s, %s, %s::pg_lsn, %s, %s, %s, %s, %s::pg_lsn, %s, %s, %s,"
-                " %s::pg_lsn, %s::pg_lsn)"
+                " %s::pg_lsn, %s::pg_lsn, %s)"
                 " ON CONFLICT (target) DO UPDATE SET source = excluded.source,"
                 " last_commit_lsn = excluded.last_commit_lsn, last_xid = excluded.last_xid,"
                 " transactions = excluded.transactions, changes = excluded.changes,"
                 " no_row = excluded.no_row, first_lsn = excluded.first_lsn,"
                 " audit = excluded.audit, position = excluded.position,"
                 " complete = excluded.complete, stream_start_lsn = excluded.stream_start_lsn,"
-                " resume_lsn = excluded.resume_lsn, updated_at = now()"
+                " resume_lsn = excluded.resume_lsn, command = excluded.command,"
+                " updated_at = now()"
             ).format(self._progress),
             (
                 str(self.into),
@@ -551,6 +586,7 @@ class Target:
                 progress.complete,
                 _lsn_text(progress.stream_start_lsn),
                 _lsn_text(progress.resume_lsn),
+                progress.command,
             ),
         )
 

@@ -43,8 +43,12 @@ def workdir(db: Database) -> Iterator[Path]:
 
 
 def _workload(db: Database, plugin: str, slot: str = "cap") -> None:
-    """Three committed transactions (the truth), then a fourth the capture will be cut in."""
+    """Three committed transactions (the truth), then a fourth the capture will be cut in.
+
+    The truth table is created before the slot: a CREATE TABLE between t's changes would be a
+    catalog change that a capture without LSNs cannot tell from a re-creation of t (exit 4)."""
     db.execute("CREATE TABLE t (id int PRIMARY KEY, amount numeric(12,2), note text)")
+    db.execute("CREATE UNLOGGED TABLE truth (LIKE t)")
     if plugin == "pgoutput":
         db.execute("CREATE PUBLICATION capture_pub FOR TABLE t")
     db.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (slot, plugin))
@@ -56,7 +60,7 @@ def _workload(db: Database, plugin: str, slot: str = "cap") -> None:
             "DELETE FROM t WHERE id IN (4, 5)",
         ],
     )
-    db.execute("CREATE UNLOGGED TABLE truth AS SELECT * FROM t")
+    db.execute("INSERT INTO truth SELECT * FROM t")
     run_script(
         db,
         [

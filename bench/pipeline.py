@@ -26,12 +26,12 @@ workload filled never move (checked at the end), it measures:
 
 Rebuilt tables go to another database of the same cluster so no step's writes are in the
 stream a later step decodes. For each step: wall seconds, client CPU seconds (``wait4`` of the
-client processes), server CPU seconds (the cluster's processes, exited backends included through
-the postmaster's children times), client peak RSS (summed over the processes of a pipeline), and
-ratios of wall time to the skeleton (of the same plugin, wal2json's when there is none) and to
-native replication. ``--json`` prints the whole run as JSON instead of the table. ``--profile
-DIR`` then runs ``recover+`` once more per plugin under py-spy (cProfile without it) and prints
-where the time goes.
+client processes), server CPU seconds (the clusters' processes, exited backends included through
+the postmasters' children times), client peak RSS (summed over the processes of a pipeline),
+and ratios of wall time to the fastest skeleton of the run and to native replication.
+``--json`` prints the whole run as JSON instead of the table, ``--save FILE`` writes it too.
+``--profile DIR`` then runs ``recover+`` once more per plugin under py-spy (cProfile without
+it) and prints where the time goes.
 """
 
 from __future__ import annotations
@@ -165,20 +165,52 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
-def server_cpu(cluster: Cluster) -> float:
-    """CPU seconds used so far by the cluster: the postmaster, its live children, and (through
-    the postmaster's children times) every backend that has exited."""
-    pid = int((cluster.data / "postmaster.pid").read_text().split()[0])
-    ticks = 0
-    root = _stat(pid)
-    if root is not None:
-        ticks += sum(int(x) for x in root[11:15])
+def _children(pid: int) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             fields = _stat(int(entry.name))
             if fields is not None and int(fields[1]) == pid:
+                found[int(entry.name)] = fields
+    return found
+
+
+class ServerClock:
+    """CPU seconds used by clusters between :meth:`start` and :meth:`stop`: their postmasters,
+    live children, and (through the postmasters' children times) every backend that exited.
+
+    :meth:`stop` first waits (up to 5 s) until the backends and walsenders that served the step
+    have exited and been reaped, so their time is counted.
+    """
+
+    def __init__(self, *clusters: Cluster) -> None:
+        self.pids = [int((c.data / "postmaster.pid").read_text().split()[0]) for c in clusters]
+        self.before: set[int] = set()
+        self.used = 0.0
+
+    def _read(self) -> tuple[float, set[int]]:
+        ticks = 0
+        pids: set[int] = set()
+        for pid in self.pids:
+            root = _stat(pid)
+            if root is not None:
+                ticks += sum(int(x) for x in root[11:15])
+            for child, fields in _children(pid).items():
                 ticks += sum(int(x) for x in fields[11:15])
-    return ticks / os.sysconf("SC_CLK_TCK")
+                pids.add(child)
+        return ticks / os.sysconf("SC_CLK_TCK"), pids
+
+    def start(self) -> ServerClock:
+        self.used, self.before = self._read()
+        return self
+
+    def stop(self) -> float:
+        deadline = time.monotonic() + 5
+        while True:
+            used, pids = self._read()
+            if pids <= self.before or time.monotonic() > deadline:
+                return used - self.used
+            time.sleep(0.05)
 
 
 class PeakRss:
@@ -354,10 +386,10 @@ def _recvlogical(cluster: Cluster, slot: str, plugin: str, end: str, out: str) -
 
 def measure_decode(cluster: Cluster, plugin: str, lsns: dict[str, str]) -> Measure:
     with slot_copy(cluster.dsn("bench"), f"bench_{plugin}", "m_decode") as slot:
-        cpu0, t0 = server_cpu(cluster), time.monotonic()
+        clock, t0 = ServerClock(cluster).start(), time.monotonic()
         child = run_child(_recvlogical(cluster, slot, plugin, lsns["end"], "/dev/null"))
         wall = time.monotonic() - t0
-        server = server_cpu(cluster) - cpu0
+        server = clock.stop()
     return Measure("decode", plugin, wall, child.cpu, server, child.rss_mib, note="to /dev/null")
 
 
@@ -367,10 +399,10 @@ def measure_load(cluster: Cluster) -> Measure:
         conn.execute(f"COPY final TO '{path}'")
     with connect(cluster.dsn("floor"), autocommit=True) as conn:
         conn.execute(TARGET_SQL.format(name="loaded"))
-        cpu0, t0 = server_cpu(cluster), time.monotonic()
+        clock, t0 = ServerClock(cluster).start(), time.monotonic()
         conn.execute(f"COPY loaded FROM '{path}'")
         wall = time.monotonic() - t0
-        server = server_cpu(cluster) - cpu0
+        server = clock.stop()
         (rows,) = conn.execute("SELECT count(*) FROM loaded").fetchone()
         conn.execute("DROP TABLE loaded")
     path.unlink()
@@ -382,7 +414,7 @@ def measure_skeleton(cluster: Cluster, plugin: str, lsns: dict[str, str]) -> Mea
     with connect(cluster.dsn("rebuild"), autocommit=True) as conn:
         conn.execute(TARGET_SQL.format(name=table))
     with slot_copy(cluster.dsn("bench"), f"bench_{plugin}", "m_skeleton") as slot:
-        cpu0, t0 = server_cpu(cluster), time.monotonic()
+        clock, t0 = ServerClock(cluster).start(), time.monotonic()
         with tempfile.TemporaryFile() as result:
             reader = subprocess.Popen(
                 _recvlogical(cluster, slot, plugin, lsns["end"], "-"), stdout=subprocess.PIPE
@@ -399,7 +431,7 @@ def measure_skeleton(cluster: Cluster, plugin: str, lsns: dict[str, str]) -> Mea
                 first, reader_cpu = _wait(reader)
                 second, sink_cpu = _wait(sink)
             wall = time.monotonic() - t0
-            server = server_cpu(cluster) - cpu0
+            server = clock.stop()
             result.seek(0)
             out = result.read()
     if first != 0 or second != 0:
@@ -449,7 +481,7 @@ def measure_native(cluster: Cluster, sub: Cluster, lsns: dict[str, str]) -> Meas
         connect(publisher, autocommit=True) as pub,
     ):
         conn.execute(f"ALTER SUBSCRIPTION bench_sub SET (slot_name = '{slot}')")
-        cpu0 = server_cpu(cluster) + server_cpu(sub)
+        clock = ServerClock(cluster, sub).start()
         t0 = time.monotonic()
         conn.execute("ALTER SUBSCRIPTION bench_sub ENABLE")
         while True:
@@ -462,7 +494,7 @@ def measure_native(cluster: Cluster, sub: Cluster, lsns: dict[str, str]) -> Meas
                 break
             time.sleep(0.05)
         wall = time.monotonic() - t0
-        server = server_cpu(cluster) + server_cpu(sub) - cpu0
+        server = clock.stop()
         conn.execute("ALTER SUBSCRIPTION bench_sub DISABLE")
         (rows,) = conn.execute("SELECT count(*) FROM transactions").fetchone()
         (balances,) = conn.execute("SELECT sum(balance)::text FROM accounts").fetchone()
@@ -499,10 +531,10 @@ def measure_recover(
         args = _profiled(args, profile)
     with slot_copy(cluster.dsn("bench"), f"bench_{plugin}", "m_recover") as slot:
         args[args.index("--table") : args.index("--table")] = ["--slot", slot]
-        cpu0, t0 = server_cpu(cluster), time.monotonic()
+        clock, t0 = ServerClock(cluster).start(), time.monotonic()
         child = run_child(args)
         wall = time.monotonic() - t0
-        server = server_cpu(cluster) - cpu0
+        server = clock.stop()
     lines = [line for line in child.out.decode().splitlines() if line.startswith("{")]
     result = json.loads(lines[-1])
     if full and not (result.get("reconciliation") or {}).get("matched"):
@@ -624,12 +656,13 @@ def machine(cluster: Cluster) -> dict[str, Any]:
 
 
 def ratios(measures: list[Measure]) -> None:
-    skeleton = {m.plugin: m.wall for m in measures if m.step == "skeleton"}
+    """Wall time over the fastest skeleton's (the floor to approach) and native replication's."""
+    skeletons = [m.wall for m in measures if m.step == "skeleton"]
+    skeleton = min(skeletons) if skeletons else None
     native = next((m.wall for m in measures if m.step == "native"), None)
     for m in measures:
-        base = skeleton.get(m.plugin, skeleton.get("wal2json"))
-        if base and m.step != "load":
-            m.x_skeleton = round(m.wall / base, 2)
+        if skeleton and m.step != "load":
+            m.x_skeleton = round(m.wall / skeleton, 2)
         if native and m.step != "load":
             m.x_native = round(m.wall / native, 2)
 

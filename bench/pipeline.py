@@ -561,35 +561,54 @@ def measure_recover(
 def _profiled(args: list[str], out: Path) -> list[str]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if Path(spy).exists():
-        return [spy, "record", "--format", "raw", "--rate", "100", "-o", str(out), "--", *args]
+        # --idle: waits on the server count too, so shares are of wall time, not CPU time.
+        record = [spy, "record", "--idle", "--format", "raw", "--rate", "100", "-o", str(out)]
+        return [*record, "--", *args]
     code = "import sys; from walrecover.cli import main; sys.argv[0] = 'walrecover'; main()"
     return [sys.executable, "-m", "cProfile", "-o", str(out), "-c", code, *args[1:]]
 
 
+#: Phases of a recovery, by the first of these functions found in a sample's stack.
+PHASES = (
+    ("start-up imports", "_find_and_load"),
+    ("audit: close (final outcomes, hashes, manifest)", "AuditWriter.close"),
+    ("audit: rows", "AuditWriter.write"),
+    ("audit: rows", "AuditWriter.commit"),
+    ("replay: apply to the target (COPY, SQL)", "Replayer._commit_batch"),
+    ("decode: read the slot and parse", "decode_all"),
+    ("reconcile", "reconcile"),
+    ("replay: other", "Replayer.run"),
+)
+
+
 def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
-    """Where the time goes, from py-spy's collapsed stacks: the share of samples spent in each
-    function itself, the share under each walrecover function (inclusive), and the share spent
-    importing modules at start-up."""
+    """Where the time goes, from py-spy's collapsed stacks: the share of samples per phase of a
+    recovery (:data:`PHASES`), spent in each function itself, and under each walrecover function
+    (inclusive, start-up imports left out). The progress bar's monitor thread is left out."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
-    total = imports = 0
+    phases: collections.Counter[str] = collections.Counter()
+    total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not stack:
+        if not stack or "TMonitor.run" in stack:
             continue
         count = int(count_text)
         frames = [_frame(f) for f in stack.split(";")]
+        names = {f.split(" (")[0] for f in frames}
         total += count
         own[frames[-1]] += count
-        if any(f.startswith("_find_and_load ") for f in frames):
-            imports += count
+        phase = next((name for name, function in PHASES if function in names), "other")
+        phases[phase] += count
+        if phase == "start-up imports":
             continue
         for frame in set(frames):
             if "(walrecover/" in frame and "(walrecover/cli.py)" not in frame:
                 inclusive[frame] += count
+    total = max(total, 1)
     return {
         "samples": total,
-        "imports": round(100 * imports / max(total, 1), 1),
+        "phases": [(f, round(100 * c / total, 1)) for f, c in phases.most_common()],
         "self": [(f, round(100 * c / total, 1)) for f, c in own.most_common(top)],
         "inclusive": [(f, round(100 * c / total, 1)) for f, c in inclusive.most_common(top)],
     }
@@ -767,12 +786,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(table(run))
         for plugin, summary in run.profiles.items():
-            print(f"\nrecover+ {plugin}: top functions by own time (% of samples)")
+            print(f"\nrecover+ {plugin} under py-spy --idle: phases (% of wall-clock samples)")
+            for name, share in summary.get("phases", []):
+                print(f"  {share:5.1f}%  {name}")
+            print(f"recover+ {plugin}: top functions by own time")
             for name, share in summary["self"]:
                 print(f"  {share:5.1f}%  {name}")
             if "inclusive" in summary:
-                print(f"recover+ {plugin}: {summary['imports']}% importing modules; under each")
-                print("walrecover function, imports left out (% of samples):")
+                print(f"recover+ {plugin}: under each walrecover function")
                 for name, share in summary["inclusive"]:
                     print(f"  {share:5.1f}%  {name}")
     return 0

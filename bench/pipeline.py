@@ -448,7 +448,7 @@ def measure_skeleton(cluster: Cluster, plugin: str, lsns: dict[str, str]) -> Mea
         server,
         peak.mib(reader.pid) + peak.mib(sink.pid),
         rows,
-        note=f"pg_recvlogical | {parser_name if plugin == 'wal2json' else 'binary'} + COPY",
+        note=f"pg_recvlogical piped to {parser_name if plugin == 'wal2json' else 'binary'} + COPY",
     )
 
 
@@ -699,8 +699,44 @@ def table(run: Run) -> str:
         lines.append(
             f"| {m.step} | {m.plugin} | {num(m.wall)} | {num(m.client_cpu)} | "
             f"{num(m.server_cpu)} | {num(m.rss_mib, 0)} | {num(m.x_skeleton, 2)} | "
-            f"{num(m.x_native, 2)} | {'' if m.rows is None else f'{m.rows:,}'} | {m.note} |"
+            f"{num(m.x_native, 2)} | {'' if m.rows is None else f'{m.rows:,}'} | {m.note.replace('|', '\\|')} |"
         )
+    return "\n".join(lines)
+
+
+def load_run(path: Path) -> Run:
+    """A run saved with ``--save``, its ratios worked out again."""
+    saved = json.loads(path.read_text())
+    measures = [
+        Measure(**{k: v for k, v in m.items() if k not in ("x_skeleton", "x_native")})
+        for m in saved.pop("measures")
+    ]
+    run = Run(**saved)
+    run.measures = measures
+    ratios(run.measures)
+    return run
+
+
+def report(run: Run) -> str:
+    """The run as text: the machine, the workload, the table, the profiles."""
+    m = run.machine
+    w = run.workload
+    lines = [
+        f"{m['nproc']} x {m['cpu']}, {m['postgres']}, fsync {m['fsync']}, "
+        f"load {m['load_before'][0]:.1f} -> {m.get('load_after', [0.0])[0]:.1f}",
+        f"workload: {w['transactions']:,} ledger transactions ({w['inserts']:,} inserts + "
+        f"{w['balance_updates']:,} balance updates, {w['per_commit']} a commit), "
+        f"{w['wal_mib']} MiB of WAL, built in {w['build_seconds']} s",
+        table(run),
+    ]
+    for plugin, summary in run.profiles.items():
+        lines.append(f"\nrecover+ {plugin} under py-spy: phases (% of samples)")
+        lines += [f"  {share:5.1f}%  {name}" for name, share in summary.get("phases", [])]
+        lines.append(f"recover+ {plugin}: top functions by own time")
+        lines += [f"  {share:5.1f}%  {name}" for name, share in summary["self"]]
+        if "inclusive" in summary:
+            lines.append(f"recover+ {plugin}: under each walrecover function")
+            lines += [f"  {share:5.1f}%  {name}" for name, share in summary["inclusive"]]
     return "\n".join(lines)
 
 
@@ -714,12 +750,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR", help="also profile recover+")
     parser.add_argument("--json", action="store_true", help="print the run as JSON")
     parser.add_argument("--save", type=Path, metavar="FILE", help="also write the JSON here")
+    parser.add_argument(
+        "--show", type=Path, metavar="FILE", help="print a --save'd run as the table, and stop"
+    )
     args = parser.parse_args(argv)
     plugins = [p for p in args.plugins.split(",") if p]
     steps = [s for s in args.only.split(",") if s]
     unknown = [p for p in plugins if p not in PLUGINS] + [s for s in steps if s not in STEPS]
     if unknown:
         parser.error(f"unknown plugin or step: {', '.join(unknown)}")
+    if args.show is not None:
+        print(report(load_run(args.show)))
+        return 0
     run = Run(changes=args.changes, plugins=plugins)
     settings = {"fsync": args.fsync}
     with (
@@ -773,29 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(asdict(run), indent=2))
     else:
-        m = run.machine
-        print(
-            f"{m['nproc']} x {m['cpu']}, {m['postgres']}, fsync {m['fsync']}, "
-            f"load {m['load_before'][0]:.1f} -> {m['load_after'][0]:.1f}"
-        )
-        w = run.workload
-        print(
-            f"workload: {w['transactions']:,} ledger transactions ({w['inserts']:,} inserts + "
-            f"{w['balance_updates']:,} balance updates, {w['per_commit']} a commit), "
-            f"{w['wal_mib']} MiB of WAL, built in {w['build_seconds']} s"
-        )
-        print(table(run))
-        for plugin, summary in run.profiles.items():
-            print(f"\nrecover+ {plugin} under py-spy --idle: phases (% of wall-clock samples)")
-            for name, share in summary.get("phases", []):
-                print(f"  {share:5.1f}%  {name}")
-            print(f"recover+ {plugin}: top functions by own time")
-            for name, share in summary["self"]:
-                print(f"  {share:5.1f}%  {name}")
-            if "inclusive" in summary:
-                print(f"recover+ {plugin}: under each walrecover function")
-                for name, share in summary["inclusive"]:
-                    print(f"  {share:5.1f}%  {name}")
+        print(report(run))
     return 0
 
 

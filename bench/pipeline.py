@@ -696,10 +696,11 @@ def table(run: Run) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for m in run.measures:
+        note = m.note.replace("|", r"\|")  # a bar inside a cell would end it
         lines.append(
             f"| {m.step} | {m.plugin} | {num(m.wall)} | {num(m.client_cpu)} | "
             f"{num(m.server_cpu)} | {num(m.rss_mib, 0)} | {num(m.x_skeleton, 2)} | "
-            f"{num(m.x_native, 2)} | {'' if m.rows is None else f'{m.rows:,}'} | {m.note.replace('|', '\\|')} |"
+            f"{num(m.x_native, 2)} | {'' if m.rows is None else f'{m.rows:,}'} | {note} |"
         )
     return "\n".join(lines)
 

@@ -795,6 +795,8 @@ def main(argv: list[str] | None = None) -> int:
             for plugin in plugins:
                 if step("recover+" if full else "recover", plugin):
                     run.measures.append(measure_recover(cluster, plugin, full, Path(tmp)))
+        if args.save is not None:  # the measures are kept even if profiling fails
+            args.save.write_text(json.dumps(asdict(run), indent=2))
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
             for plugin in plugins:

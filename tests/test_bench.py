@@ -12,8 +12,9 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from tests.conftest import ROOT
+ROOT = Path(__file__).resolve().parent.parent
 
 CHANGES = 2_000
 

@@ -167,15 +167,11 @@ def test_target_privileges_are_named_before_reading(db: Database) -> None:
     steps = [
         (
             f"CREATE SCHEMA walrecover; GRANT CREATE ON DATABASE {db.name} TO {role}",
-            f"GRANT USAGE ON SCHEMA walrecover TO {role}",
-        ),
-        (
-            f"GRANT USAGE ON SCHEMA walrecover TO {role}",
-            f"GRANT CREATE ON SCHEMA walrecover TO {role}",
+            f"GRANT USAGE, CREATE ON SCHEMA walrecover TO {role}",
         ),
     ]
     expected = f"GRANT CREATE ON DATABASE {db.name} TO {role}"
-    for fix, next_message in [*steps, (f"GRANT CREATE ON SCHEMA walrecover TO {role}", "")]:
+    for fix, next_message in [*steps, (f"GRANT USAGE, CREATE ON SCHEMA walrecover TO {role}", "")]:
         for command in ("check", "recover"):
             with source_untouched(db):
                 result = cli(command, *_args(db, "--target", target))

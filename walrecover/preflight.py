@@ -29,7 +29,7 @@ from psycopg.conninfo import conninfo_to_dict
 from .db import SECRETS, redact
 from .errors import ConfigurationError, LedgerError, PrivilegeError
 from .model import TableName
-from .target import _ADDED_COLUMNS, PROGRESS_SCHEMA, PROGRESS_TABLE
+from .target import _ADDED_COLUMNS, PROGRESS_SCHEMA, PROGRESS_TABLE, Target
 
 #: Types whose values PostgreSQL and walrecover sum exactly (by OID, after domains).
 SUMMABLE_TYPES = {20: "bigint", 21: "smallint", 23: "integer", 1700: "numeric"}
@@ -143,6 +143,10 @@ def check_target(conn: Any, into: TableName, *, force: bool, exists: bool) -> Ta
     ).fetchone()
     creates: list[str] = []
     who = _ident(conn, role)
+    # The privileges a build needs, as the build itself names them (one GRANT per object).
+    lacking = Target(conn, into).missing_privilege(force=force)
+    if lacking is not None:
+        raise lacking
 
     def refuse(what: str, grant: str) -> PrivilegeError:
         return PrivilegeError(

@@ -361,7 +361,7 @@ class Target:
             # Even with IF NOT EXISTS, PostgreSQL checks the privilege to create the schema and
             # the table before it sees that they exist: a role granted what an existing progress
             # table needs (and no more) goes on.
-            if self._progress_exists() and self._missing_privilege(force=False) is None:
+            if self._progress_exists() and self.missing_privilege(force=False) is None:
                 self.unlogged = self._persistence(self._progress) == "u"
                 conn.commit()
                 return
@@ -408,7 +408,7 @@ class Target:
     def check_privileges(self, *, force: bool) -> None:
         """Raise :class:`PrivilegeError` naming the object and the privilege if the role lacks
         one that building ``into`` needs: before any work, since a rerun cannot fix it."""
-        missing = self._missing_privilege(force=force)
+        missing = self.missing_privilege(force=force)
         self.conn.commit()
         if missing is not None:
             raise missing
@@ -417,7 +417,7 @@ class Target:
         """The error for a refused statement: the missing privilege and its object if walrecover
         can tell which, else the server's words; never a rerun (it would be refused again)."""
         try:
-            missing = self._missing_privilege(force=False)
+            missing = self.missing_privilege(force=False)
             self.conn.rollback()
         except psycopg.Error:
             missing = None
@@ -429,7 +429,7 @@ class Target:
             table=str(self.into),
         )
 
-    def _missing_privilege(self, *, force: bool) -> PrivilegeError | None:
+    def missing_privilege(self, *, force: bool) -> PrivilegeError | None:
         """The first privilege the role lacks: on the database (to create the schema
         ``walrecover``), on that schema, on ``walrecover.progress``, on the target schema, or
         (with ``force``) the ownership that dropping an existing target needs."""

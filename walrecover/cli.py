@@ -650,7 +650,10 @@ def _transaction(xid: int | None, lsn: Lsn | None, lsn_kind: str) -> str:
 
 
 def _recovery_text(result: RecoveryResult) -> str:
-    source = f"capture {result.capture}" if result.capture else f"slot {result.slot}"
+    if result.capture:
+        source = f"capture {result.capture}"
+    else:
+        source = f"slot {result.slot}" if result.slot else "a capture"
     kind = "end LSNs of the commits" if result.lsn_kind == "end" else "commit LSNs"
     if result.first_lsn is None and result.last_lsn is None and result.transactions:
         lsns = f"the {'capture' if result.capture else 'slot'} carries no LSNs"

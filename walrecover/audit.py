@@ -311,6 +311,8 @@ class AuditWriter:
                 path=self.path,
             )
         foreign = safefiles.foreign_entries(parts, _PART_FILES)
+        if not foreign and clear_published(parts):
+            return False
         run = _read_run(parts / RUN_FILE)
         if foreign or (run is None and os.listdir(parts)):
             named = ", ".join(foreign[:3]) if foreign else "files without walrecover's record"
@@ -426,13 +428,15 @@ class AuditWriter:
         publishing = bool(self._run and self._run.get("publishing"))
         self._write_run(publishing=publishing)
 
-    def _write_run(self, *, publishing: bool) -> None:
-        """Record in ``PATH.parts`` whose parts these are and whether publishing began."""
+    def _write_run(self, *, publishing: bool, published: bool = False) -> None:
+        """Record in ``PATH.parts`` whose parts these are, whether publishing began, and
+        whether it ended (the parts left are then only waiting to be deleted)."""
         content = {
             "format": RUN_FORMAT,
             "audit": str(Path(os.path.abspath(self.path))),
             "owner": self.owner,
             "publishing": publishing,
+            "published": published,
         }
         run = self.parts / RUN_FILE
         tmp = run.with_name(RUN_FILE + ".tmp")
@@ -452,7 +456,7 @@ class AuditWriter:
         audit leaves exactly that: a rerun can then ``start(lsn, resuming=True)`` and ``close``
         without replaying anything.
         """
-        if not safefiles.is_dir(safefiles.lstat(self.parts)):
+        if not safefiles.is_dir(safefiles.lstat(self.parts)) or clear_published(self.parts):
             return None
         sealed = [lsn for p in self.parts.iterdir() if (lsn := _part_lsn(p)) is not None]
         return max(sealed, default=None)
@@ -680,6 +684,8 @@ class AuditWriter:
         self._publish()
         if not self.partitioned:
             self.manifest_sha256 = _write_manifest(self.manifest, manifest)
+        # Published: a run killed while the parts are deleted must not publish the rest again.
+        self._write_run(publishing=True, published=True)
         left = safefiles.remove_own_files(self.parts, _PART_FILES)
         if not left:
             safefiles.remove_dir_if_empty(self.parts)
@@ -1177,6 +1183,17 @@ def _same_file(a: Path, b: Path) -> bool:
 def _inside(path: Path, directory: Path) -> bool:
     resolved, root = Path(os.path.realpath(path)), Path(os.path.realpath(directory))
     return resolved == root or root in resolved.parents
+
+
+def clear_published(parts: Path) -> bool:
+    """Delete what a run killed after publishing its audit left in ``PATH.parts`` (its run
+    record says the audit was published); True if that is what the directory held."""
+    run = _read_run(parts / RUN_FILE)
+    if run is None or not run.get("published"):
+        return False
+    if not safefiles.remove_own_files(parts, _PART_FILES):
+        safefiles.remove_dir_if_empty(parts)
+    return True
 
 
 def _read_run(path: Path) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from . import __version__
-from .audit import AuditWriter, manifest_path
+from .audit import AuditWriter, clear_published, manifest_path
 from .db import connect, connection_lost, redact, safe_dsn
 from .decoders import column_limits, decode_all, decoder_notes, make_decoder, warnings_for
 from .errors import (
@@ -772,7 +772,7 @@ def _audit_published(audit_at: str | Path | None, partitioned: bool, into: Table
         return True
     path = Path(audit_at)
     parts = path.with_name(path.name + ".parts")
-    if parts.exists():
+    if parts.exists() and not clear_published(parts):
         return False
     manifest = manifest_path(path, partitioned)
     if path.exists() and manifest.exists():

@@ -942,7 +942,6 @@ OPEN_DEFECTS: dict[str, str] = {
     "table's rows, exit 0",
     "C17": "ADD COLUMN ... DEFAULT with no change of the table after it: the rebuilt table lacks "
     "the column, exit 0",
-    "D1": "wal2json format 1 drops TRUNCATE: only a warning, exit 0 with the truncated rows back",
     "D2": "a pgoutput capture resumed over ALTER TABLE ADD COLUMN: 'has no column ... that the "
     "stream carries' on every rerun",
     "D3": "pgoutput through a publication that does not publish UPDATE/DELETE: they are lost, "

@@ -329,6 +329,8 @@ def _recover(
                     wal_problem=wal_problem,
                     start=src.start_lsn,
                     end=src.end_lsn,
+                    format1=src.plugin == "wal2json"
+                    and dict(src.options).get("format-version", "2") == "1",
                 )
                 wal = None  # the judge owns it now
             if audit_at is not None:

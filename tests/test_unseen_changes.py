@@ -1,0 +1,92 @@
+"""Changes a stream cannot show, against the real server (issue 8: A4 capture, C17, D1).
+
+Each test snapshots the truth before the DROP and runs the CLI: the recovery is either exactly
+the truth with exit 0, or ends with exit 4 (``not proven exact``) naming what the stream could
+not show and what to do.
+
+- D1: wal2json ``format-version 1`` prints a ``TRUNCATE`` as a transaction without change, so a
+  recovery through it puts the truncated rows back: exit 4 when such a transaction lies between
+  the table's changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import Database
+from fault_helpers import peek_capture
+from helpers import SLOT, cli, differences, drop_with_truth, run_script, source_untouched
+
+from walrecover.errors import EXIT_UNPROVEN
+
+
+def unproven(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "not proven exact" in line]
+
+
+# -- D1: format 1 cannot carry TRUNCATE ----------------------------------------------------------
+
+
+FORMAT_1 = {
+    "format-version": "1",
+    "include-xids": "1",
+    "include-timestamp": "1",
+    "include-lsn": "1",
+}
+
+
+@pytest.mark.parametrize("source", ["slot", "capture"])
+def test_format_1_truncate_between_changes_is_not_proven(
+    db: Database, source: str, tmp_path: Path
+) -> None:
+    """Truth {(2,1)}; format 1 rebuilds {(1,0),(2,1)}: exit 4 naming the TRUNCATE's transaction
+    and format-version 2. Before the fix it ended with exit 4 for a possible DROP only, never
+    saying that a TRUNCATE was lost nor how to read one (the oracle's D1)."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v integer)")
+    db.create_slot()
+    run_script(
+        db,
+        ["INSERT INTO t VALUES (1, 0)", "TRUNCATE t", "INSERT INTO t VALUES (2, 1)"],
+    )
+    truncated = db.scalar(
+        "SELECT max(xid::text::bigint) FROM pg_logical_slot_peek_changes(%s, NULL, NULL)"
+        " WHERE data LIKE '%%\"change\":[]%%'",
+        (SLOT,),
+    )
+    drop_with_truth(db)
+    if source == "slot":
+        args = ["-d", db.dsn, "--slot", SLOT, "-o", "format-version=1"]
+    else:
+        path = tmp_path / "v1.capture"
+        peek_capture(db.dsn, SLOT, "wal2json", path, options=FORMAT_1)
+        args = ["--from-file", str(path), "--plugin", "wal2json"]
+        args += [f"-o{name}={value}" for name, value in FORMAT_1.items()]
+    with source_untouched(db):
+        result = cli("recover", *args, "--target", db.dsn, "--table", "public.t")
+    assert result.exit_code == EXIT_UNPROVEN, result.stderr
+    reasons = unproven(result.stderr)
+    assert any(
+        "may have been emptied by a TRUNCATE" in r
+        and "format-version 1" in r
+        and "-o format-version=2" in r
+        for r in reasons
+    ), result.stderr
+    assert truncated is None or any(f"transaction {truncated}" in r for r in reasons)
+    # The rebuilt table is what format 1 shows: the truncated row is back (hence exit 4).
+    assert differences(db, "truth", "t_recovered") == (0, 1)
+
+
+def test_format_2_carries_the_truncate_exactly(db: Database) -> None:
+    """The same history through format 2: exact, exit 0."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v integer)")
+    db.create_slot()
+    run_script(
+        db,
+        ["INSERT INTO t VALUES (1, 0)", "TRUNCATE t", "INSERT INTO t VALUES (2, 1)"],
+    )
+    drop_with_truth(db)
+    with source_untouched(db):
+        result = cli("recover", "-d", db.dsn, "--slot", SLOT, "--table", "public.t")
+    assert result.exit_code == 0, result.stderr
+    assert differences(db, "truth", "t_recovered") == (0, 0)

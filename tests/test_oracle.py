@@ -936,8 +936,6 @@ def killed_then_rerun(
 #: does not fail the random test (``WALRECOVER_ORACLE_STRICT=1``: it does); the fixed histories
 #: of :data:`KNOWN` are strict xfails. Remove an entry once its fix is merged.
 OPEN_DEFECTS: dict[str, str] = {
-    "A4": "a wal2json capture of a table without a replica identity: its UPDATEs and DELETEs are "
-    "missing with exit 0 (pg_recvlogical printed the warning, not the file)",
     "C15b": "pgoutput: a re-created table with no change after the re-creation keeps the earlier "
     "table's rows, exit 0",
     "C17": "ADD COLUMN ... DEFAULT with no change of the table after it: the rebuilt table lacks "

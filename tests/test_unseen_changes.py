@@ -11,9 +11,11 @@ not show and what to do.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+from capture_helpers import capture_dir, o_args, pg_recvlogical
 from conftest import Database
 from fault_helpers import peek_capture
 from helpers import SLOT, cli, differences, drop_with_truth, run_script, source_untouched
@@ -90,3 +92,91 @@ def test_format_2_carries_the_truncate_exactly(db: Database) -> None:
         result = cli("recover", "-d", db.dsn, "--slot", SLOT, "--table", "public.t")
     assert result.exit_code == 0, result.stderr
     assert differences(db, "truth", "t_recovered") == (0, 0)
+
+
+# -- A4: a wal2json capture of a table without a usable replica identity -------------------------
+
+A4_SHAPES = {
+    # REPLICA IDENTITY NOTHING with a primary key: include-pk prints the key; the UPDATE and
+    # DELETE transactions are in the capture without a change (plain commits).
+    "identity-nothing": (
+        "CREATE TABLE t (id integer PRIMARY KEY, v text); ALTER TABLE t REPLICA IDENTITY NOTHING",
+        "transaction",
+    ),
+    # No primary key, default identity: include-pk prints "pk":[].
+    "no-key": ("CREATE TABLE t (id integer, v text)", "without a primary key"),
+    "deferrable-key": (
+        "CREATE TABLE t (id integer PRIMARY KEY DEFERRABLE, v text)",
+        "without a primary key",
+    ),
+}
+
+
+def _capture(db: Database, tmp_path: Path, options: dict[str, str] | None = None) -> Path:
+    directory = capture_dir(db.cluster)
+    try:
+        path = pg_recvlogical(db, SLOT, "wal2json", directory / "cdc.capture", options=options)
+        (tmp_path / "cdc.capture").write_bytes(path.read_bytes())
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return tmp_path / "cdc.capture"
+
+
+@pytest.mark.parametrize("shape", list(A4_SHAPES))
+def test_capture_without_identity_is_not_proven(db: Database, shape: str, tmp_path: Path) -> None:
+    """Truth {(1,a2),(20,b)}; the capture holds only the inserts, and pg_recvlogical printed the
+    warning: exit 4 naming the table and pg_recvlogical's log (the test failed before the fix:
+    exit 0 with the old rows)."""
+    create, says = A4_SHAPES[shape]
+    db.execute(create)
+    db.create_slot()
+    run_script(
+        db,
+        [
+            "INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+            "UPDATE t SET v = 'a2' WHERE id = 1",
+            "DELETE FROM t WHERE id = 3",
+            "UPDATE t SET id = 20 WHERE id = 2",
+        ],
+    )
+    drop_with_truth(db)
+    path = _capture(db, tmp_path)
+    result = cli("recover", "--from-file", str(path), *o_args("wal2json"), "--target", db.dsn,
+                 "--table", "public.t")  # fmt: skip
+    assert result.exit_code == EXIT_UNPROVEN, result.stderr
+    reasons = unproven(result.stderr)
+    assert any(
+        says in r and "public.t" in r and "no tuple identifier" in r and "pg_recvlogical" in r
+        for r in reasons
+    ), result.stderr
+    assert differences(db, "truth", "t_recovered") != (0, 0)
+
+
+def test_keyed_insert_only_capture_is_exact_with_a_warning(db: Database, tmp_path: Path) -> None:
+    """A keyed table that only had inserts: exit 0, the truth, and (format 2, whose pk does not
+    show a REPLICA IDENTITY NOTHING) a warning pointing at pg_recvlogical's log."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    db.create_slot()
+    run_script(db, ["INSERT INTO t VALUES (1, 'a')", "INSERT INTO t VALUES (2, 'b')"])
+    drop_with_truth(db)
+    path = _capture(db, tmp_path)
+    result = cli("recover", "--from-file", str(path), *o_args("wal2json"), "--target", db.dsn,
+                 "--table", "public.t")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+    assert "shows no UPDATE or DELETE of public.t" in result.stderr
+    assert "no tuple identifier" in result.stderr
+
+
+def test_capture_with_updates_proves_the_identity(db: Database, tmp_path: Path) -> None:
+    """An UPDATE in the capture proves the table had an identity: exit 0, no warning of it."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    db.create_slot()
+    run_script(db, ["INSERT INTO t VALUES (1, 'a'), (2, 'b')", "UPDATE t SET v = 'c'"])
+    drop_with_truth(db)
+    path = _capture(db, tmp_path)
+    result = cli("recover", "--from-file", str(path), *o_args("wal2json"), "--target", db.dsn,
+                 "--table", "public.t")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+    assert "no tuple identifier" not in result.stderr

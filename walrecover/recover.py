@@ -32,6 +32,7 @@ from .errors import (
     WalUnavailable,
     first_line,
 )
+from .identity import CaptureIdentityWatch
 from .lsn import Lsn
 from .model import NO_STOP, Change, StopPoint, TableName
 from .notices import LossWatch
@@ -366,6 +367,10 @@ def _recover(
                 warnings.extend(checker.settings.warnings())
                 events = checker.events(events)
             watch: LossWatch | None = None
+            identity: CaptureIdentityWatch | None = None
+            if isinstance(src, CaptureSource) and src.plugin == "wal2json":
+                identity = CaptureIdentityWatch(table, stop, dict(src.options))
+                events = identity.follow(events)
             if isinstance(src, SlotSource):
                 warnings.extend(src.warnings)
                 unproven.extend(src.unproven)
@@ -412,6 +417,10 @@ def _recover(
                 unproven.extend(lost)
                 warnings.extend(src.notices.warnings(skip=table))
                 warnings.extend(after_stop)
+            if identity is not None:
+                lost, doubts = identity.verdict()
+                unproven.extend(lost)
+                warnings.extend(doubts)
         if checker is not None:
             restore_settings(target_conn)
             notes, doubts = checker.notes(table, audit=audit_at is not None)

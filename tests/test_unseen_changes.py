@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from capture_helpers import capture_dir, o_args, pg_recvlogical
+from capture_helpers import CAPTURE_OPTIONS, capture_dir, o_args, pg_recvlogical
 from conftest import Database
 from fault_helpers import peek_capture
 from helpers import SLOT, cli, differences, drop_with_truth, run_script, source_untouched
@@ -152,20 +152,24 @@ def test_capture_without_identity_is_not_proven(db: Database, shape: str, tmp_pa
     assert differences(db, "truth", "t_recovered") != (0, 0)
 
 
-def test_keyed_insert_only_capture_is_exact_with_a_warning(db: Database, tmp_path: Path) -> None:
-    """A keyed table that only had inserts: exit 0, the truth, and (format 2, whose pk does not
-    show a REPLICA IDENTITY NOTHING) a warning pointing at pg_recvlogical's log."""
+@pytest.mark.parametrize("include_pk", ["1", "0"])
+def test_keyed_insert_only_capture_is_exact(db: Database, include_pk: str, tmp_path: Path) -> None:
+    """A keyed table that only had inserts: exit 0 and the truth; without include-pk the capture
+    cannot show the key, and a warning points at pg_recvlogical's log."""
     db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
     db.create_slot()
     run_script(db, ["INSERT INTO t VALUES (1, 'a')", "INSERT INTO t VALUES (2, 'b')"])
     drop_with_truth(db)
-    path = _capture(db, tmp_path)
-    result = cli("recover", "--from-file", str(path), *o_args("wal2json"), "--target", db.dsn,
-                 "--table", "public.t")  # fmt: skip
+    options = {**CAPTURE_OPTIONS["wal2json"], "include-pk": include_pk}
+    path = _capture(db, tmp_path, options)
+    o = [f"-o{name}={value}" for name, value in options.items()]
+    result = cli("recover", "--from-file", str(path), "--plugin", "wal2json", *o,
+                 "--target", db.dsn, "--table", "public.t")  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert differences(db, "truth", "t_recovered") == (0, 0)
-    assert "shows no UPDATE or DELETE of public.t" in result.stderr
-    assert "no tuple identifier" in result.stderr
+    warned = "shows no UPDATE or DELETE of public.t" in result.stderr
+    assert warned == (include_pk == "0"), result.stderr
+    assert ("no tuple identifier" in result.stderr) == warned
 
 
 def test_capture_with_updates_proves_the_identity(db: Database, tmp_path: Path) -> None:

@@ -57,6 +57,10 @@ class CaptureIdentityWatch:
         #: first change: (xid, commit LSN); and how many.
         self._silent: tuple[int | None, Lsn | None] | None = None
         self._silent_count = 0
+        #: Transactions without a printed change (commit size unknown) since the table's last
+        #: change, and the first such one followed by a later change of the table.
+        self._pending: list[int | None] = []
+        self._between: int | bool | None = False
 
     def follow(self, events: Iterable[Event]) -> Iterator[Event]:
         for event in events:
@@ -75,12 +79,15 @@ class CaptureIdentityWatch:
             if not event.relation.same_table(self.table.schema, self.table.name):
                 return
             self._seen = True
+            if self._pending and self._between is False:
+                self._between = self._pending[0]
+            self._pending = []
             if event.op in (Op.UPDATE, Op.DELETE):
                 self._proven = True
-            elif event.op is Op.INSERT and self.include_pk:
+            elif event.op is Op.INSERT:
                 if event.relation.key_columns:
-                    self._keyed = True
-                else:
+                    self._keyed = True  # a printed pk, whatever -o said
+                elif self.include_pk:
                     self._keyless = True
         else:
             begin, self._begin = self._begin, None
@@ -96,7 +103,10 @@ class CaptureIdentityWatch:
     def _silent_commit(
         self, event: Commit, xid: int | None, commit_lsn: Lsn | None, end_lsn: Lsn | None
     ) -> None:
-        if not self._seen or self._events or commit_lsn is None or end_lsn is None:
+        if not self._seen or self._events:
+            return
+        if commit_lsn is None or end_lsn is None:
+            self._pending.append(xid)
             return
         if int(end_lsn) - int(commit_lsn) >= PLAIN_COMMIT_BYTES:
             return  # a catalog change (DDL, the DROP itself), not a data transaction
@@ -135,16 +145,23 @@ class CaptureIdentityWatch:
                 "(also rows of an unlogged or filtered-out table, or only rows of a rolled-back "
                 f"savepoint); {log}; {advice}"
             ], []
-        if self._keyed and self.format1:
-            return [], []  # format 1 prints pk from the replica identity's index
-        shown = (
-            "its primary key shows in the capture, but a REPLICA IDENTITY NOTHING or a "
-            "DEFERRABLE primary key would have lost them too"
-            if self._keyed
-            else "the capture does not say whether it had a primary key (-o include-pk=1 does)"
-        )
+        if self._between is not False:
+            xid = self._between
+            return [
+                f"transaction {xid if xid is not None else '(no xid)'} printed no change between"
+                f" changes of {self.table}, and no UPDATE or DELETE of it is printed anywhere: "
+                "wal2json prints so a transaction whose UPDATE or DELETE it left out (a table "
+                "without a usable replica identity), as well as DDL; "
+                f"{log}; {advice}"
+            ], []
+        if self._keyed:
+            # Format 1 prints pk from the replica identity's index; format 2 the primary key,
+            # immediate ones only: only REPLICA IDENTITY NOTHING on a keyed table is left, and
+            # its left-out changes show as transactions without change (above) given LSNs.
+            return [], []
         return [], [
             f"the capture shows no UPDATE or DELETE of {self.table}, so walrecover cannot prove "
             "wal2json did not leave some out (it does for a table without a usable replica "
-            f"identity): {shown}; {log}"
+            "identity): the capture does not say whether it had a primary key (-o "
+            f"include-pk=1 does); {log}"
         ]

@@ -388,6 +388,20 @@ REFUSALS: tuple[Refusal, ...] = (
         "pgoutput's publication cannot publish them",
     ),
     _refusal(
+        "capture-identity-unproven",
+        {4},
+        r"without a primary key and no UPDATE or DELETE|wrote rows the capture does not show"
+        r"|printed no change between changes",
+        lambda c: (
+            c.path.read.source == "capture"
+            and c.path.read.plugin == "wal2json"
+            and not (c.facts & {"update", "update_key", "delete"})
+        ),
+        "a wal2json capture holds no server warning: a table the capture shows without a primary"
+        " key, or with a transaction that printed nothing, and no UPDATE or DELETE of it, may "
+        "have lost them (README: captures)",
+    ),
+    _refusal(
         "test_decoding-key-unknown",
         {1},
         r"does not say which row the (update|delete)",
@@ -945,11 +959,11 @@ def killed_then_rerun(
 #: does not fail the random test (``WALRECOVER_ORACLE_STRICT=1``: it does); the fixed histories
 #: of :data:`KNOWN` are strict xfails. Remove an entry once its fix is merged.
 OPEN_DEFECTS: dict[str, str] = {
-    "A4": "a wal2json capture of a table without a replica identity: its UPDATEs and DELETEs are "
-    "missing with exit 0 (pg_recvlogical printed the warning, not the file)",
+    "A4c": "a wal2json capture without include-pk (or without LSNs) of a table without a replica "
+    "identity whose last UPDATE/DELETE was left out: the capture cannot show it; walrecover "
+    "only warns (check pg_recvlogical's log for 'no tuple identifier'), exit 0 (documented)",
     "C17": "ADD COLUMN ... DEFAULT with no change of the table after it: the rebuilt table lacks "
     "the column, exit 0",
-    "D1": "wal2json format 1 drops TRUNCATE: only a warning, exit 0 with the truncated rows back",
 }
 STRICT = os.environ.get("WALRECOVER_ORACLE_STRICT") == "1"
 
@@ -969,7 +983,13 @@ def suspects(context: Context, verdict: Verdict) -> list[tuple[str, str]]:
         if read.plugin == "pgoutput":
             found.append(("D3", "UPDATE/DELETE the publication does not publish"))
         else:
-            found.append(("A4", f"UPDATE/DELETE without a replica identity ({read.plugin})"))
+            blind = read.source == "capture" and "include-pk" not in dict(read.options)
+            found.append(
+                (
+                    "A4c" if blind else "A4",
+                    f"UPDATE/DELETE without a replica identity ({read.plugin})",
+                )
+            )
     if key.full and not key.keyed and context.changed_rows:
         if read.plugin != "wal2json":
             found.append(("A2", "keyless REPLICA IDENTITY FULL: one of duplicate rows"))

@@ -39,6 +39,7 @@ from .errors import (
     WalUnavailable,
     first_line,
 )
+from .identity import CaptureIdentityWatch
 from .lsn import Lsn
 from .model import NO_STOP, Change, StopPoint, TableName
 from .notices import LossWatch
@@ -460,6 +461,8 @@ def _recover(
                     wal_problem=wal_problem,
                     start=src.start_lsn,
                     end=src.end_lsn,
+                    format1=src.plugin == "wal2json"
+                    and dict(src.options).get("format-version", "2") == "1",
                 )
                 wal = None  # the judge owns it now
             if audit_at is not None:
@@ -503,6 +506,10 @@ def _recover(
                 warnings.extend(checker.settings.warnings())
                 events = checker.events(events)
             watch: LossWatch | None = None
+            identity: CaptureIdentityWatch | None = None
+            if isinstance(src, CaptureSource) and src.plugin == "wal2json":
+                identity = CaptureIdentityWatch(table, stop, dict(src.options))
+                events = identity.follow(events)
             if isinstance(src, SlotSource):
                 warnings.extend(src.warnings)
                 unproven.extend(src.unproven)
@@ -557,6 +564,10 @@ def _recover(
                 unproven.extend(lost)
                 warnings.extend(src.notices.warnings(skip=table))
                 warnings.extend(after_stop)
+            if identity is not None:
+                lost, doubts = identity.verdict()
+                unproven.extend(lost)
+                warnings.extend(doubts)
         if checker is not None:
             restore_settings(target_conn)
             checked, doubts = checker.notes(table, audit=audit_at is not None)

@@ -102,8 +102,11 @@ class RecreationJudge:
         wal_problem: str | None = None,
         start: Lsn | None = None,
         end: Lsn | None = None,
+        format1: bool = False,
     ) -> None:
         self.table = table
+        #: wal2json format-version 1: a TRUNCATE is a transaction with no change in the stream.
+        self.format1 = format1
         self.into = into
         self.wal = wal
         self.wal_problem = wal_problem
@@ -151,6 +154,8 @@ class RecreationJudge:
         reasons = list(self._doubts)
         if self._first_stream_doubt is not None:
             reasons.append(self._stream_reason())
+            if self.format1:
+                reasons.append(self._truncate_reason())
         return reasons
 
     @property
@@ -221,6 +226,8 @@ class RecreationJudge:
             else None
         )
         suspect = size >= SUSPECT_COMMIT_BYTES if size is not None else events == 0
+        # wal2json format 1 prints a TRUNCATE (a 208-byte commit) as a transaction without change.
+        suspect = suspect or (self.format1 and events == 0)
         if not ours:
             if suspect:
                 self._suspects.append(_Suspect(xid, commit_lsn or end_lsn, commit_lsn is None))
@@ -310,6 +317,8 @@ class RecreationJudge:
         previous, self._prev = self._prev, lsn
         self._relfilenode = new
         if verdict == "same":
+            if self.format1 and commit is not None:
+                self._doubts.append(self._truncate_reason(commit.xid, commit.lsn))
             return None
         if verdict == "doubt":
             assert commit is not None
@@ -512,6 +521,22 @@ class RecreationJudge:
         if fresh and relfilenode not in commit.dropped_relations(database):
             return relfilenode
         return None
+
+    def _truncate_reason(self, xid: int | None = None, lsn: Lsn | None = None) -> str:
+        """Why a format 1 stream cannot show that the table was emptied (issue 8, D1)."""
+        if lsn is None and xid is None and self._first_stream_doubt is not None:
+            suspect = self._first_stream_doubt[0]
+            xid, lsn = suspect.xid, suspect.lsn
+        which = (
+            f"transaction {xid}" if xid is not None else "a transaction (the stream has no xids)"
+        ) + (f" (commit LSN {lsn})" if lsn is not None else "")
+        return (
+            f"{self.table} may have been emptied by a TRUNCATE in {which} between its changes: "
+            "wal2json format-version 1 prints a TRUNCATE as a transaction without change, so "
+            f"rows it removed may be back in {self.into}; read the slot with -o "
+            "format-version=2 or --via-plugin test_decoding|pgoutput (a capture: capture again "
+            "with -o format-version=2), which carry TRUNCATE"
+        )
 
     # -- without the WAL -----------------------------------------------------------------------
 

@@ -1,0 +1,185 @@
+"""Changes a stream cannot show, against the real server (issue 8: A4 capture, C17, D1).
+
+Each test snapshots the truth before the DROP and runs the CLI: the recovery is either exactly
+the truth with exit 0, or ends with exit 4 (``not proven exact``) naming what the stream could
+not show and what to do.
+
+- D1: wal2json ``format-version 1`` prints a ``TRUNCATE`` as a transaction without change, so a
+  recovery through it puts the truncated rows back: exit 4 when such a transaction lies between
+  the table's changes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from capture_helpers import CAPTURE_OPTIONS, capture_dir, o_args, pg_recvlogical
+from fault_helpers import peek_capture
+from helpers import SLOT, Database, cli, differences, drop_with_truth, run_script, source_untouched
+
+from walrecover.errors import EXIT_UNPROVEN
+
+
+def unproven(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "not proven exact" in line]
+
+
+# -- D1: format 1 cannot carry TRUNCATE ----------------------------------------------------------
+
+
+FORMAT_1 = {
+    "format-version": "1",
+    "include-xids": "1",
+    "include-timestamp": "1",
+    "include-lsn": "1",
+}
+
+
+@pytest.mark.parametrize("source", ["slot", "capture"])
+def test_format_1_truncate_between_changes_is_not_proven(
+    db: Database, source: str, tmp_path: Path
+) -> None:
+    """Truth {(2,1)}; format 1 rebuilds {(1,0),(2,1)}: exit 4 naming the TRUNCATE's transaction
+    and format-version 2. Before the fix it ended with exit 4 for a possible DROP only, never
+    saying that a TRUNCATE was lost nor how to read one (the oracle's D1)."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v integer)")
+    db.create_slot()
+    run_script(
+        db,
+        ["INSERT INTO t VALUES (1, 0)", "TRUNCATE t", "INSERT INTO t VALUES (2, 1)"],
+    )
+    truncated = db.scalar(
+        "SELECT max(xid::text::bigint) FROM pg_logical_slot_peek_changes(%s, NULL, NULL)"
+        " WHERE data LIKE '%%\"change\":[]%%'",
+        (SLOT,),
+    )
+    drop_with_truth(db)
+    if source == "slot":
+        args = ["-d", db.dsn, "--slot", SLOT, "-o", "format-version=1"]
+    else:
+        path = tmp_path / "v1.capture"
+        peek_capture(db.dsn, SLOT, "wal2json", path, options=FORMAT_1)
+        args = ["--from-file", str(path), "--plugin", "wal2json"]
+        args += [f"-o{name}={value}" for name, value in FORMAT_1.items()]
+    with source_untouched(db):
+        result = cli("recover", *args, "--target", db.dsn, "--table", "public.t")
+    assert result.exit_code == EXIT_UNPROVEN, result.stderr
+    reasons = unproven(result.stderr)
+    assert any(
+        "may have been emptied by a TRUNCATE" in r
+        and "format-version 1" in r
+        and "-o format-version=2" in r
+        for r in reasons
+    ), result.stderr
+    assert truncated is None or any(f"transaction {truncated}" in r for r in reasons)
+    # The rebuilt table is what format 1 shows: the truncated row is back (hence exit 4).
+    assert differences(db, "truth", "t_recovered") == (0, 1)
+
+
+def test_format_2_carries_the_truncate_exactly(db: Database) -> None:
+    """The same history through format 2: exact, exit 0."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v integer)")
+    db.create_slot()
+    run_script(
+        db,
+        ["INSERT INTO t VALUES (1, 0)", "TRUNCATE t", "INSERT INTO t VALUES (2, 1)"],
+    )
+    drop_with_truth(db)
+    with source_untouched(db):
+        result = cli("recover", "-d", db.dsn, "--slot", SLOT, "--table", "public.t")
+    assert result.exit_code == 0, result.stderr
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+
+
+# -- A4: a wal2json capture of a table without a usable replica identity -------------------------
+
+A4_SHAPES = {
+    # REPLICA IDENTITY NOTHING with a primary key: include-pk prints the key; the UPDATE and
+    # DELETE transactions are in the capture without a change (plain commits).
+    "identity-nothing": (
+        "CREATE TABLE t (id integer PRIMARY KEY, v text); ALTER TABLE t REPLICA IDENTITY NOTHING",
+        "transaction",
+    ),
+    # No primary key, default identity: include-pk prints "pk":[].
+    "no-key": ("CREATE TABLE t (id integer, v text)", "without a primary key"),
+    "deferrable-key": (
+        "CREATE TABLE t (id integer PRIMARY KEY DEFERRABLE, v text)",
+        "without a primary key",
+    ),
+}
+
+
+def _capture(db: Database, tmp_path: Path, options: dict[str, str] | None = None) -> Path:
+    directory = capture_dir(db.cluster)
+    try:
+        path = pg_recvlogical(db, SLOT, "wal2json", directory / "cdc.capture", options=options)
+        (tmp_path / "cdc.capture").write_bytes(path.read_bytes())
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return tmp_path / "cdc.capture"
+
+
+@pytest.mark.parametrize("shape", list(A4_SHAPES))
+def test_capture_without_identity_is_not_proven(db: Database, shape: str, tmp_path: Path) -> None:
+    """Truth {(1,a2),(20,b)}; the capture holds only the inserts, and pg_recvlogical printed the
+    warning: exit 4 naming the table and pg_recvlogical's log (the test failed before the fix:
+    exit 0 with the old rows)."""
+    create, says = A4_SHAPES[shape]
+    db.execute(create)
+    db.create_slot()
+    run_script(
+        db,
+        [
+            "INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+            "UPDATE t SET v = 'a2' WHERE id = 1",
+            "DELETE FROM t WHERE id = 3",
+            "UPDATE t SET id = 20 WHERE id = 2",
+        ],
+    )
+    drop_with_truth(db)
+    path = _capture(db, tmp_path)
+    result = cli("recover", "--from-file", str(path), *o_args("wal2json"), "--target", db.dsn,
+                 "--table", "public.t")  # fmt: skip
+    assert result.exit_code == EXIT_UNPROVEN, result.stderr
+    reasons = unproven(result.stderr)
+    assert any(
+        says in r and "public.t" in r and "no tuple identifier" in r and "pg_recvlogical" in r
+        for r in reasons
+    ), result.stderr
+    assert differences(db, "truth", "t_recovered") != (0, 0)
+
+
+@pytest.mark.parametrize("include_pk", ["1", "0"])
+def test_keyed_insert_only_capture_is_exact(db: Database, include_pk: str, tmp_path: Path) -> None:
+    """A keyed table that only had inserts: exit 0 and the truth; without include-pk the capture
+    cannot show the key, and a warning points at pg_recvlogical's log."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    db.create_slot()
+    run_script(db, ["INSERT INTO t VALUES (1, 'a')", "INSERT INTO t VALUES (2, 'b')"])
+    drop_with_truth(db)
+    options = {**CAPTURE_OPTIONS["wal2json"], "include-pk": include_pk}
+    path = _capture(db, tmp_path, options)
+    o = [f"-o{name}={value}" for name, value in options.items()]
+    result = cli("recover", "--from-file", str(path), "--plugin", "wal2json", *o,
+                 "--target", db.dsn, "--table", "public.t")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+    warned = "shows no UPDATE or DELETE of public.t" in result.stderr
+    assert warned == (include_pk == "0"), result.stderr
+    assert ("no tuple identifier" in result.stderr) == warned
+
+
+def test_capture_with_updates_proves_the_identity(db: Database, tmp_path: Path) -> None:
+    """An UPDATE in the capture proves the table had an identity: exit 0, no warning of it."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    db.create_slot()
+    run_script(db, ["INSERT INTO t VALUES (1, 'a'), (2, 'b')", "UPDATE t SET v = 'c'"])
+    drop_with_truth(db)
+    path = _capture(db, tmp_path)
+    result = cli("recover", "--from-file", str(path), *o_args("wal2json"), "--target", db.dsn,
+                 "--table", "public.t")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+    assert "no tuple identifier" not in result.stderr

@@ -408,6 +408,8 @@ def _recover(
                     table=str(into),
                     differs=differs,
                 )
+            if previous.complete and isinstance(src, CaptureSource):
+                _check_capture_unchanged(previous, src, into)
             if previous.complete and _audit_published(audit_at, audit_dir is not None, into):
                 return _already_complete(
                     previous,
@@ -609,6 +611,9 @@ def _recover(
                         else None,
                         "audit": _audit_dict(audit_summary),
                         "unproven": list(all_unproven),
+                        "capture_bytes": _size(src.path)
+                        if isinstance(src, CaptureSource)
+                        else None,
                         "completed_at": datetime.now(UTC).isoformat(),
                     },
                     default=str,
@@ -792,6 +797,33 @@ def _audit_published(audit_at: str | Path | None, partitioned: bool, into: Table
         f"{into} is complete, but its audit {path} (or its manifest {manifest}) is gone: the "
         "audit is written while the table is built, so pass --force to rebuild both",
         table=str(into),
+    )
+
+
+def _size(path: Path) -> int | None:
+    with contextlib.suppress(OSError):
+        return path.stat().st_size
+    return None
+
+
+def _check_capture_unchanged(previous: Progress, src: CaptureSource, into: TableName) -> None:
+    """Refuse "already complete" for a capture that changed since the recovery finished (a
+    capture cut short, then written on by pg_recvlogical): the recorded result is exact only
+    for the file as it was."""
+    try:
+        stored = json.loads(previous.result or "{}")
+    except ValueError:
+        return
+    then, now = stored.get("capture_bytes"), _size(src.path)
+    if then is None or then == now:
+        return
+    raise TargetExists(
+        f"{into} holds the finished recovery of {src.path} as it was when it held {then} bytes;"
+        f" it holds {now} now (pg_recvlogical wrote on, or the file was replaced): {into} is"
+        " exact for the file as it was. Pass --force to rebuild it from the file as it is now,"
+        " or choose another --into",
+        table=str(into),
+        differs=["the capture file"],
     )
 
 

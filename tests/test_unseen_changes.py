@@ -183,3 +183,22 @@ def test_capture_with_updates_proves_the_identity(db: Database, tmp_path: Path) 
     assert result.exit_code == 0, result.stderr
     assert differences(db, "truth", "t_recovered") == (0, 0)
     assert "no tuple identifier" not in result.stderr
+
+
+def test_a_change_that_finds_no_row_is_not_proven(db: Database) -> None:
+    """A slot younger than the table: the update of a row written before it found no row and
+    the run exited 0 with a table lacking that row (the oracle found it through a keyless
+    TOASTed table whose deletes could not be matched). The test failed before the fix."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'old')")
+    db.create_slot(SLOT, "wal2json")
+    run_script(db, ["INSERT INTO t VALUES (2, 'new')", "UPDATE t SET v = 'changed' WHERE id = 1"])
+    drop_with_truth(db)
+    args = ("recover", "-d", db.dsn, "--slot", SLOT, "--table", "public.t")
+    with source_untouched(db):
+        result = cli(*args)
+
+    assert result.exit_code == EXIT_UNPROVEN, result.stderr
+    assert "1 update(s) or delete(s) of public.t found no row in public.t_recovered" in (
+        result.stderr
+    )
+    assert differences(db, "truth", "t_recovered") == (1, 0)

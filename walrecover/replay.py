@@ -1431,6 +1431,19 @@ class Replayer:
         return exc
 
 
+def _no_row(count: int, table: TableName, into: TableName) -> list[str]:
+    """Updates and deletes that found no row: the rebuilt table lacks rows the table had."""
+    if not count:
+        return []
+    return [
+        f"{count} update(s) or delete(s) of {table} found no row in {into} to change (the audit"
+        " marks them no_row): the stream does not hold how those rows came to be (the slot "
+        "began after they were written, or the plugin left a change out), so the table had rows"
+        f" {into} lacks or holds differently; rebuild from a slot or capture that starts before"
+        " the table's first row, or start from a backup of it"
+    ]
+
+
 def _named(xid: int | None, commit_lsn: Lsn | None, end_lsn: Lsn | None) -> str:
     """A transaction for messages: its xid and the LSN the stream gives (commit, else end)."""
     lsn = f"commit LSN {commit_lsn}" if commit_lsn is not None else None
@@ -1570,7 +1583,11 @@ def replay(
         resumed_from=resumed_from,
         seconds=time.monotonic() - started,
         schema_changes=tuple(replayer.schema_changes),
-        unproven=(*replayer.unproven, *(judge.unproven if judge is not None else ())),
+        unproven=(
+            *replayer.unproven,
+            *(judge.unproven if judge is not None else ()),
+            *_no_row(replayer.no_row, table, into),
+        ),
         warnings=(
             *replayer.warnings,
             *replayer.publication_warnings(),

@@ -60,6 +60,7 @@ MOVES: dict[str, str] = {
     "replay.py": "rebuild/replay.py",
     "recreation.py": "rebuild/recreation.py",
     "unseen.py": "rebuild/unseen.py",
+    "identity.py": "rebuild/identity.py",
     "recover.py": "rebuild/recover.py",
     "swap.py": "rebuild/swap.py",
     # audit: every applied change, typed, hash-chained, in Parquet; read and verified

@@ -11,9 +11,9 @@ so each peak RSS is its own:
 
 * ``baseline``: pyarrow writing the same rows plainly (the same typed columns, the same row
   group size, zstd), with no hashing, outcomes or manifest: the floor;
-* ``audit``: :class:`walrecover.audit.AuditWriter` writing them as replay drives it (a commit
+* ``audit``: :class:`walrecover.audit.writer.AuditWriter` writing them as replay drives it (a commit
   every 10,000 changes), then closing (final outcomes, row and chain hashes, manifest);
-* ``verify``: :func:`walrecover.verify.verify_audit` over the result.
+* ``verify``: :func:`walrecover.audit.verify.verify_audit` over the result.
 
 Every phase streams: memory must not grow with ``--rows`` (run it with 100000 and 1000000 and
 compare the peaks). ``--dir`` writes the Hive-partitioned dataset instead of one file.
@@ -37,7 +37,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from walrecover.audit import (
+from walrecover.audit.pgarrow import typed_value
+from walrecover.audit.verify import verify_audit
+from walrecover.audit.writer import (
     META_COLUMNS,
     ROW_GROUP_ROWS,
     AuditWriter,
@@ -45,11 +47,9 @@ from walrecover.audit import (
     audit_schema,
     typed_fields,
 )
-from walrecover.lsn import Lsn
-from walrecover.model import Change, Column, Op, Relation
-from walrecover.pgarrow import typed_value
-from walrecover.replay import AppliedChange, Outcome
-from walrecover.verify import verify_audit
+from walrecover.rebuild.replay import AppliedChange, Outcome
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import Change, Column, Op, Relation
 
 RELATION = Relation(
     "public",

@@ -5,7 +5,7 @@ Usage::
     .venv/bin/python bench/pipeline.py --changes 100000 --plugins wal2json,pgoutput [--json]
         [--fsync on|off] [--only STEP,...] [--profile DIR]
 
-One run, one throwaway cluster (:class:`walrecover.cluster.Cluster`). The workload is built
+One run, one throwaway cluster (:class:`walrecover.drill.cluster.Cluster`). The workload is built
 once: ``--changes`` ledger transactions, each an insert into ``transactions`` and a balance
 update of ``accounts``, ten to a commit, then ``DROP TABLE transactions``; a slot per plugin
 (and a ``FOR ALL TABLES`` publication) exists from before the first commit. Then, each step on
@@ -53,9 +53,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from walrecover.cluster import Cluster
 from walrecover.db import connect
-from walrecover.decoders.wal2json import server_options
+from walrecover.drill.cluster import Cluster
+from walrecover.stream.decoders.wal2json import server_options
 
 HERE = Path(__file__).resolve().parent
 PLUGINS = ("wal2json", "pgoutput")

@@ -7,7 +7,7 @@ Usage::
 
 On a throwaway cluster it fills a ``transactions`` table (numeric(12,2) amounts spread over
 ``--accounts`` accounts) with ``generate_series`` and an ``accounts`` ledger whose balances are
-the sums, then reconciles them in a child process (``walrecover.reconcile.reconcile`` on the
+the sums, then reconciles them in a child process (``walrecover.ledger.reconcile.reconcile`` on the
 table: PostgreSQL aggregates, only per-key totals come back) and prints its time and peak RSS,
 for ``--rows`` and for a tenth of it: bounded memory means about the same peak for both.
 ``--audit PATH`` also reconciles an existing audit file or directory (Arrow aggregates it
@@ -22,13 +22,13 @@ import subprocess
 import sys
 from typing import Any
 
-from walrecover.cluster import Cluster
 from walrecover.db import connect
-from walrecover.reconcile import audit_totals
+from walrecover.drill.cluster import Cluster
+from walrecover.ledger.reconcile import audit_totals
 
 CHILD = """
 import json, resource, sys, time
-from walrecover.reconcile import LedgerQuery, RecoveredAudit, RecoveredTable, reconcile
+from walrecover.ledger.reconcile import LedgerQuery, RecoveredAudit, RecoveredTable, reconcile
 kind, where, ledger, key, amount = sys.argv[1:6]
 t0 = time.monotonic()
 if kind == "table":

@@ -29,15 +29,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from walrecover.cluster import Cluster
 from walrecover.db import connect
-from walrecover.decoders.wal2json import server_options
-from walrecover.rehearsal import create_bank, run_workload
+from walrecover.drill.cluster import Cluster
+from walrecover.drill.rehearsal import create_bank, run_workload
+from walrecover.stream.decoders.wal2json import server_options
 
 CHILD = """
 import json, resource, sys, time
-from walrecover.model import TableName
-from walrecover.recover import recover
+from walrecover.stream.model import TableName
+from walrecover.rebuild.recover import recover
 dsn, slot, into, audit = sys.argv[1:5]
 t0 = time.monotonic()
 result = recover(dsn, slot, TableName("public", "transactions"),

@@ -1,7 +1,7 @@
 """Record pgoutput fixtures from a real, throwaway PostgreSQL cluster.
 
 Run ``.venv/bin/python scripts/pgoutput_fixture.py`` from the repository root. It starts a cluster
-with :class:`walrecover.cluster.Cluster` (``logical_decoding_work_mem = 64kB``, so big
+with :class:`walrecover.drill.cluster.Cluster` (``logical_decoding_work_mem = 64kB``, so big
 transactions are streamed; prepared transactions enabled), creates a publication FOR ALL TABLES
 and two pgoutput slots *before* the workload, runs the workload below, and writes
 ``fixtures/pgoutput/``:
@@ -36,8 +36,8 @@ from typing import Any
 
 from psycopg import sql
 
-from walrecover.cluster import Cluster
 from walrecover.db import SESSION_SETTINGS, connect
+from walrecover.drill.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "fixtures" / "pgoutput"

@@ -1,12 +1,12 @@
 """Record wal2json fixtures from a real, throwaway PostgreSQL cluster.
 
 Run ``.venv/bin/python scripts/record_fixtures.py`` from the repository root. It starts a cluster
-with :class:`walrecover.cluster.Cluster` (initdb as an unprivileged user when run as root), creates
-a wal2json slot in a fresh database, runs the fixed workload below, and writes:
+with :class:`walrecover.drill.cluster.Cluster` (initdb as an unprivileged user when run as root),
+creates a wal2json slot in a fresh database, runs the fixed workload below, and writes:
 
 - ``fixtures/wal2json/workload.sql``: the workload, transaction by transaction, for reading;
 - ``fixtures/wal2json/workload.jsonl``: the raw rows of ``pg_logical_slot_peek_changes`` with the
-  options of :func:`walrecover.decoders.wal2json.server_options` (no table filter), one JSON
+  options of :func:`walrecover.stream.decoders.wal2json.server_options` (no table filter), one JSON
   object per row: ``{"lsn": "0/1A2B3C", "xid": 745, "data": "<plugin text>"}``;
 - ``fixtures/wal2json/expected.json``: the ground truth: every table's final rows as the type's
   output function prints them (what COPY, test_decoding and wal2json print; ``bool`` gives ``t``,
@@ -28,9 +28,9 @@ from typing import Any
 from psycopg import sql
 from recording import Step, render_steps, run_steps, table_contents
 
-from walrecover.cluster import Cluster
 from walrecover.db import SESSION_SETTINGS, connect
-from walrecover.decoders.wal2json import server_options
+from walrecover.drill.cluster import Cluster
+from walrecover.stream.decoders.wal2json import server_options
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "fixtures" / "wal2json"

@@ -1,8 +1,8 @@
 """Record the parity fixtures: ONE workload read through every plugin, by slot and by capture.
 
 Run ``.venv/bin/python scripts/record_parity.py`` from the repository root. It starts one
-throwaway cluster (:class:`walrecover.cluster.Cluster`, ``logical_decoding_work_mem = 64kB`` so
-big transactions are streamed or spilled, ``max_prepared_transactions = 10``), and in a fresh
+throwaway cluster (:class:`walrecover.drill.cluster.Cluster`, ``logical_decoding_work_mem = 64kB``
+so big transactions are streamed or spilled, ``max_prepared_transactions = 10``), and in a fresh
 database, *before* the workload, creates a publication ``FOR ALL TABLES`` and one slot per way of
 reading the stream:
 
@@ -19,7 +19,7 @@ Then it runs :data:`WORKLOAD` and writes ``fixtures/parity/``:
   live database, so the live run and the recording cannot drift apart);
 - ``reads/<name>.jsonl.gz``: the rows of ``pg_logical_slot_peek_changes`` (or ``_binary_``)
   with the options walrecover's ``SlotSource`` sends for that plugin
-  (:func:`walrecover.decoders.plugin_options`), one JSON object per row:
+  (:func:`walrecover.stream.decoders.plugin_options`), one JSON object per row:
   ``{"lsn", "xid", "data"}`` (text plugins) or ``{"lsn", "xid", "hex"}`` (pgoutput);
 - ``captures/<name>.gz``: the bytes ``pg_recvlogical -f`` wrote, gzipped;
 - ``expected.json``: the ground truth: each workload step's xid, outcome and commit position
@@ -48,9 +48,9 @@ from typing import Any
 
 from psycopg import sql
 
-from walrecover.cluster import Cluster, find_installation
 from walrecover.db import SESSION_SETTINGS, connect
-from walrecover.decoders import plugin_options
+from walrecover.drill.cluster import Cluster, find_installation
+from walrecover.stream.decoders import plugin_options
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "fixtures" / "parity"

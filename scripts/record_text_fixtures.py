@@ -1,7 +1,7 @@
 """Record test_decoding and wal2json format-version 1 fixtures from a real, throwaway cluster.
 
 Run ``.venv/bin/python scripts/record_text_fixtures.py`` from the repository root. It starts a
-cluster with :class:`walrecover.cluster.Cluster` (initdb as an unprivileged user when run as
+cluster with :class:`walrecover.drill.cluster.Cluster` (initdb as an unprivileged user when run as
 root), creates four slots in a fresh database *before* anything else happens there (a
 test_decoding and a wal2json slot that are only peeked, and one of each that ``pg_recvlogical``
 consumes), runs the fixed workload below, and writes:
@@ -9,14 +9,14 @@ consumes), runs the fixed workload below, and writes:
 ``fixtures/test_decoding/``
   - ``workload.sql``: the workload, transaction by transaction, for reading;
   - ``workload.jsonl``: the rows of ``pg_logical_slot_peek_changes`` with the options of
-    :func:`walrecover.decoders.test_decoding.server_options` (include-xids, include-timestamp,
+    :func:`walrecover.stream.decoders.testdecoding.server_options` (include-xids, include-timestamp,
     empty transactions kept), one JSON object per row: ``{"lsn", "xid", "data"}``;
   - ``capture.txt``: what ``pg_recvlogical --start -f`` wrote with the same options (rows whose
     values hold newlines span several lines there);
   - ``expected.json``: the ground truth (below).
 
 ``fixtures/wal2json_v1/``
-  - ``workload.jsonl``: the rows with :func:`walrecover.decoders.wal2json_v1.server_options`
+  - ``workload.jsonl``: the rows with :func:`walrecover.stream.decoders.wal2json_v1.server_options`
     (format 1, ``write-in-chunks``: each row is a piece of a transaction's document);
   - ``workload_pretty.jsonl``: the same stream with ``pretty-print`` and no chunks (one row per
     transaction, spread over lines);
@@ -45,9 +45,9 @@ from typing import Any
 from psycopg import sql
 from recording import Step, render_steps, run_steps, table_contents
 
-from walrecover.cluster import Cluster
 from walrecover.db import SESSION_SETTINGS, connect
-from walrecover.decoders import test_decoding, wal2json_v1
+from walrecover.drill.cluster import Cluster
+from walrecover.stream.decoders import testdecoding, wal2json_v1
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "fixtures"
@@ -344,7 +344,7 @@ def capture(
 
 
 def record(out: Path) -> None:
-    td_options = test_decoding.server_options()
+    td_options = testdecoding.server_options()
     v1_options = wal2json_v1.server_options()
     pretty = [(n, v) for n, v in v1_options if n != "write-in-chunks"] + [("pretty-print", "1")]
     td_dir, v1_dir = out / "test_decoding", out / "wal2json_v1"

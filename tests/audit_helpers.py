@@ -12,10 +12,10 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from walrecover.audit import AuditWriter
-from walrecover.lsn import Lsn
-from walrecover.model import Change, Column, Op, Relation
-from walrecover.replay import AppliedChange, Outcome
+from walrecover.audit.writer import AuditWriter
+from walrecover.rebuild.replay import AppliedChange, Outcome
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import Change, Column, Op, Relation
 
 LEDGER = Relation(
     "public",

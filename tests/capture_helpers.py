@@ -16,8 +16,8 @@ from typing import Any
 
 from helpers import Database
 
-from walrecover.cluster import Cluster, find_installation
-from walrecover.decoders import plugin_options
+from walrecover.drill.cluster import Cluster, find_installation
+from walrecover.stream.decoders import plugin_options
 
 #: The options a user would give pg_recvlogical for each plugin (and then to walrecover's -o).
 CAPTURE_OPTIONS: dict[str, dict[str, str]] = {

@@ -4,7 +4,8 @@ Tests get them by naming them as arguments and never import this module: the pla
 and the :class:`~helpers.Database` type are in ``helpers.py``.
 
 Nothing is mocked: every test that needs a database talks to a cluster started by
-:mod:`walrecover.cluster` (initdb as an unprivileged user when run as root, wal_level=logical).
+:mod:`walrecover.drill.cluster` (initdb as an unprivileged user when run as root,
+wal_level=logical).
 
 Without the wal2json plugin (a developer without root), the tests that need it are reported as
 skipped instead of failed, and the run ends naming them and the package to install. CI (``CI``
@@ -25,7 +26,7 @@ import psycopg
 import pytest
 from helpers import Database
 
-from walrecover.cluster import Cluster, find_installation
+from walrecover.drill.cluster import Cluster, find_installation
 
 _counter = itertools.count(1)
 

@@ -14,8 +14,8 @@ from fault_helpers import peek_capture
 from helpers import Database, recover_table
 from psycopg import sql
 
-from walrecover.model import TableName
-from walrecover.recover import RecoveryResult, recover_capture
+from walrecover.rebuild.recover import RecoveryResult, recover_capture
+from walrecover.stream.model import TableName
 
 PLUGINS = ("wal2json", "pgoutput", "test_decoding")
 #: (plugin, path): every plugin through a copy of its slot and through a pg_recvlogical capture.

@@ -29,9 +29,9 @@ import pyarrow.parquet as pq
 from helpers import Database
 from psycopg import sql
 
-from walrecover.cluster import Cluster
 from walrecover.db import connect as walrecover_connect
-from walrecover.decoders import plugin_options
+from walrecover.drill.cluster import Cluster
+from walrecover.stream.decoders import plugin_options
 
 #: How walrecover is started: the interpreter of this venv running the CLI module.
 WALRECOVER = (sys.executable, "-m", "walrecover.cli")

@@ -23,10 +23,10 @@ from click.testing import CliRunner, Result
 from psycopg import sql
 
 from walrecover.cli import main
-from walrecover.cluster import Cluster
-from walrecover.lsn import Lsn
-from walrecover.model import TableName
-from walrecover.recover import RecoveryResult, recover
+from walrecover.drill.cluster import Cluster
+from walrecover.rebuild.recover import RecoveryResult, recover
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import TableName
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -164,7 +164,8 @@ def source_untouched(db: Database, slot: str = SLOT) -> Iterator[None]:
 def recover_table(
     db: Database, table: str = "t", *, slot: str = SLOT, **options: Any
 ) -> RecoveryResult:
-    """:func:`walrecover.recover.recover` on ``db``, proving the source was left untouched."""
+    """:func:`walrecover.rebuild.recover.recover` on ``db``, proving the source was left
+    untouched."""
     with source_untouched(db, slot):
         return recover(db.dsn, slot, TableName("public", table), **options)
 

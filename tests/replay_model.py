@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any
 
-from walrecover.model import Change, Op, Transaction
+from walrecover.stream.model import Change, Op, Transaction
 
 Row = dict[str, str | None]
 Key = tuple[str | None, ...]

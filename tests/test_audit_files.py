@@ -21,10 +21,10 @@ from audit_helpers import insert, stream
 from click.testing import Result
 from helpers import Database, cli, source_untouched, stderr_lines, stop_workload, table_exists
 
-from walrecover import safefiles
-from walrecover.audit import DATASET_MANIFEST, RUN_FILE, AuditWriter
+from walrecover.audit import safefiles
+from walrecover.audit.verify import verify_audit
+from walrecover.audit.writer import DATASET_MANIFEST, RUN_FILE, AuditWriter
 from walrecover.errors import AuditError
-from walrecover.verify import verify_audit
 
 VICTIM = b"the user's own bytes\n"
 

@@ -30,8 +30,8 @@ from helpers import Database, cli, in_transaction, source_untouched
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from walrecover.cluster import Cluster
-from walrecover.lsn import Lsn
+from walrecover.drill.cluster import Cluster
+from walrecover.stream.lsn import Lsn
 
 PLUGINS = ("wal2json", "pgoutput", "test_decoding")
 SLOTS = {"wal2json": "cdc", "pgoutput": "cdc_pgoutput", "test_decoding": "cdc_test_decoding"}

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from helpers import cli
 
-from walrecover.decoders import make_decoder
 from walrecover.errors import StreamCutShort
-from walrecover.sources import CaptureSource
+from walrecover.stream.decoders import make_decoder
+from walrecover.stream.sources import CaptureSource
 
 LINES = [
     b"BEGIN 700",

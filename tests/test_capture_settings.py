@@ -25,11 +25,11 @@ from click.testing import Result
 from helpers import Database, cli, differences, stderr_lines
 
 import walrecover
-from walrecover.cluster import Cluster
+from walrecover.drill.cluster import Cluster
 from walrecover.errors import CaptureSettingError
-from walrecover.model import TableName
-from walrecover.recover import recover_capture
-from walrecover.settings import CaptureSettings
+from walrecover.rebuild.recover import recover_capture
+from walrecover.stream.model import TableName
+from walrecover.stream.settings import CaptureSettings
 
 PLUGINS = ("wal2json", "test_decoding", "pgoutput")
 

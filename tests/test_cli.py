@@ -28,9 +28,9 @@ from helpers import (
 )
 from psycopg.conninfo import make_conninfo
 
-from walrecover.audit import read_metadata
-from walrecover.cluster import find_installation
-from walrecover.lsn import Lsn
+from walrecover.audit.writer import read_metadata
+from walrecover.drill.cluster import find_installation
+from walrecover.stream.lsn import Lsn
 
 LEDGER = "SELECT id, balance FROM accounts"
 LEDGER_ARGS = ("--key", "account_id", "--amount", "amount", "--ledger-query", LEDGER)

@@ -24,7 +24,7 @@ from capture_helpers import CAPTURE_OPTIONS, capture_dir, o_args, pg_recvlogical
 from click.testing import Result
 from helpers import Database, cli, differences, drop_with_truth, run_script
 
-from walrecover.cluster import find_installation
+from walrecover.drill.cluster import find_installation
 
 PLUGINS = ["wal2json", "test_decoding", "pgoutput"]
 #: A value only the last transaction writes: the file is cut inside it.

@@ -44,9 +44,9 @@ from test_parity import (
     workload,
 )
 
-from walrecover.cluster import Cluster
 from walrecover.db import connect
-from walrecover.decoders.pgoutput import split_capture
+from walrecover.drill.cluster import Cluster
+from walrecover.stream.decoders.pgoutput import split_capture
 
 FIELDS = {
     "xid",

@@ -27,9 +27,9 @@ from helpers import (
     stream_commits,
 )
 
-from walrecover.cluster import Cluster
 from walrecover.db import safe_dsn
-from walrecover.lsn import Lsn
+from walrecover.drill.cluster import Cluster
+from walrecover.stream.lsn import Lsn
 
 #: Plugins that show a REPLICA IDENTITY FULL old row unambiguously (see test_decode_cli).
 PLUGINS = {

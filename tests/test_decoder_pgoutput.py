@@ -39,7 +39,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from walrecover.decoders.pgoutput import (
+from walrecover.errors import DecodeError
+from walrecover.stream.decoders.pgoutput import (
     UNCHANGED,
     BeginMessage,
     CommitMessage,
@@ -64,9 +65,17 @@ from walrecover.decoders.pgoutput import (
     parse_message,
     server_options,
 )
-from walrecover.errors import DecodeError
-from walrecover.lsn import Lsn
-from walrecover.model import Begin, Change, Commit, Event, Op, RawMessage, Transaction, transactions
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import (
+    Begin,
+    Change,
+    Commit,
+    Event,
+    Op,
+    RawMessage,
+    Transaction,
+    transactions,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pgoutput"
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"

@@ -33,11 +33,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from replay_model import as_truth, replay, truth_rows
 
-from walrecover.decoders import decode_all
-from walrecover.decoders.test_decoding import TestDecodingDecoder, server_options
 from walrecover.errors import DecodeError
-from walrecover.lsn import Lsn
-from walrecover.model import Begin, Change, Commit, Event, Op, RawMessage, Relation, transactions
+from walrecover.stream.decoders import decode_all
+from walrecover.stream.decoders.testdecoding import TestDecodingDecoder, server_options
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import (
+    Begin,
+    Change,
+    Commit,
+    Event,
+    Op,
+    RawMessage,
+    Relation,
+    transactions,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "test_decoding"
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"

@@ -27,11 +27,11 @@ import pytest
 from helpers import Database
 
 from walrecover.db import connect
-from walrecover.decoders import decode_all, make_decoder
-from walrecover.decoders.wal2json import server_options
 from walrecover.errors import DecodeError
-from walrecover.lsn import Lsn
-from walrecover.model import (
+from walrecover.stream.decoders import decode_all, make_decoder
+from walrecover.stream.decoders.wal2json import server_options
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import (
     Begin,
     Change,
     Commit,

@@ -33,12 +33,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from replay_model import as_truth, replay, truth_rows
 
-from walrecover.decoders import decode_all
-from walrecover.decoders.test_decoding import TestDecodingDecoder
-from walrecover.decoders.wal2json_v1 import LIMITATIONS, Wal2JsonV1Decoder, server_options
 from walrecover.errors import DecodeError
-from walrecover.lsn import Lsn
-from walrecover.model import Begin, Change, Commit, Event, Op, RawMessage, transactions
+from walrecover.stream.decoders import decode_all
+from walrecover.stream.decoders.testdecoding import TestDecodingDecoder
+from walrecover.stream.decoders.wal2json_v1 import LIMITATIONS, Wal2JsonV1Decoder, server_options
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import Begin, Change, Commit, Event, Op, RawMessage, transactions
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "wal2json_v1"

@@ -49,9 +49,9 @@ from fault_helpers import (
 )
 from helpers import Database, cli, recover_table, source_untouched, table_exists
 
-from walrecover.cluster import Cluster
-from walrecover.model import TableName
-from walrecover.target import LOCK_CLASS, lock_key
+from walrecover.drill.cluster import Cluster
+from walrecover.rebuild.target import LOCK_CLASS, lock_key
+from walrecover.stream.model import TableName
 
 SEED_ENV = "WALRECOVER_FAULT_SEED"
 #: Ledger transactions in the workload: a run takes a couple of seconds at --batch-size 200.

@@ -14,9 +14,9 @@ covers what they do not:
   dropped, duplicated, swapped and moved, one message damaged at its own level (a JSON field for
   wal2json 1 and 2, a token for test_decoding, an integer field for pgoutput), LSN and xid kept
   or lost as in a capture file;
-- the capture framing: :func:`walrecover.decoders.pgoutput.split_capture` on random bytes and on
-  damaged real captures, and :class:`walrecover.sources.CaptureSource` reading random and damaged
-  files (newline framing, UTF-8, then the decoder) for every plugin;
+- the capture framing: :func:`walrecover.stream.decoders.pgoutput.split_capture` on random bytes and
+  on damaged real captures, and :class:`walrecover.stream.sources.CaptureSource` reading random and
+  damaged files (newline framing, UTF-8, then the decoder) for every plugin;
 - JSON nested deeper than Python's recursion limit.
 
 The inputs come from the recorded real plugin output in ``fixtures/``.
@@ -39,12 +39,12 @@ from helpers import FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from walrecover.decoders import decode_all, make_decoder
-from walrecover.decoders.pgoutput import split_capture
 from walrecover.errors import DecodeError
-from walrecover.lsn import Lsn
-from walrecover.model import RawMessage
-from walrecover.sources import CaptureSource
+from walrecover.stream.decoders import decode_all, make_decoder
+from walrecover.stream.decoders.pgoutput import split_capture
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import RawMessage
+from walrecover.stream.sources import CaptureSource
 
 EXAMPLES = int(os.environ.get("WALRECOVER_FUZZ_EXAMPLES", "200"))
 #: The fuzzing profile: ``max_examples`` from WALRECOVER_FUZZ_EXAMPLES, no deadline (a long

@@ -29,7 +29,7 @@ from helpers import Database, cli, source_untouched
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from walrecover.audit import manifest_path, read_metadata
+from walrecover.audit.writer import manifest_path, read_metadata
 from walrecover.cli import main
 
 PLUGINS = ("wal2json", "pgoutput", "test_decoding")

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from walrecover.cluster import Cluster
-from walrecover.decoders import decode_all, make_decoder
+from walrecover.drill.cluster import Cluster
 from walrecover.errors import StopPointError
-from walrecover.lsn import Lsn, parse_optional
-from walrecover.model import (
+from walrecover.stream.decoders import decode_all, make_decoder
+from walrecover.stream.lsn import Lsn, parse_optional
+from walrecover.stream.model import (
     NO_STOP,
     Begin,
     Change,

@@ -43,10 +43,10 @@ from helpers import (
 )
 from psycopg.conninfo import make_conninfo
 
-from walrecover.audit import read_metadata
-from walrecover.cluster import Cluster
+from walrecover.audit.writer import read_metadata
 from walrecover.db import connect
-from walrecover.sources import wait_for_flush
+from walrecover.drill.cluster import Cluster
+from walrecover.stream.sources import wait_for_flush
 
 
 def error_line(result: Result, code: int = 1) -> str:

@@ -32,13 +32,13 @@ import pytest
 from helpers import ROOT, Database
 from nbclient import NotebookClient
 
-from walrecover.cluster import Cluster
 from walrecover.db import connect
-from walrecover.lsn import Lsn
-from walrecover.model import StopPoint, TableName
-from walrecover.notebook import ParameterError, parameters
-from walrecover.recover import recover
-from walrecover.rehearsal import create_bank, run_workload
+from walrecover.drill.cluster import Cluster
+from walrecover.drill.notebook import ParameterError, parameters
+from walrecover.drill.rehearsal import create_bank, run_workload
+from walrecover.rebuild.recover import recover
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import StopPoint, TableName
 
 NOTEBOOKS = ROOT / "notebooks"
 ARTIFACTS = ROOT / "artifacts" / "notebooks"

@@ -83,9 +83,9 @@ from oracle_histories import (
 )
 from psycopg import sql
 
-from walrecover.cluster import Cluster
-from walrecover.decoders.pgoutput import split_capture
-from walrecover.sources import SlotSource
+from walrecover.drill.cluster import Cluster
+from walrecover.stream.decoders.pgoutput import split_capture
+from walrecover.stream.sources import SlotSource
 
 _examples = os.environ.get("WALRECOVER_ORACLE_EXAMPLES")
 EXAMPLES = int(_examples or "4")

@@ -35,12 +35,13 @@ import pytest
 from helpers import FIXTURES, Database
 from psycopg import sql
 
-from walrecover.cluster import Cluster
 from walrecover.db import connect
-from walrecover.decoders import decode_all, make_decoder
+from walrecover.drill.cluster import Cluster
 from walrecover.errors import ReplayError, WalrecoverError
-from walrecover.lsn import Lsn
-from walrecover.model import (
+from walrecover.rebuild.recover import RecoveryResult, recover, recover_capture
+from walrecover.stream.decoders import decode_all, make_decoder
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import (
     NO_STOP,
     Change,
     Event,
@@ -50,8 +51,7 @@ from walrecover.model import (
     TableName,
     transactions,
 )
-from walrecover.recover import RecoveryResult, recover, recover_capture
-from walrecover.sources import CaptureSource
+from walrecover.stream.sources import CaptureSource
 
 PARITY = FIXTURES / "parity"
 REFERENCE = ("slot", "pgoutput_v1")

@@ -28,7 +28,7 @@ from helpers import ROOT, Database, differences, run_script, source_untouched
 
 import walrecover
 from walrecover import errors
-from walrecover.lsn import Lsn
+from walrecover.stream.lsn import Lsn
 
 README_DSN = '"host=db dbname=bank user=oncall"'
 README_LSN = '"16/B374D848"'
@@ -100,8 +100,8 @@ def test_functions_win_over_the_modules_of_the_same_name() -> None:
     """``recover``, ``reconcile`` and ``swap`` are modules too; importing the modules first
     (as the CLI does) must not make ``from walrecover import recover`` hand out a module."""
     out = _python(
-        "import walrecover.cli, walrecover.recover\n"
-        "from walrecover.reconcile import Reconciliation\n"
+        "import walrecover.cli, walrecover.rebuild.recover\n"
+        "from walrecover.ledger.reconcile import Reconciliation\n"
         "from walrecover import recover, reconcile, swap\n"
         "import walrecover\n"
         "print(recover.__name__, reconcile.__name__, swap.__name__,\n"

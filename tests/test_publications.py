@@ -44,9 +44,9 @@ from helpers import (
 )
 from psycopg import sql
 
-from walrecover.cluster import Cluster
-from walrecover.model import TableName
-from walrecover.rehearsal import rehearse
+from walrecover.drill.cluster import Cluster
+from walrecover.drill.rehearsal import rehearse
+from walrecover.stream.model import TableName
 
 _names = itertools.count(1)
 

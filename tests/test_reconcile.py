@@ -34,12 +34,10 @@ from helpers import (
     stderr_lines,
 )
 
-from walrecover.cluster import Cluster
 from walrecover.db import connect
+from walrecover.drill.cluster import Cluster
 from walrecover.errors import LedgerError
-from walrecover.lsn import Lsn
-from walrecover.model import StopPoint, TableName
-from walrecover.reconcile import (
+from walrecover.ledger.reconcile import (
     MISMATCHED,
     MISSING_IN_LEDGER,
     MISSING_IN_RECOVERED,
@@ -53,7 +51,9 @@ from walrecover.reconcile import (
     reconcile_table,
     table_totals,
 )
-from walrecover.recover import LedgerCheck, RecoveryResult, recover
+from walrecover.rebuild.recover import LedgerCheck, RecoveryResult, recover
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import StopPoint, TableName
 
 #: (account, amount, kind, booked_at) of each committed ledger row, in insert order (ids 1..n).
 ROWS = [

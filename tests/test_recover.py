@@ -30,9 +30,9 @@ from helpers import (
 from psycopg import sql
 
 from walrecover.errors import StopPointError, TargetExists, WalrecoverError
-from walrecover.lsn import Lsn
-from walrecover.model import StopPoint, TableName
-from walrecover.recover import recover
+from walrecover.rebuild.recover import recover
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import StopPoint, TableName
 
 LEDGER_DDL = "CREATE TABLE t (id integer PRIMARY KEY, amount numeric(12,2), note text)"
 

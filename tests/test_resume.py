@@ -19,13 +19,13 @@ from fault_helpers import run, start, table_differences, wait_for_progress
 from helpers import Database, cli, drop_with_truth, source_untouched, stderr_lines
 from test_parity import fast_wal_writer
 
-from walrecover.cluster import Cluster
 from walrecover.db import connect
-from walrecover.decoders import decode_all, make_decoder
+from walrecover.drill.cluster import Cluster
 from walrecover.errors import Interrupted
-from walrecover.model import Commit, Event, TableName
-from walrecover.replay import replay
-from walrecover.sources import SlotSource
+from walrecover.rebuild.replay import replay
+from walrecover.stream.decoders import decode_all, make_decoder
+from walrecover.stream.model import Commit, Event, TableName
+from walrecover.stream.sources import SlotSource
 
 TABLE = TableName("public", "t")
 

@@ -17,8 +17,8 @@ from fault_helpers import LSN_RE, run
 from helpers import Database, drop_with_truth, in_transaction, run_script
 from psycopg import sql
 
-from walrecover.model import TableName
-from walrecover.recover import recover_capture
+from walrecover.rebuild.recover import recover_capture
+from walrecover.stream.model import TableName
 
 #: 3,200 characters that neither compress nor fit a btree index entry (an index holds ~2,700).
 BIG = "(SELECT string_agg(md5(g::text || {seed}), '') FROM generate_series(1, 100) g)"

@@ -23,8 +23,8 @@ from helpers import (
 )
 
 from walrecover.errors import ReplayError
-from walrecover.lsn import Lsn
-from walrecover.model import StopPoint
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import StopPoint
 
 PLUGINS = ["wal2json", "pgoutput", "test_decoding"]
 

@@ -31,9 +31,9 @@ from helpers import (
 )
 
 from walrecover.errors import EXIT_ERROR, EXIT_UNPROVEN, Interrupted
-from walrecover.lsn import Lsn
-from walrecover.model import TableName
-from walrecover.recover import recover
+from walrecover.rebuild.recover import recover
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import TableName
 
 # -- A4: wal2json leaves out changes it cannot identify -------------------------------------------
 

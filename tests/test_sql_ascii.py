@@ -24,8 +24,8 @@ from capture_helpers import capture_dir, o_args, pg_recvlogical
 from click.testing import Result
 from helpers import Database, cli, differences, source_untouched, stderr_lines
 
-from walrecover.cluster import Cluster
-from walrecover.model import TableName
+from walrecover.drill.cluster import Cluster
+from walrecover.stream.model import TableName
 
 PLUGINS = ("wal2json", "test_decoding", "pgoutput")
 _counter = itertools.count(1)

@@ -16,7 +16,7 @@ import pytest
 from fault_helpers import peek_capture
 from helpers import SLOT, Database, cli, differences, run_script, snapshot, source_untouched
 
-from walrecover.cluster import Cluster
+from walrecover.drill.cluster import Cluster
 
 DDL = "CREATE TABLE t (id integer PRIMARY KEY, v text)"
 

@@ -19,11 +19,11 @@ import psycopg
 import pytest
 from helpers import Database, cli, differences, source_untouched, stderr_lines, table_exists
 
-from walrecover.cluster import find_installation
+from walrecover.drill.cluster import find_installation
 from walrecover.errors import SwapError
-from walrecover.model import TableName
-from walrecover.recover import recover
-from walrecover.swap import parse_ddl
+from walrecover.rebuild.recover import recover
+from walrecover.rebuild.swap import parse_ddl
+from walrecover.stream.model import TableName
 
 TABLE = TableName("public", "transactions")
 APP = "swap_app"

@@ -1,4 +1,5 @@
-"""walrecover.walinspect against the real server's WAL, and its parsing of pg_walinspect text."""
+"""walrecover.stream.walinspect against the real server's WAL, and its parsing of pg_walinspect
+text."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from psycopg.conninfo import make_conninfo
 
 from walrecover.db import connect
 from walrecover.errors import WalUnavailable
-from walrecover.lsn import Lsn
-from walrecover.walinspect import (
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.walinspect import (
     RelFile,
     WalInspect,
     parse_block_ref,

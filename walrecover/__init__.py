@@ -15,9 +15,10 @@ Everything a user needs is importable from here (see ``__all__``): the entry poi
 they return, and the error family under :class:`WalrecoverError`.
 
 The names are imported on first use, so ``import walrecover`` stays cheap (pandas, pyarrow,
-psycopg and pglast load only with what needs them). ``recover``, ``reconcile`` and ``swap`` are
-also the names of modules of this package: here they always mean the functions; import from the
-modules themselves with ``from walrecover.recover import ...``.
+psycopg and pglast load only with what needs them). ``recover`` and ``swap`` are also the
+names of modules (``walrecover.rebuild.recover``, ``walrecover.rebuild.swap``), and ``reconcile``
+of ``walrecover.ledger.reconcile``: here they always mean the functions; import from the modules
+themselves with ``from walrecover.rebuild.recover import ...``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .audit import read_audit
+    from .audit.verify import Verification, verify_audit
+    from .audit.writer import read_audit
+    from .drill.rehearsal import RehearsalResult, rehearse
     from .errors import (
         AuditError,
         CaptureSettingError,
@@ -54,10 +57,7 @@ if TYPE_CHECKING:
         TargetExists,
         WalrecoverError,
     )
-    from .export import DecodeResult, decode_to
-    from .lsn import Lsn
-    from .model import StartPoint, StopPoint, TableName
-    from .reconcile import (
+    from .ledger.reconcile import (
         Explanation,
         LedgerFile,
         LedgerQuery,
@@ -66,43 +66,44 @@ if TYPE_CHECKING:
         RecoveredTable,
         reconcile,
     )
-    from .recover import AuditSummary, LedgerCheck, RecoveryResult, recover, recover_capture
-    from .rehearsal import RehearsalResult, rehearse
-    from .settings import CaptureSettings
-    from .swap import SwapResult, swap
-    from .verify import Verification, verify_audit
+    from .rebuild.recover import AuditSummary, LedgerCheck, RecoveryResult, recover, recover_capture
+    from .rebuild.swap import SwapResult, swap
+    from .stream.export import DecodeResult, decode_to
+    from .stream.lsn import Lsn
+    from .stream.model import StartPoint, StopPoint, TableName
+    from .stream.settings import CaptureSettings
 
 #: Each public name and the module that defines it.
 _WHERE = {
     # entry points
-    "recover": "recover",
-    "recover_capture": "recover",
-    "reconcile": "reconcile",
-    "rehearse": "rehearsal",
-    "decode_to": "export",
-    "read_audit": "audit",
-    "verify_audit": "verify",
-    "swap": "swap",
+    "recover": "rebuild.recover",
+    "recover_capture": "rebuild.recover",
+    "reconcile": "ledger.reconcile",
+    "rehearse": "drill.rehearsal",
+    "decode_to": "stream.export",
+    "read_audit": "audit.writer",
+    "verify_audit": "audit.verify",
+    "swap": "rebuild.swap",
     # what they take
-    "TableName": "model",
-    "StopPoint": "model",
-    "StartPoint": "model",
-    "Lsn": "lsn",
-    "LedgerCheck": "recover",
-    "CaptureSettings": "settings",
-    "RecoveredTable": "reconcile",
-    "RecoveredAudit": "reconcile",
-    "LedgerQuery": "reconcile",
-    "LedgerFile": "reconcile",
+    "TableName": "stream.model",
+    "StopPoint": "stream.model",
+    "StartPoint": "stream.model",
+    "Lsn": "stream.lsn",
+    "LedgerCheck": "rebuild.recover",
+    "CaptureSettings": "stream.settings",
+    "RecoveredTable": "ledger.reconcile",
+    "RecoveredAudit": "ledger.reconcile",
+    "LedgerQuery": "ledger.reconcile",
+    "LedgerFile": "ledger.reconcile",
     # what they return
-    "RecoveryResult": "recover",
-    "AuditSummary": "recover",
-    "Reconciliation": "reconcile",
-    "Explanation": "reconcile",
-    "RehearsalResult": "rehearsal",
-    "DecodeResult": "export",
-    "Verification": "verify",
-    "SwapResult": "swap",
+    "RecoveryResult": "rebuild.recover",
+    "AuditSummary": "rebuild.recover",
+    "Reconciliation": "ledger.reconcile",
+    "Explanation": "ledger.reconcile",
+    "RehearsalResult": "drill.rehearsal",
+    "DecodeResult": "stream.export",
+    "Verification": "audit.verify",
+    "SwapResult": "rebuild.swap",
     # what they raise
     "WalrecoverError": "errors",
     "ConnectionFailed": "errors",
@@ -199,8 +200,8 @@ class _Package(ModuleType):
     """This package's module type: a submodule never hides the function of the same name.
 
     Importing a submodule sets it as an attribute of its package, so the first
-    ``import walrecover.recover`` (by the CLI, or by any ``from walrecover.recover import ...``)
-    would make ``walrecover.recover`` the module instead of the function, and
+    ``import walrecover.rebuild.recover`` (by the CLI, or by any ``from walrecover.rebuild.recover
+    import ...``) would make ``walrecover.recover`` the module instead of the function, and
     ``from walrecover import recover`` would hand out the wrong object. The module stays in
     ``sys.modules``, where imports find it.
     """

@@ -23,8 +23,9 @@ import psycopg
 from tqdm import tqdm
 
 from . import __version__
+from .audit.verify import verify_audit
 from .db import redact
-from .decoders import PLUGINS
+from .drill.rehearsal import RehearsalResult, rehearse
 from .errors import (
     EXIT_DIFFERENCES,
     EXIT_ERROR,
@@ -34,16 +35,22 @@ from .errors import (
     WalrecoverError,
     first_line,
 )
-from .export import FORMATS, decode_to
-from .lsn import Lsn
-from .model import StartPoint, StopPoint, TableName
-from .plan import Plan, plan_capture, plan_recovery
-from .reconcile import LedgerFile, LedgerQuery, RecoveredAudit, RecoveredTable, plain, reconcile
-from .recover import LedgerCheck, RecoveryResult, recover, recover_capture
-from .rehearsal import RehearsalResult, rehearse
-from .settings import CaptureSettings
-from .swap import SwapResult, swap
-from .verify import verify_audit
+from .ledger.reconcile import (
+    LedgerFile,
+    LedgerQuery,
+    RecoveredAudit,
+    RecoveredTable,
+    plain,
+    reconcile,
+)
+from .rebuild.plan import Plan, plan_capture, plan_recovery
+from .rebuild.recover import LedgerCheck, RecoveryResult, recover, recover_capture
+from .rebuild.swap import SwapResult, swap
+from .stream.decoders import PLUGINS
+from .stream.export import FORMATS, decode_to
+from .stream.lsn import Lsn
+from .stream.model import StartPoint, StopPoint, TableName
+from .stream.settings import CaptureSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 

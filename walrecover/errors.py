@@ -90,7 +90,7 @@ class StopPointError(WalrecoverError):
 class WalUnavailable(WalrecoverError):
     """The source's WAL cannot be read (pg_walinspect missing, not allowed, or WAL removed).
 
-    Raised by :mod:`walrecover.walinspect`; recovery turns it into advice, not a failure.
+    Raised by :mod:`walrecover.stream.walinspect`; recovery turns it into advice, not a failure.
     """
 
 

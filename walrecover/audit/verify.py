@@ -1,0 +1,323 @@
+"""``walrecover audit verify``: recompute an audit's hashes, chain, typed values and counts.
+
+An auditor need not trust the tool that wrote the audit: every row's SHA-256 is recomputed from
+its canonical content, the chain from :data:`~walrecover.audit.writer.CHAIN_SEED`, every typed value
+from its exact text, and the counts and file checksums against the metadata and the manifest.
+The first bad row is named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import AuditError
+from .pgarrow import TypedField, fields_of, typed_arrays
+from .writer import (
+    CHAIN_SEED,
+    HASH_COLUMNS,
+    HASHED,
+    PROBLEM_LIMIT,
+    VERIFY_BATCH_ROWS,
+    hash_rows,
+    kv_metadata,
+    load_manifest,
+    manifest_path,
+    sha256_of,
+)
+
+# -- verification --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What :func:`verify_audit` found: ``ok``, or the problems, the first bad row first."""
+
+    path: str
+    ok: bool
+    rows: int
+    files: int
+    chain_head: str | None
+    #: The first :data:`PROBLEM_LIMIT` problems, each naming its row or file.
+    problems: tuple[str, ...]
+    #: How many rows had a problem (all of them are counted, not only those listed).
+    bad_rows: int
+    #: Position (0-based, in seq order) of the first bad row, or None.
+    first_bad_row: int | None
+    manifest: str | None
+    checked: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "rows": self.rows,
+            "files": self.files,
+            "chain_head": self.chain_head,
+            "problems": list(self.problems),
+            "bad_rows": self.bad_rows,
+            "first_bad_row": self.first_bad_row,
+            "manifest": self.manifest,
+            "checked": list(self.checked),
+        }
+
+    def report(self) -> str:
+        """The result for a person: what was checked, and OK or the problems."""
+        lines = [
+            f"Audit {self.path}: {self.rows} rows in {self.files} file(s); chain head "
+            f"{self.chain_head}.",
+            f"  checked: {', '.join(self.checked)}.",
+        ]
+        if self.ok:
+            lines.append("  OK: no row was edited, deleted, added or moved.")
+            return "\n".join(lines)
+        first = f"; first bad row: {self.first_bad_row}" if self.first_bad_row is not None else ""
+        lines.append(f"  NOT OK: {self.bad_rows} bad row(s){first}.")
+        lines.extend(f"    {problem}" for problem in self.problems)
+        return "\n".join(lines)
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.bad_rows = 0
+        self.first_bad_row: int | None = None
+        self.file_problems: list[str] = []
+
+    def row(self, position: int, message: str) -> None:
+        self.bad_rows += 1
+        if self.first_bad_row is None:
+            self.first_bad_row = position
+        if len(self.items) < PROBLEM_LIMIT:
+            self.items.append(message)
+
+    def file(self, message: str) -> None:
+        self.file_problems.append(message)
+
+    def all(self) -> tuple[str, ...]:
+        return tuple(self.items + self.file_problems[: max(PROBLEM_LIMIT - len(self.items), 1)])
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
+def _files_in_order(
+    path: Path, manifest: Mapping[str, Any] | None, problems: _Problems
+) -> list[tuple[Path, str]]:
+    """The audit's files in seq order: the manifest's order, or by each file's first seq."""
+    if not path.is_dir():
+        return [(path, path.name)]
+    on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*.parquet")}
+    if manifest is not None:
+        listed = [entry["path"] for entry in manifest.get("files", [])]
+        for relative in listed:
+            if relative not in on_disk:
+                problems.file(f"file {relative} of the manifest is missing from {path}")
+        for relative in sorted(on_disk - set(listed)):
+            problems.file(f"file {relative} is in {path} but not in the manifest")
+        return [(path / r, r) for r in listed if r in on_disk]
+
+    def first_seq(relative: str) -> int:
+        table = pq.ParquetFile(path / relative).read_row_group(0, columns=["seq"])
+        return int(table.column(0)[0].as_py()) if table.num_rows else -1
+
+    return [(path / r, r) for r in sorted(on_disk, key=first_seq)]
+
+
+def verify_audit(
+    path: str | os.PathLike[str],
+    *,
+    manifest: str | os.PathLike[str] | None = None,
+    use_manifest: bool = True,
+    chain_head: str | None = None,
+) -> Verification:
+    """Recompute an audit's hashes, chain, typed values and counts; report the first bad row.
+
+    Checks, for every row in seq order: its ``seq`` is the next one (a deleted or moved row
+    shows here), its ``row_hash`` is the SHA-256 of its content (an edited value), its
+    ``chain_hash`` follows from the previous row's, and each typed column holds what its exact
+    text says. Then the row count, outcome counts and chain head against the file metadata, the
+    manifest (each file's SHA-256 too) and, if given, a ``chain_head`` recorded elsewhere (the
+    only check a forger who rewrites file, metadata and manifest together cannot pass).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AuditError(f"the audit {path} does not exist", path=str(path))
+    problems = _Problems()
+    checked = ["seq order", "row hashes", "chain", "typed columns", "counts"]
+    manifest_file = Path(manifest) if manifest is not None else manifest_path(path)
+    manifest_data: dict[str, Any] | None = None
+    if use_manifest:
+        if manifest_file.exists():
+            manifest_data = load_manifest(manifest_file)
+            checked.append("manifest")
+        else:
+            problems.file(
+                f"the manifest {manifest_file} is missing: give it with --manifest PATH, or "
+                "pass --no-manifest to check the audit without it"
+            )
+    files = _files_in_order(path, manifest_data, problems)
+    position = 0
+    expected_seq = 0
+    chain = CHAIN_SEED
+    counts: dict[str, int] = {}
+    file_meta: dict[str, Any] = {}
+    for file, relative in files:
+        try:
+            parquet = pq.ParquetFile(file, pre_buffer=False)
+        except (OSError, pa.ArrowException) as exc:
+            raise AuditError(f"cannot read the audit {file}: {exc}", path=str(file)) from None
+        file_meta = kv_metadata(parquet.metadata.metadata)
+        missing = [n for n in (*HASHED, *HASH_COLUMNS) if n not in parquet.schema_arrow.names]
+        if missing:
+            raise AuditError(
+                f"{file} is not a walrecover audit: it has no column {missing[0]!r}",
+                path=str(file),
+            )
+        fields = fields_of(parquet.schema_arrow)
+        file_rows = 0
+        for batch in parquet.iter_batches(batch_size=VERIFY_BATCH_ROWS):
+            table = pa.Table.from_batches([batch])
+            seqs = table.column("seq").to_pylist()
+            stored_rows = table.column("row_hash").to_pylist()
+            stored_chain = table.column("chain_hash").to_pylist()
+            computed, _, _ = hash_rows(table, CHAIN_SEED)
+            typed_bad = _typed_mismatches(table, fields)
+            xids = table.column("xid").to_pylist()
+            lsns = table.column("commit_lsn").to_pylist()
+            for value in table.column("outcome").to_pylist():
+                counts[value] = counts.get(value, 0) + 1
+            for i, seq in enumerate(seqs):
+                where = (
+                    f"row {position} (seq {seq}, xid {xids[i]}, commit LSN {lsns[i]}) in {relative}"
+                )
+                link = hashlib.sha256((chain + (stored_rows[i] or "")).encode()).hexdigest()
+                if seq != expected_seq:
+                    problems.row(
+                        position,
+                        f"{where}: seq {expected_seq} was expected here: a row was deleted, "
+                        "inserted or moved",
+                    )
+                    expected_seq = seq if isinstance(seq, int) else expected_seq
+                elif computed[i] != stored_rows[i]:
+                    problems.row(
+                        position, f"{where}: row_hash does not match the row's content (edited)"
+                    )
+                elif link != stored_chain[i]:
+                    problems.row(
+                        position,
+                        f"{where}: chain_hash does not follow from the row before it (a row "
+                        "was deleted, inserted or moved, or its hash rewritten)",
+                    )
+                elif typed_bad.get(i):
+                    problems.row(position, f"{where}: {typed_bad[i]}")
+                chain = stored_chain[i] or chain
+                expected_seq += 1
+                position += 1
+                file_rows += 1
+        if path.is_dir():
+            _check_file_meta(relative, file_meta, file_rows, problems)
+    meta = file_meta if not path.is_dir() else dict((manifest_data or {}).get("metadata", {}))
+    head = chain
+    if not path.is_dir() and meta:
+        _check_totals(f"the metadata of {path.name}", meta, position, head, counts, problems)
+    if manifest_data is not None:
+        _check_totals(
+            f"the manifest {manifest_file.name}", manifest_data, position, head, counts, problems
+        )
+        for entry in manifest_data.get("files", []):
+            target = path / entry["path"] if path.is_dir() else path
+            if target.exists() and sha256_of(target) != entry.get("sha256"):
+                problems.file(
+                    f"{entry['path']}: its SHA-256 differs from the manifest's: the file was "
+                    "changed after it was written"
+                )
+    if chain_head is not None:
+        checked.append("expected chain head")
+        if chain_head.lower() != head:
+            problems.file(
+                f"the chain ends at {head}, not at the expected chain head {chain_head}: the "
+                "audit is not the one recorded"
+            )
+    all_problems = problems.all()
+    return Verification(
+        path=str(path),
+        ok=not all_problems,
+        rows=position,
+        files=len(files),
+        chain_head=head,
+        problems=all_problems,
+        bad_rows=problems.bad_rows,
+        first_bad_row=problems.first_bad_row,
+        manifest=str(manifest_file) if manifest_data is not None else None,
+        checked=tuple(checked),
+    )
+
+
+def _check_file_meta(
+    relative: str, meta: Mapping[str, Any], rows: int, problems: _Problems
+) -> None:
+    if "file_rows" in meta and meta["file_rows"] != rows:
+        problems.file(
+            f"{relative} holds {rows} rows but its metadata says {meta['file_rows']}: rows were "
+            "removed or added"
+        )
+
+
+def _check_totals(
+    what: str,
+    meta: Mapping[str, Any],
+    rows: int,
+    head: str,
+    counts: Mapping[str, int],
+    problems: _Problems,
+) -> None:
+    recorded_rows = meta.get("rows")
+    if isinstance(recorded_rows, int) and recorded_rows > rows:
+        problems.file(
+            f"the audit holds {rows} rows but {what} says {recorded_rows}: rows {rows} to "
+            f"{recorded_rows - 1} were removed at the end"
+        )
+    elif recorded_rows is not None and recorded_rows != rows:
+        problems.file(
+            f"the audit holds {rows} rows but {what} says {recorded_rows}: rows were added"
+        )
+    if "chain_head" in meta and meta["chain_head"] != head:
+        problems.file(f"the chain ends at {head} but {what} says {meta['chain_head']}")
+    recorded = meta.get("outcomes")
+    if isinstance(recorded, dict) and recorded != {k: v for k, v in sorted(counts.items()) if v}:
+        problems.file(f"the outcome counts {dict(sorted(counts.items()))} differ from {what}'s")
+
+
+def _typed_mismatches(table: pa.Table, fields: Sequence[TypedField]) -> dict[int, str]:
+    """Rows whose typed columns differ from what their exact text gives: row -> problem."""
+    found: dict[int, str] = {}
+    for typed, derived in zip(fields, typed_arrays(table, fields), strict=True):
+        stored = table.column(typed.name).combine_chunks()
+        if stored.type == derived.type and stored.equals(derived):
+            continue
+        for i, (ours, theirs) in enumerate(
+            zip(derived.to_pylist(), stored.to_pylist(), strict=True)
+        ):
+            if i in found or (_same(ours, theirs) and stored.type == derived.type):
+                continue
+            image = table.column(f"{typed.image}_values")[i].as_py()
+            text = None if image is None else json.loads(image).get(typed.column)
+            found[i] = (
+                f"column {typed.name} holds {theirs!r} but {typed.image}_values says {text!r} "
+                "(edited)"
+            )
+    return found

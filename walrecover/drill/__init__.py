@@ -1,0 +1,3 @@
+"""Practise a recovery on a throwaway PostgreSQL server (``walrecover rehearse``, the
+notebooks).
+"""

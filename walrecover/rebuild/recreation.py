@@ -1,0 +1,577 @@
+"""Was the table dropped and re-created under the same name inside the stream?
+
+wal2json and test_decoding name a change's table but carry no relation id, so two tables that
+had the same name one after the other look like one. Replay asks a :class:`RecreationJudge`
+about every change of the table and every transaction, in stream order.
+
+**With the WAL** (pg_walinspect already installed in the source database): every row change's
+WAL record names the relation file it wrote. When a change's file is not the file of the
+previous change, the judge follows the file's history in the commit records: a ``TRUNCATE``,
+``VACUUM FULL``, ``CLUSTER`` or rewriting ``ALTER TABLE`` ends the old file and creates the new
+one in the same transaction without dropping the relation; a ``DROP TABLE`` drops the relation
+(its oid is in ``dropped stats``); a file that never ended belongs to a relation that still exists
+under another name (a rename). Only changes after a catalog-changing commit are looked up, so the
+cost is a few lookups per DDL, not per change. A proven re-creation returns :class:`Recreated`
+when the new table's whole life is in the stream (its file was created in the WAL read and
+written by no record before its first change): replay then keeps only the later table, which is
+what the name held at the stop point. A table that took the name with rows written under
+another name (``ALTER TABLE ... RENAME`` of a filled table) cannot be rebuilt from this stream:
+:class:`~walrecover.errors.ReplayError` names the LSN that rebuilds the earlier table. A case the
+commit records cannot settle (the table had been rewritten before the stream, so its oid is not
+known, and the same transaction dropped another rewritten relation) becomes a reason the result
+is unproven.
+
+**Without the WAL** the stream cannot tell a ``DROP TABLE`` from an ``ANALYZE`` or any other DDL.
+The judge notes the transactions that changed the catalog between two changes of the table
+(test_decoding: an empty transaction; wal2json: a transaction whose commit record is too large
+for a plain commit) and reports them as reasons the result is unproven, with what to do.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ..errors import ReplayError, WalUnavailable
+from ..stream.lsn import Lsn
+from ..stream.model import Change, Op, TableName
+from ..stream.walinspect import CommitRecord, RelFile, StorageCreated, WalInspect, waldump_command
+
+#: A commit record at least this long carries catalog invalidations (measured on PostgreSQL 15:
+#: a plain commit is 48 bytes plus 4 per subtransaction; GRANT 104, TRUNCATE 208, ANALYZE of a
+#: 10-column table 264; CREATE TABLE of one column 408 and its DROP 472).
+SUSPECT_COMMIT_BYTES = 320
+
+#: How many rewrites in a row (with no change of the table between them) the judge follows.
+MAX_REWRITES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Recreated:
+    """The table's changes from here on belong to another relation than the changes before.
+
+    ``lsn``/``xid``/``time`` are the commit that ended the earlier relation (its ``DROP``), or
+    for a rename the last catalog change before the first change of the new relation.
+    """
+
+    lsn: Lsn
+    xid: int
+    time: datetime | None
+    renamed: bool = False
+
+
+@dataclass(slots=True)
+class _Suspect:
+    xid: int | None
+    #: The commit record's start, or its end when the plugin gives only that (test_decoding).
+    lsn: Lsn | None
+    end: bool = False
+    #: The transaction also wrote the table (the catalog change may be among its changes).
+    own: bool = False
+
+
+@dataclass(slots=True)
+class _History:
+    """The catalog side of the WAL range, for one database."""
+
+    commits: list[CommitRecord] = field(default_factory=list)
+    lsns: list[int] = field(default_factory=list)
+    lsn_set: set[int] = field(default_factory=set)
+    by_xid: dict[int, CommitRecord] = field(default_factory=dict)
+    ends: dict[int, CommitRecord] = field(default_factory=dict)
+    created: dict[int, StorageCreated] = field(default_factory=dict)
+    created_by_xid: dict[int, set[int]] = field(default_factory=dict)
+
+
+class RecreationJudge:
+    """Tells replay when the table's changes switch to another relation of the same name.
+
+    ``wal`` is a :class:`WalInspect` on the source's server, or None with ``wal_problem`` saying
+    why (put into the unproven reasons). ``start``/``end`` bound the WAL the stream covers.
+    """
+
+    def __init__(
+        self,
+        table: TableName,
+        into: TableName,
+        *,
+        wal: WalInspect | None,
+        wal_problem: str | None = None,
+        start: Lsn | None = None,
+        end: Lsn | None = None,
+        format1: bool = False,
+    ) -> None:
+        self.table = table
+        #: wal2json format-version 1: a TRUNCATE is a transaction with no change in the stream.
+        self.format1 = format1
+        self.into = into
+        self.wal = wal
+        self.wal_problem = wal_problem
+        self.start = start
+        self.end = end
+        #: Found re-creations, as warnings for the result.
+        self.notes: list[str] = []
+        #: An error found in a transaction that may yet turn out past the stop point.
+        self._error: ReplayError | None = None
+        self._mark: tuple[int, int, int, tuple[_Suspect, Lsn | None, Lsn | None] | None] = (
+            0,
+            0,
+            0,
+            None,
+        )
+        self._doubts: list[str] = []
+        self._disabled = False
+        self._seen = False
+        #: The table had changes in a committed transaction (before the one being judged).
+        self._written = False
+        #: The last change of the table was judged from the WAL.
+        self._exactly = False
+        #: The open transaction truncated the table.
+        self._truncated = False
+        #: Transactions that wrote the table after earlier ones, with no sign in the stream
+        #: of whether they also changed the catalog (test_decoding, or no commit LSNs).
+        self._blind = 0
+        self._first_blind: int | None = None
+        self._suspects: list[_Suspect] = []
+        self._stream_doubts = 0
+        self._first_stream_doubt: tuple[_Suspect, Lsn | None, Lsn | None] | None = None
+        self._last_change_lsn: Lsn | None = None
+        # Exact (WAL) state.
+        self._history: _History | None = None
+        self._database: int | None = None
+        self._relfilenode: int | None = None
+        self._oid: int | None = None
+        self._prev: Lsn | None = None
+
+    # -- what replay reads ---------------------------------------------------------------------
+
+    @property
+    def unproven(self) -> list[str]:
+        """Why the rebuilt table may hold rows of an earlier table of the same name."""
+        reasons = list(self._doubts)
+        if self._first_stream_doubt is not None:
+            reasons.append(self._stream_reason())
+            if self.format1:
+                reasons.append(self._truncate_reason())
+        return reasons
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the user should know: re-creations found, and what the stream could not show."""
+        if not self._blind:
+            return list(self.notes)
+        more = self._blind - 1
+        others = f" and {more} more" if more else ""
+        return [
+            *self.notes,
+            f"not checked: whether transaction {self._first_blind}{others}, which wrote "
+            f"{self.table} after earlier transactions had, also dropped and re-created it: a "
+            "DROP TABLE and CREATE TABLE inside a transaction that writes the table leave no "
+            "trace in this stream (test_decoding, or a capture without commit LSNs), and the WAL "
+            f"could not be read: {self.wal_problem or 'unknown reason'}. With pg_walinspect "
+            "installed in the source database walrecover checks it",
+        ]
+
+    def close(self) -> None:
+        if self.wal is not None:
+            with contextlib.suppress(Exception):
+                self.wal.close()
+
+    # -- events --------------------------------------------------------------------------------
+
+    def commit(
+        self,
+        xid: int | None,
+        commit_lsn: Lsn | None,
+        end_lsn: Lsn | None,
+        *,
+        events: int,
+        ours: int,
+    ) -> None:
+        """A transaction committed before the stop point with ``events`` changes (any table),
+        ``ours`` of the table: what the judge found in it stands."""
+        if self._error is not None:
+            raise self._error
+        self._committed(xid, commit_lsn, end_lsn, events=events, ours=ours)
+        self._mark = (
+            len(self.notes),
+            len(self._doubts),
+            self._stream_doubts,
+            self._first_stream_doubt,
+        )
+
+    def _committed(
+        self,
+        xid: int | None,
+        commit_lsn: Lsn | None,
+        end_lsn: Lsn | None,
+        *,
+        events: int,
+        ours: int,
+    ) -> None:
+        """Note a committed transaction that may have changed the catalog (judged from the
+        stream: without the WAL, or for changes the WAL could not be asked about)."""
+        earlier, self._written = self._written, self._written or ours > 0
+        truncated, self._truncated = self._truncated, False
+        if self._disabled or not self._seen:
+            return
+        if ours and (not earlier or truncated or self._exactly):
+            return  # nothing earlier to merge, emptied by its TRUNCATE, or judged from the WAL
+        size = (
+            int(end_lsn) - int(commit_lsn)
+            if commit_lsn is not None and end_lsn is not None
+            else None
+        )
+        suspect = size >= SUSPECT_COMMIT_BYTES if size is not None else events == 0
+        # wal2json format 1 prints a TRUNCATE (a 208-byte commit) as a transaction without change.
+        suspect = suspect or (self.format1 and events == 0)
+        if not ours:
+            if suspect:
+                self._suspects.append(_Suspect(xid, commit_lsn or end_lsn, commit_lsn is None))
+        elif suspect:
+            # The table's own transaction changed the catalog: it may have dropped the table
+            # and re-created it before its later changes.
+            self._stream_doubts += 1
+            if self._first_stream_doubt is None:
+                self._first_stream_doubt = (_Suspect(xid, commit_lsn, own=True), None, None)
+        elif size is None:
+            self._blind += 1
+            self._first_blind = self._first_blind if self._first_blind is not None else xid
+
+    def discard(self) -> None:
+        """The open transaction is past the stop point: forget what it showed."""
+        notes, doubts, count, first = self._mark
+        del self.notes[notes:], self._doubts[doubts:]
+        self._stream_doubts, self._first_stream_doubt = count, first
+        self._error = None
+        self._truncated = False
+
+    def change(self, change: Change, xid: int | None, commit_lsn: Lsn | None) -> Recreated | None:
+        """A change of the table (in stream order); :class:`Recreated` if it starts a new one."""
+        if self._disabled:
+            return None
+        if change.relation.relation_id is not None:
+            self._disabled = True  # pgoutput: replay compares relation ids itself
+            return None
+        first = not self._seen
+        self._seen = True
+        suspects, self._suspects = self._suspects, []
+        previous, self._last_change_lsn = self._last_change_lsn, change.lsn or self._last_change_lsn
+        if change.op is Op.TRUNCATE:
+            self._truncated = True
+            # Empties the table whatever came before. Its record names relation oids, not
+            # files: with one relation, that is the table's oid.
+            if self.wal is not None and change.lsn is not None and self._oid is None:
+                with contextlib.suppress(WalUnavailable):
+                    self._learn_oid(change.lsn, xid)
+            return None
+        if self.wal is not None and change.lsn is not None:
+            try:
+                self._exactly = True
+                return self._exact(change.lsn, xid, commit_lsn)
+            except WalUnavailable as exc:
+                self.wal_problem = exc.message
+                self.close()
+                self.wal = None
+        self._exactly = False
+        if self.wal is not None and change.lsn is None and not self.wal_problem:
+            self.wal_problem = (
+                "the stream gives no LSN per change (a capture of test_decoding, or of wal2json "
+                "without -o include-lsn=1), so its changes cannot be found in the WAL"
+            )
+        if suspects and not first:
+            self._stream_doubts += len(suspects)
+            if self._first_stream_doubt is None:
+                self._first_stream_doubt = (suspects[0], previous, change.lsn)
+        return None
+
+    # -- with the WAL --------------------------------------------------------------------------
+
+    def _exact(self, lsn: Lsn, xid: int | None, commit_lsn: Lsn | None) -> Recreated | None:
+        wal = self.wal
+        assert wal is not None
+        if self._relfilenode is None:
+            found = wal.relfile_at(lsn)
+            if found is None:
+                raise WalUnavailable(f"the WAL record at {lsn} names no relation file")
+            self._database = found.database
+            self._relfilenode = found.relfilenode
+            self._history = self._load(min(lsn, self.start) if self.start is not None else lsn)
+            self._oid = wal.relation_of(found) or self._fresh_oid(found.relfilenode, None)
+            self._prev = lsn
+            return None
+        if not self._needs_lookup(lsn, xid, commit_lsn):
+            self._prev = lsn
+            return None
+        found = wal.relfile_at(lsn)
+        if found is None:
+            raise WalUnavailable(f"the WAL record at {lsn} names no relation file")
+        old, new = self._relfilenode, found.relfilenode
+        if new == old:
+            self._prev = lsn
+            return None
+        verdict, commit = self._classify(old, new, lsn, xid, commit_lsn)
+        previous, self._prev = self._prev, lsn
+        self._relfilenode = new
+        if verdict == "same":
+            if self.format1 and commit is not None:
+                self._doubts.append(self._truncate_reason(commit.xid, commit.lsn))
+            return None
+        if verdict == "doubt":
+            assert commit is not None
+            self._oid = None
+            self._doubts.append(
+                f"{self.table} may have been dropped and re-created in transaction "
+                f"{commit.xid} (commit LSN {commit.lsn}): it replaced the relation file the "
+                f"earlier changes were written to and dropped a relation whose oid the WAL does "
+                f"not tie to {self.table}, so walrecover cannot tell a rewrite from a DROP; if it"
+                f" was a DROP, recover the earlier table with --stop-before-lsn {commit.lsn}, "
+                f"else {self.into} is exact"
+            )
+            return None
+        renamed = commit is None
+        if commit is None:
+            commit = self._last_catalog_commit(previous, lsn, xid, commit_lsn)
+        if commit is None:  # the file changed without a catalog commit: cannot be
+            raise WalUnavailable(f"the WAL shows nothing that replaced the table before {lsn}")
+        when = f", {commit.time.isoformat()}" if commit.time else ""
+        how = (
+            f"the earlier table was renamed away no later than transaction {commit.xid} (commit"
+            f" LSN {commit.lsn}{when})"
+            if renamed
+            else f"the earlier table was dropped by transaction {commit.xid} (commit LSN "
+            f"{commit.lsn}{when})"
+        )
+        written = self._written_before(found, lsn)
+        if written is not None:
+            self._error = ReplayError(
+                f"{self.table} was replaced by another table of the same name: {how}, and the "
+                f"table that took the name was written {written}, which the stream of "
+                f"{self.table} does not show; recover the earlier table with --stop-before-lsn "
+                f"{commit.lsn}, and the later one from a backup",
+                table=str(self.table),
+                lsn=commit.lsn,
+            )
+            return None
+        self._oid = self._fresh_oid(new, commit)
+        self.notes.append(
+            f"{self.table} was re-created under the same name: {how}, and the later changes "
+            f"belong to a new table. {self.into} holds only that later table, which is what "
+            f"{self.table} held at the stop point; to rebuild the earlier one, recover with "
+            f"--stop-before-lsn {commit.lsn}"
+        )
+        return Recreated(commit.lsn, commit.xid, commit.time, renamed)
+
+    def _written_before(self, file: RelFile, lsn: Lsn) -> str | None:
+        """Where the new table's file was written before the change at ``lsn`` (rows that
+        reached it under another name), or None if its whole life is in the stream."""
+        history, wal = self._history, self.wal
+        assert history is not None and wal is not None
+        made = history.created.get(file.relfilenode)
+        if made is None:
+            return "before the stream began (its file is older than the WAL walrecover read)"
+        first = wal.first_write(file, made.lsn, lsn)
+        return None if first is None else f"at LSN {first}, before it took the name"
+
+    def _learn_oid(self, lsn: Lsn, xid: int | None) -> None:
+        """Take the table's oid from its TRUNCATE record at ``lsn`` when that is surely the
+        relation of the previous change: no catalog change since, none dropped in its own
+        transaction (a TRUNCATE record names oids, not files)."""
+        history, database = self._history, self._database
+        if history is None or database is None or self._prev is None or xid is None:
+            return
+        i = bisect.bisect_right(history.lsns, int(self._prev))
+        if i < len(history.lsns) and history.lsns[i] < int(lsn):
+            return
+        own = history.by_xid.get(xid)
+        if own is None:
+            return
+        made = history.created_by_xid.get(own.xid, set())
+        if own.dropped_relations(database) - made:
+            return
+        assert self.wal is not None
+        truncated = self.wal.truncated_at(lsn)
+        if len(truncated) == 1:
+            self._oid = truncated[0]
+
+    def _load(self, start: Lsn) -> _History:
+        wal, database = self.wal, self._database
+        assert wal is not None and database is not None
+        commits, created = wal.catalog_history(start, self.end)
+        history = _History()
+        for record in commits:
+            history.commits.append(record)
+            history.lsns.append(int(record.lsn))
+            history.lsn_set.add(int(record.lsn))
+            history.by_xid[record.xid] = record
+            for relfilenode in record.dropped_relfilenodes(database):
+                history.ends.setdefault(relfilenode, record)
+        for item in created:
+            if item.file.database == database:
+                history.created.setdefault(item.file.relfilenode, item)
+                history.created_by_xid.setdefault(item.xid, set()).add(item.file.relfilenode)
+        return history
+
+    def _needs_lookup(self, lsn: Lsn, xid: int | None, commit_lsn: Lsn | None) -> bool:
+        """Could the table's relation have changed since the previous change?
+
+        Only a catalog-changing commit between the two changes, or in the change's own
+        transaction, can switch it (every such DDL takes a lock the writers wait for).
+        """
+        history = self._history
+        assert history is not None and self._prev is not None
+        if xid is None and commit_lsn is None:
+            return True
+        i = bisect.bisect_right(history.lsns, int(self._prev))
+        if i < len(history.lsns) and history.lsns[i] < int(lsn):
+            return True
+        if xid is not None and xid in history.by_xid:
+            return True
+        return commit_lsn is not None and int(commit_lsn) in history.lsn_set
+
+    def _classify(
+        self, old: int, new: int, lsn: Lsn, xid: int | None, commit_lsn: Lsn | None
+    ) -> tuple[str, CommitRecord | None]:
+        """``same``, ``recreated`` or ``doubt`` for the table's file moving from old to new,
+        with the commit that decided it (None: the old file never ended, a rename)."""
+        history, database = self._history, self._database
+        assert history is not None and database is not None
+
+        def before(record: CommitRecord) -> bool:
+            return (
+                record.lsn < lsn
+                or (xid is not None and record.xid == xid)
+                or (commit_lsn is not None and record.lsn == commit_lsn)
+            )
+
+        first_end = history.ends.get(old)
+        if first_end is None or not before(first_end):
+            return "recreated", None  # the old relation still exists: another took the name
+        dropped_at: CommitRecord | None = None
+        doubtful_hit: CommitRecord | None = None
+        queue: deque[tuple[int, bool, int]] = deque([(old, False, 0)])
+        seen = {old}
+        while queue:
+            current, doubtful, depth = queue.popleft()
+            end = history.ends.get(current)
+            if end is None or not before(end) or depth > MAX_REWRITES:
+                continue
+            transient = history.created_by_xid.get(end.xid, set())
+            dropped = end.dropped_relations(database) - transient
+            if self._oid is not None:
+                status = "dropped" if self._oid in dropped else "kept"
+            elif current in dropped:
+                status = "dropped" if current == old else "other"
+            elif dropped <= end.dropped_relfilenodes(database):
+                # A dropped relation whose oid is still its file was never rewritten; ours was
+                # (its file is not its oid), so it is not among them.
+                status = "kept"
+            else:
+                status = "unknown"
+            if status == "dropped":
+                dropped_at = dropped_at or end
+                continue
+            if status == "other":
+                continue
+            successors = transient - end.dropped_relfilenodes(database) - {current}
+            unsure = doubtful or status == "unknown"
+            if new in successors:
+                if not unsure:
+                    return "same", end
+                doubtful_hit = doubtful_hit or end
+            for successor in successors - seen:
+                seen.add(successor)
+                queue.append((successor, unsure, depth + 1))
+        if doubtful_hit is not None:
+            return "doubt", doubtful_hit
+        return "recreated", dropped_at or first_end
+
+    def _last_catalog_commit(
+        self, previous: Lsn | None, lsn: Lsn, xid: int | None, commit_lsn: Lsn | None
+    ) -> CommitRecord | None:
+        """The latest catalog-changing commit after ``previous`` and before the change at
+        ``lsn`` (or the change's own transaction): the one that renamed a table into place."""
+        history = self._history
+        assert history is not None
+        if xid is not None and xid in history.by_xid:
+            return history.by_xid[xid]
+        i = bisect.bisect_left(history.lsns, int(lsn)) - 1
+        if commit_lsn is not None and int(commit_lsn) in history.lsn_set:
+            return history.commits[bisect.bisect_left(history.lsns, int(commit_lsn))]
+        if i >= 0 and (previous is None or history.lsns[i] > int(previous)):
+            return history.commits[i]
+        return None
+
+    def _fresh_oid(self, relfilenode: int, recreated_by: CommitRecord | None) -> int | None:
+        """The oid of the relation whose file is ``relfilenode``, when the WAL shows it was made
+        by ``CREATE TABLE`` (a new relation's first file is numbered like its oid)."""
+        history, database = self._history, self._database
+        if history is None or database is None:
+            return None
+        made = history.created.get(relfilenode)
+        if made is None:
+            return None
+        commit = history.by_xid.get(made.xid)
+        if commit is None:
+            return None
+        fresh = not commit.dropped_files or (recreated_by is not None and commit is recreated_by)
+        if fresh and relfilenode not in commit.dropped_relations(database):
+            return relfilenode
+        return None
+
+    def _truncate_reason(self, xid: int | None = None, lsn: Lsn | None = None) -> str:
+        """Why a format 1 stream cannot show that the table was emptied (issue 8, D1)."""
+        if lsn is None and xid is None and self._first_stream_doubt is not None:
+            suspect = self._first_stream_doubt[0]
+            xid, lsn = suspect.xid, suspect.lsn
+        which = (
+            f"transaction {xid}" if xid is not None else "a transaction (the stream has no xids)"
+        ) + (f" (commit LSN {lsn})" if lsn is not None else "")
+        return (
+            f"{self.table} may have been emptied by a TRUNCATE in {which} between its changes: "
+            "wal2json format-version 1 prints a TRUNCATE as a transaction without change, so "
+            f"rows it removed may be back in {self.into}; read the slot with -o "
+            "format-version=2 or --via-plugin test_decoding|pgoutput (a capture: capture again "
+            "with -o format-version=2), which carry TRUNCATE"
+        )
+
+    # -- without the WAL -----------------------------------------------------------------------
+
+    def _stream_reason(self) -> str:
+        assert self._first_stream_doubt is not None
+        suspect, before, after = self._first_stream_doubt
+        where = (
+            "no LSN in the stream"
+            if suspect.lsn is None
+            else f"commit ending at LSN {suspect.lsn}"
+            if suspect.end
+            else f"commit LSN {suspect.lsn}"
+        )
+        between = (
+            " while writing it"
+            if suspect.own
+            else f" between its changes at LSN {before} and {after}"
+            if before is not None and after is not None
+            else " between two of its changes"
+        )
+        more = self._stream_doubts - 1
+        others = f" ({more} more such transaction{'s' if more != 1 else ''})" if more else ""
+        stop = (
+            f"recover the earlier table with --stop-before-lsn {suspect.lsn}"
+            if suspect.lsn is not None
+            else f"recover the earlier table with --stop-before-xid {suspect.xid}"
+        )
+        check = waldump_command(
+            suspect.lsn if suspect.own else before, after, "dropped stats|rels:"
+        )
+        return (
+            f"{self.table} may have been dropped and re-created under the same name: transaction"
+            f" {suspect.xid} ({where}) changed the catalog{between}{others}, and the stream "
+            "cannot tell a DROP TABLE from ANALYZE or other DDL; the WAL could not be read: "
+            f"{self.wal_problem or 'unknown reason'}. If it was a DROP, {stop}. To let "
+            "walrecover judge it exactly, CREATE EXTENSION pg_walinspect in the source database "
+            f"(PostgreSQL 15+) and rerun with --force; or check on the server: {check}"
+        )

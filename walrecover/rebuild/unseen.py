@@ -1,0 +1,173 @@
+"""What a pgoutput stream leaves unseen: asked of the source after the replay.
+
+**A table replaced with no change of the new one in the stream.** pgoutput names tables by
+relation id (the table's oid), and replay refuses a change of the same name with another
+relation id. A table dropped and re-created after its last change in the stream shows nothing
+(pgoutput sends no empty transactions), so the rebuilt table would be the earlier table's rows
+while the name held another, empty table at the stop point. The source can tell:
+
+- its catalog: the name now belongs to a relation with another oid than the stream's;
+- its WAL (pg_walinspect, where already installed): the commit that dropped the stream's
+  relation (``dropped stats``) comes before the stop point, and a relation was created in that
+  transaction or after it.
+
+Either makes the result unproven (exit 4) unless the WAL shows the stream's relation was still
+there at the stop point; the message gives the DROP's LSN as a stop point, which rebuilds the
+earlier table exactly. Without either (the table is gone and pg_walinspect is not installed)
+nothing can be told, as README says.
+
+**A publication's flags for a capture.** A slot read checks the publications it reads through
+(:func:`~walrecover.stream.sources.check_publications`). A capture is checked the same way when
+``-d`` names the source database; otherwise the flags cannot be known: that is a warning, and a
+table with no replica identity in the stream is unproven, since the source refuses its UPDATEs and
+DELETEs under a publication that publishes them, so any it had were left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from psycopg import sql
+
+from ..errors import WalUnavailable
+from ..stream.lsn import Lsn
+from ..stream.model import Relation, StopPoint, TableName
+from ..stream.sources import check_publications
+from ..stream.walinspect import CommitRecord, WalInspect
+
+
+def replaced(
+    conn: Any,
+    wal: WalInspect | None,
+    table: TableName,
+    into: TableName,
+    oid: int,
+    *,
+    last_lsn: Lsn | None,
+    stop: StopPoint,
+    stopped_lsn: Lsn | None,
+) -> list[str]:
+    """Reasons the table ``oid`` (the stream's relation) may not be what ``table`` named at
+    the stop point: it was replaced after its last change (``last_lsn``)."""
+    ident = sql.Identifier(table.schema, table.name).as_string(conn)
+    row = conn.execute("SELECT to_regclass(%s)::oid::bigint", (ident,)).fetchone()
+    now = int(row[0]) if row and row[0] is not None else None
+    drop: CommitRecord | None = None
+    created: Lsn | None = None
+    if wal is not None and last_lsn is not None:
+        database = wal.database
+        try:
+            commits, files = wal.catalog_history(last_lsn)
+        except WalUnavailable:
+            commits, files = [], []
+            wal = None
+        drop = next((c for c in commits if oid in c.dropped_relations(database)), None)
+        if drop is not None and not _before_stop(drop, stop, stopped_lsn):
+            return []  # the stream's table still held the name at the stop point
+        if drop is not None:
+            rewrites = {c.xid for c in commits if c.dropped_files and c is not drop}
+            created = next(
+                (
+                    f.lsn
+                    for f in files
+                    if f.lsn >= drop.lsn or f.xid == drop.xid
+                    if f.xid not in rewrites and _before_stop_lsn(f.lsn, stop, stopped_lsn)
+                ),
+                None,
+            )
+    other = now is not None and now != oid
+    if not other and created is None:
+        return []
+    since = f" after its last change (LSN {last_lsn})" if last_lsn is not None else ""
+    what = (
+        f"{table} may have been dropped and re-created under the same name with no change of "
+        "the new table in the stream: "
+        + (
+            f"it now names another table (oid {now}) than the one the stream's changes belong "
+            f"to (relation id {oid})"
+            if other
+            else f"a table was created at LSN {created}, by or after the transaction that "
+            f"dropped the stream's {table} (relation id {oid})"
+        )
+    )
+    if drop is not None:
+        return [
+            f"{what}; {table} was dropped by transaction {drop.xid} (commit LSN {drop.lsn})"
+            f"{since}, before the stop point, so {into} may hold rows the name no longer held "
+            f"there; recover with --stop-before-lsn {drop.lsn} to rebuild the earlier table "
+            "exactly"
+        ]
+    how = (
+        "pg_walinspect could not be used to find when"
+        if wal is None
+        else "the WAL walrecover read does not show when"
+    )
+    return [
+        f"{what}; the stream's table was dropped (or renamed away){since} and {how}; {into} "
+        f"holds the stream's table as of its last change, which is exact only if it still had "
+        "the name at the stop point. CREATE EXTENSION pg_walinspect in the source database "
+        "(PostgreSQL 15+) and rerun with --force to let walrecover find the DROP and the stop "
+        "point that rebuilds the earlier table"
+    ]
+
+
+def _before_stop(commit: CommitRecord, stop: StopPoint, stopped_lsn: Lsn | None) -> bool:
+    if stop.time is not None and stop.lsn is None and commit.time is not None:
+        return commit.time < stop.time
+    return _before_stop_lsn(commit.lsn, stop, stopped_lsn)
+
+
+def _before_stop_lsn(lsn: Lsn, stop: StopPoint, stopped_lsn: Lsn | None) -> bool:
+    if stop.lsn is not None:
+        return lsn < stop.lsn
+    if stopped_lsn is not None:
+        return lsn < stopped_lsn
+    return True  # no stop point (or one by time, which an LSN cannot be compared with)
+
+
+def capture_publications(
+    conn: Any | None,
+    options: Mapping[str, str],
+    table: TableName,
+    relation: Relation,
+    server_version: int | None = None,
+) -> tuple[list[str], list[str]]:
+    """(unproven reasons, warnings) about the publications a pgoutput capture was made with
+    (``publication_names``): checked on ``conn`` (the source database) when there is one."""
+    names = [p.strip() for p in options.get("publication_names", "").split(",") if p.strip()]
+    found: set[str] = set()
+    if conn is not None and names:
+        found = {
+            r[0]
+            for r in conn.execute(
+                "SELECT pubname::text FROM pg_publication WHERE pubname = ANY(%s)", (names,)
+            )
+        }
+        if found:
+            unproven, warnings = check_publications(conn, sorted(found), [table], server_version)
+            if found == set(names):
+                return unproven, warnings
+        else:
+            unproven, warnings = [], []
+    else:
+        unproven, warnings = [], []
+    unknown = ", ".join(n for n in names if n not in found) or "(none named)"
+    why = (
+        "no longer exists in the source database"
+        if conn is not None
+        else "cannot be checked without -d naming the source database"
+    )
+    warnings.append(
+        f"what publication {unknown} publishes {why}: if it does not publish UPDATE, DELETE or "
+        "TRUNCATE, pgoutput left every such change out of the capture"
+    )
+    if relation.identity_full is False and not relation.key_columns:
+        unproven.append(
+            f"{table} has no replica identity in the capture (REPLICA IDENTITY DEFAULT without a "
+            "primary key, or NOTHING): the source refuses its UPDATEs and DELETEs under a "
+            "publication that publishes them, so any it had were left out by publication "
+            f"{unknown}; give -d with the source database to check the publication, or read "
+            "the slot with --via-plugin test_decoding (or wal2json), which reads every change"
+        )
+    return unproven, warnings

@@ -1,0 +1,391 @@
+"""Read the source's WAL through pg_walinspect: commit records, new storage, a record's relation.
+
+Logical decoding shows row changes only; what happened to a *table* is in the WAL records around
+them. A ``DROP TABLE`` is a commit record listing the relation files it dropped
+(``rels: base/16384/16394``) and, from PostgreSQL 15 on, the statistics of the relations it
+dropped (``dropped stats: 2/16384/16394``: kind 2 is a relation, then database and relation oid).
+``TRUNCATE``, ``VACUUM FULL``, ``CLUSTER`` and rewriting ``ALTER TABLE`` also drop relation files,
+but keep the relation (their only dropped stats are of transient heaps made in the same
+transaction). A committed subtransaction is listed by its top-level commit (``subxacts: 736 737``).
+Each row change's record names the relation file it wrote (``blkref #0: rel 1663/16384/16394``).
+
+pg_walinspect is an extension: walrecover uses it where it is already installed (``CREATE
+EXTENSION`` is a write to the source, so it is never done implicitly). :meth:`WalInspect.open`
+raises :class:`~walrecover.errors.WalUnavailable` saying why it cannot be used and what to do;
+:func:`waldump_command` is the same question asked of ``pg_waldump`` on the server.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..errors import WalUnavailable, first_line
+from .lsn import Lsn
+
+#: ``dropped stats`` kind of a relation (PostgreSQL's PGSTAT_KIND_RELATION).
+STATS_KIND_RELATION = 2
+
+#: pg_walinspect materialises each call's rows: read long ranges in windows of this many bytes.
+WINDOW = 256 << 20
+
+_COMMIT_TYPES = ("COMMIT", "COMMIT_PREPARED")
+_RELPATH = re.compile(r"^(?:base/(\d+)/(\d+)|global/(\d+)|pg_tblspc/(\d+)/[^/]+/(\d+)/(\d+))$")
+_BLOCK_REF = re.compile(r"rel (\d+)/(\d+)/(\d+)")
+_STAT = re.compile(r"^(\d+)/(\d+)/(\d+)$")
+_PREPARED = re.compile(r"^(\d+): ")
+_RELIDS = re.compile(r"relids ([0-9 ]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class RelFile:
+    """A relation's file: tablespace, database and relfilenode (0 database for shared ones)."""
+
+    tablespace: int
+    database: int
+    relfilenode: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRecord:
+    """One commit record (``COMMIT`` or ``COMMIT PREPARED``) as pg_walinspect describes it."""
+
+    #: Start and end of the record: the stream's commit LSN and the position after it.
+    lsn: Lsn
+    end_lsn: Lsn
+    #: The top-level transaction (a prepared one's own xid, not the committing session's).
+    xid: int
+    time: datetime | None
+    subxacts: tuple[int, ...]
+    #: Relation files the commit dropped (temporary relations' files are left out).
+    dropped_files: tuple[RelFile, ...]
+    #: ``(kind, database oid, object oid)`` of the statistics the commit dropped.
+    dropped_stats: tuple[tuple[int, int, int], ...]
+    #: The transaction changed the catalog (it carries invalidation messages).
+    catalog: bool
+    prepared: bool = False
+
+    def dropped_relations(self, database: int) -> frozenset[int]:
+        """Oids of the relations of ``database`` this commit dropped (PostgreSQL 15+)."""
+        return frozenset(
+            oid
+            for kind, db, oid in self.dropped_stats
+            if kind == STATS_KIND_RELATION and db == database
+        )
+
+    def dropped_relfilenodes(self, database: int) -> frozenset[int]:
+        """Relfilenodes of ``database`` whose files this commit dropped."""
+        return frozenset(f.relfilenode for f in self.dropped_files if f.database == database)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageCreated:
+    """A relation file created by a transaction (a new table, index, or a rewrite's new file)."""
+
+    lsn: Lsn
+    xid: int
+    file: RelFile
+
+
+def parse_commit(
+    lsn: Lsn, end_lsn: Lsn, xid: int, record_type: str, description: str
+) -> CommitRecord:
+    """A :class:`CommitRecord` from one pg_walinspect row (``xact_desc`` text, PG 15+)."""
+    text = description
+    prepared = record_type == "COMMIT_PREPARED"
+    match = _PREPARED.match(text)
+    if match is not None:  # COMMIT PREPARED: "<prepared xid>: <time>; ..."
+        xid = int(match.group(1))
+        text = text[match.end() :]
+    parts = [part.strip() for part in text.split(";")]
+    when: datetime | None = None
+    try:
+        when = datetime.fromisoformat(parts[0])
+    except ValueError:
+        when = None
+    fields: dict[str, str] = {}
+    for part in parts[1:]:
+        name, sep, value = part.partition(":")
+        if sep:
+            fields.setdefault(name.strip(), value.strip())
+    return CommitRecord(
+        lsn=lsn,
+        end_lsn=end_lsn,
+        xid=xid,
+        time=when,
+        subxacts=tuple(int(x) for x in fields.get("subxacts", "").split() if x.isdigit()),
+        dropped_files=tuple(
+            f for f in (_relpath(p) for p in fields.get("rels", "").split()) if f is not None
+        ),
+        dropped_stats=tuple(
+            (int(m.group(1)), int(m.group(2)), int(m.group(3)))
+            for m in (_STAT.match(s) for s in fields.get("dropped stats", "").split())
+            if m is not None
+        ),
+        catalog="inval msgs" in fields or "rels" in fields or "dropped stats" in fields,
+        prepared=prepared,
+    )
+
+
+def _relpath(path: str) -> RelFile | None:
+    """``base/16384/16394`` (or global/, pg_tblspc/) as a :class:`RelFile`; None if temporary."""
+    match = _RELPATH.match(path)
+    if match is None:
+        return None  # base/16384/t3_16400: a temporary relation, never in logical decoding
+    g = match.groups()
+    if g[0] is not None:
+        return RelFile(1663, int(g[0]), int(g[1]))
+    if g[2] is not None:
+        return RelFile(1664, 0, int(g[2]))
+    return RelFile(int(g[3]), int(g[4]), int(g[5]))
+
+
+def parse_block_ref(block_ref: str | None) -> RelFile | None:
+    """The relation file of a record's first block reference, or None if it has none."""
+    match = _BLOCK_REF.search(block_ref or "")
+    if match is None:
+        return None
+    return RelFile(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+
+
+class WalInspect:
+    """pg_walinspect's functions in one database, on a connection this object owns.
+
+    WAL is cluster-wide: any database of the server with the extension reads the same records.
+    """
+
+    def __init__(self, conn: Any, schema: str, database: int) -> None:
+        self.conn = conn
+        self.schema = schema
+        #: The oid of the database this connection is in (relations are looked up here).
+        self.database = database
+
+    @classmethod
+    def open(cls, conn: Any) -> WalInspect:
+        """Use pg_walinspect on ``conn`` (autocommit); :class:`WalUnavailable` says why not."""
+        try:
+            version = int(conn.execute("SHOW server_version_num").fetchone()[0])
+            if version < 150000:
+                raise WalUnavailable(
+                    f"the server is PostgreSQL {version // 10000}, and pg_walinspect needs 15 "
+                    "or later",
+                    reason="version",
+                )
+            row = conn.execute(
+                "SELECT n.nspname::text, current_database()::text,"
+                " (SELECT oid::bigint FROM pg_database WHERE datname = current_database())"
+                " FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+                " WHERE e.extname = 'pg_walinspect'"
+            ).fetchone()
+            if row is None:
+                (database,) = conn.execute("SELECT current_database()::text").fetchone()
+                raise WalUnavailable(
+                    f"pg_walinspect is not installed in database {database!r}, and walrecover "
+                    "never installs it itself (CREATE EXTENSION is a write to the source)",
+                    reason="not installed",
+                )
+            schema, database, oid = row
+            function = sql.Identifier(schema, "pg_get_wal_records_info").as_string(conn)
+            allowed = conn.execute(
+                "SELECT has_function_privilege(%s, 'EXECUTE'), current_user::text",
+                (f"{function}(pg_lsn, pg_lsn)",),
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise WalUnavailable(
+                f"cannot check for pg_walinspect ({first_line(exc)})", reason="error"
+            ) from None
+        if not allowed[0]:
+            raise WalUnavailable(
+                f"role {allowed[1]!r} may not use pg_walinspect in database {database!r} "
+                f"(GRANT pg_read_server_files TO {allowed[1]}, or use a superuser)",
+                reason="privilege",
+            )
+        return cls(conn, schema, int(oid))
+
+    def _function(self, name: str) -> sql.Composable:
+        return sql.Identifier(self.schema, name)
+
+    def readable_end(self, end: Lsn | None = None) -> Lsn:
+        """``end`` clamped to the WAL the server has flushed (or replayed, on a standby)."""
+        try:
+            (flushed,) = self.conn.execute(
+                "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+                " ELSE pg_current_wal_flush_lsn() END)::text"
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise WalUnavailable(
+                f"cannot read the server's WAL position ({first_line(exc)})", reason="error"
+            ) from None
+        last = Lsn.parse(flushed)
+        return last if end is None or end > last else end
+
+    def _records(
+        self, start: Lsn, end: Lsn | None, where: sql.Composable, params: tuple[Any, ...] = ()
+    ) -> Iterator[tuple[Any, ...]]:
+        """Rows of pg_get_wal_records_info over [start, end) filtered on the server, in windows."""
+        stop = self.readable_end(end)
+        query = sql.SQL(
+            "SELECT (start_lsn - '0/0'::pg_lsn)::bigint, (end_lsn - '0/0'::pg_lsn)::bigint,"
+            " xid::text::bigint, resource_manager, record_type, description, block_ref"
+            " FROM {}(%s::pg_lsn, %s::pg_lsn) WHERE {} ORDER BY start_lsn"
+        ).format(self._function("pg_get_wal_records_info"), where)
+        position = start
+        while position < stop:
+            upto = Lsn(min(int(position) + WINDOW, int(stop)))
+            try:
+                rows = self.conn.execute(query, (str(position), str(upto), *params)).fetchall()
+            except psycopg.Error as exc:
+                raise WalUnavailable(
+                    f"pg_walinspect cannot read the WAL from {position} to {upto} "
+                    f"({first_line(exc)})",
+                    reason="unreadable",
+                    lsn=position,
+                ) from None
+            yield from rows
+            position = upto
+
+    def commits(
+        self,
+        start: Lsn,
+        end: Lsn | None = None,
+        *,
+        catalog_only: bool = False,
+        xid: int | None = None,
+    ) -> Iterator[CommitRecord]:
+        """Commit records from ``start`` to ``end`` (default: all the server has flushed).
+
+        ``catalog_only``: only commits that changed the catalog or dropped relation files.
+        ``xid``: only the commit of that transaction, or of the one it is a subtransaction of.
+        """
+        where = sql.SQL("resource_manager = 'Transaction' AND record_type IN ({})").format(
+            sql.SQL(", ").join(map(sql.Literal, _COMMIT_TYPES))
+        )
+        params: tuple[str, ...] = ()
+        if catalog_only:
+            where = sql.SQL(
+                "{} AND (description LIKE '%%inval msgs%%' OR description LIKE '%%rels:%%'"
+                " OR description LIKE '%%dropped stats%%')"
+            ).format(where)
+        if xid is not None:
+            # The top-level xid, a prepared transaction's "<xid>: " prefix, or a listed subxact.
+            where = sql.SQL(
+                "{} AND (xid::text = %s OR description LIKE %s OR description ~ %s)"
+            ).format(where)
+            params = (str(xid), f"{xid}: %", rf"subxacts:[ 0-9]* {xid}(\D|$)")
+        for lsn, end_lsn, record_xid, _rm, record_type, description, _ in self._records(
+            start, end, where, params
+        ):
+            yield parse_commit(Lsn(lsn), Lsn(end_lsn), int(record_xid), record_type, description)
+
+    def storage_created(self, start: Lsn, end: Lsn | None = None) -> Iterator[StorageCreated]:
+        """Relation files created from ``start`` to ``end`` (``Storage/CREATE`` records)."""
+        where = sql.SQL("resource_manager = 'Storage' AND record_type = 'CREATE'")
+        for lsn, _end, xid, _rm, _type, description, _ in self._records(start, end, where):
+            found = _relpath(description.strip())
+            if found is not None:
+                yield StorageCreated(Lsn(lsn), int(xid), found)
+
+    def catalog_history(
+        self, start: Lsn, end: Lsn | None = None
+    ) -> tuple[list[CommitRecord], list[StorageCreated]]:
+        """Catalog-changing commits and created relation files in one pass over the range."""
+        where = sql.SQL(
+            "(resource_manager = 'Transaction' AND record_type IN ({}) AND"
+            " (description LIKE '%%inval msgs%%' OR description LIKE '%%rels:%%'"
+            " OR description LIKE '%%dropped stats%%'))"
+            " OR (resource_manager = 'Storage' AND record_type = 'CREATE')"
+        ).format(sql.SQL(", ").join(map(sql.Literal, _COMMIT_TYPES)))
+        commits: list[CommitRecord] = []
+        created: list[StorageCreated] = []
+        for lsn, end_lsn, xid, rm, record_type, description, _ in self._records(start, end, where):
+            if rm == "Storage":
+                found = _relpath(description.strip())
+                if found is not None:
+                    created.append(StorageCreated(Lsn(lsn), int(xid), found))
+            else:
+                commits.append(
+                    parse_commit(Lsn(lsn), Lsn(end_lsn), int(xid), record_type, description)
+                )
+        return commits, created
+
+    def record_at(self, lsn: Lsn) -> tuple[str, str, str, str | None] | None:
+        """(resource manager, record type, description, block refs) of the record starting at
+        ``lsn``; None if no record starts there."""
+        query = sql.SQL(
+            "SELECT (start_lsn - '0/0'::pg_lsn)::bigint, resource_manager, record_type,"
+            " description, block_ref FROM {}(%s::pg_lsn)"
+        ).format(self._function("pg_get_wal_record_info"))
+        try:
+            row = self.conn.execute(query, (str(lsn),)).fetchone()
+        except psycopg.Error as exc:
+            raise WalUnavailable(
+                f"pg_walinspect cannot read the WAL record at {lsn} ({first_line(exc)})",
+                reason="unreadable",
+                lsn=lsn,
+            ) from None
+        if row is None or int(row[0]) != int(lsn):
+            return None
+        return str(row[1]), str(row[2]), str(row[3] or ""), row[4]
+
+    def relfile_at(self, lsn: Lsn) -> RelFile | None:
+        """The relation file the record starting at ``lsn`` wrote; None if it names none."""
+        record = self.record_at(lsn)
+        return None if record is None else parse_block_ref(record[3])
+
+    def truncated_at(self, lsn: Lsn) -> tuple[int, ...]:
+        """The oids of the relations a ``TRUNCATE`` record at ``lsn`` truncated (else none)."""
+        record = self.record_at(lsn)
+        if record is None or record[1] != "TRUNCATE":
+            return ()
+        match = _RELIDS.search(record[2])
+        return tuple(int(x) for x in match.group(1).split()) if match else ()
+
+    def first_write(self, file: RelFile, start: Lsn, end: Lsn) -> Lsn | None:
+        """The first record in [start, end) that wrote to ``file``, or None if none did."""
+        where = sql.SQL("block_ref ~ %s")
+        pattern = rf"rel {file.tablespace}/{file.database}/{file.relfilenode}([^0-9]|$)"
+        for row in self._records(start, end, where, (pattern,)):
+            return Lsn(row[0])
+        return None
+
+    def relation_of(self, file: RelFile) -> int | None:
+        """The oid of the relation that has ``file`` now, in this database; None if none does."""
+        if file.database != self.database:
+            return None
+        try:
+            row = self.conn.execute(
+                "SELECT pg_filenode_relation(CASE WHEN %s = dattablespace THEN 0 ELSE %s END,"
+                " %s)::oid::bigint FROM pg_database WHERE oid = %s",
+                (file.tablespace, file.tablespace, file.relfilenode, self.database),
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise WalUnavailable(
+                f"cannot look up relation file {file.relfilenode} ({first_line(exc)})",
+                reason="error",
+            ) from None
+        return int(row[0]) if row is not None and row[0] is not None else None
+
+    def top_level(self, xid: int, start: Lsn, end: Lsn | None = None) -> CommitRecord | None:
+        """The commit of ``xid`` or of the transaction it is a subtransaction of; None if none
+        commits in [start, end)."""
+        for record in self.commits(start, end, xid=xid):
+            if record.xid == xid or xid in record.subxacts:
+                return record
+        return None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def waldump_command(start: Lsn | None, end: Lsn | None, pattern: str) -> str:
+    """The pg_waldump command line that answers the same question on the database server."""
+    span = (f" --start={start}" if start is not None else "") + (
+        f" --end={end}" if end is not None else ""
+    )
+    return f"pg_waldump --path=$PGDATA/pg_wal{span} --rmgr=Transaction | grep -E '{pattern}'"

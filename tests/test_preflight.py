@@ -303,3 +303,24 @@ def test_a_capture_is_checked_and_rerun_the_same_way(db: Database, tmp_path: Pat
     assert other.exit_code == 1
     assert "--capture-setting differs" in other.stderr
     assert differences(db, "truth", "t_recovered") == (0, 0)
+
+
+def test_a_finished_recovery_with_a_stop_point_is_already_complete(db: Database) -> None:
+    """The stored result kept the stop LSN as a number, and the rerun ended in a traceback
+    ("'int' object has no attribute 'partition'", found by the SIGKILL fault test); the test
+    failed before the fix."""
+    db.execute(DDL)
+    db.create_slot()
+    run_script(db, ["INSERT INTO t SELECT g, g % 3, g, 'row' FROM generate_series(1, 10) g"])
+    stop = db.scalar("SELECT pg_current_wal_insert_lsn()::text")
+    run_script(db, ["DELETE FROM t WHERE id = 5", "DROP TABLE t"])
+    args = _args(db, "--stop-before-lsn", stop, "--json")
+    first = cli("recover", *args)
+    assert first.exit_code == 0, first.stderr
+
+    again = cli("recover", *args)
+
+    assert again.exit_code == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert result["already_complete"] is True
+    assert result["stopped_before"] == json.loads(first.stdout)["stopped_before"] is not None

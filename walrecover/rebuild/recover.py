@@ -606,7 +606,12 @@ def _recover(
                         "plugin": plugin,
                         "slot": slot or "",
                         "rows": result.rows,
-                        "stopped_before": list(result.stopped_before)
+                        "stopped_before": [
+                            result.stopped_before[0],
+                            str(result.stopped_before[1])
+                            if result.stopped_before[1] is not None
+                            else None,
+                        ]
                         if result.stopped_before
                         else None,
                         "audit": _audit_dict(audit_summary),
@@ -800,6 +805,14 @@ def _audit_published(audit_at: str | Path | None, partitioned: bool, into: Table
     )
 
 
+def _stored_lsn(value: Any) -> Lsn | None:
+    """An LSN as a stored result holds it: text, or a number (walrecover before 0.1.1 wrote
+    the Lsn through json as an int)."""
+    if value is None:
+        return None
+    return Lsn(value) if isinstance(value, int) else Lsn.parse(str(value))
+
+
 def _size(path: Path) -> int | None:
     with contextlib.suppress(OSError):
         return path.stat().st_size
@@ -879,7 +892,7 @@ def _already_complete(
     if rows is None:
         rows = Target(target_conn, into).count_rows()
     before = stored.get("stopped_before")
-    stopped_before = (before[0], Lsn.parse(before[1]) if before[1] else None) if before else None
+    stopped_before = (before[0], _stored_lsn(before[1])) if before else None
     checked = time.monotonic()
     reconciliation = None
     if ledger is not None:

@@ -385,6 +385,13 @@ def _recover(
     wal: WalInspect | None = None
     judge: RecreationJudge | None = None
     notes: list[str] = []
+    # Where the source's WAL was before this run created anything (a capture's; a slot copy's
+    # end serves for a slot): tables created from here on are the run's own.
+    began = (
+        _source_position(wal_dsn)
+        if isinstance(src, CaptureSource) and src.plugin == "pgoutput" and wal_dsn
+        else None
+    )
     try:
         lock_target(target_conn, into)  # before any work: a second writer is refused at once
         exists = table_exists(target_conn, into)
@@ -558,7 +565,9 @@ def _recover(
             plugin, swept = src.plugin, tuple(src.swept)
             warnings.extend(decoder_notes(decoder))
             if plugin == "pgoutput":
-                hidden, noted = _unseen(src, wal_dsn, table, into, stop, result)
+                hidden, noted = _unseen(
+                    src, wal_dsn, table, into, stop, result, began if began else src.end_lsn
+                )
                 unproven.extend(hidden)
                 warnings.extend(noted)
             if isinstance(src, SlotSource) and watch is not None:
@@ -715,6 +724,7 @@ def _unseen(
     into: TableName,
     stop: StopPoint,
     result: ReplayResult,
+    began: Lsn | None,
 ) -> tuple[list[str], list[str]]:
     """What the pgoutput stream could not show, asked of the source database ``dsn`` (a slot
     read's, or a capture's -d): a table replaced with no change of the new one in the stream,
@@ -741,6 +751,7 @@ def _unseen(
                     last_lsn=result.last_lsn,
                     stop=stop,
                     stopped_lsn=result.stopped_before[1] if result.stopped_before else None,
+                    until=began,
                 )
     finally:
         if wal is not None:
@@ -803,6 +814,16 @@ def _audit_published(audit_at: str | Path | None, partitioned: bool, into: Table
         "audit is written while the table is built, so pass --force to rebuild both",
         table=str(into),
     )
+
+
+def _source_position(dsn: str) -> Lsn | None:
+    """The source's WAL insert position, or None if it cannot be read."""
+    try:
+        with connect(dsn, autocommit=True, role="source") as conn:
+            row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+    except (WalrecoverError, psycopg.Error):
+        return None
+    return Lsn.parse(row[0]) if row else None
 
 
 def _stored_lsn(value: Any) -> Lsn | None:

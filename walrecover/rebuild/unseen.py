@@ -47,9 +47,13 @@ def replaced(
     last_lsn: Lsn | None,
     stop: StopPoint,
     stopped_lsn: Lsn | None,
+    until: Lsn | None = None,
 ) -> list[str]:
     """Reasons the table ``oid`` (the stream's relation) may not be what ``table`` named at
-    the stop point: it was replaced after its last change (``last_lsn``)."""
+    the stop point: it was replaced after its last change (``last_lsn``).
+
+    Tables created at or after ``until`` (where the source's WAL was when this recovery began)
+    are not looked at: the rebuilt table itself is one, when it is built on the source."""
     ident = sql.Identifier(table.schema, table.name).as_string(conn)
     row = conn.execute("SELECT to_regclass(%s)::oid::bigint", (ident,)).fetchone()
     now = int(row[0]) if row and row[0] is not None else None
@@ -72,7 +76,10 @@ def replaced(
                     f.lsn
                     for f in files
                     if f.lsn >= drop.lsn or f.xid == drop.xid
-                    if f.xid not in rewrites and _before_stop_lsn(f.lsn, stop, stopped_lsn)
+                    if f.xid not in rewrites
+                    and _before_stop_lsn(f.lsn, stop, stopped_lsn)
+                    and (until is None or f.lsn < until)
+                    and not _another_relation(conn, f.file.relfilenode, table)
                 ),
                 None,
             )
@@ -171,3 +178,14 @@ def capture_publications(
             "the slot with --via-plugin test_decoding (or wal2json), which reads every change"
         )
     return unproven, warnings
+
+
+def _another_relation(conn: Any, relfilenode: int, table: TableName) -> bool:
+    """The file belongs now to a relation that is not ``table`` (an index, another table, the
+    rebuilt table): its creation did not re-create ``table``."""
+    row = conn.execute(
+        "SELECT n.nspname::text, c.relname::text FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relfilenode = %s",
+        (relfilenode,),
+    ).fetchone()
+    return row is not None and (str(row[0]), str(row[1])) != (table.schema, table.name)

@@ -202,3 +202,32 @@ def test_a_change_that_finds_no_row_is_not_proven(db: Database) -> None:
         result.stderr
     )
     assert differences(db, "truth", "t_recovered") == (1, 0)
+
+
+def test_a_doubt_without_xids_names_no_none(db: Database, tmp_path: Path) -> None:
+    """A format-1 capture made without options carries no xids: the doubt said "transaction
+    None" and advised "--stop-before-xid None". The test failed before the fix."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v integer)")
+    db.create_slot()
+    run_script(
+        db,
+        [
+            "INSERT INTO t VALUES (1, 0)",
+            "CREATE TABLE other (x int)",
+            "INSERT INTO t VALUES (2, 1)",
+        ],
+    )
+    drop_with_truth(db)
+    # What pg_recvlogical -P wal2json writes without -o: format 1, no xids, no LSNs.
+    rows = db.execute("SELECT data FROM pg_logical_slot_peek_changes(%s, NULL, NULL)", (SLOT,))
+    path = tmp_path / "default.capture"
+    path.write_text("".join(f"{data}\n" for (data,) in rows))
+    result = cli(
+        "recover", "--from-file", str(path), "--plugin", "wal2json",
+        "--target", db.dsn, "--table", "public.t",
+    )  # fmt: skip
+
+    assert result.exit_code == EXIT_UNPROVEN, result.stderr
+    assert "None" not in result.stderr, result.stderr
+    assert "a transaction (the stream has no xids)" in result.stderr
+    assert differences(db, "truth", "t_recovered") == (0, 0)

@@ -167,7 +167,7 @@ class RecreationJudge:
         others = f" and {more} more" if more else ""
         return [
             *self.notes,
-            f"not checked: whether transaction {self._first_blind}{others}, which wrote "
+            f"not checked: whether {_transaction(self._first_blind)}{others}, which wrote "
             f"{self.table} after earlier transactions had, also dropped and re-created it: a "
             "DROP TABLE and CREATE TABLE inside a transaction that writes the table leave no "
             "trace in this stream (test_decoding, or a capture without commit LSNs), and the WAL "
@@ -527,9 +527,7 @@ class RecreationJudge:
         if lsn is None and xid is None and self._first_stream_doubt is not None:
             suspect = self._first_stream_doubt[0]
             xid, lsn = suspect.xid, suspect.lsn
-        which = (
-            f"transaction {xid}" if xid is not None else "a transaction (the stream has no xids)"
-        ) + (f" (commit LSN {lsn})" if lsn is not None else "")
+        which = _transaction(xid) + (f" (commit LSN {lsn})" if lsn is not None else "")
         return (
             f"{self.table} may have been emptied by a TRUNCATE in {which} between its changes: "
             "wal2json format-version 1 prints a TRUNCATE as a transaction without change, so "
@@ -563,15 +561,23 @@ class RecreationJudge:
             f"recover the earlier table with --stop-before-lsn {suspect.lsn}"
             if suspect.lsn is not None
             else f"recover the earlier table with --stop-before-xid {suspect.xid}"
+            if suspect.xid is not None
+            else "the stream gives neither its LSN nor its xid to stop before: capture again"
+            " with them (wal2json: -o include-xids=1 -o include-lsn=1)"
         )
         check = waldump_command(
             suspect.lsn if suspect.own else before, after, "dropped stats|rels:"
         )
         return (
-            f"{self.table} may have been dropped and re-created under the same name: transaction"
-            f" {suspect.xid} ({where}) changed the catalog{between}{others}, and the stream "
-            "cannot tell a DROP TABLE from ANALYZE or other DDL; the WAL could not be read: "
-            f"{self.wal_problem or 'unknown reason'}. If it was a DROP, {stop}. To let "
+            f"{self.table} may have been dropped and re-created under the same name: "
+            f"{_transaction(suspect.xid)} ({where}) changed the catalog{between}{others}, and "
+            "the stream cannot tell a DROP TABLE from ANALYZE or other DDL; the WAL could not "
+            f"be read: {self.wal_problem or 'unknown reason'}. If it was a DROP, {stop}. To let "
             "walrecover judge it exactly, CREATE EXTENSION pg_walinspect in the source database "
             f"(PostgreSQL 15+) and rerun with --force; or check on the server: {check}"
         )
+
+
+def _transaction(xid: int | None) -> str:
+    """A transaction for messages, also where the stream gives no xid (wal2json format 1)."""
+    return f"transaction {xid}" if xid is not None else "a transaction (the stream has no xids)"

@@ -55,6 +55,7 @@ from typing import Any
 
 from walrecover.db import connect
 from walrecover.drill.cluster import Cluster
+from walrecover.drill.rehearsal import TABLES_SQL
 from walrecover.stream.decoders.wal2json import server_options
 
 HERE = Path(__file__).resolve().parent
@@ -63,24 +64,6 @@ STEPS = ("decode", "load", "skeleton", "native", "recover", "recover+")
 PUBLICATION = "bench_pub"
 PER_COMMIT = 10
 LEDGER_QUERY = "SELECT id, balance FROM accounts"
-
-TABLES_SQL = """
-CREATE TABLE accounts (
-    id integer PRIMARY KEY,
-    owner text NOT NULL,
-    balance numeric(14,2) NOT NULL DEFAULT 0,
-    last_seen timestamptz
-);
-CREATE TABLE transactions (
-    id bigserial PRIMARY KEY,
-    account_id integer NOT NULL REFERENCES accounts (id),
-    amount numeric(12,2) NOT NULL,
-    kind text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    note text,
-    meta jsonb
-);
-"""
 
 #: The ledger workload of issue 12: an insert and a balance update per transaction, ten a commit.
 WORKLOAD_SQL = """

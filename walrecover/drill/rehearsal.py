@@ -30,7 +30,8 @@ from .cluster import Cluster
 SLOT = "bank_cdc"
 CHUNK = 5_000
 
-SCHEMA_SQL = """
+#: The bank's two tables (the benchmark builds the same ones).
+TABLES_SQL = """
 CREATE TABLE accounts (
     id integer PRIMARY KEY,
     owner text NOT NULL,
@@ -46,6 +47,10 @@ CREATE TABLE transactions (
     note text,
     meta jsonb
 );
+"""
+
+#: The workload: payments, corrections, voids, a rolled-back savepoint, an aborted transaction.
+WORKLOAD_SQL = """
 CREATE PROCEDURE bank_workload(first bigint, n integer, accounts integer, seed float8)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -191,7 +196,8 @@ def run_workload(
 def create_bank(conn: Any, accounts: int) -> None:
     """Create the bank's schema and its accounts with zero balances."""
     conn.autocommit = True
-    conn.execute(SCHEMA_SQL)
+    conn.execute(TABLES_SQL)
+    conn.execute(WORKLOAD_SQL)
     conn.execute(
         "INSERT INTO accounts (id, owner) SELECT g, 'owner ' || g FROM generate_series(1, %s) g",
         (accounts,),

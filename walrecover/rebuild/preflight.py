@@ -142,12 +142,7 @@ def check_target(conn: Any, into: TableName, *, force: bool, exists: bool) -> Ta
         "SELECT current_user::text, current_database()::text, pg_encoding_to_char(encoding)"
         " FROM pg_database WHERE datname = current_database()"
     ).fetchone()
-    creates: list[str] = []
     who = _ident(conn, role)
-    # The privileges a build needs, as the build itself names them (one GRANT per object).
-    lacking = Target(conn, into).missing_privilege(force=force)
-    if lacking is not None:
-        raise lacking
 
     def refuse(what: str, grant: str) -> PrivilegeError:
         return PrivilegeError(
@@ -157,105 +152,46 @@ def check_target(conn: Any, into: TableName, *, force: bool, exists: bool) -> Ta
             table=str(into),
         )
 
+    # The privileges a build needs, as the build itself names them (one GRANT per object).
+    lacking = Target(conn, into).missing_privilege(force=force)
+    if lacking is not None:
+        raise lacking
+    creates: list[str] = []
     schema = conn.execute(
-        "SELECT has_schema_privilege(oid, 'USAGE'), has_schema_privilege(oid, 'CREATE'),"
-        " pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = %s",
-        (PROGRESS_SCHEMA,),
+        "SELECT 1 FROM pg_namespace WHERE nspname = %s", (PROGRESS_SCHEMA,)
+    ).fetchone()
+    progress = conn.execute(
+        "SELECT pg_has_role(relowner, 'USAGE'), pg_get_userbyid(relowner)::text,"
+        " array(SELECT attname::text FROM pg_attribute WHERE attrelid = c.oid"
+        "       AND attnum > 0 AND NOT attisdropped)"
+        " FROM pg_class c WHERE oid = to_regclass(%s)",
+        (_ident(conn, PROGRESS_SCHEMA, PROGRESS_TABLE),),
     ).fetchone()
     if schema is None:
-        (can_create,) = conn.execute(
-            "SELECT has_database_privilege(current_database(), 'CREATE')"
-        ).fetchone()
-        if not can_create:
-            raise refuse(
-                f"cannot create the schema {PROGRESS_SCHEMA} (where walrecover keeps its progress)",
-                f"GRANT CREATE ON DATABASE {_ident(conn, database)} TO {who}",
-            )
-        creates += [f"schema {PROGRESS_SCHEMA}", f"table {PROGRESS_SCHEMA}.{PROGRESS_TABLE}"]
+        creates.append(f"schema {PROGRESS_SCHEMA}")
+    if progress is None:
+        creates.append(f"table {PROGRESS_SCHEMA}.{PROGRESS_TABLE}")
     else:
-        usage, create, owner = schema
-        if not usage:
+        owns, table_owner, columns = progress
+        added = [name for name in _ADDED_COLUMNS if name not in columns]
+        if added and not owns:
             raise refuse(
-                f"may not use the schema {PROGRESS_SCHEMA} (owned by {owner!r}), where "
-                "walrecover keeps its progress",
-                f"GRANT USAGE ON SCHEMA {PROGRESS_SCHEMA} TO {who}",
+                f"cannot add the columns {', '.join(added)} that this walrecover keeps to "
+                f"the table {PROGRESS_SCHEMA}.{PROGRESS_TABLE} (only its owner "
+                f"{table_owner!r} can)",
+                f"run walrecover once as {table_owner!r}, or ALTER TABLE {PROGRESS_SCHEMA}."
+                f"{PROGRESS_TABLE} OWNER TO {who}",
             )
-        progress = conn.execute(
-            "SELECT pg_has_role(relowner, 'USAGE'), pg_get_userbyid(relowner)::text,"
-            " has_table_privilege(oid, 'SELECT'), has_table_privilege(oid, 'INSERT'),"
-            " has_table_privilege(oid, 'UPDATE'), has_table_privilege(oid, 'DELETE'),"
-            " array(SELECT attname::text FROM pg_attribute WHERE attrelid = c.oid"
-            "       AND attnum > 0 AND NOT attisdropped)"
-            " FROM pg_class c WHERE oid = to_regclass(%s)",
-            (_ident(conn, PROGRESS_SCHEMA, PROGRESS_TABLE),),
-        ).fetchone()
-        if progress is None:
-            if not create:
-                raise refuse(
-                    f"cannot create the table {PROGRESS_SCHEMA}.{PROGRESS_TABLE} in the schema "
-                    f"{PROGRESS_SCHEMA} (owned by {owner!r})",
-                    f"GRANT CREATE ON SCHEMA {PROGRESS_SCHEMA} TO {who}",
-                )
-            creates.append(f"table {PROGRESS_SCHEMA}.{PROGRESS_TABLE}")
-        else:
-            owns, table_owner, *rights, columns = progress
-            missing = [
-                name
-                for name, held in zip(("SELECT", "INSERT", "UPDATE", "DELETE"), rights, strict=True)
-                if not held
-            ]
-            if missing:
-                raise refuse(
-                    f"may not {', '.join(missing)} on the table {PROGRESS_SCHEMA}."
-                    f"{PROGRESS_TABLE} (walrecover's progress, owned by {table_owner!r})",
-                    f"GRANT {', '.join(missing)} ON TABLE {PROGRESS_SCHEMA}.{PROGRESS_TABLE} "
-                    f"TO {who}",
-                )
-            added = [name for name in _ADDED_COLUMNS if name not in columns]
-            if added and not owns:
-                raise refuse(
-                    f"cannot add the columns {', '.join(added)} that this walrecover keeps to "
-                    f"the table {PROGRESS_SCHEMA}.{PROGRESS_TABLE} (only its owner "
-                    f"{table_owner!r} can)",
-                    f"run walrecover once as {table_owner!r}, or ALTER TABLE {PROGRESS_SCHEMA}."
-                    f"{PROGRESS_TABLE} OWNER TO {who}",
-                )
-    home = conn.execute(
-        "SELECT has_schema_privilege(oid, 'USAGE'), has_schema_privilege(oid, 'CREATE'),"
-        " pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = %s",
-        (into.schema,),
-    ).fetchone()
-    if home is None:
-        raise ConfigurationError(
-            f"the schema {into.schema!r} of --into {into} does not exist in the target database "
-            f"{database!r}: create it (CREATE SCHEMA {_ident(conn, into.schema)}), or choose "
-            "another --into",
-            table=str(into),
-        )
-    usage, create, owner = home
-    if not (usage and create):
-        privileges = ", ".join(p for p, held in (("USAGE", usage), ("CREATE", create)) if not held)
-        raise refuse(
-            f"cannot create the table {into} in the schema {into.schema} (owned by {owner!r})",
-            f"GRANT {privileges} ON SCHEMA {_ident(conn, into.schema)} TO {who}",
-        )
-    if exists:
-        owns_into, into_owner, *rights = conn.execute(
-            "SELECT pg_has_role(relowner, 'USAGE'), pg_get_userbyid(relowner)::text,"
-            " has_table_privilege(oid, 'SELECT'), has_table_privilege(oid, 'INSERT'),"
+    if exists and not force:
+        rights = conn.execute(
+            "SELECT has_table_privilege(oid, 'SELECT'), has_table_privilege(oid, 'INSERT'),"
             " has_table_privilege(oid, 'UPDATE'), has_table_privilege(oid, 'DELETE'),"
             " has_table_privilege(oid, 'TRUNCATE') FROM pg_class WHERE oid = %s::regclass",
             (_ident(conn, into.schema, into.name),),
         ).fetchone()
-        if force and not owns_into:
-            raise refuse(
-                f"cannot drop {into} for --force (only its owner {into_owner!r} can)",
-                f"drop it as {into_owner!r}, or ALTER TABLE {_ident(conn, into.schema, into.name)}"
-                f" OWNER TO {who}",
-            )
         names = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
         missing = [name for name, held in zip(names, rights, strict=True) if not held]
-        if missing and not force:
+        if missing:
             raise refuse(
                 f"may not {', '.join(missing)} on the table {into}",
                 f"GRANT {', '.join(missing)} ON TABLE {_ident(conn, into.schema, into.name)} "

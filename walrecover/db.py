@@ -13,9 +13,15 @@ import re
 from typing import Any
 
 import psycopg
+from psycopg import sql
+from psycopg.abc import Params
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .errors import ConnectionFailed, first_line
+
+#: A session opened by :func:`connect`: psycopg's default tuple rows. Library signatures take
+#: this rather than ``Any`` so mypy checks what is called on a connection.
+Connection = psycopg.Connection[tuple[Any, ...]]
 
 #: Session settings that make every value's text form predictable.
 SESSION_SETTINGS: dict[str, str] = {
@@ -137,7 +143,7 @@ def not_utf8(conn: Any) -> str:
     return f"database {database!r} has encoding {encoding or 'unknown'}"
 
 
-def connect(dsn: str | None, *, autocommit: bool = False, role: str = "database") -> Any:
+def connect(dsn: str | None, *, autocommit: bool = False, role: str = "database") -> Connection:
     """Open a session with walrecover's settings; raise :class:`ConnectionFailed` if it fails.
 
     ``role`` names the connection in errors ("source", "target").
@@ -194,12 +200,21 @@ def connect(dsn: str | None, *, autocommit: bool = False, role: str = "database"
     return conn
 
 
+def one(
+    conn: Connection, query: str | sql.Composable, params: Params | None = None
+) -> tuple[Any, ...]:
+    """The row of a query that always returns exactly one (``SELECT current_database()``)."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, "a one-row query returned no row"
+    return row
+
+
 #: SQLSTATEs of a session the server ended (admin, crash or immediate shutdown, cannot connect
 #: now): class 08 (connection exceptions) aside, the only errors after which a rerun can work.
 _ENDED_SESSION = frozenset({"57P01", "57P02", "57P03"})
 
 
-def connection_lost(exc: psycopg.Error, conn: Any = None) -> bool:
+def connection_lost(exc: psycopg.Error, conn: Connection | None = None) -> bool:
     """True if ``exc`` means the connection is gone, not that a statement failed.
 
     psycopg reports SQLSTATE classes 53, 54, 55, 57 and 58 as ``OperationalError`` too: "index

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..db import connect
+from ..db import connect, one
 from ..errors import AuditError, ClusterError
 from ..rebuild.recover import LedgerCheck, RecoveryResult, recover
 from ..stream.decoders import PLUGINS
@@ -248,7 +248,7 @@ def rehearse(
             workload = time.monotonic() - t0
             conn.execute("CREATE UNLOGGED TABLE rehearsal_truth AS SELECT * FROM transactions")
             # The insert position: every commit so far is before it, the DROP after it.
-            (stop_text,) = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+            (stop_text,) = one(conn, "SELECT pg_current_wal_insert_lsn()::text")
             conn.execute("DROP TABLE transactions")
             for shard in range(5):  # the application keeps running
                 conn.execute("UPDATE accounts SET last_seen = now() WHERE id %% 5 = %s", (shard,))
@@ -271,12 +271,13 @@ def rehearse(
         t0 = time.monotonic()
         with connect(dsn, role="rehearsal") as conn:
             identical = bool(
-                conn.execute(
+                one(
+                    conn,
                     "SELECT (SELECT count(*) FROM (SELECT * FROM rehearsal_truth EXCEPT ALL"
                     " SELECT * FROM transactions_recovered) a) = 0"
                     " AND (SELECT count(*) FROM (SELECT * FROM transactions_recovered EXCEPT ALL"
-                    " SELECT * FROM rehearsal_truth) b) = 0"
-                ).fetchone()[0]
+                    " SELECT * FROM rehearsal_truth) b) = 0",
+                )[0]
             )
         verify = time.monotonic() - t0
         reconciled = result.reconciliation is not None and result.reconciliation.matched

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..db import connect, not_utf8, safe_dsn
+from ..db import connect, not_utf8, one, safe_dsn
 from ..errors import (
     ConfigurationError,
     DecodeError,
@@ -395,7 +395,7 @@ class SlotSource:
             self.server_version = int(conn.info.server_version)
             self.server_encoding = conn.info.parameter_status("server_encoding")
             info = read_slot(conn, self.slot)
-            (database,) = conn.execute("SELECT current_database()::text").fetchone()
+            (database,) = one(conn, "SELECT current_database()::text")
             if info.database != database:
                 raise SlotError(
                     f"slot {self.slot!r} belongs to database {info.database!r}, not "
@@ -438,7 +438,7 @@ class SlotSource:
                 self.warnings.extend(warnings)
             check_replication_privilege(conn, self.slot)
             self.swept = sweep_copies(conn)
-            (pid,) = conn.execute("SELECT pg_backend_pid()").fetchone()
+            (pid,) = one(conn, "SELECT pg_backend_pid()")
             name = f"{COPY_PREFIX}{pid}_{secrets.token_hex(4)}"
             try:
                 conn.execute(

@@ -201,7 +201,7 @@ def connect(dsn: str | None, *, autocommit: bool = False, role: str = "database"
 
 
 def one(
-    conn: Connection, query: str | sql.Composable, params: Params | None = None
+    conn: Connection, query: str | sql.SQL | sql.Composed, params: Params | None = None
 ) -> tuple[Any, ...]:
     """The row of a query that always returns exactly one (``SELECT current_database()``)."""
     row = conn.execute(query, params).fetchone()

@@ -60,9 +60,10 @@ from .preflight import (
     ddl_identity,
     table_column_types,
 )
+from .progress import Counted, Counts, Progress
 from .recreation import RecreationJudge
 from .replay import ReplayResult, replay
-from .target import Progress, Target, lock_target, read_progress, refuse_listed
+from .target import Target, lock_target, read_progress, refuse_listed
 from .unseen import capture_publications, replaced
 
 
@@ -90,19 +91,17 @@ class AuditSummary:
 
 
 @dataclass(frozen=True)
-class RecoveryResult:
+class RecoveryResult(Counted):
     """What a recovery did, as ``walrecover recover --json`` prints it."""
 
     table: str
     into: str
     plugin: str
     slot: str
-    transactions: int
-    changes: int
+    #: Transactions and row changes applied, and their commit LSNs (also readable as
+    #: ``transactions``, ``changes``, ``no_row``, ``first_lsn``, ``last_lsn``).
+    counts: Counts
     rows: int
-    no_row: int
-    first_lsn: Lsn | None
-    last_lsn: Lsn | None
     stop: str
     stopped_before: tuple[int | None, Lsn | None] | None
     resumed_from: Lsn | None
@@ -688,12 +687,8 @@ def _recover(
         into=result.into,
         plugin=plugin,
         slot=slot or "",
-        transactions=result.transactions,
-        changes=result.changes,
+        counts=result.counts,
         rows=result.rows,
-        no_row=result.no_row,
-        first_lsn=result.first_lsn,
-        last_lsn=result.last_lsn,
         stop=stop.describe(),
         stopped_before=result.stopped_before,
         resumed_from=result.resumed_from,
@@ -935,12 +930,8 @@ def _already_complete(
         into=str(into),
         plugin=str(stored.get("plugin") or ""),
         slot=slot or "",
-        transactions=previous.transactions,
-        changes=previous.changes,
+        counts=previous.counts,
         rows=int(rows),
-        no_row=previous.no_row,
-        first_lsn=previous.first_lsn,
-        last_lsn=previous.last_commit_lsn,
         stop=stop.describe(),
         stopped_before=stopped_before,
         resumed_from=None,

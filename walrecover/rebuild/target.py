@@ -28,11 +28,31 @@ from psycopg import sql
 
 from ..db import connection_lost
 from ..errors import PrivilegeError, PublishedTarget, ReplayError, TargetBusy
-from ..stream.lsn import Lsn
 from ..stream.model import Column, Relation, TableName
+from .progress import (
+    _ADDED_COLUMNS,
+    PROGRESS_SCHEMA,
+    PROGRESS_TABLE,
+    Progress,
+    read_progress,
+    write_progress,
+)
 
-PROGRESS_SCHEMA = "walrecover"
-PROGRESS_TABLE = "progress"
+__all__ = [
+    "LOCK_CLASS",
+    "PROGRESS_SCHEMA",
+    "PROGRESS_TABLE",
+    "UNLOGGED_MARK",
+    "Progress",
+    "Publication",
+    "Target",
+    "checked_type",
+    "lock_key",
+    "lock_target",
+    "publications_of",
+    "read_progress",
+    "refuse_listed",
+]
 
 #: The advisory lock class of walrecover's targets ("WALR"); the key is a hash of the name.
 LOCK_CLASS = 0x57414C52
@@ -167,109 +187,6 @@ def _quoted(name: str) -> str:
     if re.fullmatch(r"[a-z_][a-z0-9_]*", name):
         return name
     return '"' + name.replace('"', '""') + '"'
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """A recovery's progress row: how far it got, from which source, and whether it finished."""
-
-    #: The source and stop point (a run resumes only the same recovery).
-    source: str
-    last_commit_lsn: Lsn | None
-    last_xid: int | None
-    transactions: int
-    changes: int
-    no_row: int
-    first_lsn: Lsn | None
-    #: The audit path it writes, or None.
-    audit: str | None
-    #: Source transactions seen (the resume point of streams without LSNs).
-    position: int
-    complete: bool
-    #: Where the slot copy of the first run started (None for a capture).
-    stream_start_lsn: Lsn | None = None
-    #: The latest position a new copy of the slot may start at for a resume to miss nothing:
-    #: the end of the last transaction this recovery has read and committed (the stream's
-    #: start before any). Decoding skips a transaction whose commit record starts before the
-    #: copy's start, and the next unread one starts at or after this end.
-    resume_lsn: Lsn | None = None
-    #: The command's identity (JSON: the options that decide the rows), so a rerun can tell
-    #: the same command from another one and name the option that differs.
-    command: str | None = None
-    #: The finished recovery's result (JSON), for the "already complete" answer of a rerun.
-    result: str | None = None
-
-
-_PROGRESS_COLUMNS = (
-    "source",
-    "last_commit_lsn",
-    "last_xid",
-    "transactions",
-    "changes",
-    "no_row",
-    "first_lsn",
-    "audit",
-    "position",
-    "complete",
-    "stream_start_lsn",
-    "resume_lsn",
-    "command",
-    "result",
-)
-
-#: Columns later versions added to ``walrecover.progress`` (a table an older walrecover made
-#: lacks them until :meth:`Target.ensure_bookkeeping` adds them).
-_ADDED_COLUMNS = {
-    "stream_start_lsn": "pg_lsn",
-    "resume_lsn": "pg_lsn",
-    "command": "text",
-    "result": "text",
-}
-
-
-def _lsn_or_none(text: str | None) -> Lsn | None:
-    return Lsn.parse(text) if text else None
-
-
-def _lsn_text(lsn: Lsn | None) -> str | None:
-    return None if lsn is None else str(lsn)
-
-
-def read_progress(conn: Any, into: TableName) -> Progress | None:
-    """The progress row of ``into``, or None (also when there is no progress table yet).
-
-    Read as one JSON object, so a progress table an older walrecover made (lacking columns
-    this version adds) reads too: a missing column is None. Leaves the transaction open.
-    """
-    progress = sql.Identifier(PROGRESS_SCHEMA, PROGRESS_TABLE)
-    (exists,) = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL", (progress.as_string(conn),)
-    ).fetchone()
-    if not exists:
-        return None
-    row = conn.execute(
-        sql.SQL("SELECT to_jsonb(p) FROM {} p WHERE target = %s").format(progress),
-        (str(into),),
-    ).fetchone()
-    if row is None:
-        return None
-    values = {name: row[0].get(name) for name in _PROGRESS_COLUMNS}
-    return Progress(
-        source=str(values["source"]),
-        last_commit_lsn=_lsn_or_none(values["last_commit_lsn"]),
-        last_xid=values["last_xid"],
-        transactions=int(values["transactions"]),
-        changes=int(values["changes"]),
-        no_row=int(values["no_row"] or 0),
-        first_lsn=_lsn_or_none(values["first_lsn"]),
-        audit=values["audit"],
-        position=int(values["position"] or 0),
-        complete=bool(values["complete"]),
-        stream_start_lsn=_lsn_or_none(values["stream_start_lsn"]),
-        resume_lsn=_lsn_or_none(values["resume_lsn"]),
-        command=values["command"],
-        result=values["result"],
-    )
 
 
 class Target:
@@ -556,39 +473,7 @@ class Target:
 
     def write_progress(self, progress: Progress) -> None:
         """Record ``progress`` in the open transaction (it commits with the data)."""
-        self.conn.execute(
-            sql.SQL(
-                "INSERT INTO {} AS p (target, source, last_commit_lsn, last_xid, transactions,"
-                " changes, no_row, first_lsn, audit, position, complete, stream_start_lsn,"
-                " resume_lsn, command)"
-                " VALUES (%s, %s, %s::pg_lsn, %s, %s, %s, %s, %s::pg_lsn, %s, %s, %s,"
-                " %s::pg_lsn, %s::pg_lsn, %s)"
-                " ON CONFLICT (target) DO UPDATE SET source = excluded.source,"
-                " last_commit_lsn = excluded.last_commit_lsn, last_xid = excluded.last_xid,"
-                " transactions = excluded.transactions, changes = excluded.changes,"
-                " no_row = excluded.no_row, first_lsn = excluded.first_lsn,"
-                " audit = excluded.audit, position = excluded.position,"
-                " complete = excluded.complete, stream_start_lsn = excluded.stream_start_lsn,"
-                " resume_lsn = excluded.resume_lsn, command = excluded.command,"
-                " updated_at = now()"
-            ).format(self._progress),
-            (
-                str(self.into),
-                progress.source,
-                None if progress.last_commit_lsn is None else str(progress.last_commit_lsn),
-                progress.last_xid,
-                progress.transactions,
-                progress.changes,
-                progress.no_row,
-                None if progress.first_lsn is None else str(progress.first_lsn),
-                progress.audit,
-                progress.position,
-                progress.complete,
-                _lsn_text(progress.stream_start_lsn),
-                _lsn_text(progress.resume_lsn),
-                progress.command,
-            ),
-        )
+        write_progress(self.conn, self.into, progress)
 
     def forget_progress(self) -> None:
         self.conn.execute(
@@ -689,6 +574,24 @@ class Target:
         ).fetchall()
         names = {str(r[0]) for r in rows}
         return [p for p in publications_of(self.conn, self.into) if p.name in names]
+
+    def publication_warnings(self, table: TableName) -> list[str]:
+        """The warning that a publication now publishes the finished table (built unlogged,
+        so no subscriber received it; ``table`` is the table it replaces), or nothing."""
+        if not self.unlogged:
+            return []
+        publications = self.published_by()
+        self.conn.commit()
+        if not publications:
+            return []
+        into = self.into
+        return [
+            f"{into} was built unlogged, so no subscriber received its rows; now complete "
+            f"and logged, it is published by {_names(publications)}: do not write to it until "
+            f"you swap it in for {table}, since subscribers have no {into} (a write would stop "
+            f"them), and create {into} on a subscriber before its REFRESH PUBLICATION or a new "
+            "CREATE SUBSCRIPTION"
+        ]
 
     def create(self, relation: Relation, ddl: str | None, table: TableName) -> None:
         """Create the table from the stream's ``relation`` of ``table``, or run ``ddl``."""

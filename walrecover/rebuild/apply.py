@@ -13,8 +13,9 @@ flushed in its middle, so it can be taken back.
 How a change becomes SQL is in three overridable steps, so that a replay mode (an idempotent
 replay over a baseline: upsert instead of insert, an update of a missing row inserts it, a
 delete of a missing row is a no-op) is a subclass: :meth:`Applier._insert` (the inserts of a
-batch), :meth:`Applier._statement` (an update, delete or truncate) and :meth:`Applier._settle`
-(what the returned row of an update or delete means).
+batch), :meth:`Applier._statement` (an update, delete or truncate, built by
+:mod:`.statements`) and :meth:`Applier._settle` (what the returned row of an update or delete
+means).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..errors import ConnectionFailed, PrivilegeError, ReplayError, WalrecoverEr
 from ..stream.model import Change, Op, TableName, Values
 from .applied import AuditSink, Outcome, Txn, at, stop_hint
 from .schema import Identity, Shape
+from .statements import statement
 
 
 @dataclass(slots=True)
@@ -297,134 +299,8 @@ class Applier:
     # -- statements --------------------------------------------------------------------------
 
     def _statement(self, change: Change) -> tuple[sql.Composed, list[str | None]]:
-        """The statement of an update, delete or truncate, and its parameters: new values,
-        then what identifies the row."""
-        ident = self.target.ident
-        if change.op is Op.TRUNCATE:
-            return sql.SQL("TRUNCATE {}").format(ident), []
-        where, params = self._where(change)
-        if change.op is Op.DELETE:
-            return sql.SQL("DELETE FROM {} WHERE {} RETURNING 1").format(ident, where), params
-        new = change.new or {}
-        assigned = [name for name in self.shape.columns if name in new]
-        # As text, like every value the stream carries (bytea as the session prints it, jsonb's
-        # 1.50 as 1.50): the audit's after image holds what the table holds.
-        returning = (
-            sql.SQL(", ").join(
-                sql.SQL("{}::text").format(sql.Identifier(name))
-                for name in sorted(change.unchanged_toast)
-            )
-            if change.unchanged_toast
-            else sql.SQL("1")
-        )
-        statement = sql.SQL("UPDATE {} SET {} WHERE {} RETURNING {}").format(
-            ident,
-            sql.SQL(", ").join(
-                sql.SQL("{} = %s").format(sql.Identifier(name)) for name in assigned
-            ),
-            where,
-            returning,
-        )
-        return statement, [new[name] for name in assigned] + params
-
-    def _where(self, change: Change) -> tuple[sql.Composable, list[str | None]]:
-        """Which row the change touches, as a condition and its parameters.
-
-        With a real key: ``key = value`` (the hot path). Otherwise the old row image names ONE
-        row (:meth:`_image_match`).
-        """
-        shape = self.shape
-        key = shape.key_values(change)
-        if key is not None:
-            condition = sql.SQL(" AND ").join(
-                sql.SQL("{} IS NULL" if value is None else "{} = %s").format(sql.Identifier(name))
-                for name, value in zip(shape.key, key, strict=True)
-            )
-            return condition, [value for value in key if value is not None]
-        image = change.old
-        new = change.new
-        if (
-            image is None
-            and change.op is Op.UPDATE
-            and shape.guess
-            and new is not None
-            and all(name in new for name in shape.guess)
-        ):
-            # test_decoding prints no old key when the key did not change: the new row has it.
-            image = {name: new[name] for name in shape.guess}
-        if image is None:
-            raise self._unidentified(change)
-        return self._image_match(image)
-
-    def _image_match(self, image: Values) -> tuple[sql.Composable, list[str | None]]:
-        """The one row an old image names, by the text of its values (``=`` finds 1.50 for 1.5
-        and does not exist for json): ``ctid = (SELECT ctid ... LIMIT 1)``, preferring rows
-        whose columns the image did not print are NULL (test_decoding skips NULLs in old
-        images, so printed columns alone may look like a key that is not one)."""
-        shape = self.shape
-        conditions: list[sql.Composable] = []
-        params: list[str | None] = []
-        for name in shape.columns:
-            if name not in image:
-                continue
-            value, column = image[name], sql.Identifier(name)
-            if value is None:
-                conditions.append(sql.SQL("{} IS NULL").format(column))
-                continue
-            if name in shape.indexed:
-                conditions.append(sql.SQL("{} = %s").format(column))
-                params.append(value)
-            conditions.append(
-                sql.SQL("{}::text = CAST(%s AS {})::text").format(
-                    column, sql.SQL(shape.types[name])
-                )
-            )
-            params.append(value)
-        unprinted = [name for name in shape.columns if name not in image]
-        order = (
-            sql.SQL(" ORDER BY ({}) DESC").format(
-                sql.SQL(" AND ").join(
-                    sql.SQL("{} IS NULL").format(sql.Identifier(name)) for name in unprinted
-                )
-            )
-            if unprinted
-            else sql.SQL("")
-        )
-        condition = sql.SQL("ctid = (SELECT ctid FROM {} WHERE {}{} LIMIT 1)").format(
-            self.target.ident,
-            sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("true"),
-            order,
-        )
-        return condition, params
-
-    def _unidentified(self, change: Change) -> ReplayError:
-        """The error for an update or delete whose row the stream does not identify."""
-        where = at(change, self._txn)
-        if change.op is Op.DELETE:
-            return ReplayError(
-                f"the stream does not say which row the delete{where} of "
-                f"{self.table} removed (test_decoding prints (no-tuple-data); pgoutput and "
-                "wal2json leave such a delete out): the table had no usable replica identity "
-                "(REPLICA IDENTITY NOTHING, a DEFERRABLE primary key, or no primary key), so "
-                "no plugin's stream can rebuild it past this point; stop before it with "
-                + (
-                    f"--stop-before-xid {change.xid}"
-                    if change.xid is not None
-                    else f"--stop-before-lsn {change.lsn}"
-                    if change.lsn is not None
-                    else stop_hint(self._txn)
-                ),
-                table=str(self.table),
-                lsn=change.lsn,
-            )
-        return ReplayError(
-            f"the stream does not say which row the {change.op}{where} of "
-            f"{self.table} changes: its key is unknown (test_decoding prints key columns only"
-            " with an old key) and no old row was logged; give --ddl FILE with the table's "
-            "PRIMARY KEY (or, for a table without one, set REPLICA IDENTITY FULL on it)",
-            table=str(self.table),
-            lsn=change.lsn,
-        )
+        """The statement of an update, delete or truncate, and its parameters."""
+        return statement(self.shape, change, self._txn)
 
     def _failure(self, exc: psycopg.Error) -> WalrecoverError:
         """The error to raise when the target refused a batch: only a lost connection can be

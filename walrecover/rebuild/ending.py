@@ -1,4 +1,4 @@
-"""How a replay ends: past the stop point, cut short, interrupted or failed.
+"""How a replay ends: its result, or past the stop point, cut short, interrupted or failed.
 
 The replay loop (:mod:`.replay`) stops reading at the stop point; :class:`AfterStop` then sends
 the table's changes past it to the audit as ``after_stop`` (or, when nothing was built, finds
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -18,16 +20,20 @@ from ..errors import (
     ConnectionFailed,
     Interrupted,
     ReplayError,
+    StopPointError,
     StreamCutShort,
     TableNotInStream,
     WalrecoverError,
     first_line,
 )
 from ..stream.lsn import Lsn
-from ..stream.model import Begin, Change, Event, StopPoint, TableName
-from .applied import AppliedChange, AuditSink, Outcome, Txn
-from .progress import Counts
+from ..stream.model import Begin, Change, Event, Relation, StopPoint, TableName
+from .applied import AppliedChange, AuditSink, Outcome, Txn, named
+from .progress import Counted, Counts
 from .target import Target
+
+if TYPE_CHECKING:
+    from .replay import Replayer
 
 #: A transaction for messages: (xid, commit LSN, end LSN).
 Where = tuple[int | None, Lsn | None, Lsn | None]
@@ -103,6 +109,83 @@ class AfterStop:
                 if found:
                     return xid, commit_lsn, end_lsn
         return (xid, commit_lsn, end_lsn) if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult(Counted):
+    """What a replay did to the rebuilt table."""
+
+    into: str
+    relation: Relation
+    counts: Counts
+    rows: int
+    #: The first transaction left out by the stop point: (xid, commit LSN), or None.
+    stopped_before: tuple[int | None, Lsn | None] | None
+    resumed_from: Lsn | None
+    seconds: float
+    #: ALTER TABLEs in the stream that the rebuilt table followed.
+    schema_changes: tuple[str, ...] = ()
+    #: What replay could not prove about the rebuilt table (the run ends with exit code 4).
+    unproven: tuple[str, ...] = ()
+    #: What the user must know about the rebuilt table (a publication now publishes it; a
+    #: crash made this run start again; a re-created table left out).
+    warnings: tuple[str, ...] = ()
+
+
+def replay_result(replayer: Replayer, resumed_from: Lsn | None, seconds: float) -> ReplayResult:
+    """What ``replayer`` did, once it ran."""
+    judge, table, into, counts = replayer.judge, replayer.table, replayer.into, replayer.counts
+    return ReplayResult(
+        into=str(into),
+        relation=replayer.relation or Relation(table.schema, table.name, ()),
+        counts=counts,
+        rows=replayer.target.count_rows(),
+        stopped_before=replayer.stopped_before,
+        resumed_from=resumed_from,
+        seconds=seconds,
+        schema_changes=tuple(replayer.shape.schema_changes),
+        unproven=(
+            *replayer.shape.unproven,
+            *replayer.unproven,
+            *(judge.unproven if judge is not None else ()),
+            *no_row_reason(counts.no_row, table, into),
+        ),
+        warnings=(
+            *replayer.warnings,
+            *replayer.target.publication_warnings(table),
+            *(judge.warnings if judge is not None else ()),
+        ),
+    )
+
+
+def nothing_before_stop(table: TableName, stop: StopPoint, later: Where | None) -> StopPointError:
+    """The error for a table none of whose changes commits before the stop point."""
+    where = f": its first change is in {named(*later)}" if later is not None else ""
+    return StopPointError(
+        f"no change of {table} commits before the stop point "
+        f"({stop.describe()}){where}; nothing was built; check the stop point",
+        table=str(table),
+    )
+
+
+def xid_not_committed(xid: int, built: TableName | None) -> StopPointError:
+    """The error for a stop xid that never commits in the stream; ``built``: the target that
+    holds every change (not marked complete), or None when nothing was built."""
+    if built is None:
+        return StopPointError(
+            f"transaction {xid} does not commit in the stream: nothing was "
+            "built; check --stop-before-xid",
+            xid=xid,
+            missing=True,
+        )
+    return StopPointError(
+        f"transaction {xid} does not commit in the stream, so nothing was left"
+        f" out: {built} holds every change and is not marked complete; check "
+        "--stop-before-xid and rebuild with --force",
+        xid=xid,
+        table=str(built),
+        missing=True,
+    )
 
 
 def cut_reason(

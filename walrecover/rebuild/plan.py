@@ -28,6 +28,14 @@ from ..stream.lsn import Lsn
 from ..stream.model import NO_STOP, Change, RawMessage, Relation, StopPoint, TableName
 from ..stream.settings import CaptureSettings
 from ..stream.sources import CaptureSource, SlotSource
+from .command import (
+    audit_identity,
+    capture_command,
+    capture_settings_of,
+    default_into,
+    slot_command,
+    table_exists,
+)
 from .preflight import (
     ColumnTypes,
     TargetFacts,
@@ -39,16 +47,8 @@ from .preflight import (
     named_column_types,
     table_column_types,
 )
-from .recover import (
-    LedgerCheck,
-    _check_stop_range,
-    audit_identity,
-    capture_command,
-    capture_settings_of,
-    default_into,
-    slot_command,
-    table_exists,
-)
+from .result import LedgerCheck
+from .stoppoint import check_stop_range
 from .swap import parse_ddl
 from .target import PROGRESS_SCHEMA, PROGRESS_TABLE, read_progress, refuse_listed
 
@@ -439,7 +439,7 @@ class _Planner:
 
     def _stop(self) -> str:
         src = self.src
-        _check_stop_range(self.stop, src)
+        check_stop_range(self.stop, src)
         if self.stop.xid is not None and isinstance(src, SlotSource):
             status = src.xid_status(self.stop.xid)
             if status in ("aborted", "in progress"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 import psycopg
 
@@ -36,37 +36,26 @@ from ..stream.model import (
     StopPoint,
     TableName,
 )
-from .applied import AppliedChange, AuditSink, Outcome, Txn, named
+from .applied import AppliedChange, AuditSink, Outcome, Txn
 from .apply import Applier
 from .claim import Claimant, Resume, claim
-from .ending import AfterStop, cut_reason, failure, no_row_reason, not_in_stream
-from .progress import Counted, Counts, Progress
+from .commits import Commits
+from .ending import (
+    AfterStop,
+    ReplayResult,
+    cut_reason,
+    failure,
+    not_in_stream,
+    nothing_before_stop,
+    replay_result,
+    xid_not_committed,
+)
+from .progress import Counts
 from .recreation import RecreationJudge
 from .schema import Shape
 from .target import PROGRESS_SCHEMA, Target
 
 __all__ = ["AppliedChange", "AuditSink", "Outcome", "ReplayResult", "Replayer", "replay"]
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayResult(Counted):
-    """What a replay did to the rebuilt table."""
-
-    into: str
-    relation: Relation
-    counts: Counts
-    rows: int
-    #: The first transaction left out by the stop point: (xid, commit LSN), or None.
-    stopped_before: tuple[int | None, Lsn | None] | None
-    resumed_from: Lsn | None
-    seconds: float
-    #: ALTER TABLEs in the stream that the rebuilt table followed.
-    schema_changes: tuple[str, ...] = ()
-    #: What replay could not prove about the rebuilt table (the run ends with exit code 4).
-    unproven: tuple[str, ...] = ()
-    #: What the user must know about the rebuilt table (a publication now publishes it; a
-    #: crash made this run start again; a re-created table left out).
-    warnings: tuple[str, ...] = ()
 
 
 class Replayer:
@@ -99,32 +88,17 @@ class Replayer:
         self.target = Target(conn, into)
         # A run resumes only the same recovery: same source and same stop point.
         self.claimant = Claimant(f"{source} ({stop.describe()})", audit_id, command, stream_start)
-        self.shape = Shape(
-            self.target,
-            table,
-            ddl=ddl,
-            on_created=on_created,
-        )
+        self.shape = Shape(self.target, table, ddl=ddl, on_created=on_created)
         self.applier = Applier(conn, self.shape, table, batch_size=batch_size, sink=sink, ddl=ddl)
         self.after_stop = AfterStop(table, batch_size=batch_size, cut_ok=cut_ok)
         self.resume = Resume(None, str(into))
-        #: What the recovery applied so far (a resumed run's included), and what the last
-        #: target commit holds (for the message when interrupted).
-        self.counts = self.committed = Counts()
-        #: Where the recovery's first copy of the slot started (kept across resumes), and the
-        #: end of the last transaction read (the resume point saved with each batch).
-        self.first_stream_start = self._read_end = stream_start
+        #: The counts, the read position, and each batch's commit with its progress row.
+        self.commits = Commits(self.target, self.claimant, sink)
         #: Why the stream ended inside a transaction, when it did.
         self.cut: StreamCutShort | None = None
         #: Everything was applied by an earlier run (only its audit was left to publish).
         self.finished = False
         self.stopped_before: tuple[int | None, Lsn | None] | None = None
-        self._commits = 0
-        #: The last commit marked the recovery complete.
-        self._complete = False
-        self._since_commit = 0
-        #: Source transactions seen (the resume position for streams without LSNs).
-        self._position = 0
         #: Reasons the rebuilt table may differ from the truth (see :data:`EXIT_UNPROVEN`).
         self.unproven: list[str] = []
         #: What the user must know about the rebuilt table (see :attr:`ReplayResult.warnings`).
@@ -155,11 +129,8 @@ class Replayer:
         progress = got.resumed
         if progress is not None:
             self.shape.created = True
-            if progress.stream_start_lsn is not None:
-                self.first_stream_start = progress.stream_start_lsn
-            self._read_end = progress.resume_lsn or progress.last_commit_lsn or self._read_end
             self.resume = Resume(progress, str(self.into))
-            self.counts = self.committed = progress.counts
+            self.commits.resume(progress)
         self.finished = got.finished
         if sink is not None:
             sink.start(got.checkpoint, resuming=progress is not None)
@@ -204,7 +175,7 @@ class Replayer:
                 f"the stream ended inside transaction {self._txn.xid}: it is truncated",
                 table=str(self.table),
             )
-        nothing = self.counts.transactions == 0 and not self._commits
+        nothing = self.counts.transactions == 0 and not self.commits.made
         if self.stopped_before is not None and nothing and not self.resume.resuming:
             self.conn.rollback()  # nothing to build: leave no empty table behind
             later = self.after_stop.first if self.relation is None else None
@@ -212,12 +183,7 @@ class Replayer:
                 later = self.after_stop.scan(stream, self.stopped_before, self._other)
                 if later is None:
                     return  # not in the stream at all: replay() says so, listing what is there
-            where = f": its first change is in {named(*later)}" if later is not None else ""
-            raise StopPointError(
-                f"no change of {self.table} commits before the stop point "
-                f"({self.stop.describe()}){where}; nothing was built; check the stop point",
-                table=str(self.table),
-            )
+            raise nothing_before_stop(self.table, self.stop, later)
         if self.stop.xid is not None and self.stopped_before is None and self.cut is None:
             self._xid_missing(self.stop.xid)
         if (self.relation is None or self.only_cut) and not self.resume.resuming:
@@ -227,23 +193,11 @@ class Replayer:
 
     def _xid_missing(self, xid: int) -> None:
         """The stop xid never committed in the stream: nothing was left out."""
-        if not self._commits and self.resume.after is None:
+        if not self.commits.made and self.resume.after is None:
             self.conn.rollback()  # nothing of this run was committed: leave no trace
-            raise StopPointError(
-                f"transaction {xid} does not commit in the stream: nothing was "
-                "built; check --stop-before-xid",
-                xid=xid,
-                missing=True,
-            )
+            raise xid_not_committed(xid, None)
         self._commit_batch(complete=False)
-        raise StopPointError(
-            f"transaction {xid} does not commit in the stream, so nothing was left"
-            f" out: {self.into} holds every change and is not marked complete; check "
-            "--stop-before-xid and rebuild with --force",
-            xid=xid,
-            table=str(self.into),
-            missing=True,
-        )
+        raise xid_not_committed(xid, self.into)
 
     def _cut_short(self, exc: StreamCutShort) -> None:
         """The capture ends inside a transaction: leave it out (it never committed in the file),
@@ -252,10 +206,10 @@ class Replayer:
         self.warnings.append(exc.message)
         txn, self._txn = self._txn, None
         if txn is not None:
-            self._position -= 1
+            self.commits.position -= 1
             if not txn.skip:
                 self.applier.take_back()
-                self.counts = self.counts.plus(changes=txn.changes)
+                self.commits.left_out(txn)
         if self.stopped_before is not None or not self.stop.is_set:
             return  # the stop point came first, or the stop point is the file's end
         xid = exc.facts.get("xid")
@@ -307,8 +261,8 @@ class Replayer:
             self.stopped_before = (event.xid, event.commit_lsn or event.end_lsn)
             return True
         txn = Txn.of(event, decided=stops is False)
-        self._position += 1
-        txn.skip, txn.skip_unsure = self.resume.already_applied(event, self._position)
+        self.commits.position += 1
+        txn.skip, txn.skip_unsure = self.resume.already_applied(event, self.commits.position)
         self._txn = txn
         self.applier.begin(txn, guarded=not txn.decided or self.cut_ok)
         return False
@@ -316,7 +270,7 @@ class Replayer:
     @property
     def only_cut(self) -> bool:
         """The table's only changes were in the transaction a cut capture ends inside."""
-        return self.cut is not None and self.counts.transactions == 0 and not self._commits
+        return self.cut is not None and self.counts.transactions == 0 and not self.commits.made
 
     def _commit(self, event: Commit) -> bool:
         """Close the transaction; True if the stop point says it (and all after) is left out."""
@@ -332,7 +286,7 @@ class Replayer:
             if self.judge is not None:
                 self.judge.discard()  # what it saw in this transaction is past the stop
             self._left_out = self.applier.take_back()
-            self.counts = self.counts.plus(changes=txn.changes)
+            self.commits.left_out(txn)
             self._stop_txn = txn
             self.stopped_before = (txn.xid, txn.commit_lsn or txn.end_lsn)
             return True
@@ -343,12 +297,9 @@ class Replayer:
         self.applier.keep()
         if txn.skip:
             return False
-        if txn.end_lsn is not None and (self._read_end is None or txn.end_lsn > self._read_end):
-            self._read_end = txn.end_lsn
-        if txn.changes:
-            self.counts = self.counts.committed(txn.changes, txn.commit_lsn or txn.end_lsn, txn.xid)
-            if self._since_commit >= self.batch_size:
-                self._commit_batch(complete=False)
+        self.commits.applied(txn)
+        if txn.changes and self.commits.since >= self.batch_size:
+            self._commit_batch(complete=False)
         return False
 
     def _past_stop(self, txn: Txn) -> bool:
@@ -376,84 +327,46 @@ class Replayer:
             shape.adopt(self._applied_relation or change.relation, self.applier)
         shape.follow(change, txn, self.applier)
         txn.changes += 1
-        self._since_commit += 1
+        self.commits.since += 1
         self.applier.add(change)
 
     # -- committing --------------------------------------------------------------------------
 
     def _commit_batch(self, *, complete: bool) -> None:
-        """Send the batch, record progress, seal the audit, then commit, in that order. The
-        last commit makes an unlogged build logged."""
+        """Send the batch, then commit it with its progress (see :meth:`.Commits.commit`)."""
         self.applier.flush()
-        self.counts = self.counts.plus(no_row=self.applier.take_no_row())
-        self.target.write_progress(
-            Progress(
-                source=self.claimant.source,
-                counts=self.counts,
-                audit=self.claimant.audit,
-                position=self._position,
-                complete=complete,
-                stream_start_lsn=self.first_stream_start,
-                resume_lsn=self._read_end,
-                command=self.claimant.command,
-            )
-        )
-        if complete:
-            self.target.finish()
-        # After every write of the batch: a publication committed later than this check is
-        # later in the WAL than the batch's rows too, so it cannot publish them.
-        self.target.check_unpublished()
-        if self.sink is not None:
-            self.sink.commit(self.checkpoint)
-        self.conn.commit()
-        self._commits += 1
-        self._complete = complete
-        self._since_commit = 0
-        self.committed = self.counts
+        self.commits.commit(complete=complete, no_row=self.applier.take_no_row())
 
     @property
-    def checkpoint(self) -> Lsn | None:
-        """Where the committed work ends: the last commit LSN, or the stream position when the
-        stream has no LSNs (capture files of text plugins). The audit seals its parts with it."""
-        if self.counts.last_lsn is not None:
-            return self.counts.last_lsn
-        return Lsn(self._position) if self._position else None
+    def counts(self) -> Counts:
+        return self.commits.counts
 
     @property
     def left_incomplete(self) -> bool:
         """The target holds committed work of a recovery not marked complete: under its final
         name, but not yet the table at the stop point."""
-        built = self._commits > 0 or self.resume.resuming
-        return built and not self._complete and not self.finished
+        built = self.commits.made > 0 or self.resume.resuming
+        return built and not self.commits.complete and not self.finished
 
     def failure(self, exc: BaseException) -> WalrecoverError | None:
         """The error to end with after ``exc`` (see :func:`.ending.failure`)."""
-        return failure(exc, self.target, self.left_incomplete, self.committed)
+        return failure(exc, self.target, self.left_incomplete, self.commits.committed)
 
-    def result(self, resumed_from: Lsn | None, seconds: float) -> ReplayResult:
-        """What the replay did, once it ran."""
-        judge, table, into = self.judge, self.table, self.into
-        return ReplayResult(
-            into=str(into),
-            relation=self.relation or Relation(table.schema, table.name, ()),
-            counts=self.counts,
-            rows=self.target.count_rows(),
-            stopped_before=self.stopped_before,
-            resumed_from=resumed_from,
-            seconds=seconds,
-            schema_changes=tuple(self.shape.schema_changes),
-            unproven=(
-                *self.shape.unproven,
-                *self.unproven,
-                *(judge.unproven if judge is not None else ()),
-                *no_row_reason(self.counts.no_row, table, into),
-            ),
-            warnings=(
-                *self.warnings,
-                *self.target.publication_warnings(table),
-                *(judge.warnings if judge is not None else ()),
-            ),
-        )
+
+class ReplayOptions(TypedDict, total=False):
+    """The keyword options of :class:`Replayer` (and :func:`replay`)."""
+
+    stop: StopPoint
+    ddl: str | None
+    source: str
+    batch_size: int
+    sink: AuditSink | None
+    audit_id: str | None
+    stream_start: Lsn | None
+    judge: RecreationJudge | None
+    cut_ok: bool
+    command: str | None
+    on_created: Callable[[Target], None] | None
 
 
 def replay(
@@ -462,42 +375,18 @@ def replay(
     table: TableName,
     into: TableName,
     *,
-    stop: StopPoint = NO_STOP,
-    ddl: str | None = None,
     force: bool = False,
-    source: str = "",
-    batch_size: int = 20_000,
-    sink: AuditSink | None = None,
-    audit_id: str | None = None,
-    stream_start: Lsn | None = None,
-    judge: RecreationJudge | None = None,
-    cut_ok: bool = False,
-    command: str | None = None,
-    on_created: Callable[[Target], None] | None = None,
+    **options: Unpack[ReplayOptions],
 ) -> ReplayResult:
     """Rebuild ``table`` as ``into`` from ``events`` on the target connection ``conn``.
 
-    ``stream_start`` is where the slot copy starts: a resume is refused when it lies past the
-    point the unfinished recovery had read to (the user's slot moved). ``cut_ok``: the events
-    are a capture's, which may end inside a transaction (:class:`StreamCutShort`); it is left
-    out with a warning (not proven exact when a stop point was given and not reached)."""
+    ``options`` are :class:`Replayer`'s. ``stream_start`` is where the slot copy starts: a
+    resume is refused when it lies past the point the unfinished recovery had read to (the
+    user's slot moved). ``cut_ok``: the events are a capture's, which may end inside a
+    transaction (:class:`StreamCutShort`); it is left out with a warning (not proven exact when
+    a stop point was given and not reached)."""
     started = time.monotonic()
-    replayer = Replayer(
-        conn,
-        table,
-        into,
-        stop=stop,
-        ddl=ddl,
-        source=source,
-        batch_size=batch_size,
-        sink=sink,
-        audit_id=audit_id,
-        stream_start=stream_start,
-        judge=judge,
-        cut_ok=cut_ok,
-        command=command,
-        on_created=on_created,
-    )
+    replayer = Replayer(conn, table, into, **options)
     replayer.prepare(force=force)
     resumed_from = replayer.resume.after
     try:
@@ -516,4 +405,4 @@ def replay(
     ):
         conn.rollback()
         raise not_in_stream(table, sorted(replayer.other_tables), replayer.cut)
-    return replayer.result(resumed_from, time.monotonic() - started)
+    return replay_result(replayer, resumed_from, time.monotonic() - started)

@@ -224,3 +224,61 @@ def write_progress(conn: Connection, into: TableName, progress: Progress) -> Non
             progress.command,
         ),
     )
+
+
+def persistence(conn: Connection, table: sql.Identifier) -> str | None:
+    """``p`` (logged), ``u`` (unlogged), or None if the table does not exist."""
+    row = conn.execute(
+        "SELECT relpersistence::text FROM pg_class WHERE oid = to_regclass(%s)",
+        (table.as_string(conn),),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def create_progress_table(conn: Connection, *, unlogged: bool) -> None:
+    """Create ``walrecover.progress`` if needed (``unlogged``: unlogged, and an existing logged
+    one made unlogged, keeping its rows and so the resumes of earlier runs), and add the
+    columns later versions added; commit."""
+    progress = sql.Identifier(PROGRESS_SCHEMA, PROGRESS_TABLE)
+    conn.execute(
+        sql.SQL(
+            "CREATE SCHEMA IF NOT EXISTS {schema};"
+            " CREATE {unlogged}TABLE IF NOT EXISTS {table} ("
+            " target text PRIMARY KEY, source text NOT NULL, last_commit_lsn pg_lsn,"
+            " last_xid bigint, transactions bigint NOT NULL, changes bigint NOT NULL,"
+            " no_row bigint NOT NULL DEFAULT 0, first_lsn pg_lsn,"
+            " audit text, position bigint, complete boolean NOT NULL,"
+            " updated_at timestamptz NOT NULL DEFAULT now(),"
+            " stream_start_lsn pg_lsn, resume_lsn pg_lsn, command text, result text)"
+        ).format(
+            schema=sql.Identifier(PROGRESS_SCHEMA),
+            table=progress,
+            unlogged=sql.SQL("UNLOGGED " if unlogged else ""),
+        )
+    )
+    if unlogged and persistence(conn, progress) == "p":
+        conn.execute(sql.SQL("ALTER TABLE {} SET UNLOGGED").format(progress))
+    conn.commit()
+    # Only when missing: ALTER TABLE would queue behind other runs' open batches.
+    present = {
+        r[0]
+        for r in conn.execute(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = %s::regclass"
+            " AND NOT attisdropped",
+            (progress.as_string(conn),),
+        )
+    }
+    missing = [name for name in _ADDED_COLUMNS if name not in present]
+    if missing:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} {}").format(
+                progress,
+                sql.SQL(", ").join(
+                    sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(
+                        sql.Identifier(name), sql.SQL(_ADDED_COLUMNS[name])
+                    )
+                    for name in missing
+                ),
+            )
+        )
+    conn.commit()

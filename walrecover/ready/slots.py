@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import sql
+
 from ..db import Connection, one
 from ..stream.lsn import Lsn
 
@@ -65,18 +67,21 @@ def server_version(conn: Connection) -> int:
 def slot_states(conn: Connection) -> tuple[SlotState, ...]:
     """The logical slots of the connection's database, by name."""
     modern = server_version(conn) >= 130000
-    status = "wal_status::text, safe_wal_size::bigint" if modern else "NULL::text, NULL::bigint"
+    status = sql.SQL(
+        "wal_status::text, safe_wal_size::bigint" if modern else "NULL::text, NULL::bigint"
+    )
     # pg_current_wal_lsn() is not available on a standby; the retained WAL is unknown there.
-    current = "CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END"
-    rows = conn.execute(
+    query = sql.SQL(
         "SELECT slot_name::text, plugin::text, active, restart_lsn::text,"
         " confirmed_flush_lsn::text,"
-        f" pg_wal_lsn_diff({current}, restart_lsn)::bigint,"
-        f" age(catalog_xmin)::bigint, {status}, temporary"
+        " pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()"
+        " END, restart_lsn)::bigint,"
+        " age(catalog_xmin)::bigint, {}, temporary"
         " FROM pg_replication_slots"
         " WHERE slot_type = 'logical' AND database = current_database()"
         " ORDER BY slot_name"
-    ).fetchall()
+    ).format(status)
+    rows = conn.execute(query).fetchall()
     return tuple(
         SlotState(
             name=r[0],

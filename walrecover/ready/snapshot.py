@@ -145,7 +145,9 @@ def import_snapshot(conn: Connection, snapshot: str) -> tuple[datetime, dict[str
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
     (moment,) = one(conn, "SELECT clock_timestamp()")
-    settings = {name: str(one(conn, "SELECT current_setting(%s)", (name,))[0]) for name in TEXT_SETTINGS}
+    settings = {
+        name: str(one(conn, "SELECT current_setting(%s)", (name,))[0]) for name in TEXT_SETTINGS
+    }
     return moment, settings
 
 

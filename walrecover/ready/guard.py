@@ -128,7 +128,7 @@ def scan(text: str, where: str = "the migration") -> tuple[int, tuple[Finding, .
     return len(statements), tuple(findings)
 
 
-def _destructive(stmt: ast.Node) -> list[tuple[str, str]]:
+def _destructive(stmt: ast.Node | None) -> list[tuple[str, str]]:
     """(kind, table as written) for each destructive thing ``stmt`` does."""
     if isinstance(stmt, ast.DropStmt) and stmt.removeType == ObjectType.OBJECT_TABLE:
         return [("DROP TABLE", ".".join(_name(p) for p in obj)) for obj in stmt.objects or ()]

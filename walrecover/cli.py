@@ -1494,24 +1494,34 @@ def doctor_command(
 @main.command("guard")
 @click.argument("migration", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @dbname_option
+@click.option(
+    "--protect-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="With -d: the --dir of walrecover protect, whose baselines count as recovery points.",
+)
 @json_option
-def guard_command(migration: Path, dsn: str | None, as_json: bool) -> None:
+def guard_command(
+    migration: Path, dsn: str | None, protect_dir: Path | None, as_json: bool
+) -> None:
     """Flag what a migration destroys: DROP TABLE, TRUNCATE, DELETE/UPDATE without WHERE,
     ALTER TABLE ... DROP COLUMN and ALTER COLUMN ... TYPE, with line numbers.
 
-    With -d, each affected table must be covered by a recovery point (doctor's verdict).
-    Exit 0 when nothing destructive is left unproven, 7 otherwise, 1 if the file does not
-    parse: run it in CI or before a deploy.
+    With -d, each affected table must be covered by a recovery point (doctor's verdict
+    "recoverable back to TIME"). Exit 0 when nothing destructive is left unproven, 7
+    otherwise, 1 if the file does not parse: run it in CI or before a deploy.
 
     \b
     Example:
-      walrecover guard migrations/0042_drop_legacy.sql -d "dbname=bank"
+      walrecover guard migrations/0042_drop_legacy.sql -d "dbname=bank" \
+          --protect-dir /var/lib/walrecover/bank
     """
     try:
         text = migration.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise click.BadParameter(f"{migration} is not UTF-8 text", param_hint="MIGRATION") from None
-    result = _guard(migration, text, dsn)
+    if protect_dir is not None and dsn is None:
+        raise click.UsageError("--protect-dir needs -d (the database the points are of)")
+    result = _guard(migration, text, dsn, protect_dir)
     click.echo(json.dumps(result.to_dict()) if as_json else result.report())
     sys.exit(result.exit_code)
 

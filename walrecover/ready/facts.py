@@ -110,7 +110,7 @@ def table_facts(conn: Connection, table: TableName) -> TableFacts:
     )
     toast = conn.execute(
         "SELECT attname::text FROM pg_attribute WHERE attrelid = %s AND attnum > 0"
-        " AND NOT attisdropped AND attlen = -1 AND attstorage IN ('x', 'e', 'm') ORDER BY attnum",
+        " AND NOT attisdropped AND attlen = -1 AND attstorage IN ('x', 'e') ORDER BY attnum",
         (oid,),
     ).fetchall()
     return TableFacts(

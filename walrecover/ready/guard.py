@@ -5,7 +5,7 @@ quotes never fool it. Flagged: ``DROP TABLE``, ``TRUNCATE``, ``DELETE`` and ``UP
 ``WHERE``, ``ALTER TABLE ... DROP COLUMN`` and ``ALTER COLUMN ... TYPE`` (which rewrites the
 table unless the new type is binary-compatible). With a database, each affected table gets
 doctor's verdict; a destructive statement is accepted only for a table doctor calls
-recoverable (or one that does not exist, so has nothing to lose).
+recoverable back to a known time (or one that does not exist yet, so has nothing to lose).
 """
 
 from __future__ import annotations
@@ -171,16 +171,23 @@ def _position(text: str, offset: int) -> tuple[int, int]:
     return before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
 
 
-def guard(path: str | Path, text: str, dsn: str | None = None) -> GuardResult:
+def guard(
+    path: str | Path,
+    text: str,
+    dsn: str | None = None,
+    protect_dir: str | Path | None = None,
+) -> GuardResult:
     """Scan the migration ``text`` (read from ``path``); with ``dsn``, resolve each affected
-    table through the search_path and give it doctor's verdict."""
+    table through the search_path and give it doctor's verdict (with the recovery points of
+    ``protect_dir``). Only a table doctor calls ``ok`` counts as covered: a slot alone
+    (a warning) does not hold the rows written before it."""
     count, findings = scan(text, str(path))
     if dsn is None or not findings:
         return GuardResult(str(path), count, findings, (), findings, dsn is not None)
     resolved = _resolve(dsn, findings)
     existing = sorted({f.table for f in resolved if f.table is not None}, key=str)
-    verdicts = doctor(dsn, existing).tables if existing else ()
-    covered = {v.table for v in verdicts if v.severity != "critical"}
+    verdicts = doctor(dsn, existing, protect_dir).tables if existing else ()
+    covered = {v.table for v in verdicts if v.severity == "ok"}
     blocked = tuple(f for f in resolved if f.table is not None and f.table not in covered)
     return GuardResult(str(path), count, resolved, verdicts, blocked, True)
 

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import Database, cli, differences, snapshot, stderr_lines
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from walrecover.db import connect
 from walrecover.errors import ProtectError
@@ -281,3 +282,26 @@ def test_the_loop_sleeps_until_the_next_point_and_stops_on_ctrl_c(
     assert [r.created is not None for r in reports] == [True, False]
     assert 3500 < naps[0] <= 3600 and 3500 < naps[1] <= 3600
     assert len(_protect_slots(db)) == 1
+
+
+def test_a_role_without_replication_is_told_what_it_needs(db: Database, tmp_path: Path) -> None:
+    db.execute(TABLE_SQL)
+    role = f"norepl_{db.name}"
+    db.execute(f"CREATE ROLE {role} LOGIN")
+    db.execute(f"GRANT SELECT ON t TO {role}")
+    try:
+        dsn = make_conninfo(db.dsn, user=role)
+        result = cli("protect", "-d", dsn, "--table", "t", "--every", "0s", "--retain", "1h",
+                     "--dir", str(tmp_path / "p"))  # fmt: skip
+        assert result.exit_code == 1
+        (line,) = stderr_lines(result)
+        assert line.startswith("walrecover: error: cannot connect to the source database")
+        assert "must be superuser or replication role" in line
+        assert line.endswith(
+            "walrecover protect creates its slots on a replication connection: the role needs "
+            "the REPLICATION attribute (ALTER ROLE ... REPLICATION) or superuser"
+        )
+        assert _protect_slots(db) == []
+    finally:
+        db.execute(f"DROP OWNED BY {role}")
+        db.execute(f"DROP ROLE {role}")

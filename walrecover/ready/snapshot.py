@@ -26,7 +26,7 @@ from psycopg.conninfo import make_conninfo
 
 from ..audit import safefiles
 from ..db import Connection, connect, one
-from ..errors import ProtectError, first_line
+from ..errors import ConnectionFailed, ProtectError, first_line
 from ..stream.lsn import Lsn
 from ..stream.model import TableName
 from .points import (
@@ -136,7 +136,16 @@ def create_slot(repl: Connection, name: str, plugin: str) -> tuple[Lsn, str]:
 
 def replication_connection(dsn: str | None) -> Connection:
     """A ``replication=database`` session (walsender commands and SQL) on the source."""
-    return connect(make_conninfo(dsn or "", replication="database"), autocommit=True)
+    try:
+        return connect(
+            make_conninfo(dsn or "", replication="database"), autocommit=True, role="source"
+        )
+    except ConnectionFailed as exc:
+        exc.extend(
+            "; walrecover protect creates its slots on a replication connection: the role "
+            "needs the REPLICATION attribute (ALTER ROLE ... REPLICATION) or superuser"
+        )
+        raise
 
 
 def import_snapshot(conn: Connection, snapshot: str) -> tuple[datetime, dict[str, str]]:
@@ -236,10 +245,13 @@ def make_point(
     created = False
     try:
         with connect(dsn, autocommit=True, role="source") as conn:
-            facts = [table_facts(conn, t) for t in tables]
+            for table in tables:
+                table_facts(conn, table)  # a wrong --table fails before a slot exists
             lsn, snapshot = create_slot(repl, name, plugin)
             created = True
             moment, settings = import_snapshot(conn, snapshot)
+            # Read in the snapshot too: the columns as they were at the consistent point.
+            facts = [table_facts(conn, t) for t in tables]
             database = conn.info.dbname
             point = {
                 "slot": name,

@@ -10,6 +10,7 @@ only SELECTs.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ from .slots import SlotState, human_bytes, server_version, slot_states
 
 SEVERITIES = ("ok", "warning", "critical")
 _EXIT = {"ok": EXIT_OK, "warning": EXIT_WARNING, "critical": EXIT_CRITICAL}
+#: A recovery's own copy of a slot (stream/sources.py), dropped when the recovery ends: it
+#: covers nothing for the future.
+_COPY = re.compile(r"walrecover_\d+_[0-9a-f]+")
 #: A catalog_xmin this many transactions old is reported (bloat; wraparound at about 2e9).
 OLD_CATALOG_XMIN = 500_000_000
 
@@ -188,7 +192,14 @@ def _diagnose(
 ) -> TableDiagnosis:
     facts = table_facts(conn, table)
     verdict = _Verdict()
-    usable = [s for s in states if not s.lost and plugins.get(s.plugin) is not False]
+    usable = [
+        s
+        for s in states
+        if not s.lost
+        and plugins.get(s.plugin) is not False
+        and not s.temporary
+        and not _COPY.fullmatch(s.name)
+    ]
     alive = {s.name for s in usable}
     covering, partial = _coverage(table, facts, usable, verdict)
     baselines = [p for p in points if p.baseline(table) is not None]

@@ -1435,7 +1435,7 @@ def protect_command(
 
     \b
     Example (cron, every hour; a new point every 6 hours, kept 48 hours):
-      walrecover protect -d "dbname=bank" --table public.transactions \
+      walrecover protect -d "dbname=bank" --table public.transactions \\
           --retain 48h --every 6h --dir /var/lib/walrecover/bank
     """
     tables = [_table(name, "--table") for name in table_names]
@@ -1512,7 +1512,7 @@ def guard_command(
 
     \b
     Example:
-      walrecover guard migrations/0042_drop_legacy.sql -d "dbname=bank" \
+      walrecover guard migrations/0042_drop_legacy.sql -d "dbname=bank" \\
           --protect-dir /var/lib/walrecover/bank
     """
     try:

@@ -201,8 +201,9 @@ def _diagnose(
         and not _COPY.fullmatch(s.name)
     ]
     alive = {s.name for s in usable}
-    covering, partial = _coverage(table, facts, usable, verdict)
     baselines = [p for p in points if p.baseline(table) is not None]
+    known = {p.slot: set(b.publications) for p in baselines if (b := p.baseline(table))}
+    covering, partial = _coverage(table, facts, usable, known, verdict)
     good = [p for p in baselines if p.slot in covering and _on_disk(p, table)]
     protect = (
         f"walrecover protect -d {_shell(safe_dsn(dsn))} --table {_shell(str(table))} "
@@ -308,11 +309,20 @@ class _Verdict:
 
 
 def _coverage(
-    table: TableName, facts: TableFacts, usable: Sequence[SlotState], verdict: _Verdict
+    table: TableName,
+    facts: TableFacts,
+    usable: Sequence[SlotState],
+    known: dict[str, set[str]],
+    verdict: _Verdict,
 ) -> tuple[set[str], set[str]]:
     """The slots that hold every change of the table (wal2json and test_decoding slots hold
     all tables; a pgoutput slot only what a publication publishes), and those that hold only
-    the changes after a publication younger than the slot."""
+    the changes after a publication younger than the slot.
+
+    A publication is older than a protect slot when the point's baseline recorded it (read in
+    the slot's snapshot); for other slots, when the catalog row that makes it publish the
+    table is older than the slot's catalog_xmin (an estimate: a transaction running when the
+    slot was created holds catalog_xmin further back)."""
     covering: set[str] = set()
     partial: set[str] = set()
     for slot in usable:
@@ -328,7 +338,11 @@ def _coverage(
                 )
             continue
         horizon = slot.catalog_xmin_age
-        old = [n for n, age in facts.publications if horizon is None or age >= horizon]
+        old = [
+            n
+            for n, age in facts.publications
+            if n in known.get(slot.name, ()) or horizon is None or age >= horizon
+        ]
         if old:
             covering.add(slot.name)
             continue

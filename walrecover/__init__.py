@@ -46,7 +46,9 @@ if TYPE_CHECKING:
         Interrupted,
         LedgerError,
         LostChanges,
+        MigrationParseError,
         PrivilegeError,
+        ProtectError,
         PublishedTarget,
         ReplayError,
         SlotError,
@@ -66,6 +68,10 @@ if TYPE_CHECKING:
         RecoveredTable,
         reconcile,
     )
+    from .ready.doctor import Diagnosis, TableDiagnosis, doctor
+    from .ready.guard import GuardResult, guard
+    from .ready.points import RecoveryPoint, TableBaseline, load_recovery_points
+    from .ready.protect import ProtectResult, protect
     from .rebuild.recover import AuditSummary, LedgerCheck, RecoveryResult, recover, recover_capture
     from .rebuild.swap import SwapResult, swap
     from .stream.export import DecodeResult, decode_to
@@ -127,6 +133,19 @@ _WHERE = {
     "SwapError": "errors",
     "ClusterError": "errors",
     "Interrupted": "errors",
+    # before the disaster (issue 11): protect, doctor, guard
+    "protect": "ready.protect",
+    "doctor": "ready.doctor",
+    "guard": "ready.guard",
+    "load_recovery_points": "ready.points",
+    "ProtectResult": "ready.protect",
+    "RecoveryPoint": "ready.points",
+    "TableBaseline": "ready.points",
+    "Diagnosis": "ready.doctor",
+    "TableDiagnosis": "ready.doctor",
+    "GuardResult": "ready.guard",
+    "ProtectError": "errors",
+    "MigrationParseError": "errors",
 }
 
 __all__ = [
@@ -139,7 +158,9 @@ __all__ = [
     "ConnectionFailed",
     "DecodeError",
     "DecodeResult",
+    "Diagnosis",
     "Explanation",
+    "GuardResult",
     "Interrupted",
     "LedgerCheck",
     "LedgerError",
@@ -147,12 +168,16 @@ __all__ = [
     "LedgerQuery",
     "LostChanges",
     "Lsn",
+    "MigrationParseError",
     "PrivilegeError",
+    "ProtectError",
+    "ProtectResult",
     "PublishedTarget",
     "ReconcileFailed",
     "Reconciliation",
     "RecoveredAudit",
     "RecoveredTable",
+    "RecoveryPoint",
     "RecoveryResult",
     "RehearsalResult",
     "ReplayError",
@@ -163,6 +188,8 @@ __all__ = [
     "StreamCutShort",
     "SwapError",
     "SwapResult",
+    "TableBaseline",
+    "TableDiagnosis",
     "TableName",
     "TableNotInStream",
     "TargetBusy",
@@ -172,6 +199,10 @@ __all__ = [
     "WalrecoverError",
     "__version__",
     "decode_to",
+    "doctor",
+    "guard",
+    "load_recovery_points",
+    "protect",
     "read_audit",
     "reconcile",
     "recover",

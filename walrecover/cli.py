@@ -1356,5 +1356,175 @@ def audit_verify_command(
         sys.exit(EXIT_DIFFERENCES)
 
 
+# -- before the disaster: protect, doctor, guard (issue 11) ---------------------------------------
+# A self-contained block: its imports are here so merges with the rest of cli.py stay easy.
+
+from .ready.doctor import doctor as _doctor  # noqa: E402
+from .ready.guard import guard as _guard  # noqa: E402
+from .ready.points import parse_duration as _parse_duration  # noqa: E402
+from .ready.protect import PLUGINS as _PROTECT_PLUGINS  # noqa: E402
+from .ready.protect import ProtectResult as _ProtectResult  # noqa: E402
+from .ready.protect import protect as _protect  # noqa: E402
+from .ready.protect import run_forever as _run_forever  # noqa: E402
+
+
+def _duration_option(ctx: click.Context, param: click.Parameter, value: str) -> Any:
+    try:
+        return _parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command("protect")
+@dbname_option
+@click.option(
+    "--table",
+    "table_names",
+    multiple=True,
+    required=True,
+    metavar="SCHEMA.TABLE",
+    help="A table to keep recovery points of. Repeatable.",
+)
+@click.option(
+    "--retain",
+    required=True,
+    metavar="DURATION",
+    callback=_duration_option,
+    help="How far back recovery must reach (48h, 2d, 1h30m): older points are dropped.",
+)
+@click.option(
+    "--every",
+    required=True,
+    metavar="DURATION",
+    callback=_duration_option,
+    help="Make a new recovery point when the newest is this old (6h).",
+)
+@click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the baselines and the manifest are kept (one directory per database).",
+)
+@click.option(
+    "--plugin",
+    type=click.Choice(_PROTECT_PLUGINS),
+    default="pgoutput",
+    show_default=True,
+    help="The output plugin of the slots protect creates.",
+)
+@click.option("--loop", is_flag=True, help="Keep running: sleep until the next point is due.")
+@json_option
+def protect_command(
+    dsn: str | None,
+    table_names: tuple[str, ...],
+    retain: Any,
+    every: Any,
+    directory: Path,
+    plugin: str,
+    loop: bool,
+    as_json: bool,
+) -> None:
+    """Keep recovery points: a slot plus a Parquet baseline of each table, taken in the
+    slot's exported snapshot, so any moment of the last --retain can be rebuilt exactly.
+
+    One run per invocation (cron, a systemd timer): a new point when the newest is older
+    than --every, then the points the window no longer needs are dropped (only slots named
+    walrecover_protect_* that DIR's manifest lists). It prints what the points cost: the WAL
+    their slots retain, catalog_xmin age, disk used in DIR.
+
+    \b
+    Example (cron, every hour; a new point every 6 hours, kept 48 hours):
+      walrecover protect -d "dbname=bank" --table public.transactions \\
+          --retain 48h --every 6h --dir /var/lib/walrecover/bank
+    """
+    tables = [_table(name, "--table") for name in table_names]
+
+    def run() -> _ProtectResult:
+        return _protect(dsn, tables, directory, retain=retain, every=every, plugin=plugin)
+
+    def report(result: _ProtectResult) -> None:
+        click.echo(json.dumps(result.to_dict()) if as_json else result.report())
+        _warn(list(result.warnings))
+
+    if not loop:
+        report(run())
+        return
+    try:
+        _run_forever(run, report)
+    except KeyboardInterrupt:
+        click.echo("walrecover: protect stopped; the recovery points are kept", err=True)
+
+
+@main.command("doctor")
+@dbname_option
+@click.option(
+    "--table",
+    "table_names",
+    multiple=True,
+    metavar="SCHEMA.TABLE",
+    help="A table to check (repeatable); default every user table.",
+)
+@click.option(
+    "--protect-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="The --dir of walrecover protect, whose baselines count as recovery points.",
+)
+@json_option
+def doctor_command(
+    dsn: str | None, table_names: tuple[str, ...], protect_dir: Path | None, as_json: bool
+) -> None:
+    """Could we recover each table right now, and back to when? Read-only.
+
+    Shows wal_level, the database's logical slots (plugin, position, retained WAL,
+    wal_status, safe_wal_size, catalog_xmin age), installed plugins, and one verdict per
+    table: "recoverable back to TIME" or "not recoverable because ... — do: ...". Exit 0 all
+    ok, 5 a warning, 6 a table not recoverable now (for monitoring).
+
+    \b
+    Example:
+      walrecover doctor -d "dbname=bank" --protect-dir /var/lib/walrecover/bank
+    """
+    tables = [_table(name, "--table") for name in table_names]
+    diagnosis = _doctor(dsn, tables, protect_dir)
+    click.echo(json.dumps(diagnosis.to_dict()) if as_json else diagnosis.report())
+    sys.exit(diagnosis.exit_code)
+
+
+@main.command("guard")
+@click.argument("migration", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@dbname_option
+@click.option(
+    "--protect-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="With -d: the --dir of walrecover protect, whose baselines count as recovery points.",
+)
+@json_option
+def guard_command(
+    migration: Path, dsn: str | None, protect_dir: Path | None, as_json: bool
+) -> None:
+    """Flag what a migration destroys: DROP TABLE, TRUNCATE, DELETE/UPDATE without WHERE,
+    ALTER TABLE ... DROP COLUMN and ALTER COLUMN ... TYPE, with line numbers.
+
+    With -d, each affected table must be covered by a recovery point (doctor's verdict
+    "recoverable back to TIME"). Exit 0 when nothing destructive is left unproven, 7
+    otherwise, 1 if the file does not parse: run it in CI or before a deploy.
+
+    \b
+    Example:
+      walrecover guard migrations/0042_drop_legacy.sql -d "dbname=bank" \\
+          --protect-dir /var/lib/walrecover/bank
+    """
+    try:
+        text = migration.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{migration} is not UTF-8 text", param_hint="MIGRATION") from None
+    if protect_dir is not None and dsn is None:
+        raise click.UsageError("--protect-dir needs -d (the database the points are of)")
+    result = _guard(migration, text, dsn, protect_dir)
+    click.echo(json.dumps(result.to_dict()) if as_json else result.report())
+    sys.exit(result.exit_code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -123,6 +123,18 @@ class ClusterError(WalrecoverError):
     """A throwaway PostgreSQL cluster could not be set up."""
 
 
+class ProtectError(WalrecoverError):
+    """``walrecover protect`` cannot keep a recovery point (a directory of another database or
+    not walrecover's, a slot it cannot create), or a protect directory cannot be read."""
+
+
+class MigrationParseError(WalrecoverError):
+    """``walrecover guard``: the migration is not SQL PostgreSQL's parser accepts.
+
+    Facts: ``line`` and ``column`` (1-based) of the position the parser names.
+    """
+
+
 class Interrupted(WalrecoverError):
     """The user interrupted the run (Ctrl-C, SIGTERM); what was committed is kept."""
 
@@ -144,4 +156,12 @@ EXIT_DIFFERENCES = 3
 #: (a plugin dropped changes, a value or column the plugin cannot carry, a default the WAL does
 #: not hold): each reason is printed as a warning naming the table, the LSN or xid and what to do.
 EXIT_UNPROVEN = 4
+#: ``walrecover doctor``: every table is recoverable, but something needs attention soon (a
+#: slot without a baseline, WAL about to be removed, a publication younger than the changes).
+EXIT_WARNING = 5
+#: ``walrecover doctor``: at least one table could not be recovered now.
+EXIT_CRITICAL = 6
+#: ``walrecover guard``: the migration destroys data of a table no recovery point is proven to
+#: cover (or guard was not given ``-d`` to check it).
+EXIT_DESTRUCTIVE = 7
 EXIT_INTERRUPTED = 130

@@ -43,6 +43,7 @@ from .ledger.reconcile import (
     plain,
     reconcile,
 )
+from .rebuild.baseline import BaselineOptions
 from .rebuild.plan import Plan, plan_capture, plan_recovery
 from .rebuild.recover import LedgerCheck, RecoveryResult, recover, recover_capture
 from .rebuild.swap import SwapResult, swap
@@ -527,6 +528,37 @@ def recover_options(f: F) -> F:
 @main.command("recover")
 @recover_options
 @click.option(
+    "--baseline",
+    "baseline_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Start the table from this older copy of it: a pg_dump -t archive (custom or plain), "
+    "a CSV with a header, or a Parquet file; then replay the stream's changes on top.",
+)
+@click.option(
+    "--baseline-dsn",
+    metavar="CONNINFO",
+    help="Start the table from its copy in this database (a server restored from a backup, a "
+    "lagging replica).",
+)
+@click.option(
+    "--baseline-table",
+    metavar="SCHEMA.TABLE",
+    help="The table's name in the baseline. Default: --table.",
+)
+@click.option(
+    "--baseline-lsn",
+    metavar="LSN",
+    help="The LSN the baseline is consistent at: only changes committed after it are "
+    "replayed. Without it (and none recorded in the baseline) the whole stream is replayed "
+    "idempotently, which needs a primary key.",
+)
+@click.option(
+    "--accept-gap",
+    is_flag=True,
+    help="Rebuild even when walrecover cannot show the stream starts at or before the "
+    "baseline (recorded in the result and the audit; exit 4).",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Run every check and print the plan (what would be read and created); change nothing.",
@@ -554,6 +586,11 @@ def recover_command(
     ddl_file: Any,
     force: bool,
     batch_size: int,
+    baseline_file: Path | None,
+    baseline_dsn: str | None,
+    baseline_table: str | None,
+    baseline_lsn: str | None,
+    accept_gap: bool,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -566,8 +603,17 @@ def recover_command(
           --key account_id --amount amount \\
           --ledger-query "SELECT id, balance FROM accounts" \\
           --audit transactions.parquet
+
+    \b
+    From a backup older than the slot, restored on a scratch server:
+      walrecover recover -d "host=db dbname=bank" --slot cdc --table public.transactions \\
+          --baseline-dsn "host=scratch dbname=bank" --baseline-lsn 16/A0000000 \\
+          --stop-before-lsn 16/B374D848
     """
     _check_source(slot, from_file, plugin, capture_settings)
+    baseline = _baseline_options(
+        baseline_file, baseline_dsn, baseline_table, baseline_lsn, accept_gap
+    )
     if from_file is not None and target is None and dsn is None:
         raise click.UsageError("recovering --from-file needs --target (or -d): where to build")
     table = _table(table_name, "--table")
@@ -606,6 +652,7 @@ def recover_command(
                 batch_size=batch_size,
                 capture_settings=capture_settings,
                 wal_dsn=dsn,
+                baseline=baseline,
             )
         else:
             assert slot is not None
@@ -625,6 +672,7 @@ def recover_command(
                 options=plugin_options,
                 via_plugin=via_plugin,
                 batch_size=batch_size,
+                baseline=baseline,
             )
     finally:
         progress.close()
@@ -646,6 +694,32 @@ def recover_command(
             err=True,
         )
         sys.exit(EXIT_UNPROVEN)
+
+
+def _baseline_options(
+    file: Path | None, dsn: str | None, table: str | None, lsn: str | None, accept_gap: bool
+) -> BaselineOptions | None:
+    """The --baseline options as one object, or None when no baseline is given."""
+    if file is not None and dsn is not None:
+        raise click.UsageError("give --baseline FILE or --baseline-dsn CONNINFO, not both")
+    if file is None and dsn is None:
+        if table or lsn or accept_gap:
+            raise click.UsageError(
+                "--baseline-table, --baseline-lsn and --accept-gap need --baseline or "
+                "--baseline-dsn"
+            )
+        return None
+    try:
+        point = Lsn.parse(lsn) if lsn is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--baseline-lsn") from None
+    return BaselineOptions(
+        file=file,
+        dsn=dsn,
+        table=_table(table, "--baseline-table") if table else None,
+        lsn=point,
+        accept_gap=accept_gap,
+    )
 
 
 def _transaction(xid: int | None, lsn: Lsn | None, lsn_kind: str) -> str:
@@ -681,6 +755,13 @@ def _recovery_text(result: RecoveryResult) -> str:
     if result.resumed_from:
         one = "end LSN" if result.lsn_kind == "end" else "commit LSN"
         lines.append(f"  resumed after {one} {result.resumed_from}.")
+    if result.baseline is not None:
+        base = result.baseline
+        point = f"LSN {base['lsn']}" if base.get("lsn") else "an unknown point"
+        lines.append(
+            f"  started from the baseline {base['source']} ({base['rows']} rows at {point}, "
+            f"replayed {base['mode']}; rows sha256 {base['rows_sha256']})."
+        )
     if result.no_row:
         lines.append(
             f"  {result.no_row} updates/deletes found no row (rows older than the slot): "

@@ -711,8 +711,8 @@ def _baseline_options(
         return None
     try:
         point = Lsn.parse(lsn) if lsn is not None else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--baseline-lsn") from None
+    except WalrecoverError as exc:
+        raise click.BadParameter(exc.message, param_hint="--baseline-lsn") from None
     return BaselineOptions(
         file=file,
         dsn=dsn,

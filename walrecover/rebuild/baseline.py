@@ -109,9 +109,9 @@ class Baseline:
                 f"(LSN {self.point}): the baseline already holds later changes; use an older "
                 "baseline"
             )
-        if start is None:
-            return
         bound = self.point or self.at_least
+        if start is None or (bound is None and self.rows.taken_after is not None):
+            return  # the stream's first transaction tells (see _first_commit)
         if bound is not None and start <= bound:
             self._covered = True
             return
@@ -152,33 +152,44 @@ class Baseline:
         return after_point(watched, self.point)
 
     def _first_commit(self, events: Iterable[Event]) -> Iterator[Event]:
-        """A capture covers the baseline when its first transaction committed before the
-        point: the capture began before it."""
-        bound = self.point or self.at_least
+        """The stream covers the baseline when its first transaction committed before the
+        baseline's point (a capture's LSN), or before the baseline was taken (its time)."""
         for event in events:
             if not self._covered and isinstance(event, Begin | Commit):
-                before = (
-                    None
-                    if bound is None
-                    else StartPoint(lsn=bound).starts(None, event.commit_lsn, event.end_lsn, None)
-                )
-                if before is False:
-                    self._covered = True
-                elif before is True:
-                    at = event.commit_lsn or event.end_lsn
-                    self._gap(
-                        f"the capture's first transaction commits at LSN {at}, not before the "
-                        f"baseline's point ({self.describe_point()})"
-                    )
-                elif isinstance(event, Commit) or bound is None:
-                    self._gap(
-                        "the capture carries no LSNs"
-                        if bound is not None
-                        else "the baseline's point is unknown (give --baseline-lsn)"
-                    )
+                self._judge_first(event)
             yield event
         if not self._covered:
-            self._gap("the capture holds no transaction")
+            self._gap("the stream holds no transaction to show where it starts")
+
+    def _judge_first(self, event: Begin | Commit) -> None:
+        bound = self.point or self.at_least
+        if bound is not None:
+            after = StartPoint(lsn=bound).starts(None, event.commit_lsn, event.end_lsn, None)
+            if after is False:
+                self._covered = True
+                return
+            if after is True:
+                at = event.commit_lsn or event.end_lsn
+                self._gap(
+                    f"the stream's first transaction commits at LSN {at}, not before the "
+                    f"baseline's point ({self.describe_point()})"
+                )
+                return
+        taken = self.rows.taken_after
+        if taken is not None and event.commit_time is not None:
+            if event.commit_time < taken:
+                self._covered = True
+            else:
+                self._gap(
+                    f"the stream's first transaction committed at {event.commit_time.isoformat()}"
+                    f", not before the baseline was begun ({taken.isoformat()})"
+                )
+            return
+        if isinstance(event, Commit):
+            self._gap(
+                "the stream's first transaction shows no LSN or time to compare with the "
+                f"baseline's point ({self.describe_point()})"
+            )
 
     # -- loading ----------------------------------------------------------------------------------
 

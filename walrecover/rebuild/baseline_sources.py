@@ -22,6 +22,7 @@ import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -32,7 +33,7 @@ from psycopg import sql
 
 from ..db import Connection, connect, safe_dsn
 from ..drill.cluster import find_installation
-from ..errors import BaselineError, ClusterError
+from ..errors import BaselineError, ClusterError, WalrecoverError
 from ..stream.lsn import Lsn
 from ..stream.model import TableName
 
@@ -57,6 +58,9 @@ class BaselineRows:
     at_least: Lsn | None = None
     #: What else is known (the archive's creation time, the standby's replay state).
     facts: dict[str, str] = field(default_factory=dict)
+    #: The copy's snapshot was taken at or after this time (a custom archive's creation time,
+    #: which pg_dump records before it takes its snapshot), if known.
+    taken_after: datetime | None = None
     path: Path | None = None
     conn: Connection | None = None
     table: TableName | None = None
@@ -180,7 +184,7 @@ def _from_parquet(path: Path) -> BaselineRows:
             text = str(json.loads(text))
         try:
             result.lsn = Lsn.parse(text)
-        except ValueError:
+        except WalrecoverError:
             raise BaselineError(f"{path}: walrecover.lsn {text!r} is not an LSN") from None
     for name in parquet.schema_arrow.names:
         _check_arrow_type(path, name, parquet.schema_arrow.field(name).type)
@@ -210,6 +214,7 @@ def _from_dump(path: Path, kind: str, table: TableName) -> BaselineRows:
         created = _archive_time(path)
         if created:
             result.facts["archive_created_at"] = created
+            result.taken_after = _parse_time(created)
     return result
 
 
@@ -241,6 +246,8 @@ class _DumpLines:
             self.process.wait()
             stderr = self.process.stderr
             error = stderr.read().decode(errors="replace") if stderr else ""
+            if stderr is not None:
+                stderr.close()
             if self.process.returncode not in (0, -9) and error.strip() and exc[0] is None:
                 raise BaselineError(
                     f"pg_restore could not read {self.path}: {error.strip().splitlines()[0]}"
@@ -273,6 +280,20 @@ def _archive_time(path: Path) -> str | None:
         return None
     match = re.search(r"Archive created at (.+)", listing)
     return match.group(1).strip() if match else None
+
+
+def _parse_time(text: str) -> datetime | None:
+    """pg_dump's ``%Y-%m-%d %H:%M:%S %Z`` (the dumping machine's zone): only UTC/GMT or a
+    numeric offset name an instant; other zone abbreviations are ambiguous."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (UTC|GMT|[+-]\d\d(?::?\d\d)?)", text)
+    if match is None:
+        return None
+    zone = match.group(2)
+    offset = "+00:00" if zone in ("UTC", "GMT") else zone
+    try:
+        return datetime.fromisoformat(f"{match.group(1)}{offset}")
+    except ValueError:
+        return None
 
 
 def _find_copy(lines: Iterator[bytes], table: TableName) -> tuple[str, ...] | None:

@@ -26,6 +26,7 @@ from . import __version__
 from .audit.verify import verify_audit
 from .db import redact
 from .drill.rehearsal import RehearsalResult, rehearse
+from .drill.rehearsal_baseline import rehearse_baseline
 from .errors import (
     EXIT_DIFFERENCES,
     EXIT_ERROR,
@@ -1070,6 +1071,13 @@ def decode_command(
     is_flag=True,
     help="Leave the throwaway cluster running to explore (prints how to reach it).",
 )
+@click.option(
+    "--baseline",
+    "with_baseline",
+    is_flag=True,
+    help="The real case: half the workload before the slot exists, a Parquet baseline taken "
+    "in the slot's exported snapshot, recovered with recover --baseline; prints the RTO.",
+)
 @json_option
 def rehearse_command(
     transactions: int,
@@ -1077,6 +1085,7 @@ def rehearse_command(
     audit_path: Path | None,
     plugin: str,
     keep: bool,
+    with_baseline: bool,
     as_json: bool,
 ) -> None:
     """Practise the whole recovery on a throwaway PostgreSQL.
@@ -1087,10 +1096,11 @@ def rehearse_command(
     \b
     Example:
       walrecover rehearse --transactions 100000 --json
+      walrecover rehearse --baseline --transactions 1000000
     """
     progress = Progress()
     try:
-        result = rehearse(
+        result = (rehearse_baseline if with_baseline else rehearse)(
             transactions,
             accounts,
             keep=keep,
@@ -1123,6 +1133,14 @@ def _rehearsal_text(result: RehearsalResult) -> str:
         f"  time: workload {seconds['workload']:.1f}s, recover {seconds['recover']:.1f}s, "
         f"verify {seconds['verify']:.1f}s, total {seconds['total']:.1f}s.",
     ]
+    if result.baseline is not None:
+        lines.insert(
+            2,
+            f"  baseline: {result.baseline.get('exported_rows')} rows exported at the slot's "
+            f"consistent point {result.baseline.get('slot_point')} "
+            f"({seconds.get('baseline_export', 0):.1f}s), before the other half of the workload.",
+        )
+        lines.append(f"  RTO (table gone -> back and reconciled): {seconds['rto']:.1f}s.")
     if result.kept_dsn:
         lines.append(f'  the cluster is still running: psql "{result.kept_dsn}"')
     if result.audit_path:

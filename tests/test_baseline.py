@@ -346,3 +346,22 @@ def test_stop_point_before_the_baseline_is_refused(db: Database, tmp_path: Path)
     result = cli(*args, "--baseline-lsn", str(points[0]), "--stop-before-lsn", str(early))
     assert result.exit_code == 1
     assert "at or before the baseline's point" in result.stderr
+
+
+# -- the rehearsal -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_rehearse_with_a_baseline(plugin: str) -> None:
+    result = cli(
+        "rehearse", "--baseline", "--transactions", "600", "--accounts", "10", "--plugin", plugin,
+        "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["identical"] and out["reconciled"]
+    baseline = out["baseline"]
+    assert baseline["lsn"] == baseline["slot_point"] and baseline["mode"] == "after point"
+    assert baseline["rows"] == baseline["exported_rows"] > 0
+    assert out["rows"] > baseline["rows"]
+    assert out["seconds"]["rto"] > 0

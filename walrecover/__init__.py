@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .drill.rehearsal import RehearsalResult, rehearse
     from .errors import (
         AuditError,
+        BaselineError,
         CaptureSettingError,
         ClusterError,
         ConfigurationError,
@@ -124,6 +125,7 @@ _WHERE = {
     "LostChanges": "errors",
     "LedgerError": "errors",
     "AuditError": "errors",
+    "BaselineError": "errors",
     "SwapError": "errors",
     "ClusterError": "errors",
     "Interrupted": "errors",
@@ -132,6 +134,7 @@ _WHERE = {
 __all__ = [
     "AuditError",
     "AuditSummary",
+    "BaselineError",
     "CaptureSettingError",
     "CaptureSettings",
     "ClusterError",

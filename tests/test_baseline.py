@@ -10,6 +10,7 @@ is compared row for row with the real table snapshotted before the DROP.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from every_way import create_source, user_options
+from fault_helpers import run, start, wait_for_progress
 from helpers import Database, cli, differences, drop_with_truth, run_script, source_untouched
 
 from walrecover.audit.writer import read_metadata
@@ -365,3 +367,62 @@ def test_rehearse_with_a_baseline(plugin: str) -> None:
     assert baseline["rows"] == baseline["exported_rows"] > 0
     assert out["rows"] > baseline["rows"]
     assert out["seconds"]["rto"] > 0
+
+
+# -- reruns ----------------------------------------------------------------------------------------
+
+
+def test_a_killed_baseline_recovery_resumes_without_loading_it_twice(
+    db: Database, tmp_path: Path
+) -> None:
+    """Keyless, so a baseline loaded twice would show as duplicates: killed after some batches,
+    the same command resumes past its own last commit."""
+    path = tmp_path / "t.csv"
+    db.execute("CREATE TABLE t (n integer, note text)")
+    db.execute("ALTER TABLE t REPLICA IDENTITY FULL")
+    db.execute("INSERT INTO t SELECT g, 'before the slot' FROM generate_series(1, 5000) g")
+    slot = create_source(db, "wal2json", "t")
+    db.execute("INSERT INTO t VALUES (0, 'in the slot, in the baseline')")
+    export_csv(db, path)
+    point = db.lsn()
+    with db.connect() as conn:
+        conn.execute(
+            "DO $$ BEGIN FOR i IN 1..80 LOOP"
+            " INSERT INTO t SELECT g, 'after' FROM generate_series(i * 10000, i * 10000 + 999) g;"
+            " DELETE FROM t WHERE n = i; COMMIT; END LOOP; END $$"
+        )
+    drop_with_truth(db)
+    args = recover_args(db, "wal2json", slot, "--baseline", str(path), "--baseline-lsn", point)
+    args += ["--batch-size", "2000"]
+    running = start(args)
+    kept = wait_for_progress(db.dsn, "public.t_recovered", running, transactions=10)
+    assert running.signal(signal.SIGKILL), "the recovery ended before it could be killed"
+    running.finish()
+    assert not kept.complete
+    done = run(args)
+    assert done.returncode == 0, done.describe()
+    assert done.json()["resumed_from"] is not None
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+
+
+def test_rerun_is_already_complete_and_another_baseline_is_another_command(
+    db: Database, tmp_path: Path
+) -> None:
+    path = tmp_path / "t.csv"
+    points: list[Lsn] = []
+
+    def take(lsn: Lsn) -> None:
+        export_csv(db, path)
+        points.append(lsn)
+
+    slot = workload(db, "wal2json", take)
+    args = recover_args(db, "wal2json", slot, "--baseline", str(path))
+    first = cli(*args, "--baseline-lsn", str(points[0]))
+    assert first.exit_code == 0, first.stderr
+    again = cli(*args, "--baseline-lsn", str(points[0]))
+    assert again.exit_code == 0, again.stderr
+    out = json.loads(again.stdout)
+    assert out["already_complete"] and out["baseline"] == json.loads(first.stdout)["baseline"]
+    other = cli(*args, "--baseline-lsn", str(Lsn(points[0] - 8)))
+    assert other.exit_code == 1
+    assert "--baseline differs" in other.stderr

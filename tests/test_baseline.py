@@ -21,13 +21,17 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from every_way import create_source, user_options
-from fault_helpers import run, start, wait_for_progress
+from every_way import capture_of, create_source, user_options
+from fault_helpers import peek_capture, run, start, wait_for_progress
 from helpers import Database, cli, differences, drop_with_truth, run_script, source_untouched
 
 from walrecover.audit.writer import read_metadata
 from walrecover.drill.cluster import find_installation
+from walrecover.errors import BaselineError
+from walrecover.rebuild.baseline import BaselineOptions
+from walrecover.rebuild.recover import recover_capture
 from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import TableName
 
 PLUGINS = ("wal2json", "pgoutput", "test_decoding")
 DDL = "CREATE TABLE t (id integer PRIMARY KEY, amount numeric(12,2), note text)"
@@ -426,3 +430,45 @@ def test_rerun_is_already_complete_and_another_baseline_is_another_command(
     other = cli(*args, "--baseline-lsn", str(Lsn(points[0] - 8)))
     assert other.exit_code == 1
     assert "--baseline differs" in other.stderr
+
+
+# -- captures ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("plugin", ["wal2json", "pgoutput"])
+def test_capture_shows_it_covers_the_baseline(db: Database, tmp_path: Path, plugin: str) -> None:
+    """A capture's start is unknown: its first transaction, committed before the point, shows
+    it began before the baseline."""
+    path = tmp_path / "t.csv"
+    points: list[Lsn] = []
+
+    def take(lsn: Lsn) -> None:
+        export_csv(db, path)
+        points.append(lsn)
+        db.create_slot("late", plugin)  # a capture started after the baseline
+
+    workload(db, plugin, take)
+    capture = capture_of(db, plugin, tmp_path / "t.capture")
+    result = recover_capture(
+        capture,
+        plugin,
+        TableName("public", "t"),
+        target=db.dsn,
+        options=user_options(plugin),
+        baseline=BaselineOptions(file=path, lsn=points[0]),
+    )
+    assert result.exact and result.transactions == 6
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+    late = tmp_path / "late.capture"
+    peek_capture(db.dsn, "late", plugin, late, options=user_options(plugin))
+    with pytest.raises(BaselineError, match="first transaction commits at LSN"):
+        recover_capture(
+            late,
+            plugin,
+            TableName("public", "t"),
+            target=db.dsn,
+            into=TableName("public", "t_late"),
+            options=user_options(plugin),
+            baseline=BaselineOptions(file=path, lsn=points[0]),
+        )
+    assert db.scalar("SELECT to_regclass('t_late')") is None

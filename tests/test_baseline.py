@@ -472,3 +472,24 @@ def test_capture_shows_it_covers_the_baseline(db: Database, tmp_path: Path, plug
             baseline=BaselineOptions(file=path, lsn=points[0]),
         )
     assert db.scalar("SELECT to_regclass('t_late')") is None
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_a_truncate_first_after_the_baseline_empties_it(
+    db: Database, tmp_path: Path, plugin: str
+) -> None:
+    """Replay skips a TRUNCATE that comes before the table exists in the target: with a
+    baseline, the baseline's rows are there and must go."""
+    path = tmp_path / "t.csv"
+    db.execute(DDL)
+    db.execute("INSERT INTO t SELECT g, g, 'old' FROM generate_series(1, 30) g")
+    slot = create_source(db, plugin, "t")
+    export_csv(db, path)
+    point = db.lsn()
+    run_script(db, ["TRUNCATE t", "INSERT INTO t VALUES (1, 1.00, 'new'), (31, 31.00, 'new')"])
+    drop_with_truth(db)
+    args = recover_args(db, plugin, slot, "--baseline", str(path), "--baseline-lsn", point)
+    result = cli(*args, *ddl_args(plugin, tmp_path))
+    assert result.exit_code == 0, result.stderr
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+    assert json.loads(result.stdout)["baseline"]["truncated_by_the_stream"] is True

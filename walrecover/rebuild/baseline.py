@@ -34,7 +34,7 @@ from psycopg import sql
 from ..db import Connection
 from ..errors import BaselineError, TableNotInStream
 from ..stream.lsn import Lsn
-from ..stream.model import Begin, Change, Commit, Event, StartPoint, StopPoint, TableName
+from ..stream.model import Begin, Change, Commit, Event, Op, StartPoint, StopPoint, TableName
 from .baseline_sources import BaselineRows, open_rows
 from .target import Target
 
@@ -64,6 +64,7 @@ class Baseline:
 
     def __init__(self, options: BaselineOptions, table: TableName) -> None:
         self.options = options
+        self.recovered = table
         self.table = options.table or table
         self.rows: BaselineRows = open_rows(
             file=options.file, dsn=options.dsn, table=self.table, lsn=options.lsn
@@ -83,6 +84,10 @@ class Baseline:
         self.gap: str | None = None
         self.loaded_rows: int | None = None
         self.rows_sha256: str | None = None
+        #: The stream's first change of the table is a TRUNCATE: it removes every baseline
+        #: row, which is then not loaded (replay creates the table at the next change).
+        self.truncated = False
+        self._seen_change = False
         self._covered = False
 
     @property
@@ -147,9 +152,22 @@ class Baseline:
         committed at or after it (the baseline holds the others)."""
         self.check_start(start, stop)
         watched = events if self._covered else self._first_commit(events)
-        if self.point is None:
-            return iter(watched)
-        return after_point(watched, self.point)
+        if self.point is not None:
+            watched = after_point(watched, self.point)
+        return self._first_change(watched)
+
+    def _first_change(self, events: Iterable[Event]) -> Iterator[Event]:
+        """Note when the table's first change in the replayed stream is a TRUNCATE."""
+        table = self.recovered
+        for event in events:
+            if (
+                not self._seen_change
+                and isinstance(event, Change)
+                and event.relation.same_table(table.schema, table.name)
+            ):
+                self._seen_change = True
+                self.truncated = event.op is Op.TRUNCATE
+            yield event
 
     def _first_commit(self, events: Iterable[Event]) -> Iterator[Event]:
         """The stream covers the baseline when its first transaction committed before the
@@ -212,12 +230,20 @@ class Baseline:
                 "with the table's definition as the baseline has it",
                 table=str(target.into),
             )
-        self.rows.copy_into(target.conn, target.ident)
+        if not self.truncated:
+            self.rows.copy_into(target.conn, target.ident)
         self.rows.close()
         self.loaded_rows, self.rows_sha256 = rows_hash(target.conn, target.ident, self.rows.columns)
 
     def no_changes(self, exc: TableNotInStream) -> BaselineError:
         """The error when the stream holds no change of the table after the baseline."""
+        if self.truncated:
+            return BaselineError(
+                f"the stream truncates {self.recovered} after the baseline's point "
+                f"({self.describe_point()}) and holds no change of it after that: the table was "
+                "empty; create it empty from the original definition",
+                table=str(self.recovered),
+            )
         return BaselineError(
             f"the stream holds no change of {self.table} after the baseline's point "
             f"({self.describe_point()}): if nothing changed it since, the baseline "
@@ -238,6 +264,7 @@ class Baseline:
             "rows_sha256": self.rows_sha256,
             "facts": dict(self.rows.facts),
             "gap": self.gap,
+            "truncated_by_the_stream": self.truncated,
         }
 
     def close(self) -> None:

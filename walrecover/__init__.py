@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .drill.rehearsal import RehearsalResult, rehearse
     from .errors import (
         AuditError,
+        BaselineError,
         CaptureSettingError,
         ClusterError,
         ConfigurationError,
@@ -130,6 +131,7 @@ _WHERE = {
     "LostChanges": "errors",
     "LedgerError": "errors",
     "AuditError": "errors",
+    "BaselineError": "errors",
     "SwapError": "errors",
     "ClusterError": "errors",
     "Interrupted": "errors",
@@ -151,6 +153,7 @@ _WHERE = {
 __all__ = [
     "AuditError",
     "AuditSummary",
+    "BaselineError",
     "CaptureSettingError",
     "CaptureSettings",
     "ClusterError",

@@ -26,6 +26,7 @@ from . import __version__
 from .audit.verify import verify_audit
 from .db import redact
 from .drill.rehearsal import RehearsalResult, rehearse
+from .drill.rehearsal_baseline import rehearse_baseline
 from .errors import (
     EXIT_DIFFERENCES,
     EXIT_ERROR,
@@ -43,6 +44,7 @@ from .ledger.reconcile import (
     plain,
     reconcile,
 )
+from .rebuild.baseline import BaselineOptions
 from .rebuild.plan import Plan, plan_capture, plan_recovery
 from .rebuild.recover import LedgerCheck, RecoveryResult, recover, recover_capture
 from .rebuild.swap import SwapResult, swap
@@ -527,6 +529,37 @@ def recover_options(f: F) -> F:
 @main.command("recover")
 @recover_options
 @click.option(
+    "--baseline",
+    "baseline_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Start the table from this older copy of it: a pg_dump -t archive (custom or plain), "
+    "a CSV with a header, or a Parquet file; then replay the stream's changes on top.",
+)
+@click.option(
+    "--baseline-dsn",
+    metavar="CONNINFO",
+    help="Start the table from its copy in this database (a server restored from a backup, a "
+    "lagging replica).",
+)
+@click.option(
+    "--baseline-table",
+    metavar="SCHEMA.TABLE",
+    help="The table's name in the baseline. Default: --table.",
+)
+@click.option(
+    "--baseline-lsn",
+    metavar="LSN",
+    help="The LSN the baseline is consistent at: only changes committed after it are "
+    "replayed. Without it (and none recorded in the baseline) the whole stream is replayed "
+    "idempotently, which needs a primary key.",
+)
+@click.option(
+    "--accept-gap",
+    is_flag=True,
+    help="Rebuild even when walrecover cannot show the stream starts at or before the "
+    "baseline (recorded in the result and the audit; exit 4).",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Run every check and print the plan (what would be read and created); change nothing.",
@@ -554,6 +587,11 @@ def recover_command(
     ddl_file: Any,
     force: bool,
     batch_size: int,
+    baseline_file: Path | None,
+    baseline_dsn: str | None,
+    baseline_table: str | None,
+    baseline_lsn: str | None,
+    accept_gap: bool,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -566,8 +604,17 @@ def recover_command(
           --key account_id --amount amount \\
           --ledger-query "SELECT id, balance FROM accounts" \\
           --audit transactions.parquet
+
+    \b
+    From a backup older than the slot, restored on a scratch server:
+      walrecover recover -d "host=db dbname=bank" --slot cdc --table public.transactions \\
+          --baseline-dsn "host=scratch dbname=bank" --baseline-lsn 16/A0000000 \\
+          --stop-before-lsn 16/B374D848
     """
     _check_source(slot, from_file, plugin, capture_settings)
+    baseline = _baseline_options(
+        baseline_file, baseline_dsn, baseline_table, baseline_lsn, accept_gap
+    )
     if from_file is not None and target is None and dsn is None:
         raise click.UsageError("recovering --from-file needs --target (or -d): where to build")
     table = _table(table_name, "--table")
@@ -606,6 +653,7 @@ def recover_command(
                 batch_size=batch_size,
                 capture_settings=capture_settings,
                 wal_dsn=dsn,
+                baseline=baseline,
             )
         else:
             assert slot is not None
@@ -625,6 +673,7 @@ def recover_command(
                 options=plugin_options,
                 via_plugin=via_plugin,
                 batch_size=batch_size,
+                baseline=baseline,
             )
     finally:
         progress.close()
@@ -646,6 +695,32 @@ def recover_command(
             err=True,
         )
         sys.exit(EXIT_UNPROVEN)
+
+
+def _baseline_options(
+    file: Path | None, dsn: str | None, table: str | None, lsn: str | None, accept_gap: bool
+) -> BaselineOptions | None:
+    """The --baseline options as one object, or None when no baseline is given."""
+    if file is not None and dsn is not None:
+        raise click.UsageError("give --baseline FILE or --baseline-dsn CONNINFO, not both")
+    if file is None and dsn is None:
+        if table or lsn or accept_gap:
+            raise click.UsageError(
+                "--baseline-table, --baseline-lsn and --accept-gap need --baseline or "
+                "--baseline-dsn"
+            )
+        return None
+    try:
+        point = Lsn.parse(lsn) if lsn is not None else None
+    except WalrecoverError as exc:
+        raise click.BadParameter(exc.message, param_hint="--baseline-lsn") from None
+    return BaselineOptions(
+        file=file,
+        dsn=dsn,
+        table=_table(table, "--baseline-table") if table else None,
+        lsn=point,
+        accept_gap=accept_gap,
+    )
 
 
 def _transaction(xid: int | None, lsn: Lsn | None, lsn_kind: str) -> str:
@@ -681,6 +756,13 @@ def _recovery_text(result: RecoveryResult) -> str:
     if result.resumed_from:
         one = "end LSN" if result.lsn_kind == "end" else "commit LSN"
         lines.append(f"  resumed after {one} {result.resumed_from}.")
+    if result.baseline is not None:
+        base = result.baseline
+        point = f"LSN {base['lsn']}" if base.get("lsn") else "an unknown point"
+        lines.append(
+            f"  started from the baseline {base['source']} ({base['rows']} rows at {point}, "
+            f"replayed {base['mode']}; rows sha256 {base['rows_sha256']})."
+        )
     if result.no_row:
         lines.append(
             f"  {result.no_row} updates/deletes found no row (rows older than the slot): "
@@ -989,6 +1071,13 @@ def decode_command(
     is_flag=True,
     help="Leave the throwaway cluster running to explore (prints how to reach it).",
 )
+@click.option(
+    "--baseline",
+    "with_baseline",
+    is_flag=True,
+    help="The real case: half the workload before the slot exists, a Parquet baseline taken "
+    "in the slot's exported snapshot, recovered with recover --baseline; prints the RTO.",
+)
 @json_option
 def rehearse_command(
     transactions: int,
@@ -996,6 +1085,7 @@ def rehearse_command(
     audit_path: Path | None,
     plugin: str,
     keep: bool,
+    with_baseline: bool,
     as_json: bool,
 ) -> None:
     """Practise the whole recovery on a throwaway PostgreSQL.
@@ -1006,10 +1096,11 @@ def rehearse_command(
     \b
     Example:
       walrecover rehearse --transactions 100000 --json
+      walrecover rehearse --baseline --transactions 1000000
     """
     progress = Progress()
     try:
-        result = rehearse(
+        result = (rehearse_baseline if with_baseline else rehearse)(
             transactions,
             accounts,
             keep=keep,
@@ -1042,6 +1133,14 @@ def _rehearsal_text(result: RehearsalResult) -> str:
         f"  time: workload {seconds['workload']:.1f}s, recover {seconds['recover']:.1f}s, "
         f"verify {seconds['verify']:.1f}s, total {seconds['total']:.1f}s.",
     ]
+    if result.baseline is not None:
+        lines.insert(
+            2,
+            f"  baseline: {result.baseline.get('exported_rows')} rows exported at the slot's "
+            f"consistent point {result.baseline.get('slot_point')} "
+            f"({seconds.get('baseline_export', 0):.1f}s), before the other half of the workload.",
+        )
+        lines.append(f"  RTO (table gone -> back and reconciled): {seconds['rto']:.1f}s.")
     if result.kept_dsn:
         lines.append(f'  the cluster is still running: psql "{result.kept_dsn}"')
     if result.audit_path:

@@ -102,6 +102,11 @@ class LostChanges(WalrecoverError):
     """The plugin left changes of the rebuilt table out of the stream (and said so)."""
 
 
+class BaselineError(WalrecoverError):
+    """The baseline (``recover --baseline``) cannot be read, or its coverage by the stream
+    cannot be proven."""
+
+
 class LedgerError(WalrecoverError):
     """The ledger query or file is unusable."""
 

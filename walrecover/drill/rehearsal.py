@@ -155,6 +155,8 @@ class RehearsalResult:
     #: Connection string of the kept cluster (``keep=True``), else None.
     kept_dsn: str | None = None
     audit_path: str | None = None
+    #: The baseline the table was started from (``rehearse --baseline``), as the result has it.
+    baseline: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,6 +172,7 @@ class RehearsalResult:
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "kept_dsn": self.kept_dsn,
             "audit_path": self.audit_path,
+            "baseline": self.baseline,
         }
 
 
@@ -180,14 +183,18 @@ def run_workload(
     *,
     seed: float = 0.42,
     progress: ProgressCallback | None = None,
+    first: int = 0,
 ) -> None:
-    """Run the banking workload (schema must exist) in chunks, committing as it goes."""
+    """Run the banking workload (schema must exist) in chunks, committing as it goes;
+    ``first`` ledger transactions were run before (the workload goes on from there)."""
     conn.autocommit = True
     done = 0
     while done < transactions:
         n = min(CHUNK, transactions - done)
-        chunk_seed = ((seed * 1000 + done // CHUNK) % 1000) / 1000.0
-        conn.execute("CALL bank_workload(%s, %s, %s, %s)", (done + 1, n, accounts, chunk_seed))
+        chunk_seed = ((seed * 1000 + (first + done) // CHUNK) % 1000) / 1000.0
+        conn.execute(
+            "CALL bank_workload(%s, %s, %s, %s)", (first + done + 1, n, accounts, chunk_seed)
+        )
         done += n
         if progress is not None:
             progress("workload", done, transactions)

@@ -51,6 +51,7 @@ OPTION_NAMES = {
     "stop": "the stop point (--stop-before-*)",
     "ddl": "--ddl",
     "audit": "--audit/--audit-dir",
+    "baseline": "--baseline",
 }
 
 

@@ -48,6 +48,7 @@ from ..stream.settings import apply as apply_settings
 from ..stream.settings import restore as restore_settings
 from ..stream.sources import CaptureSource, ProgressCallback, SlotSource
 from ..stream.walinspect import WalInspect, waldump_command
+from .baseline import Baseline, BaselineOptions
 from .identity import CaptureIdentityWatch
 from .preflight import (
     check_encoding,
@@ -123,6 +124,8 @@ class RecoveryResult:
     #: An earlier run of the same command had finished this recovery: nothing was read or
     #: written, the result is the one it recorded (the reconciliation, if asked, is new).
     already_complete: bool = False
+    #: The baseline the table was started from (``--baseline``): source, point, rows, hash.
+    baseline: dict[str, Any] | None = None
 
     @property
     def exact(self) -> bool:
@@ -169,6 +172,7 @@ class RecoveryResult:
             "capture": self.capture,
             "lsn_kind": self.lsn_kind,
             "already_complete": self.already_complete,
+            "baseline": self.baseline,
         }
 
 
@@ -198,11 +202,13 @@ def recover(
     options: Mapping[str, str] | None = None,
     audit_dir: str | Path | None = None,
     via_plugin: str | None = None,
+    baseline: BaselineOptions | None = None,
 ) -> RecoveryResult:
     """Rebuild ``table`` from ``slot`` on ``dsn`` into ``into`` on ``target`` (default ``dsn``).
 
     ``options`` are plugin options (``-o NAME=VALUE``) on top of walrecover's; ``via_plugin``
-    reads the slot through another output plugin (the copy is made with it).
+    reads the slot through another output plugin (the copy is made with it); ``baseline``
+    starts the table from an older copy of it (see :mod:`.baseline`).
     """
     source = SlotSource(
         dsn,
@@ -214,8 +220,9 @@ def recover(
         stop_lsn=stop.lsn,
     )
     command = slot_command(
-        dsn, slot, table, via_plugin, options, stop, ddl, audit_identity(audit_path, audit_dir)
-    )
+        dsn, slot, table, via_plugin, options, stop, ddl, audit_identity(audit_path, audit_dir),
+        baseline,
+    )  # fmt: skip
     return _recover(
         source,
         dsn,
@@ -233,6 +240,7 @@ def recover(
         audit_dir=audit_dir,
         batch_size=batch_size,
         wal_dsn=dsn,
+        baseline=baseline,
     )
 
 
@@ -254,6 +262,7 @@ def recover_capture(
     audit_dir: str | Path | None = None,
     capture_settings: CaptureSettings | Mapping[str, str] | None = None,
     wal_dsn: str | None = None,
+    baseline: BaselineOptions | None = None,
 ) -> RecoveryResult:
     """Rebuild ``table`` from a ``pg_recvlogical -f`` capture into ``into`` on ``target``.
 
@@ -271,7 +280,9 @@ def recover_capture(
         progress=progress,
         settings=capture_settings_of(capture_settings),
     )
-    command = capture_command(source, table, stop, ddl, audit_identity(audit_path, audit_dir))
+    command = capture_command(
+        source, table, stop, ddl, audit_identity(audit_path, audit_dir), baseline
+    )
     return _recover(
         source,
         target,
@@ -289,6 +300,7 @@ def recover_capture(
         audit_dir=audit_dir,
         batch_size=batch_size,
         wal_dsn=wal_dsn,
+        baseline=baseline,
     )
 
 
@@ -311,6 +323,7 @@ def slot_command(
     stop: StopPoint,
     ddl: str | None,
     audit: str | None,
+    baseline: BaselineOptions | None = None,
 ) -> str:
     """The identity of a recovery from a slot (see :func:`.preflight.command_identity`)."""
     return command_identity(
@@ -322,11 +335,17 @@ def slot_command(
         stop=stop.describe(),
         ddl=ddl_identity(ddl),
         audit=audit,
+        baseline=baseline.identity() if baseline is not None else None,
     )
 
 
 def capture_command(
-    source: CaptureSource, table: TableName, stop: StopPoint, ddl: str | None, audit: str | None
+    source: CaptureSource,
+    table: TableName,
+    stop: StopPoint,
+    ddl: str | None,
+    audit: str | None,
+    baseline: BaselineOptions | None = None,
 ) -> str:
     """The identity of a recovery from a capture file."""
     return command_identity(
@@ -338,6 +357,7 @@ def capture_command(
         stop=stop.describe(),
         ddl=ddl_identity(ddl),
         audit=audit,
+        baseline=baseline.identity() if baseline is not None else None,
     )
 
 
@@ -365,6 +385,7 @@ def _recover(
     batch_size: int,
     audit_dir: str | Path | None = None,
     wal_dsn: str | None = None,
+    baseline: BaselineOptions | None = None,
 ) -> RecoveryResult:
     """The recovery proper, from any source."""
     started = time.monotonic()
@@ -384,6 +405,7 @@ def _recover(
     roundtrip: ServerRoundTrip | None = None
     wal: WalInspect | None = None
     judge: RecreationJudge | None = None
+    base: Baseline | None = None
     notes: list[str] = []
     # Where the source's WAL was before this run created anything (a capture's; a slot copy's
     # end serves for a slot): tables created from here on are the run's own.
@@ -443,6 +465,8 @@ def _recover(
             if src.settings.date_output != "ISO":
                 roundtrip = ServerRoundTrip(target_dsn, src.settings)
             checker = ValueChecker(src.settings, src.plugin, (table,), roundtrip)
+        if baseline is not None:
+            base = Baseline(baseline, table)
         with src:
             # Before any row: the grants the build needs (named per object), then the
             # publications (a table a publication names cannot be kept from it).
@@ -527,6 +551,10 @@ def _recover(
             if ddl is None:
                 version = src.server_version if isinstance(src, SlotSource) else None
                 warnings.extend(column_limits(src.plugin, version))
+            if base is not None:
+                events = base.follow(
+                    events, src.start_lsn if isinstance(src, SlotSource) else None, stop
+                )
             try:
                 result = replay(
                     target_conn,
@@ -548,13 +576,16 @@ def _recover(
                     judge=judge,
                     cut_ok=isinstance(src, CaptureSource),
                     command=command,
-                    on_created=_column_check(ledger, ddl),
+                    on_created=_on_created(_column_check(ledger, ddl), base),
+                    idempotent=base is not None and base.idempotent,
                 )
             except StopPointError as exc:
                 if exc.facts.get("missing") and given_stop.xid is not None:
                     raise _xid_hint(exc, given_stop, src) from None
                 raise
             except TableNotInStream as exc:
+                if base is not None:
+                    raise base.no_changes(exc) from None
                 if isinstance(src, SlotSource) and not exc.facts.get("tables"):
                     raise _with_tables(exc, dsn, src) from None
                 raise
@@ -597,6 +628,7 @@ def _recover(
                     "stopped_before_lsn": _lsn(result.stopped_before[1])
                     if result.stopped_before
                     else None,
+                    **({"baseline": base.summary()} if base is not None else {}),
                 }
             )
             audit_summary = AuditSummary(
@@ -607,6 +639,8 @@ def _recover(
                 outcomes=dict(audit.outcome_counts),
             )
             audit = None
+        if base is not None and base.gap is not None:
+            unproven.append(base.gap)
         all_unproven = (*unproven, *result.unproven)
         with contextlib.suppress(psycopg.Error):  # only the "already complete" answer needs it
             Target(target_conn, into).store_result(
@@ -628,6 +662,7 @@ def _recover(
                         "capture_bytes": _size(src.path)
                         if isinstance(src, CaptureSource)
                         else None,
+                        "baseline": base.summary() if base is not None else None,
                         "completed_at": datetime.now(UTC).isoformat(),
                     },
                     default=str,
@@ -681,6 +716,8 @@ def _recover(
             judge.close()
         if wal is not None:
             wal.close()
+        if base is not None:
+            base.close()
         with contextlib.suppress(Exception):
             target_conn.close()
     return RecoveryResult(
@@ -714,6 +751,7 @@ def _recover(
         unproven=all_unproven,
         capture=str(src.path) if isinstance(src, CaptureSource) else None,
         lsn_kind="end" if plugin == "test_decoding" else "commit",
+        baseline=base.summary() if base is not None else None,
     )
 
 
@@ -782,6 +820,21 @@ def _column_check(ledger: LedgerCheck | None, ddl: str | None) -> Callable[[Targ
         )
 
     return check
+
+
+def _on_created(
+    check: Callable[[Target], None] | None, base: Baseline | None
+) -> Callable[[Target], None] | None:
+    """What to do when replay has created the table: load the baseline, then check it."""
+    if base is None:
+        return check
+
+    def created(target: Target) -> None:
+        base.load(target)
+        if check is not None:
+            check(target)
+
+    return created
 
 
 def _audit_dict(audit: AuditSummary | None) -> dict[str, Any] | None:
@@ -949,6 +1002,7 @@ def _already_complete(
         audit=audit,
         unproven=tuple(stored.get("unproven") or ()),
         already_complete=True,
+        baseline=stored.get("baseline"),
     )
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from psycopg import sql
 
-from walrecover.db import SESSION_SETTINGS, connect
+from walrecover.db import SESSION_SETTINGS, connect, one
 from walrecover.drill.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -486,7 +486,7 @@ def table_contents(conn: Any, table: str, key: tuple[str, ...]) -> dict[str, Any
         # Without set_types, COPY rows come back as the server's text, unescaped, None for NULL.
         for row in copy.rows():
             rows.append([None if value is None else str(value) for value in row])
-    (oid,) = conn.execute("SELECT %s::regclass::oid::bigint", (table,)).fetchone()
+    (oid,) = one(conn, "SELECT %s::regclass::oid::bigint", (table,))
     return {"relation_id": int(oid), "columns": columns, "key": list(key), "rows": rows}
 
 
@@ -562,16 +562,14 @@ def record(out: Path) -> None:
             for statement in SETUP.split(";\n"):
                 conn.execute(statement)
             conn.execute(SCHEMA)
-            old_recreated = int(
-                conn.execute("SELECT 'recreated'::regclass::oid::bigint").fetchone()[0]
-            )
+            old_recreated = int(one(conn, "SELECT 'recreated'::regclass::oid::bigint")[0])
             steps = [run_step(conn, step, n) for n, step in enumerate(WORKLOAD, 1)]
             steps += run_interleaved(conn, other)
             reads = {name: peek(conn, slot, options) for name, (slot, options) in READS.items()}
             tables = {name: table_contents(conn, name, key) for name, key in TABLES.items()}
             typmods = table_contents(conn, "typmods", ("a",))["columns"]
             types = builtin_types(conn)
-            (version,) = conn.execute("SELECT version()").fetchone()
+            (version,) = one(conn, "SELECT version()")
     for name, rows in reads.items():
         check_coverage(name, rows)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from typing import Any
 from psycopg import sql
 from recording import Step, render_steps, run_steps, table_contents
 
-from walrecover.db import SESSION_SETTINGS, connect
+from walrecover.db import SESSION_SETTINGS, connect, one
 from walrecover.drill.cluster import Cluster
 from walrecover.stream.decoders.wal2json import server_options
 
@@ -256,7 +256,7 @@ def record(out: Path) -> None:
                 (SLOT, flat),
             ).fetchall()
             tables = {name: table_contents(conn, name, key) for name, key in TABLES.items()}
-            (version,) = conn.execute("SELECT version()").fetchone()
+            (version,) = one(conn, "SELECT version()")
     decoded_xids = {int(xid) for _, xid, _ in rows}
     missing = [xid for xid in committed if xid not in decoded_xids]
     if missing:

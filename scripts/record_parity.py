@@ -48,7 +48,7 @@ from typing import Any
 
 from psycopg import sql
 
-from walrecover.db import SESSION_SETTINGS, connect
+from walrecover.db import SESSION_SETTINGS, connect, one
 from walrecover.drill.cluster import Cluster, find_installation
 from walrecover.stream.decoders import plugin_options
 
@@ -406,9 +406,9 @@ def table_contents(conn: Any, table: str, order: tuple[str, ...]) -> dict[str, A
             (table,),
         )
     ]
-    (identity,) = conn.execute(
-        "SELECT relreplident::text FROM pg_class WHERE oid = %s::regclass", (table,)
-    ).fetchone()
+    (identity,) = one(
+        conn, "SELECT relreplident::text FROM pg_class WHERE oid = %s::regclass", (table,)
+    )
     query = sql.SQL("COPY (SELECT * FROM {} ORDER BY {}) TO STDOUT").format(
         sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, order))
     )
@@ -417,7 +417,7 @@ def table_contents(conn: Any, table: str, order: tuple[str, ...]) -> dict[str, A
         # Without set_types, COPY rows come back as the server's text, unescaped, None for NULL.
         for row in copy.rows():
             rows.append([None if value is None else str(value) for value in row])
-    (oid,) = conn.execute("SELECT %s::regclass::oid::bigint", (table,)).fetchone()
+    (oid,) = one(conn, "SELECT %s::regclass::oid::bigint", (table,))
     return {
         "relation_id": int(oid),
         "columns": columns,
@@ -565,14 +565,12 @@ def record(out: Path) -> None:
                 create_slots(conn, READS)
                 create_slots(conn, CAPTURES)
                 conn.execute(SCHEMA)
-                (old_recreated,) = conn.execute(
-                    "SELECT 'recreated'::regclass::oid::bigint"
-                ).fetchone()
+                (old_recreated,) = one(conn, "SELECT 'recreated'::regclass::oid::bigint")
                 steps = run_workload(conn)
-                (endpos,) = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+                (endpos,) = one(conn, "SELECT pg_current_wal_insert_lsn()::text")
                 reads = {name: peek(conn, read) for name, read in READS.items()}
                 tables = {name: table_contents(conn, name, order) for name, order in TABLES.items()}
-                (version,) = conn.execute("SELECT version()").fetchone()
+                (version,) = one(conn, "SELECT version()")
             captures: dict[str, bytes] = {}
             for name, read in CAPTURES.items():
                 path = capture_dir / f"{name}.out"

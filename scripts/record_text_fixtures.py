@@ -45,7 +45,7 @@ from typing import Any
 from psycopg import sql
 from recording import Step, render_steps, run_steps, table_contents
 
-from walrecover.db import SESSION_SETTINGS, connect
+from walrecover.db import SESSION_SETTINGS, connect, one
 from walrecover.drill.cluster import Cluster
 from walrecover.stream.decoders import testdecoding, wal2json_v1
 
@@ -361,12 +361,12 @@ def record(out: Path) -> None:
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (slot, plugin))
             conn.execute(SCHEMA)
             committed, aborted = run_workload(conn)
-            (endpos,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            (endpos,) = one(conn, "SELECT pg_current_wal_lsn()::text")
             td_rows = peek(conn, "peek_test_decoding", td_options)
             v1_rows = peek(conn, "peek_wal2json", v1_options)
             v1_pretty = peek(conn, "peek_wal2json", pretty)
             tables = {name: table_contents(conn, name, key) for name, key in TABLES.items()}
-            (version,) = conn.execute("SELECT version()").fetchone()
+            (version,) = one(conn, "SELECT version()")
         capture(cluster, "capture_test_decoding", td_options, endpos, td_dir / "capture.txt")
         capture(cluster, "capture_wal2json", pretty, endpos, v1_dir / "capture.txt")
     workload_sql = render_workload() + "\n"

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .audit.reader import read_audit
     from .audit.verify import Verification, verify_audit
-    from .audit.writer import read_audit
     from .drill.rehearsal import RehearsalResult, rehearse
     from .errors import (
         AuditError,
@@ -81,7 +81,7 @@ _WHERE = {
     "reconcile": "ledger.reconcile",
     "rehearse": "drill.rehearsal",
     "decode_to": "stream.export",
-    "read_audit": "audit.writer",
+    "read_audit": "audit.reader",
     "verify_audit": "audit.verify",
     "swap": "rebuild.swap",
     # what they take

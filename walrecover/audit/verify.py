@@ -1,7 +1,7 @@
 """``walrecover audit verify``: recompute an audit's hashes, chain, typed values and counts.
 
 An auditor need not trust the tool that wrote the audit: every row's SHA-256 is recomputed from
-its canonical content, the chain from :data:`~walrecover.audit.writer.CHAIN_SEED`, every typed value
+its canonical content, the chain from :data:`~walrecover.audit.format.CHAIN_SEED`, every typed value
 from its exact text, and the counts and file checksums against the metadata and the manifest.
 The first bad row is named.
 """
@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import AuditError
-from .pgarrow import TypedField, fields_of, typed_arrays
-from .writer import (
+from ..report import verification_text
+from .format import (
     CHAIN_SEED,
     HASH_COLUMNS,
     HASHED,
@@ -34,6 +34,7 @@ from .writer import (
     manifest_path,
     sha256_of,
 )
+from .pgarrow import TypedField, fields_of, typed_arrays
 
 # -- verification --------------------------------------------------------------------------------
 
@@ -72,19 +73,9 @@ class Verification:
         }
 
     def report(self) -> str:
-        """The result for a person: what was checked, and OK or the problems."""
-        lines = [
-            f"Audit {self.path}: {self.rows} rows in {self.files} file(s); chain head "
-            f"{self.chain_head}.",
-            f"  checked: {', '.join(self.checked)}.",
-        ]
-        if self.ok:
-            lines.append("  OK: no row was edited, deleted, added or moved.")
-            return "\n".join(lines)
-        first = f"; first bad row: {self.first_bad_row}" if self.first_bad_row is not None else ""
-        lines.append(f"  NOT OK: {self.bad_rows} bad row(s){first}.")
-        lines.extend(f"    {problem}" for problem in self.problems)
-        return "\n".join(lines)
+        """The result for a person: what was checked, and OK or the problems
+        (:func:`walrecover.report.verification_text`)."""
+        return verification_text(self)
 
 
 class _Problems:

@@ -37,8 +37,9 @@ import pyarrow.parquet as pq
 
 from ..audit import outcomes
 from ..audit.pgarrow import typed_column
-from ..audit.writer import audit_dataset
+from ..audit.reader import audit_dataset
 from ..errors import LedgerError
+from ..report import reconciliation_text
 from ..stream.model import TableName
 from .totals import (
     PERIOD_FORMAT,
@@ -57,7 +58,6 @@ from .totals import (
     ledger_totals,
     period_label,
     plain,
-    show_key,
     table_totals,
     to_decimal,
 )
@@ -264,66 +264,9 @@ class Reconciliation:
         }
 
     def report(self, limit: int = 20) -> str:
-        """The result for a person: counts, totals, the first differences and why."""
-        what = ", ".join(self.key_columns) + (f" per {self.period}" if self.period else "")
-        lines = [f"Reconciled the {self.source} against the ledger, per {what}."]
-        if self.matched:
-            tolerance = f" within {plain(self.tolerance)}" if self.tolerance else " exactly"
-            lines.append(f"  all {self.keys} keys match{tolerance}.")
-        else:
-            lines.append(
-                f"  {self.keys} keys: {self.matched_keys} match, {self.mismatched} differ, "
-                f"{self.missing_in_recovered} missing in the recovered side, "
-                f"{self.missing_in_ledger} missing in the ledger"
-                + (f" (tolerance {plain(self.tolerance)})" if self.tolerance else "")
-                + "."
-            )
-        opening = (
-            f" + opening {plain(self.opening_total)}" if self.opening_total is not None else ""
-        )
-        lines.append(
-            f"  recovered {plain(self.recovered_total)}{opening}, ledger "
-            f"{plain(self.ledger_total)}; total difference {plain(self.total_difference)}."
-        )
-        differences = self.differences
-        if len(differences):
-            header = ["key", *(["period"] if self.period else []), "rows", "recovered"]
-            header += [*(["opening"] if self.opening_total is not None else []), "ledger"]
-            header += ["delta", "status"]
-            table = [header]
-            for row in differences.head(limit).to_dict("records"):
-                table.append(
-                    [plain(Decimal(row[c])) if c in _MONEY else str(row[c]) for c in header]
-                )
-            widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-            for row_text in table:
-                lines.append(
-                    "    "
-                    + "  ".join(
-                        cell.rjust(width)
-                        if i and header[i] in (*_MONEY, "rows")
-                        else cell.ljust(width)
-                        for i, (cell, width) in enumerate(zip(row_text, widths, strict=True))
-                    ).rstrip()
-                )
-            if len(differences) > limit:
-                lines.append(f"    ... {len(differences) - limit} more (--out writes them all)")
-        for explanation in list(self.explanations.values())[:limit]:
-            lines.append(f"  why {show_key(explanation.key)}: {explanation.text()}")
-            # The rows that explain a difference first: those not counted, then the counted.
-            rows = explanation.rows
-            ordered = pd.concat([rows[~rows["counted"]], rows[rows["counted"]]])
-            for row in ordered.head(8).to_dict("records"):
-                amount = row.get("amount")
-                shown = "-" if amount is None or amount is pd.NA else plain(Decimal(amount))
-                flag = "counted" if row["counted"] else "not counted"
-                lines.append(
-                    f"      seq {row['seq']} {row['op']} xid {row['xid']} at {row['commit_lsn']}"
-                    f": {shown}, {row['outcome']}: {row['meaning']} ({flag})"
-                )
-            if len(explanation.rows) > 8 or explanation.truncated:
-                lines.append("      ... (--json lists more rows)")
-        return "\n".join(lines)
+        """The result for a person: counts, totals, the first differences and why
+        (:func:`walrecover.report.reconciliation_text`)."""
+        return reconciliation_text(self, limit)
 
     def write_differences(self, path: str | Path) -> Path:
         """Write the differences to ``path``: ``.csv`` (exact decimal text) or ``.parquet``.
@@ -615,7 +558,7 @@ def _by_outcome(
         group = (outcome, "" if live else op, live)  # counted rows: inserts and updates alike
         n, total = groups.get(group, (0, Decimal(0)))
         groups[group] = (n + 1, total + value)
-    order = {o: i for i, o in enumerate(outcomes.ALL)}
+    order: dict[str, int] = {o: i for i, o in enumerate(outcomes.ALL)}
     items = sorted(groups.items(), key=lambda kv: (not kv[0][2], order.get(kv[0][0], 99), kv[0][1]))
     return pd.DataFrame(
         {

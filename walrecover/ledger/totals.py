@@ -29,10 +29,10 @@ from psycopg import sql
 
 from ..audit import outcomes
 from ..audit.pgarrow import typed_column
-from ..audit.writer import audit_dataset
+from ..audit.reader import audit_dataset
 from ..db import connect
 from ..errors import LedgerError
-from ..stream.model import TableName
+from ..stream.model import Outcome, TableName
 
 _FLOAT_OIDS = {700, 701}
 _FLOAT_TYPES = ("real", "double precision")
@@ -282,7 +282,8 @@ def audit_totals(
             raise LedgerError(
                 f"the time column {time_column!r} is not a date or timestamp in the audit"
             )
-    live = (ds.field("outcome") == outcomes.APPLIED) & ds.field("op").isin(list(outcomes.LIVE_OPS))
+    applied = ds.field("outcome") == Outcome.APPLIED.value
+    live = applied & ds.field("op").isin(list(outcomes.LIVE_OPS))
     columns = [*key_fields, amount_field] + ([time_field] if time_field else [])
     totals: dict[Key, tuple[Decimal, int]] = {}
     scanner = dataset.scanner(columns=columns, filter=live, batch_size=1 << 17)

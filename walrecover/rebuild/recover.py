@@ -24,7 +24,9 @@ import psycopg
 from psycopg import sql
 
 from .. import __version__
-from ..audit.writer import AuditWriter, clear_published, manifest_path
+from ..audit.format import manifest_path
+from ..audit.workspace import clear_published
+from ..audit.writer import AuditWriter
 from ..db import connect, connection_lost, redact, safe_dsn
 from ..errors import (
     ConnectionFailed,

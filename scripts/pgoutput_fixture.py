@@ -36,7 +36,7 @@ from typing import Any
 
 from psycopg import sql
 
-from walrecover.db import SESSION_SETTINGS, connect, one
+from walrecover.db import SESSION_SETTINGS, Connection, connect, one
 from walrecover.drill.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -429,7 +429,7 @@ def _xid(cur: Any) -> int:
     return int(row[0])
 
 
-def run_step(conn: Any, step: Step, number: int) -> dict[str, Any]:
+def run_step(conn: Connection, step: Step, number: int) -> dict[str, Any]:
     """Run one step; return its label, xid and outcome."""
     gid = f"fixture_{number}"
     with conn.cursor() as cur:
@@ -448,7 +448,7 @@ def run_step(conn: Any, step: Step, number: int) -> dict[str, Any]:
     return {"label": step.label, "xid": xid, "outcome": step.outcome}
 
 
-def run_interleaved(conn: Any, other: Any) -> list[dict[str, Any]]:
+def run_interleaved(conn: Connection, other: Connection) -> list[dict[str, Any]]:
     """A streamed transaction with another transaction committing in the middle of it."""
     with conn.cursor() as cur:
         cur.execute("BEGIN")
@@ -467,7 +467,7 @@ def run_interleaved(conn: Any, other: Any) -> list[dict[str, Any]]:
     ]
 
 
-def table_contents(conn: Any, table: str, key: tuple[str, ...]) -> dict[str, Any]:
+def table_contents(conn: Connection, table: str, key: tuple[str, ...]) -> dict[str, Any]:
     """Columns (name, format_type, type oid, typmod, generated) and rows as output text."""
     columns = [
         [str(name), str(type_name), int(oid), int(typmod), bool(generated)]
@@ -490,7 +490,7 @@ def table_contents(conn: Any, table: str, key: tuple[str, ...]) -> dict[str, Any
     return {"relation_id": int(oid), "columns": columns, "key": list(key), "rows": rows}
 
 
-def builtin_types(conn: Any) -> list[list[Any]]:
+def builtin_types(conn: Connection) -> list[list[Any]]:
     """``[oid, typmod, format_type]`` for every built-in type, and the typmods of ``typmods``."""
     plain = conn.execute(
         "SELECT oid::int, -1, format_type(oid, -1) FROM pg_type WHERE oid < 16384"
@@ -504,7 +504,7 @@ def builtin_types(conn: Any) -> list[list[Any]]:
     return [[int(o), int(t), str(n)] for o, t, n in [*plain, *modified]]
 
 
-def peek(conn: Any, slot: str, options: list[tuple[str, str]]) -> list[tuple[str, int, str]]:
+def peek(conn: Connection, slot: str, options: list[tuple[str, str]]) -> list[tuple[str, int, str]]:
     flat = [item for pair in options for item in pair]
     rows = conn.execute(
         "SELECT lsn::text, xid::text::bigint, encode(data, 'hex')"

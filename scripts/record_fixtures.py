@@ -23,12 +23,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from psycopg import sql
 from recording import Step, render_steps, run_steps, table_contents
 
-from walrecover.db import SESSION_SETTINGS, connect, one
+from walrecover.db import SESSION_SETTINGS, Connection, connect, one
 from walrecover.drill.cluster import Cluster
 from walrecover.stream.decoders.wal2json import server_options
 
@@ -216,7 +215,7 @@ def render_workload() -> str:
     return render_steps(header, SCHEMA, WORKLOAD)
 
 
-def run_workload(conn: Any) -> tuple[list[int], list[int]]:
+def run_workload(conn: Connection) -> tuple[list[int], list[int]]:
     """Run every step; return (committed xids, aborted xids)."""
     return run_steps(conn, WORKLOAD)
 

@@ -48,7 +48,7 @@ from typing import Any
 
 from psycopg import sql
 
-from walrecover.db import SESSION_SETTINGS, connect, one
+from walrecover.db import SESSION_SETTINGS, Connection, connect, one
 from walrecover.drill.cluster import Cluster, find_installation
 from walrecover.stream.decoders import plugin_options
 
@@ -368,7 +368,7 @@ def _ending(outcome: str, gid: str) -> list[str]:
     return [f"PREPARE TRANSACTION '{gid}'", f"{finish} '{gid}'"]
 
 
-def run_workload(conn: Any) -> list[dict[str, Any]]:
+def run_workload(conn: Connection) -> list[dict[str, Any]]:
     """Run every step on an autocommit connection; return each step's label, xid, outcome."""
     steps = []
     for number, step in enumerate(WORKLOAD, 1):
@@ -385,7 +385,7 @@ def run_workload(conn: Any) -> list[dict[str, Any]]:
     return steps
 
 
-def table_contents(conn: Any, table: str, order: tuple[str, ...]) -> dict[str, Any]:
+def table_contents(conn: Connection, table: str, order: tuple[str, ...]) -> dict[str, Any]:
     """Columns ``[name, format_type, generated]``, relation id, and rows as COPY text."""
     columns = [
         [str(name), str(type_name), bool(generated)]
@@ -428,7 +428,7 @@ def table_contents(conn: Any, table: str, order: tuple[str, ...]) -> dict[str, A
     }
 
 
-def peek(conn: Any, read: Read) -> list[dict[str, Any]]:
+def peek(conn: Connection, read: Read) -> list[dict[str, Any]]:
     """Every row the slot holds, read with walrecover's options (peeking never moves it)."""
     flat = [item for pair in read.options() for item in pair]
     if read.plugin == "pgoutput":
@@ -484,7 +484,7 @@ def writable_dir(cluster: Cluster) -> Path:
     return directory
 
 
-def create_slots(conn: Any, reads: dict[str, Read]) -> None:
+def create_slots(conn: Connection, reads: dict[str, Read]) -> None:
     for read in {r.slot: r for r in reads.values()}.values():
         conn.execute(
             "SELECT pg_create_logical_replication_slot(%s, %s, false, %s)",

@@ -45,7 +45,7 @@ from typing import Any
 from psycopg import sql
 from recording import Step, render_steps, run_steps, table_contents
 
-from walrecover.db import SESSION_SETTINGS, connect, one
+from walrecover.db import SESSION_SETTINGS, Connection, connect, one
 from walrecover.drill.cluster import Cluster
 from walrecover.stream.decoders import testdecoding, wal2json_v1
 
@@ -307,12 +307,12 @@ def render_workload() -> str:
     return render_steps(header, SCHEMA, WORKLOAD)
 
 
-def run_workload(conn: Any) -> tuple[list[int], list[int]]:
+def run_workload(conn: Connection) -> tuple[list[int], list[int]]:
     """Run every step; return (committed xids, aborted xids)."""
     return run_steps(conn, WORKLOAD)
 
 
-def peek(conn: Any, slot: str, options: list[tuple[str, str]]) -> list[dict[str, Any]]:
+def peek(conn: Connection, slot: str, options: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """Every row the slot holds, decoded with ``options`` (peeking never moves the slot)."""
     flat = [item for pair in options for item in pair]
     rows = conn.execute(

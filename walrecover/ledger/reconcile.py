@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from ..audit import outcomes
 from ..audit.pgarrow import typed_column
 from ..audit.reader import audit_dataset
+from ..db import Connection
 from ..errors import LedgerError
 from ..report import reconciliation_text
 from ..stream.model import TableName
@@ -605,7 +606,7 @@ def reconcile(
             "opening balances apply to totals per key, not per period: drop --period or the "
             "opening balances"
         )
-    default_conn: Any = None
+    default_conn: Connection | None = None
     if isinstance(recovered, RecoveredAudit):
         totals = audit_totals(recovered.path, keys, amount, period=period, time_column=time_column)
         audit = audit if audit is not None else recovered.path

@@ -30,7 +30,7 @@ from pglast.parser import ParseError
 from pglast.stream import RawStream, maybe_double_quote_name
 from psycopg import sql
 
-from ..db import connect
+from ..db import Connection, connect, one
 from ..errors import SwapError, first_line
 from ..stream.model import TableName
 from .target import PROGRESS_SCHEMA, PROGRESS_TABLE, lock_target
@@ -870,7 +870,7 @@ class _Relation:
     rows: int
 
 
-def _read_relation(conn: Any, ident: str) -> _Relation:
+def _read_relation(conn: Connection, ident: str) -> _Relation:
     cols = conn.execute(
         "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,"
         " a.atthasdef, CASE WHEN a.attcollation <> t.typcollation THEN c.collname::text END"
@@ -899,10 +899,10 @@ def _read_relation(conn: Any, ident: str) -> _Relation:
         "  AND k.conrelid = i.indrelid) ORDER BY 1",
         (ident,),
     ).fetchall()
-    (identity,) = conn.execute(
-        "SELECT relreplident::text FROM pg_class WHERE oid = %s::regclass", (ident,)
-    ).fetchone()
-    (rows,) = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(ident))).fetchone()
+    (identity,) = one(
+        conn, "SELECT relreplident::text FROM pg_class WHERE oid = %s::regclass", (ident,)
+    )
+    (rows,) = one(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(ident)))
     return _Relation(
         columns={r[0]: (r[1], bool(r[2]), bool(r[3]), r[4]) for r in cols},
         order=tuple(r[0] for r in cols),
@@ -914,7 +914,7 @@ def _read_relation(conn: Any, ident: str) -> _Relation:
     )
 
 
-def _canonical_types(conn: Any, definition: Definition) -> dict[str, str]:
+def _canonical_types(conn: Connection, definition: Definition) -> dict[str, str]:
     """The DDL's column types as ``format_type`` prints them, resolved by the server."""
     columns = [c for c in definition.columns]
     if not columns:
@@ -929,6 +929,7 @@ def _canonical_types(conn: Any, definition: Definition) -> dict[str, str]:
             f"({first_line(exc)}): create the type first, or fix the DDL"
         ) from None
     result = cur.pgresult
+    assert result is not None
     oids = [result.ftype(i) for i in range(result.nfields)]
     mods = [result.fmod(i) for i in range(result.nfields)]
     names = conn.execute(
@@ -939,26 +940,25 @@ def _canonical_types(conn: Any, definition: Definition) -> dict[str, str]:
     return {c.name: str(n[0]) for c, n in zip(columns, names, strict=True)}
 
 
-def _exists(conn: Any, name: TableName) -> bool:
-    (oid,) = conn.execute(
-        "SELECT to_regclass(%s)::oid", (_quote(name.schema, name.name),)
-    ).fetchone()
+def _exists(conn: Connection, name: TableName) -> bool:
+    (oid,) = one(conn, "SELECT to_regclass(%s)::oid", (_quote(name.schema, name.name),))
     return oid is not None
 
 
-def _owned_by_table(conn: Any, sequence: TableName, table: TableName) -> bool:
+def _owned_by_table(conn: Connection, sequence: TableName, table: TableName) -> bool:
     """True if ``sequence`` belongs to ``table`` (serial or identity): it moves with it."""
-    (owned,) = conn.execute(
+    (owned,) = one(
+        conn,
         "SELECT EXISTS (SELECT 1 FROM pg_depend WHERE classid = 'pg_class'::regclass"
         " AND objid = %s::regclass AND refobjid = %s::regclass AND deptype IN ('a', 'i'))",
         (_quote(sequence.schema, sequence.name), _quote(table.schema, table.name)),
-    ).fetchone()
+    )
     return bool(owned)
 
 
-def _unfinished(conn: Any, source: TableName) -> bool:
+def _unfinished(conn: Connection, source: TableName) -> bool:
     progress = _quote(PROGRESS_SCHEMA, PROGRESS_TABLE)
-    (exists,) = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (progress,)).fetchone()
+    (exists,) = one(conn, "SELECT to_regclass(%s) IS NOT NULL", (progress,))
     if not exists:
         return False
     row = conn.execute(
@@ -1004,7 +1004,12 @@ def swap(
 
 
 def _swap(
-    conn: Any, definition: Definition, source: TableName, *, dry_run: bool, move_to: str | None
+    conn: Connection,
+    definition: Definition,
+    source: TableName,
+    *,
+    dry_run: bool,
+    move_to: str | None,
 ) -> SwapResult:
     table = definition.table
     src = _quote(source.schema, source.name)
@@ -1026,9 +1031,7 @@ def _swap(
     moved: str | None = None
     if _exists(conn, table):
         if move_to is None:
-            (rows,) = conn.execute(
-                sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(dst))
-            ).fetchone()
+            (rows,) = one(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(dst)))
             raise SwapError(
                 f"{table} exists ({rows} rows): the swap puts the rebuilt table under that name. "
                 f"Move it aside with --move-existing-to SCHEMA (it keeps its indexes and "
@@ -1233,7 +1236,7 @@ def _swap(
     steps.extend(Step(s) for s in grants)
     steps.extend(Step(s) for s in comments)
     progress = _quote(PROGRESS_SCHEMA, PROGRESS_TABLE)
-    (has_progress,) = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (progress,)).fetchone()
+    (has_progress,) = one(conn, "SELECT to_regclass(%s) IS NOT NULL", (progress,))
     if has_progress:
         steps.append(Step(f"DELETE FROM {progress} WHERE target = {_literal(str(source))}"))
     steps.append(Step(f"ANALYZE {dst}"))
@@ -1290,7 +1293,7 @@ def _constraint_check(con: Constraint, name: str) -> _Check | None:
 
 
 def _continue_sequence(
-    conn: Any,
+    conn: Connection,
     seq: SequenceDefinition,
     src: str,
     seq_ident: str,
@@ -1303,14 +1306,15 @@ def _continue_sequence(
     assert seq.column is not None
     column = _quote(seq.column)
     descending = seq.increment < 0
-    (edge,) = conn.execute(
+    (edge,) = one(
+        conn,
         sql.SQL(f"SELECT {'min' if descending else 'max'}({{}})::text FROM {{}}").format(
             sql.SQL(column), sql.SQL(src)
-        )
-    ).fetchone()
+        ),
+    )
     start = seq.start if seq.start is not None else (-1 if descending else 1)
     if exists:
-        (last, called) = conn.execute(f"SELECT last_value, is_called FROM {seq_ident}").fetchone()
+        (last, called) = one(conn, f"SELECT last_value, is_called FROM {seq_ident}")
         current = int(last) + seq.increment if called else int(last)
         start = current
     if edge is None:
@@ -1324,7 +1328,11 @@ def _continue_sequence(
 
 
 def _run(
-    conn: Any, steps: Sequence[Step], table: TableName, source: TableName, key: tuple[str, ...]
+    conn: Connection,
+    steps: Sequence[Step],
+    table: TableName,
+    source: TableName,
+    key: tuple[str, ...],
 ) -> None:
     """Run the steps in the open transaction; on a failure roll everything back and raise
     :class:`SwapError` naming the statement, PostgreSQL's reason and the rows that break it."""
@@ -1358,7 +1366,7 @@ def _run(
 
 
 def _offenders(
-    conn: Any, check: _Check, table: TableName, source: TableName, key: tuple[str, ...]
+    conn: Connection, check: _Check, table: TableName, source: TableName, key: tuple[str, ...]
 ) -> str:
     """``: 3 rows, e.g. id=5, id=9`` for the rows that break ``check``, or ``""``."""
     dst = _quote(table.schema, table.name)
@@ -1407,7 +1415,7 @@ def _offenders(
     return f": {count} row{'s' if count != 1 else ''} of {source} break it, e.g. {examples}"
 
 
-def _fk_condition(conn: Any, clause: str, table: TableName) -> str | None:
+def _fk_condition(conn: Connection, clause: str, table: TableName) -> str | None:
     """The WHERE that finds rows without a referenced row. The server resolves the foreign
     key (the referenced columns may be implied): it is added NOT VALID under a savepoint, read
     back from the catalog, and rolled back."""

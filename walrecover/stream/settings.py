@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 
 from ..audit.pgarrow import parse_array, parse_interval
+from ..db import Connection, one
 from ..errors import CaptureSettingError, WalrecoverError, first_line
 from .model import Change, Column, Event, Relation, TableName
 
@@ -206,7 +207,7 @@ class CaptureSettings:
 POSTGRES_DEFAULTS = CaptureSettings()
 
 
-def apply(conn: Any, settings: CaptureSettings) -> None:
+def apply(conn: Connection, settings: CaptureSettings) -> None:
     """Set ``settings`` on ``conn`` (a session that parses the capture's text), committed.
 
     Raises :class:`WalrecoverError` naming the setting the server refuses (an unknown time zone).
@@ -227,7 +228,7 @@ def apply(conn: Any, settings: CaptureSettings) -> None:
         conn.commit()
 
 
-def restore(conn: Any) -> None:
+def restore(conn: Connection) -> None:
     """Put walrecover's own session settings back on ``conn`` (after replaying a capture)."""
     from ..db import SESSION_SETTINGS  # noqa: PLC0415 - db imports nothing from here
 
@@ -687,7 +688,7 @@ class ServerRoundTrip:
     def __init__(self, dsn: str | None, settings: CaptureSettings) -> None:
         self.dsn = dsn
         self.settings = settings
-        self._conn: Any = None
+        self._conn: Connection | None = None
 
     def __call__(self, text: str) -> str:
         from ..db import connect  # noqa: PLC0415 - db imports nothing from here
@@ -696,7 +697,7 @@ class ServerRoundTrip:
             self._conn = connect(self.dsn, autocommit=True, role="target")
             apply(self._conn, self.settings)
         try:
-            row = self._conn.execute("SELECT %s::timestamptz::text", (text,)).fetchone()
+            row = one(self._conn, "SELECT %s::timestamptz::text", (text,))
         except psycopg.errors.DataError as exc:
             raise ValueError(exc.diag.message_primary or first_line(exc)) from None
         return str(row[0])

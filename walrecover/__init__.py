@@ -58,14 +58,13 @@ if TYPE_CHECKING:
         WalrecoverError,
     )
     from .ledger.reconcile import (
-        Explanation,
         LedgerFile,
         LedgerQuery,
-        Reconciliation,
         RecoveredAudit,
         RecoveredTable,
         reconcile,
     )
+    from .ledger.result import Explanation, Reconciliation
     from .rebuild.recover import AuditSummary, LedgerCheck, RecoveryResult, recover, recover_capture
     from .rebuild.swap import SwapResult, swap
     from .stream.export import DecodeResult, decode_to
@@ -98,8 +97,8 @@ _WHERE = {
     # what they return
     "RecoveryResult": "rebuild.recover",
     "AuditSummary": "rebuild.recover",
-    "Reconciliation": "ledger.reconcile",
-    "Explanation": "ledger.reconcile",
+    "Reconciliation": "ledger.result",
+    "Explanation": "ledger.result",
     "RehearsalResult": "drill.rehearsal",
     "DecodeResult": "stream.export",
     "Verification": "audit.verify",

@@ -40,12 +40,14 @@ from .errors import (
 from .ledger.reconcile import (
     LedgerFile,
     LedgerQuery,
+    LedgerSource,
     RecoveredAudit,
     RecoveredTable,
     reconcile,
 )
+from .ledger.result import Reconciliation
 from .rebuild.plan import plan_capture, plan_recovery
-from .rebuild.recover import LedgerCheck, recover, recover_capture
+from .rebuild.recover import LedgerCheck, RecoveryResult, recover, recover_capture
 from .rebuild.swap import swap
 from .report import (
     plan_text,
@@ -643,6 +645,11 @@ def recover_command(
             )
     finally:
         progress.close()
+    _report_recovery(result, as_json)
+
+
+def _report_recovery(result: RecoveryResult, as_json: bool) -> None:
+    """Print a recovery's result; raise the verdict when it is not exact (exit 3 or 4)."""
     _warn(result.warnings)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
@@ -1039,26 +1046,17 @@ def reconcile_command(
         raise click.UsageError("give at most one of --opening-query and --opening-file")
     if (period is None) != (time_column is None):
         raise click.UsageError("--period and --time-column go together")
-    try:
-        tol = Decimal(tolerance)
-    except InvalidOperation:
-        raise click.BadParameter(
-            f"{tolerance!r} is not a number", param_hint="--tolerance"
-        ) from None
-    if not tol.is_finite() or tol < 0:
-        raise click.BadParameter("give a finite amount of 0 or more", param_hint="--tolerance")
+    tol = _tolerance(tolerance)
     if out is not None and out.suffix.lower() not in (".csv", ".parquet"):
         raise click.BadParameter(f"{out}: give a .csv or .parquet path", param_hint="--out")
     # A query runs on --ledger-dsn, else on the table's database (-d); an audit has none.
     ledger_db = ledger_dsn if ledger_dsn is not None else (dsn if table_name is None else None)
     if table_name is None and (ledger_query or opening_query) and ledger_db is None:
         raise click.UsageError("reconciling an audit with a query needs --ledger-dsn (or -d)")
-    ledger = LedgerQuery(ledger_query, ledger_db) if ledger_query else LedgerFile(ledger_file)  # type: ignore[arg-type]
+    ledger = _ledger_source(ledger_query, ledger_file, ledger_db)
     opening = (
-        LedgerQuery(opening_query, ledger_db)
-        if opening_query
-        else LedgerFile(opening_file)
-        if opening_file
+        _ledger_source(opening_query, opening_file, ledger_db)
+        if opening_query or opening_file
         else None
     )
     recovered = (
@@ -1078,6 +1076,12 @@ def reconcile_command(
         audit=audit_path,
         explain=explain,
     )
+    _report_reconciliation(result, out, as_json)
+
+
+def _report_reconciliation(result: Reconciliation, out: Path | None, as_json: bool) -> None:
+    """Write the differences file, print the result; :class:`Differences` (exit 3) unless
+    every key matches."""
     if out is not None:
         result.write_differences(out)
     if as_json:
@@ -1088,6 +1092,22 @@ def reconcile_command(
             click.echo(f"  differences written to {out}.")
     if not result.matched:
         raise Differences(*(() if as_json else ("the totals do not reconcile with the ledger",)))
+
+
+def _ledger_source(query: str | None, file: Path | None, dsn: str | None) -> LedgerSource:
+    """A query (on ``dsn``) if given, else the file."""
+    return LedgerQuery(query, dsn) if query else LedgerFile(file)  # type: ignore[arg-type]
+
+
+def _tolerance(value: str) -> Decimal:
+    """``--tolerance``: an exact amount of 0 or more."""
+    try:
+        tol = Decimal(value)
+    except InvalidOperation:
+        raise click.BadParameter(f"{value!r} is not a number", param_hint="--tolerance") from None
+    if not tol.is_finite() or tol < 0:
+        raise click.BadParameter("give a finite amount of 0 or more", param_hint="--tolerance")
+    return tol
 
 
 @main.command("swap")

@@ -18,7 +18,7 @@ from .stream.lsn import Lsn
 if TYPE_CHECKING:
     from .audit.verify import Verification
     from .drill.rehearsal import RehearsalResult
-    from .ledger.reconcile import Reconciliation
+    from .ledger.result import Reconciliation
     from .rebuild.plan import Plan
     from .rebuild.recover import RecoveryResult
     from .rebuild.swap import SwapResult
@@ -58,21 +58,8 @@ def recovery_text(result: RecoveryResult) -> str:
             f"  {result.no_row} updates/deletes found no row (rows older than the slot): "
             "see the audit's outcome column."
         )
-    rec = result.reconciliation
-    if rec is not None:
-        if rec.matched:
-            lines.append(f"  reconciled: all {rec.keys} keys match the ledger exactly.")
-        else:
-            lines.append(
-                f"  NOT reconciled: {rec.mismatched} keys differ, {rec.missing_in_recovered} "
-                f"missing in the rebuilt table, {rec.missing_in_ledger} missing in the ledger; "
-                f"total difference {plain(rec.total_difference)}."
-            )
-            for row in rec.differences.head(10).to_dict("records"):
-                lines.append(
-                    f"    {row['key']}: recovered {plain(row['recovered'])}, ledger "
-                    f"{plain(row['ledger'])}, delta {plain(row['delta'])} ({row['status']})"
-                )
+    if result.reconciliation is not None:
+        lines.extend(_reconciled(result.reconciliation))
     if result.audit is not None:
         lines.append(f"  audit: {result.audit.rows} rows in {result.audit.path}.")
         if result.audit.chain_head:
@@ -84,6 +71,23 @@ def recovery_text(result: RecoveryResult) -> str:
     seconds = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     lines.append(f"  time: {seconds}.")
     return "\n".join(lines)
+
+
+def _reconciled(rec: Reconciliation) -> list[str]:
+    """A recovery's reconciliation in a few lines: matched, or the first differences."""
+    if rec.matched:
+        return [f"  reconciled: all {rec.keys} keys match the ledger exactly."]
+    lines = [
+        f"  NOT reconciled: {rec.mismatched} keys differ, {rec.missing_in_recovered} "
+        f"missing in the rebuilt table, {rec.missing_in_ledger} missing in the ledger; "
+        f"total difference {plain(rec.total_difference)}."
+    ]
+    for row in rec.differences.head(10).to_dict("records"):
+        lines.append(
+            f"    {row['key']}: recovered {plain(row['recovered'])}, ledger "
+            f"{plain(row['ledger'])}, delta {plain(row['delta'])} ({row['status']})"
+        )
+    return lines
 
 
 def _transaction(xid: int | None, lsn: Lsn | None, lsn_kind: str) -> str:

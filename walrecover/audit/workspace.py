@@ -161,55 +161,66 @@ class Destination:
 
     def _check_existing(self, ours: bool) -> None:
         """PATH itself: replaced only with ``force``, or when the resumed run replaced it."""
-        path, option = self.path, self.option
-        info = safefiles.lstat(path)
-        if self.partitioned:
-            if info is None:
-                return
-            if safefiles.is_symlink(info):
-                raise AuditError(
-                    f"{option} {path} is a symbolic link: give the directory itself", path=path
-                )
-            if not safefiles.is_dir(info):
-                raise AuditError(f"{option} {path} is a file: give a directory", path=path)
-            if not os.listdir(path):
-                return  # an empty directory: nothing to keep
-            if not safefiles.is_file(safefiles.lstat(path / DATASET_MANIFEST)):
-                raise AuditError(
-                    f"{option} {path} is not empty and holds no walrecover audit: give a new "
-                    "or empty directory",
-                    path=path,
-                )
-            foreign = foreign_in_dataset(path)
-            if foreign:
-                raise AuditError(
-                    f"{option} {path} holds {', '.join(foreign[:3])}, which walrecover did not "
-                    "write: move it away or give another directory (walrecover replaces only "
-                    "the audit it wrote)",
-                    path=path,
-                )
-            existing = "holds a walrecover audit"
-        else:
-            if safefiles.is_dir(info):
-                raise AuditError(f"{option} {path} is a directory: give a file path", path=path)
-            manifest = safefiles.lstat(self.manifest)
-            if info is None and manifest is None:
-                return
-            if safefiles.is_dir(manifest):
-                raise AuditError(
-                    f"{self.manifest} (where the audit's manifest goes) is a directory: "
-                    f"give another {option}",
-                    path=path,
-                )
-            existing = "already exists" if info is not None else "has a manifest beside it"
+        existing = self._existing_dataset() if self.partitioned else self._existing_file()
+        if existing is None:
+            return
         if ours:
             self.replaces_resumed = True
             return
         if not self.force:
             raise AuditError(
-                f"{option} {path} {existing}: give another path, or pass --force to replace it",
+                f"{self.option} {self.path} {existing}: give another path, or pass --force to "
+                "replace it",
+                path=self.path,
+            )
+
+    def _existing_dataset(self) -> str | None:
+        """What is at a partitioned audit's PATH (None: nothing to keep); refuse what is not
+        walrecover's to replace."""
+        path, option = self.path, self.option
+        info = safefiles.lstat(path)
+        if info is None:
+            return None
+        if safefiles.is_symlink(info):
+            raise AuditError(
+                f"{option} {path} is a symbolic link: give the directory itself", path=path
+            )
+        if not safefiles.is_dir(info):
+            raise AuditError(f"{option} {path} is a file: give a directory", path=path)
+        if not os.listdir(path):
+            return None  # an empty directory: nothing to keep
+        if not safefiles.is_file(safefiles.lstat(path / DATASET_MANIFEST)):
+            raise AuditError(
+                f"{option} {path} is not empty and holds no walrecover audit: give a new "
+                "or empty directory",
                 path=path,
             )
+        foreign = foreign_in_dataset(path)
+        if foreign:
+            raise AuditError(
+                f"{option} {path} holds {', '.join(foreign[:3])}, which walrecover did not "
+                "write: move it away or give another directory (walrecover replaces only "
+                "the audit it wrote)",
+                path=path,
+            )
+        return "holds a walrecover audit"
+
+    def _existing_file(self) -> str | None:
+        """What is at a single-file audit's PATH or its manifest (None: nothing)."""
+        path, option = self.path, self.option
+        info = safefiles.lstat(path)
+        if safefiles.is_dir(info):
+            raise AuditError(f"{option} {path} is a directory: give a file path", path=path)
+        manifest = safefiles.lstat(self.manifest)
+        if info is None and manifest is None:
+            return None
+        if safefiles.is_dir(manifest):
+            raise AuditError(
+                f"{self.manifest} (where the audit's manifest goes) is a directory: "
+                f"give another {option}",
+                path=path,
+            )
+        return "already exists" if info is not None else "has a manifest beside it"
 
     # -- lifecycle driven by replay ----------------------------------------------------------
 

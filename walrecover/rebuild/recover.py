@@ -45,10 +45,11 @@ from ..stream.decoders import column_limits, decode_all, decoder_notes, make_dec
 from ..stream.lsn import Lsn
 from ..stream.model import NO_STOP, Change, StopPoint, TableName
 from ..stream.notices import LossWatch
-from ..stream.settings import CaptureSettings, ServerRoundTrip, ValueChecker
+from ..stream.settings import CaptureSettings
 from ..stream.settings import apply as apply_settings
 from ..stream.settings import restore as restore_settings
 from ..stream.sources import CaptureSource, ProgressCallback, SlotSource
+from ..stream.value_check import ServerRoundTrip, ValueChecker
 from ..stream.walinspect import WalInspect, waldump_command
 from .identity import CaptureIdentityWatch
 from .preflight import (

@@ -22,8 +22,10 @@ class Step:
 
     label: str
     statements: tuple[str, ...]
-    #: "commit", or "rollback" for a transaction that aborts.
+    #: commit, rollback, prepare-commit (PREPARE then COMMIT PREPARED), prepare-rollback.
     outcome: str = "commit"
+    #: Run with a replication origin set up, so pgoutput sends an Origin message.
+    origin: bool = False
 
 
 def render_steps(header: Iterable[str], schema: str, steps: Sequence[Step]) -> str:

@@ -23,7 +23,7 @@ from .. import __version__
 from ..errors import AuditError
 from ..rebuild.replay import AppliedChange
 from ..stream.lsn import Lsn
-from ..stream.model import Column, Op, Relation, Values
+from ..stream.model import Column, Relation
 from . import safefiles
 from .finalise import FinalOutcomes, merge
 from .format import (
@@ -37,12 +37,11 @@ from .format import (
     ROW_GROUP_ROWS,
     column_json,
     column_of,
-    encode,
     sha256_of,
     typed_fields,
-    values_json,
 )
 from .outputs import DatasetOutput, FileOutput, Output, write_manifest
+from .parts import part_row
 from .workspace import (
     PART_FILES,
     RUN_FILE,
@@ -54,23 +53,6 @@ from .workspace import (
     remove_dataset,
     remove_work,
 )
-
-
-def _identity(change_key: tuple[str | None, ...] | None) -> str | None:
-    return None if change_key is None else encode(list(change_key))
-
-
-def _row_identity(values: Values | None, relation: Relation) -> str | None:
-    """A keyless table's row identity: the whole row, when the image carries every column."""
-    if values is None or not relation.columns:
-        return None
-    names = relation.column_names
-    if any(name not in values for name in names):
-        return None
-    return encode([values[name] for name in names])
-
-
-# -- the writer ----------------------------------------------------------------------------------
 
 
 class AuditWriter:
@@ -238,43 +220,11 @@ class AuditWriter:
             self._seen[column.name] = column
 
     def _append(self, applied: AppliedChange) -> None:
-        change = applied.change
-        relation = change.relation
-        self._see(relation)
-        cols = self._columns
-        cols["seq"].append(self.rows)
-        cols["commit_lsn"].append(str(applied.commit_lsn) if applied.commit_lsn else None)
-        cols["lsn"].append(str(change.lsn) if change.lsn is not None else None)
-        cols["xid"].append(applied.xid)
-        cols["commit_time"].append(applied.commit_time)
-        cols["op"].append(change.op.value)
-        cols["relation"].append(relation.qualified_name)
-        key = change.key()
-        cols["key"].append(
-            encode(dict(zip(relation.key_columns, key, strict=True))) if key is not None else None
-        )
-        cols["outcome"].append(str(applied.outcome.value))
-        after = applied.after if applied.after is not None else change.new
-        before = change.old
-        cols["new_values"].append(values_json(after))
-        cols["old_values"].append(values_json(before))
-        op = change.op
-        if relation.key_columns:
-            cols["_before_identity"].append(
-                _identity(key) if op in (Op.UPDATE, Op.DELETE) else None
-            )
-            cols["_after_identity"].append(
-                _identity(change.new_key()) if op in (Op.INSERT, Op.UPDATE) else None
-            )
-        else:
-            cols["_before_identity"].append(
-                _row_identity(before, relation) if op in (Op.UPDATE, Op.DELETE) else None
-            )
-            cols["_after_identity"].append(
-                _row_identity(after, relation) if op in (Op.INSERT, Op.UPDATE) else None
-            )
+        self._see(applied.change.relation)
+        for name, value in zip(PART_SCHEMA.names, part_row(applied, self.rows), strict=True):
+            self._columns[name].append(value)
         self.rows += 1
-        if len(cols["seq"]) >= ROW_GROUP_ROWS:
+        if len(self._columns["seq"]) >= ROW_GROUP_ROWS:
             self._flush()
 
     def _flush(self) -> None:

@@ -32,6 +32,7 @@ from .preflight import (
     ColumnTypes,
     TargetFacts,
     check_encoding,
+    check_into,
     check_key_amount,
     check_ledger_query,
     check_target,
@@ -265,11 +266,7 @@ class _Planner:
 
         def open_target() -> str:
             nonlocal conn
-            if into == table and self.target == self.dsn:
-                raise WalrecoverError(
-                    f"--into {into} is the table being recovered: build into a new table and "
-                    "swap it in"
-                )
+            check_into(into, table, self.target, self.dsn)
             conn = self.conn = connect(self.target, role="target")
             return f"connected to {safe_dsn(self.target)}"
 

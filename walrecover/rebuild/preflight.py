@@ -28,7 +28,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from ..db import SECRETS, Connection, one, redact
-from ..errors import ConfigurationError, LedgerError, PrivilegeError
+from ..errors import ConfigurationError, LedgerError, PrivilegeError, WalrecoverError
 from ..stream.model import TableName
 from .target import _ADDED_COLUMNS, PROGRESS_SCHEMA, PROGRESS_TABLE, Target
 
@@ -114,6 +114,15 @@ def command_differences(stored: str | None, current: str | None) -> list[str]:
 
 
 _PLAIN = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def check_into(into: TableName, table: TableName, target: str | None, dsn: str | None) -> None:
+    """Refuse to build into the table being recovered (the same name in the same database):
+    the rebuilt table is new, and swapped in afterwards."""
+    if into == table and target == dsn:
+        raise WalrecoverError(
+            f"--into {into} is the table being recovered: build into a new table and swap it in"
+        )
 
 
 def _ident(conn: Connection, *names: str) -> str:

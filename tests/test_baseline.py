@@ -25,7 +25,7 @@ from every_way import capture_of, create_source, user_options
 from fault_helpers import peek_capture, run, start, wait_for_progress
 from helpers import Database, cli, differences, drop_with_truth, run_script, source_untouched
 
-from walrecover.audit.writer import read_metadata
+from walrecover.audit.reader import read_metadata
 from walrecover.drill.cluster import find_installation
 from walrecover.errors import BaselineError
 from walrecover.rebuild.baseline import BaselineOptions

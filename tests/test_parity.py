@@ -35,7 +35,7 @@ import pytest
 from helpers import FIXTURES, Database
 from psycopg import sql
 
-from walrecover.db import connect, one
+from walrecover.db import Connection, connect, one
 from walrecover.drill.cluster import Cluster
 from walrecover.errors import ReplayError, WalrecoverError
 from walrecover.rebuild.recover import RecoveryResult, recover, recover_capture
@@ -521,12 +521,14 @@ class Live:
     #: The xid of each workload step on the live database, by label.
     xids: dict[str, int]
 
-    def read(self, query: sql.Composed | str, params: Any = None) -> list[tuple[Any, ...]]:
+    def read(
+        self, query: sql.Composed | sql.SQL | str, params: Any = None
+    ) -> list[tuple[Any, ...]]:
         with connect(self.target.dsn, autocommit=True) as conn:
             return list(conn.execute(query, params).fetchall())
 
 
-def run_workload(conn: Any) -> dict[str, int]:
+def run_workload(conn: Connection) -> dict[str, int]:
     """Run ``workload.json`` exactly as the recorder did; return each step's xid by label."""
     xids = {}
     for number, item in enumerate(workload()["steps"], 1):
@@ -548,7 +550,7 @@ def run_workload(conn: Any) -> dict[str, int]:
     return xids
 
 
-def copy_rows(conn: Any, query: sql.Composable) -> list[list[str | None]]:
+def copy_rows(conn: Connection, query: sql.Composable) -> list[list[str | None]]:
     rows: list[list[str | None]] = []
     with conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as copy:
         for row in copy.rows():

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .audit.reader import read_audit
     from .audit.verify import Verification, verify_audit
-    from .audit.writer import read_audit
     from .drill.rehearsal import RehearsalResult, rehearse
     from .errors import (
         AuditError,
@@ -61,14 +61,13 @@ if TYPE_CHECKING:
         WalrecoverError,
     )
     from .ledger.reconcile import (
-        Explanation,
         LedgerFile,
         LedgerQuery,
-        Reconciliation,
         RecoveredAudit,
         RecoveredTable,
         reconcile,
     )
+    from .ledger.result import Explanation, Reconciliation
     from .ready.doctor import Diagnosis, TableDiagnosis, doctor
     from .ready.guard import GuardResult, guard
     from .ready.points import RecoveryPoint, TableBaseline, load_recovery_points
@@ -88,7 +87,7 @@ _WHERE = {
     "reconcile": "ledger.reconcile",
     "rehearse": "drill.rehearsal",
     "decode_to": "stream.export",
-    "read_audit": "audit.writer",
+    "read_audit": "audit.reader",
     "verify_audit": "audit.verify",
     "swap": "rebuild.swap",
     # what they take
@@ -105,8 +104,8 @@ _WHERE = {
     # what they return
     "RecoveryResult": "rebuild.recover",
     "AuditSummary": "rebuild.recover",
-    "Reconciliation": "ledger.reconcile",
-    "Explanation": "ledger.reconcile",
+    "Reconciliation": "ledger.result",
+    "Explanation": "ledger.result",
     "RehearsalResult": "drill.rehearsal",
     "DecodeResult": "stream.export",
     "Verification": "audit.verify",

@@ -25,29 +25,40 @@ from tqdm import tqdm
 from . import __version__
 from .audit.verify import verify_audit
 from .db import redact
-from .drill.rehearsal import RehearsalResult, rehearse
+from .drill.rehearsal import rehearse
 from .drill.rehearsal_baseline import rehearse_baseline
 from .errors import (
-    EXIT_DIFFERENCES,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
-    EXIT_OK,
     EXIT_UNPROVEN,
+    Differences,
+    Failed,
+    NotProvenExact,
+    Verdict,
     WalrecoverError,
     first_line,
 )
 from .ledger.reconcile import (
     LedgerFile,
     LedgerQuery,
+    LedgerSource,
     RecoveredAudit,
     RecoveredTable,
-    plain,
     reconcile,
 )
+from .ledger.result import Reconciliation
 from .rebuild.baseline import BaselineOptions
-from .rebuild.plan import Plan, plan_capture, plan_recovery
+from .rebuild.plan import plan_capture, plan_recovery
 from .rebuild.recover import LedgerCheck, RecoveryResult, recover, recover_capture
-from .rebuild.swap import SwapResult, swap
+from .rebuild.swap import swap
+from .report import (
+    plan_text,
+    reconciliation_text,
+    recovery_text,
+    rehearsal_text,
+    swap_text,
+    verification_text,
+)
 from .stream.decoders import PLUGINS
 from .stream.export import FORMATS, decode_to
 from .stream.lsn import Lsn
@@ -105,6 +116,11 @@ class _Group(click.Group):
             if as_json:
                 _json_error(exc.format_message(), exc.exit_code)
             raise  # click prints the usage and the message on stderr, and exits 2
+        except Verdict as exc:
+            # The result is printed; the lines say on stderr what it means.
+            for line in exc.lines:
+                click.echo(f"walrecover: {_redact(ctx, line)}", err=True)
+            ctx.exit(exc.exit_code)
         except WalrecoverError as exc:
             _fail(ctx, _redact(ctx, str(exc)), exc.exit_code, as_json)
         except psycopg.Error as exc:
@@ -628,10 +644,11 @@ def recover_command(
         raise click.UsageError("give --audit FILE or --audit-dir DIR, not both")
     ddl = ddl_file.read() if ddl_file else None
     if dry_run:
-        _plan_and_exit(
+        _plan(
             dsn, slot, from_file, plugin, plugin_options, via_plugin, capture_settings, table,
             into, target, stop, ledger, audit_path, audit_dir, ddl, force, as_json,
         )  # fmt: skip
+        return
     progress = Progress()
     try:
         if from_file is not None:
@@ -677,24 +694,27 @@ def recover_command(
             )
     finally:
         progress.close()
+    _report_recovery(result, as_json)
+
+
+def _report_recovery(result: RecoveryResult, as_json: bool) -> None:
+    """Print a recovery's result; raise the verdict when it is not exact (exit 3 or 4)."""
     _warn(result.warnings)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
-        click.echo(_recovery_text(result))
+        click.echo(recovery_text(result))
     for reason in result.unproven:
         click.echo(f"walrecover: WARNING: not proven exact: {reason}", err=True)
     if result.reconciliation is not None and not result.reconciliation.matched:
-        if not as_json:
-            click.echo("walrecover: the rebuilt table does not reconcile with the ledger", err=True)
-        sys.exit(EXIT_DIFFERENCES)
-    if result.unproven:
-        click.echo(
-            f"walrecover: {result.into} was rebuilt, but walrecover cannot prove it equals "
-            f"{result.table} at the stop point (exit {EXIT_UNPROVEN}): read the warnings above",
-            err=True,
+        raise Differences(
+            *(() if as_json else ("the rebuilt table does not reconcile with the ledger",))
         )
-        sys.exit(EXIT_UNPROVEN)
+    if result.unproven:
+        raise NotProvenExact(
+            f"{result.into} was rebuilt, but walrecover cannot prove it equals {result.table} "
+            f"at the stop point (exit {EXIT_UNPROVEN}): read the warnings above"
+        )
 
 
 def _baseline_options(
@@ -723,80 +743,7 @@ def _baseline_options(
     )
 
 
-def _transaction(xid: int | None, lsn: Lsn | None, lsn_kind: str) -> str:
-    """A transaction as people can find it: its xid and the LSN the stream gives, if any."""
-    kind = "end LSN" if lsn_kind == "end" else "commit LSN"
-    if xid is None:
-        return f"the transaction at {kind} {lsn}" if lsn is not None else "a transaction"
-    return f"transaction {xid}" + (f" ({kind} {lsn})" if lsn is not None else "")
-
-
-def _recovery_text(result: RecoveryResult) -> str:
-    if result.capture:
-        source = f"capture {result.capture}"
-    else:
-        source = f"slot {result.slot}" if result.slot else "a capture"
-    kind = "end LSNs of the commits" if result.lsn_kind == "end" else "commit LSNs"
-    if result.first_lsn is None and result.last_lsn is None and result.transactions:
-        lsns = f"the {'capture' if result.capture else 'slot'} carries no LSNs"
-    else:
-        lsns = f"{kind} {result.first_lsn or '-'} .. {result.last_lsn or '-'}"
-    plugin = f" ({result.plugin})" if result.plugin else ""
-    lines = [
-        f"Already complete: {result.into} was rebuilt from {source}{plugin} by an earlier run "
-        "of this command; nothing was read or written. Its result:"
-        if result.already_complete
-        else f"Rebuilt {result.table} as {result.into} from {source}{plugin}.",
-        f"  {result.transactions} transactions, {result.changes} row changes applied, "
-        f"{result.rows} rows in {result.into}.",
-        f"  {lsns}; stop point: {result.stop}.",
-    ]
-    if result.stopped_before:
-        lines.append(f"  stopped before {_transaction(*result.stopped_before, result.lsn_kind)}.")
-    if result.resumed_from:
-        one = "end LSN" if result.lsn_kind == "end" else "commit LSN"
-        lines.append(f"  resumed after {one} {result.resumed_from}.")
-    if result.baseline is not None:
-        base = result.baseline
-        point = f"LSN {base['lsn']}" if base.get("lsn") else "an unknown point"
-        lines.append(
-            f"  started from the baseline {base['source']} ({base['rows']} rows at {point}, "
-            f"replayed {base['mode']}; rows sha256 {base['rows_sha256']})."
-        )
-    if result.no_row:
-        lines.append(
-            f"  {result.no_row} updates/deletes found no row (rows older than the slot): "
-            "see the audit's outcome column."
-        )
-    rec = result.reconciliation
-    if rec is not None:
-        if rec.matched:
-            lines.append(f"  reconciled: all {rec.keys} keys match the ledger exactly.")
-        else:
-            lines.append(
-                f"  NOT reconciled: {rec.mismatched} keys differ, {rec.missing_in_recovered} "
-                f"missing in the rebuilt table, {rec.missing_in_ledger} missing in the ledger; "
-                f"total difference {plain(rec.total_difference)}."
-            )
-            for row in rec.differences.head(10).to_dict("records"):
-                lines.append(
-                    f"    {row['key']}: recovered {plain(row['recovered'])}, ledger "
-                    f"{plain(row['ledger'])}, delta {plain(row['delta'])} ({row['status']})"
-                )
-    if result.audit is not None:
-        lines.append(f"  audit: {result.audit.rows} rows in {result.audit.path}.")
-        if result.audit.chain_head:
-            lines.append(
-                f"  audit chain head {result.audit.chain_head} (record it; check with "
-                "walrecover audit verify --chain-head); manifest "
-                f"{result.audit.manifest}."
-            )
-    seconds = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
-    lines.append(f"  time: {seconds}.")
-    return "\n".join(lines)
-
-
-def _plan_and_exit(
+def _plan(
     dsn: str | None,
     slot: str | None,
     from_file: Path | None,
@@ -815,7 +762,8 @@ def _plan_and_exit(
     force: bool,
     as_json: bool,
 ) -> None:
-    """Run every check of the recovery, print the plan, exit 0 (all pass) or 1."""
+    """Run every check of the recovery and print the plan; :class:`Failed` (exit 1) unless
+    every check passes."""
     if from_file is not None:
         assert plugin is not None
         plan = plan_capture(
@@ -854,50 +802,9 @@ def _plan_and_exit(
     if as_json:
         click.echo(json.dumps(plan.to_dict()))
     else:
-        click.echo(_plan_text(plan))
-    for failed in plan.failures:
-        click.echo(f"walrecover: error: check failed: {failed.name}: {failed.detail}", err=True)
-    sys.exit(EXIT_OK if plan.ok else EXIT_ERROR)
-
-
-def _plan_text(plan: Plan) -> str:
-    size = plan.bytes_to_read
-    mb = "unknown" if size is None else f"{size} bytes" if size < 10**6 else f"{size / 1e6:.1f} MB"
-    lines = [
-        f"Plan: rebuild {plan.table} as {plan.into} in {plan.target}"
-        f" ({'all checks passed' if plan.ok else f'{len(plan.failures)} checks failed'}).",
-        f"  source: {plan.source}" + (f" ({plan.plugin})" if plan.plugin and plan.slot else ""),
-        f"  LSN range: {plan.start_lsn or '-'} .. {plan.end_lsn or '-'}; stop point: "
-        f"{plan.stop}; to read: {mb}.",
-    ]
-    if plan.estimated_changes is not None:
-        seconds = plan.estimated_seconds or 0.0
-        lines.append(
-            f"  estimated: about {plan.estimated_changes} row changes of {plan.table}, about "
-            f"{_duration(seconds)} ({plan.estimate})."
-        )
-    lines.append(f"  target table: {plan.target_state}.")
-    if plan.creates:
-        lines.append(f"  would create: {'; '.join(plan.creates)}.")
-    else:
-        lines.append("  would create: nothing.")
-    lines.append(
-        "  publications: "
-        + (", ".join(plan.publications) if plan.publications else "none would publish it")
-        + "."
-    )
-    lines.append("  checks:")
-    for check in plan.checks:
-        lines.append(f"    [{'ok' if check.ok else 'FAILED'}] {check.name}: {check.detail}")
-    return "\n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{max(seconds, 0.1):.1f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+        click.echo(plan_text(plan))
+    if not plan.ok:
+        raise Failed(*(f"error: check failed: {f.name}: {f.detail}" for f in plan.failures))
 
 
 @main.command("check")
@@ -1113,39 +1020,9 @@ def rehearse_command(
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
-        click.echo(_rehearsal_text(result))
+        click.echo(rehearsal_text(result))
     if not (result.identical and result.reconciled):
-        if not as_json:
-            click.echo("walrecover: the rehearsal's recovery did not match", err=True)
-        sys.exit(EXIT_ERROR)
-
-
-def _rehearsal_text(result: RehearsalResult) -> str:
-    seconds = result.seconds
-    lines = [
-        f"Rehearsal: {result.transactions} ledger transactions over {result.accounts} accounts, "
-        f"slot plugin {result.plugin}.",
-        f"  DROP TABLE transactions at LSN {result.stop_lsn}; recovered {result.rows} rows "
-        f"from {result.changes} row changes.",
-        f"  identical to the dropped table: {'yes' if result.identical else 'NO'}; "
-        f"reconciled with accounts.balance: {'yes' if result.reconciled else 'NO'}; "
-        f"audit rows: {result.audit_rows}.",
-        f"  time: workload {seconds['workload']:.1f}s, recover {seconds['recover']:.1f}s, "
-        f"verify {seconds['verify']:.1f}s, total {seconds['total']:.1f}s.",
-    ]
-    if result.baseline is not None:
-        lines.insert(
-            2,
-            f"  baseline: {result.baseline.get('exported_rows')} rows exported at the slot's "
-            f"consistent point {result.baseline.get('slot_point')} "
-            f"({seconds.get('baseline_export', 0):.1f}s), before the other half of the workload.",
-        )
-        lines.append(f"  RTO (table gone -> back and reconciled): {seconds['rto']:.1f}s.")
-    if result.kept_dsn:
-        lines.append(f'  the cluster is still running: psql "{result.kept_dsn}"')
-    if result.audit_path:
-        lines.append(f"  audit: {result.audit_path}")
-    return "\n".join(lines)
+        raise Failed(*(() if as_json else ("the rehearsal's recovery did not match",)))
 
 
 @main.command("reconcile")
@@ -1253,26 +1130,17 @@ def reconcile_command(
         raise click.UsageError("give at most one of --opening-query and --opening-file")
     if (period is None) != (time_column is None):
         raise click.UsageError("--period and --time-column go together")
-    try:
-        tol = Decimal(tolerance)
-    except InvalidOperation:
-        raise click.BadParameter(
-            f"{tolerance!r} is not a number", param_hint="--tolerance"
-        ) from None
-    if not tol.is_finite() or tol < 0:
-        raise click.BadParameter("give a finite amount of 0 or more", param_hint="--tolerance")
+    tol = _tolerance(tolerance)
     if out is not None and out.suffix.lower() not in (".csv", ".parquet"):
         raise click.BadParameter(f"{out}: give a .csv or .parquet path", param_hint="--out")
     # A query runs on --ledger-dsn, else on the table's database (-d); an audit has none.
     ledger_db = ledger_dsn if ledger_dsn is not None else (dsn if table_name is None else None)
     if table_name is None and (ledger_query or opening_query) and ledger_db is None:
         raise click.UsageError("reconciling an audit with a query needs --ledger-dsn (or -d)")
-    ledger = LedgerQuery(ledger_query, ledger_db) if ledger_query else LedgerFile(ledger_file)  # type: ignore[arg-type]
+    ledger = _ledger_source(ledger_query, ledger_file, ledger_db)
     opening = (
-        LedgerQuery(opening_query, ledger_db)
-        if opening_query
-        else LedgerFile(opening_file)
-        if opening_file
+        _ledger_source(opening_query, opening_file, ledger_db)
+        if opening_query or opening_file
         else None
     )
     recovered = (
@@ -1292,18 +1160,38 @@ def reconcile_command(
         audit=audit_path,
         explain=explain,
     )
+    _report_reconciliation(result, out, as_json)
+
+
+def _report_reconciliation(result: Reconciliation, out: Path | None, as_json: bool) -> None:
+    """Write the differences file, print the result; :class:`Differences` (exit 3) unless
+    every key matches."""
     if out is not None:
         result.write_differences(out)
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "out": str(out) if out else None}))
     else:
-        click.echo(result.report())
+        click.echo(reconciliation_text(result))
         if out is not None:
             click.echo(f"  differences written to {out}.")
     if not result.matched:
-        if not as_json:
-            click.echo("walrecover: the totals do not reconcile with the ledger", err=True)
-        sys.exit(EXIT_DIFFERENCES)
+        raise Differences(*(() if as_json else ("the totals do not reconcile with the ledger",)))
+
+
+def _ledger_source(query: str | None, file: Path | None, dsn: str | None) -> LedgerSource:
+    """A query (on ``dsn``) if given, else the file."""
+    return LedgerQuery(query, dsn) if query else LedgerFile(file)  # type: ignore[arg-type]
+
+
+def _tolerance(value: str) -> Decimal:
+    """``--tolerance``: an exact amount of 0 or more."""
+    try:
+        tol = Decimal(value)
+    except InvalidOperation:
+        raise click.BadParameter(f"{value!r} is not a number", param_hint="--tolerance") from None
+    if not tol.is_finite() or tol < 0:
+        raise click.BadParameter("give a finite amount of 0 or more", param_hint="--tolerance")
+    return tol
 
 
 @main.command("swap")
@@ -1380,33 +1268,8 @@ def swap_command(
             click.echo(f"-- note: {note}")
         click.echo(result.script(), nl=False)
     else:
-        click.echo(_swap_text(result))
+        click.echo(swap_text(result))
     _warn(list(result.warnings))
-
-
-def _swap_text(result: SwapResult) -> str:
-    lines = [
-        f"Swapped {result.source} into place as {result.table} ({result.rows} rows), "
-        "in one transaction."
-    ]
-    if result.moved_existing_to:
-        lines.append(f"  the table that had the name is now {result.moved_existing_to}")
-    if result.constraints:
-        lines.append(f"  constraints (validated): {', '.join(result.constraints)}")
-    if result.indexes:
-        lines.append(f"  indexes: {', '.join(result.indexes)}")
-    for name, following in result.sequences:
-        lines.append(f"  sequence {name}: the next value is {following}")
-    lines.append(
-        f"  grants: {result.grants}; owner: {result.owner or 'unchanged'}; "
-        f"comments: {result.comments}; analyzed."
-    )
-    for item in result.ignored:
-        if not item.about_table:
-            lines.append(f"  ignored: {item.statement} ({item.reason})")
-    for note in result.notes:
-        lines.append(f"  note: {note}")
-    return "\n".join(lines)
 
 
 @main.group("audit")
@@ -1448,11 +1311,11 @@ def audit_verify_command(
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
-        click.echo(result.report())
+        click.echo(verification_text(result))
     if not result.ok:
-        if not as_json:
-            click.echo(f"walrecover: the audit does not verify: {result.problems[0]}", err=True)
-        sys.exit(EXIT_DIFFERENCES)
+        raise Differences(
+            *(() if as_json else (f"the audit does not verify: {result.problems[0]}",))
+        )
 
 
 # -- before the disaster: protect, doctor, guard (issue 11) ---------------------------------------
@@ -1587,7 +1450,8 @@ def doctor_command(
     tables = [_table(name, "--table") for name in table_names]
     diagnosis = _doctor(dsn, tables, protect_dir)
     click.echo(json.dumps(diagnosis.to_dict()) if as_json else diagnosis.report())
-    sys.exit(diagnosis.exit_code)
+    if diagnosis.exit_code:
+        raise Verdict(exit_code=diagnosis.exit_code)
 
 
 @main.command("guard")
@@ -1622,7 +1486,8 @@ def guard_command(
         raise click.UsageError("--protect-dir needs -d (the database the points are of)")
     result = _guard(migration, text, dsn, protect_dir)
     click.echo(json.dumps(result.to_dict()) if as_json else result.report())
-    sys.exit(result.exit_code)
+    if result.exit_code:
+        raise Verdict(exit_code=result.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover

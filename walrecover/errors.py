@@ -156,6 +156,8 @@ def first_line(exc: BaseException) -> str:
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+#: The command finished, and its result differs: a reconciliation that does not match the
+#: ledger, an audit that does not verify.
 EXIT_DIFFERENCES = 3
 #: The table was rebuilt, but walrecover cannot prove it equals the table at the stop point
 #: (a plugin dropped changes, a value or column the plugin cannot carry, a default the WAL does
@@ -170,3 +172,41 @@ EXIT_CRITICAL = 6
 #: cover (or guard was not given ``-d`` to check it).
 EXIT_DESTRUCTIVE = 7
 EXIT_INTERRUPTED = 130
+
+
+class Verdict(Exception):
+    """A command that finished, printed its result, and is not a clean success.
+
+    The library never raises one: it returns the result (``Reconciliation.matched``,
+    ``RecoveryResult.exact``, ``Verification.ok``, ``Plan.ok``) and lets its caller decide.
+    The command line raises one after printing the result, so that every exit code, errors and
+    verdicts alike, is mapped in one place. ``lines`` go to stderr, each after ``walrecover: ``
+    (none when the result printed on stdout already says it, as ``--json`` does).
+    """
+
+    exit_code: int = EXIT_ERROR
+
+    def __init__(self, *lines: str, exit_code: int | None = None) -> None:
+        super().__init__(*lines)
+        self.lines = lines
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class Failed(Verdict):
+    """The result says the command did not do what was asked (checks that failed, a rehearsal
+    whose recovery did not match): exit 1."""
+
+
+class Differences(Verdict):
+    """The result differs from what it is checked against (the ledger, the audit's own hashes):
+    exit 3."""
+
+    exit_code = EXIT_DIFFERENCES
+
+
+class NotProvenExact(Verdict):
+    """The table was rebuilt, but walrecover cannot prove it equals the table at the stop point
+    (``RecoveryResult.unproven`` says why): exit 4."""
+
+    exit_code = EXIT_UNPROVEN

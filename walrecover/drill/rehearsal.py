@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..db import connect, one
+from ..db import Connection, connect, one
 from ..errors import AuditError, ClusterError
 from ..rebuild.recover import LedgerCheck, RecoveryResult, recover
 from ..stream.decoders import PLUGINS
@@ -177,7 +177,7 @@ class RehearsalResult:
 
 
 def run_workload(
-    conn: Any,
+    conn: Connection,
     transactions: int,
     accounts: int,
     *,
@@ -200,7 +200,7 @@ def run_workload(
             progress("workload", done, transactions)
 
 
-def create_bank(conn: Any, accounts: int) -> None:
+def create_bank(conn: Connection, accounts: int) -> None:
     """Create the bank's schema and its accounts with zero balances."""
     conn.autocommit = True
     conn.execute(TABLES_SQL)

@@ -24,7 +24,9 @@ import psycopg
 from psycopg import sql
 
 from .. import __version__
-from ..audit.writer import AuditWriter, clear_published, manifest_path
+from ..audit.format import manifest_path
+from ..audit.workspace import clear_published
+from ..audit.writer import AuditWriter
 from ..db import connect, connection_lost, redact, safe_dsn
 from ..errors import (
     ConnectionFailed,
@@ -43,10 +45,11 @@ from ..stream.decoders import column_limits, decode_all, decoder_notes, make_dec
 from ..stream.lsn import Lsn
 from ..stream.model import NO_STOP, Change, StopPoint, TableName
 from ..stream.notices import LossWatch
-from ..stream.settings import CaptureSettings, ServerRoundTrip, ValueChecker
+from ..stream.settings import CaptureSettings
 from ..stream.settings import apply as apply_settings
 from ..stream.settings import restore as restore_settings
 from ..stream.sources import CaptureSource, ProgressCallback, SlotSource
+from ..stream.value_check import ServerRoundTrip, ValueChecker
 from ..stream.walinspect import WalInspect, waldump_command
 from .baseline import Baseline, BaselineOptions
 from .identity import CaptureIdentityWatch

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, Protocol
 
 import psycopg
@@ -49,6 +48,7 @@ from ..stream.model import (
     Commit,
     Event,
     Op,
+    Outcome,
     Relation,
     StopPoint,
     TableName,
@@ -59,20 +59,6 @@ from .idempotent import upsert
 from .preflight import command_differences
 from .recreation import RecreationJudge
 from .target import PROGRESS_SCHEMA, Progress, Target
-
-
-class Outcome(StrEnum):
-    """What replay did with a row change."""
-
-    APPLIED = "applied"
-    #: An update or delete found no row with its key (the row predates the stream).
-    NO_ROW = "no_row"
-    #: Applied, then overwritten by a later update of the same row (set when the audit closes).
-    SUPERSEDED = "superseded"
-    #: Applied, then removed by a later delete or truncate (set when the audit closes).
-    REMOVED = "removed"
-    #: Not applied: its transaction commits at or after the stop point.
-    AFTER_STOP = "after_stop"
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,8 +40,9 @@ from .model import (
     TableName,
     Values,
 )
-from .settings import CaptureSettings, ValueChecker
+from .settings import CaptureSettings
 from .sources import CaptureSource, ProgressCallback, SlotSource
+from .value_check import ValueChecker
 
 FORMATS = ("jsonl", "sql", "undo-sql")
 

@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ..db import Connection, one
 from ..errors import WalUnavailable, first_line
 from .lsn import Lsn
 
@@ -160,17 +161,17 @@ class WalInspect:
     WAL is cluster-wide: any database of the server with the extension reads the same records.
     """
 
-    def __init__(self, conn: Any, schema: str, database: int) -> None:
+    def __init__(self, conn: Connection, schema: str, database: int) -> None:
         self.conn = conn
         self.schema = schema
         #: The oid of the database this connection is in (relations are looked up here).
         self.database = database
 
     @classmethod
-    def open(cls, conn: Any) -> WalInspect:
+    def open(cls, conn: Connection) -> WalInspect:
         """Use pg_walinspect on ``conn`` (autocommit); :class:`WalUnavailable` says why not."""
         try:
-            version = int(conn.execute("SHOW server_version_num").fetchone()[0])
+            version = int(one(conn, "SHOW server_version_num")[0])
             if version < 150000:
                 raise WalUnavailable(
                     f"the server is PostgreSQL {version // 10000}, and pg_walinspect needs 15 "
@@ -184,7 +185,7 @@ class WalInspect:
                 " WHERE e.extname = 'pg_walinspect'"
             ).fetchone()
             if row is None:
-                (database,) = conn.execute("SELECT current_database()::text").fetchone()
+                (database,) = one(conn, "SELECT current_database()::text")
                 raise WalUnavailable(
                     f"pg_walinspect is not installed in database {database!r}, and walrecover "
                     "never installs it itself (CREATE EXTENSION is a write to the source)",
@@ -192,10 +193,11 @@ class WalInspect:
                 )
             schema, database, oid = row
             function = sql.Identifier(schema, "pg_get_wal_records_info").as_string(conn)
-            allowed = conn.execute(
+            allowed = one(
+                conn,
                 "SELECT has_function_privilege(%s, 'EXECUTE'), current_user::text",
                 (f"{function}(pg_lsn, pg_lsn)",),
-            ).fetchone()
+            )
         except psycopg.Error as exc:
             raise WalUnavailable(
                 f"cannot check for pg_walinspect ({first_line(exc)})", reason="error"
@@ -214,10 +216,11 @@ class WalInspect:
     def readable_end(self, end: Lsn | None = None) -> Lsn:
         """``end`` clamped to the WAL the server has flushed (or replayed, on a standby)."""
         try:
-            (flushed,) = self.conn.execute(
+            (flushed,) = one(
+                self.conn,
                 "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
-                " ELSE pg_current_wal_flush_lsn() END)::text"
-            ).fetchone()
+                " ELSE pg_current_wal_flush_lsn() END)::text",
+            )
         except psycopg.Error as exc:
             raise WalUnavailable(
                 f"cannot read the server's WAL position ({first_line(exc)})", reason="error"

@@ -79,7 +79,7 @@ from datetime import datetime
 from ...errors import DecodeError, StreamCutShort
 from ..lsn import Lsn
 from ..model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation, TableName
-from .pgoutput import _Pending
+from .pgoutput.spill import Pending
 
 PLUGIN = "test_decoding"
 
@@ -386,9 +386,9 @@ class TestDecodingDecoder:
         self.two_phase = two_phase
         self._spill_dir, self._spill_threshold = spill_dir, spill_threshold
         #: The transaction being held (two-phase), with its Begin.
-        self._held: tuple[Begin, _Pending] | None = None
+        self._held: tuple[Begin, Pending] | None = None
         #: Prepared transactions by gid, waiting for COMMIT or ROLLBACK PREPARED.
-        self._prepared: dict[str, tuple[Begin, _Pending]] = {}
+        self._prepared: dict[str, tuple[Begin, Pending]] = {}
         #: What a reader should know once the stream was read (prepared transactions left out).
         self.notes: list[str] = []
         self._tables: dict[tuple[str, str], _Table] = {}
@@ -421,7 +421,7 @@ class TestDecodingDecoder:
         out: list[Event] = []
         for event in events:
             if isinstance(event, Begin):
-                pending = _Pending(
+                pending = Pending(
                     event.xid or 0, event.lsn, True, self._spill_threshold, self._spill_dir
                 )
                 self._held = (event, pending)

@@ -65,26 +65,9 @@ def select(
                 skipping = False
                 continue
             if holding:
-                at = (event.xid, event.commit_lsn, event.end_lsn, event.commit_time)
-                xid = event.xid if event.xid is not None else _held_xid(held)
-                stops = stop.stops(xid, *at[1:])
-                if stops is None:
-                    raise StopPointError(
-                        f"the stream does not say where or when transaction {xid} "
-                        f"committed, so stop point {stop.describe()} cannot be applied: "
-                        "use --stop-before-xid",
-                        xid=xid,
-                    )
-                if stops:
-                    break
-                begins = True if started else start.starts(xid, *at[1:])
+                begins = _at_commit(event, held, stop, start, started)
                 if begins is None:
-                    raise StopPointError(
-                        f"the stream does not say where or when transaction {xid} "
-                        f"committed, so the start {start.describe()} cannot be applied: "
-                        "use --start-at-xid or --xid",
-                        xid=xid,
-                    )
+                    break
                 events_held, held, holding = held, [], False
                 if not begins:
                     continue
@@ -95,6 +78,34 @@ def select(
                 return
     if not started:
         raise _never_started(start, stop, tuple(tables))
+
+
+def _at_commit(
+    event: Commit, held: list[Begin | Change], stop: StopPoint, start: StartPoint, started: bool
+) -> bool | None:
+    """For a transaction held until its Commit: None when it is at or past the stop point,
+    else whether it lies in the range (from the start on)."""
+    xid = event.xid if event.xid is not None else _held_xid(held)
+    at = (event.commit_lsn, event.end_lsn, event.commit_time)
+    stops = stop.stops(xid, *at)
+    if stops is None:
+        raise StopPointError(
+            f"the stream does not say where or when transaction {xid} "
+            f"committed, so stop point {stop.describe()} cannot be applied: "
+            "use --stop-before-xid",
+            xid=xid,
+        )
+    if stops:
+        return None
+    begins = True if started else start.starts(xid, *at)
+    if begins is None:
+        raise StopPointError(
+            f"the stream does not say where or when transaction {xid} "
+            f"committed, so the start {start.describe()} cannot be applied: "
+            "use --start-at-xid or --xid",
+            xid=xid,
+        )
+    return begins
 
 
 def _held_xid(held: list[Begin | Change]) -> int | None:

@@ -143,79 +143,13 @@ class SlotSource:
             self.server_version = int(conn.info.server_version)
             self.server_encoding = conn.info.parameter_status("server_encoding")
             info = read_slot(conn, self.slot)
-            (database,) = one(conn, "SELECT current_database()::text")
-            if info.database != database:
-                raise SlotError(
-                    f"slot {self.slot!r} belongs to database {info.database!r}, not "
-                    f"{database!r}: connect with dbname={info.database}",
-                    slot=self.slot,
-                )
-            plugin = self.via_plugin or info.plugin
-            if plugin not in PLUGINS:
-                raise SlotError(
-                    f"slot {self.slot!r} uses output plugin {plugin!r}, which walrecover cannot"
-                    f" decode: read it through another plugin with --via-plugin "
-                    f"({', '.join(PLUGINS)})",
-                    slot=self.slot,
-                    plugin=plugin,
-                )
-            self.info = info
-            if plugin == "pgoutput" and "publication_names" not in self.user_options:
-                names = [r[0] for r in conn.execute("SELECT pubname::text FROM pg_publication")]
-                if names:
-                    self.user_options["publication_names"] = ",".join(names)
-            # Refuse bad options early.
-            _, streaming = without_streaming(
-                plugin, plugin_options(plugin, self.tables, self.user_options)
-            )
-            if streaming is not None:
-                self.warnings.append(
-                    f"-o {streaming} is not used: walrecover reads the slot in pages, each a new "
-                    "decoding session, and the server would stream a transaction still open at a "
-                    "page's end again from its start; without streaming it sends each "
-                    "transaction whole at its commit, which decodes to the same changes"
-                )
-            if plugin == "pgoutput":
-                unproven, warnings = check_publications(
-                    conn,
-                    publication_names(self.user_options),
-                    self.tables,
-                    self.server_version,
-                )
-                self.unproven.extend(unproven)
-                self.warnings.extend(warnings)
+            plugin = self._check_slot(conn, info)
+            self._check_options(conn, plugin)
             check_replication_privilege(conn, self.slot)
             self.swept = sweep_copies(conn)
-            (pid,) = one(conn, "SELECT pg_backend_pid()")
-            name = f"{COPY_PREFIX}{pid}_{secrets.token_hex(4)}"
-            try:
-                conn.execute(
-                    "SELECT pg_copy_logical_replication_slot(%s, %s, false, %s)",
-                    (self.slot, name, plugin),
-                )
-            except psycopg.errors.UndefinedFile as exc:
-                raise ConfigurationError(
-                    f"output plugin {plugin!r} of slot {self.slot!r} is not installed on the "
-                    f"source server ({exc.diag.message_primary}): install it (Debian: "
-                    f"postgresql-<major>-{plugin}) or read the slot through another plugin "
-                    "with --via-plugin",
-                    slot=self.slot,
-                ) from None
-            except psycopg.errors.InsufficientPrivilege as exc:
-                raise PrivilegeError(
-                    f"cannot copy slot {self.slot!r}: {exc.diag.message_primary}; grant the "
-                    "REPLICATION attribute to this role",
-                    slot=self.slot,
-                ) from None
-            except psycopg.Error as exc:
-                raise SlotError(
-                    f"cannot copy slot {self.slot!r}: {exc.diag.message_primary or exc}; "
-                    "check max_replication_slots and that the slot is not invalidated",
-                    slot=self.slot,
-                ) from None
-            self.copy_name = name
+            self.copy_name = self._copy(conn, plugin)
             # The copy's own position: the user's slot may have moved since it was read.
-            copied = read_slot(conn, name)
+            copied = read_slot(conn, self.copy_name)
             self.start_lsn = copied.confirmed_flush_lsn or copied.restart_lsn
             if info.active:
                 self.warnings.append(active_warning(conn, info, self.start_lsn))
@@ -224,6 +158,82 @@ class SlotSource:
         except BaseException:
             self.close()
             raise
+
+    def _check_slot(self, conn: Any, info: SlotInfo) -> str:
+        """Refuse a slot of another database or a plugin walrecover cannot decode; the plugin
+        the copy is read through."""
+        (database,) = one(conn, "SELECT current_database()::text")
+        if info.database != database:
+            raise SlotError(
+                f"slot {self.slot!r} belongs to database {info.database!r}, not "
+                f"{database!r}: connect with dbname={info.database}",
+                slot=self.slot,
+            )
+        plugin = self.via_plugin or info.plugin
+        if plugin not in PLUGINS:
+            raise SlotError(
+                f"slot {self.slot!r} uses output plugin {plugin!r}, which walrecover cannot"
+                f" decode: read it through another plugin with --via-plugin "
+                f"({', '.join(PLUGINS)})",
+                slot=self.slot,
+                plugin=plugin,
+            )
+        self.info = info
+        return plugin
+
+    def _check_options(self, conn: Any, plugin: str) -> None:
+        """Refuse bad options early; say what streaming and the publications mean for the read."""
+        if plugin == "pgoutput" and "publication_names" not in self.user_options:
+            names = [r[0] for r in conn.execute("SELECT pubname::text FROM pg_publication")]
+            if names:
+                self.user_options["publication_names"] = ",".join(names)
+        _, streaming = without_streaming(
+            plugin, plugin_options(plugin, self.tables, self.user_options)
+        )
+        if streaming is not None:
+            self.warnings.append(
+                f"-o {streaming} is not used: walrecover reads the slot in pages, each a new "
+                "decoding session, and the server would stream a transaction still open at a "
+                "page's end again from its start; without streaming it sends each "
+                "transaction whole at its commit, which decodes to the same changes"
+            )
+        if plugin == "pgoutput":
+            unproven, warnings = check_publications(
+                conn, publication_names(self.user_options), self.tables, self.server_version
+            )
+            self.unproven.extend(unproven)
+            self.warnings.extend(warnings)
+
+    def _copy(self, conn: Any, plugin: str) -> str:
+        """Copy the user's slot into ``walrecover_<pid>_<token>``, read through ``plugin``."""
+        (pid,) = one(conn, "SELECT pg_backend_pid()")
+        name = f"{COPY_PREFIX}{pid}_{secrets.token_hex(4)}"
+        try:
+            conn.execute(
+                "SELECT pg_copy_logical_replication_slot(%s, %s, false, %s)",
+                (self.slot, name, plugin),
+            )
+        except psycopg.errors.UndefinedFile as exc:
+            raise ConfigurationError(
+                f"output plugin {plugin!r} of slot {self.slot!r} is not installed on the "
+                f"source server ({exc.diag.message_primary}): install it (Debian: "
+                f"postgresql-<major>-{plugin}) or read the slot through another plugin "
+                "with --via-plugin",
+                slot=self.slot,
+            ) from None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise PrivilegeError(
+                f"cannot copy slot {self.slot!r}: {exc.diag.message_primary}; grant the "
+                "REPLICATION attribute to this role",
+                slot=self.slot,
+            ) from None
+        except psycopg.Error as exc:
+            raise SlotError(
+                f"cannot copy slot {self.slot!r}: {exc.diag.message_primary or exc}; "
+                "check max_replication_slots and that the slot is not invalidated",
+                slot=self.slot,
+            ) from None
+        return name
 
     def messages(self) -> Iterator[RawMessage]:
         """Every message up to the WAL position seen at open, page by page.
@@ -278,57 +288,59 @@ class SlotSource:
                                 self.progress("read", done, total)
                             yield RawMessage(data, lsn, xid)
                     self.notices.end_page(last)
-                except psycopg.errors.UndefinedFile as exc:
-                    raise ConfigurationError(
-                        f"output plugin {self.plugin!r} is not installed on the source server "
-                        f"({exc.diag.message_primary}): install it (Debian: "
-                        f"postgresql-<major>-{self.plugin})",
-                        slot=self.slot,
-                    ) from None
-                except psycopg.OperationalError as exc:
-                    raise SlotError(
-                        f"lost the source connection while reading slot {self.slot!r} "
-                        f"({first_line(exc)}): "
-                        "rerun the command to resume",
-                        slot=self.slot,
-                    ) from None
                 except psycopg.Error as exc:
-                    primary = exc.diag.message_primary or str(exc)
-                    if exc.sqlstate == "22021":  # invalid byte sequence for encoding "UTF8"
-                        raise SlotError(
-                            f"slot {self.slot!r} holds text that is not UTF-8 in a change after "
-                            f"LSN {last} ({primary}): {not_utf8(conn)}, so "
-                            "those rows cannot be carried"
-                            + (
-                                "; if they belong to another table, read the slot with "
-                                "--via-plugin wal2json, which leaves other tables out"
-                                if self.plugin != "wal2json"
-                                else ""
-                            ),
-                            slot=self.slot,
-                        ) from None
-                    if "publication" in primary and "does not exist" in primary:
-                        others = ", ".join(p for p in PLUGINS if p != "pgoutput")
-                        raise SlotError(
-                            f"reading slot {self.slot!r} failed: {primary}. pgoutput looks "
-                            "publications up as they were when each change was made, so one "
-                            "created after the changes cannot serve: name an older publication "
-                            "(-o publication_names=...), or read the slot through another plugin "
-                            f"with --via-plugin ({others}); the slot itself is left untouched",
-                            slot=self.slot,
-                        ) from None
-                    if "could not access file" in primary or "could not load library" in primary:
-                        raise ConfigurationError(
-                            f"output plugin {self.plugin!r} is not installed on the source server "
-                            f"({primary}): install it (Debian: postgresql-<major>-{self.plugin}) "
-                            "or choose another with --via-plugin",
-                            slot=self.slot,
-                        ) from None
-                    raise SlotError(
-                        f"reading slot {self.slot!r} failed: {primary}", slot=self.slot
-                    ) from None
+                    raise self._read_error(exc, conn, last) from None
         if self.progress is not None:
             self.progress("read", total, total)
+
+    def _read_error(self, exc: psycopg.Error, conn: Any, last: Lsn | None) -> WalrecoverError:
+        """What a failed page read means, and what to do about it."""
+        if isinstance(exc, psycopg.errors.UndefinedFile):
+            return ConfigurationError(
+                f"output plugin {self.plugin!r} is not installed on the source server "
+                f"({exc.diag.message_primary}): install it (Debian: "
+                f"postgresql-<major>-{self.plugin})",
+                slot=self.slot,
+            )
+        if isinstance(exc, psycopg.OperationalError):
+            return SlotError(
+                f"lost the source connection while reading slot {self.slot!r} "
+                f"({first_line(exc)}): "
+                "rerun the command to resume",
+                slot=self.slot,
+            )
+        primary = exc.diag.message_primary or str(exc)
+        if exc.sqlstate == "22021":  # invalid byte sequence for encoding "UTF8"
+            return SlotError(
+                f"slot {self.slot!r} holds text that is not UTF-8 in a change after "
+                f"LSN {last} ({primary}): {not_utf8(conn)}, so "
+                "those rows cannot be carried"
+                + (
+                    "; if they belong to another table, read the slot with "
+                    "--via-plugin wal2json, which leaves other tables out"
+                    if self.plugin != "wal2json"
+                    else ""
+                ),
+                slot=self.slot,
+            )
+        if "publication" in primary and "does not exist" in primary:
+            others = ", ".join(p for p in PLUGINS if p != "pgoutput")
+            return SlotError(
+                f"reading slot {self.slot!r} failed: {primary}. pgoutput looks "
+                "publications up as they were when each change was made, so one "
+                "created after the changes cannot serve: name an older publication "
+                "(-o publication_names=...), or read the slot through another plugin "
+                f"with --via-plugin ({others}); the slot itself is left untouched",
+                slot=self.slot,
+            )
+        if "could not access file" in primary or "could not load library" in primary:
+            return ConfigurationError(
+                f"output plugin {self.plugin!r} is not installed on the source server "
+                f"({primary}): install it (Debian: postgresql-<major>-{self.plugin}) "
+                "or choose another with --via-plugin",
+                slot=self.slot,
+            )
+        return SlotError(f"reading slot {self.slot!r} failed: {primary}", slot=self.slot)
 
     def events(self) -> Iterator[Event]:
         """:meth:`messages` decoded by a fresh decoder for the read's plugin and options (the

@@ -143,7 +143,7 @@ def _pgoutput_decoder(options: Mapping[str, str], setup: DecoderSetup) -> Decode
             f"proto_version {options.get('proto_version')!r} is not a number: give 1 to "
             f"{pgoutput.MAX_PROTO_VERSION}"
         ) from None
-    return pgoutput.PgoutputDecoder(version)
+    return pgoutput.PgoutputDecoder(version, tables=setup.tables)
 
 
 def _pgoutput_column_limits(server_version: int | None) -> list[str]:

@@ -3,11 +3,12 @@ held transactions) and the canonical events it produces, in commit order."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final
 
 from ....errors import DecodeError, StreamCutShort
 from ...lsn import Lsn
-from ...model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation
+from ...model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation, TableName
 from .held import HeldTransactions
 from .messages import (
     MAX_PROTO_VERSION,
@@ -39,6 +40,9 @@ from .rows import Row, image
 from .typenames import custom_type_name, format_type
 from .wire import parse_message, where
 
+#: The type bytes of Insert, Update and Delete, and the operation each is.
+_ROW_OPS: Final[dict[int, Op]] = {ord("I"): Op.INSERT, ord("U"): Op.UPDATE, ord("D"): Op.DELETE}
+
 
 class PgoutputDecoder(HeldTransactions):
     """Decoder for pgoutput (text mode), protocol versions 1 to 4.
@@ -51,6 +55,11 @@ class PgoutputDecoder(HeldTransactions):
 
     Streamed and prepared transactions are buffered until their outcome, ``spill_threshold``
     changes per transaction in memory, the rest in anonymous temporary files in ``spill_dir``.
+
+    ``tables``: the only tables whose rows are wanted. An Insert, Update or Delete of another
+    table (a ``FOR ALL TABLES`` publication carries every table's changes) is known by its
+    relation id and comes out as a :class:`Change` without images, its tuples never decoded:
+    consumers still see that the transaction changed something, and which table.
 
     TRUNCATE options are not in the model yet: the decoder records them per truncated relation
     (:meth:`truncate_flags`) and the last Truncate message's in :attr:`last_truncate_flags`.
@@ -65,6 +74,7 @@ class PgoutputDecoder(HeldTransactions):
         type_name: Callable[[int, int], str] | None = None,
         spill_dir: str | None = None,
         spill_threshold: int = 10_000,
+        tables: Iterable[TableName] = (),
     ) -> None:
         if not 1 <= proto_version <= MAX_PROTO_VERSION:
             raise DecodeError(
@@ -76,6 +86,9 @@ class PgoutputDecoder(HeldTransactions):
         self.proto_version = proto_version
         self._type_name_hook = type_name
         self._types: dict[int, tuple[str, str]] = {}
+        #: The tables whose rows are decoded; other tables' row changes come out without their
+        #: images (empty: every table's rows are decoded).
+        self._wanted = frozenset((t.schema, t.name) for t in tables)
         self._truncations: dict[tuple[Lsn | None, int | None], TruncateFlags] = {}
         #: The options of the last Truncate message decoded (see :meth:`truncate_flags`).
         self.last_truncate_flags: TruncateFlags | None = None
@@ -95,10 +108,42 @@ class PgoutputDecoder(HeldTransactions):
                 "pg_logical_slot_peek_binary_changes",
                 lsn=message.lsn,
             )
+        if self._wanted and data and data[0] in _ROW_OPS:
+            skipped = self._skip(data, message.lsn)
+            if skipped is not None:
+                return skipped
         parsed = parse_message(
             data, self.proto_version, in_stream=self._stream is not None, lsn=message.lsn
         )
         return self._dispatch(parsed, message.lsn)
+
+    def _skip(self, data: bytes, lsn: Lsn | None) -> Sequence[Event] | None:
+        """A row change of a table not wanted, placed like any change but without its tuples;
+        None when the message must be parsed (a wanted or unknown relation, damage, no
+        transaction): parsing then decodes it or names what is wrong."""
+        stream = self._stream
+        start = 5 if stream is not None else 1  # in a stream block the xid comes first
+        if len(data) < start + 4:
+            return None
+        relation_id = int.from_bytes(data[start : start + 4], "big")
+        relation = stream.relations.get(relation_id) if stream is not None else None
+        if relation is None:
+            relation = self._relations.get(relation_id)
+        if relation is None or (relation.schema, relation.name) in self._wanted:
+            return None
+        op = _ROW_OPS[data[0]]
+        if stream is not None:
+            if stream.complete:
+                subxid = int.from_bytes(data[1:5], "big")
+                stream.add(subxid, Change(op, relation, lsn=lsn, xid=stream.xid))
+            return ()
+        if self._preparing is not None:
+            pending = self._preparing
+            pending.add(pending.xid, Change(op, relation, lsn=lsn, xid=pending.xid))
+            return ()
+        if self._open is not None:
+            return (Change(op, relation, lsn=lsn, xid=self._open.xid),)
+        return None
 
     def finish(self) -> Sequence[Event]:
         """End of stream: raise if it stops inside a transaction or a stream block.

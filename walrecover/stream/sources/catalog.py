@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 
+from ...db import Connection, one
 from ...errors import ConfigurationError, PrivilegeError, SlotError
 from ..lsn import Lsn
 
@@ -30,7 +30,7 @@ class SlotInfo:
     active_pid: int | None = None
 
 
-def read_slot(conn: Any, name: str) -> SlotInfo:
+def read_slot(conn: Connection, name: str) -> SlotInfo:
     """The slot ``name``; raise :class:`SlotError` naming the slots that exist if it does not."""
     row = conn.execute(
         "SELECT slot_name::text, plugin::text, slot_type, database::text, restart_lsn::text,"
@@ -70,7 +70,7 @@ def read_slot(conn: Any, name: str) -> SlotInfo:
     )
 
 
-def sweep_copies(conn: Any) -> list[str]:
+def sweep_copies(conn: Connection) -> list[str]:
     """Drop copy slots left by crashed walrecover runs; return their names.
 
     A copy is ``walrecover_<backend pid>_<token>``; it is an orphan when it is inactive and no
@@ -94,17 +94,17 @@ def sweep_copies(conn: Any) -> list[str]:
     return dropped
 
 
-def wait_for_flush(conn: Any, timeout: float = 30.0) -> Lsn:
+def wait_for_flush(conn: Connection, timeout: float = 30.0) -> Lsn:
     """The WAL insert position now, once it is flushed (decoding only reads flushed WAL).
 
     ``pg_current_wal_lsn()`` is the *write* position: with asynchronous commits it can lag
     commits that already happened, which would silently leave them out.
     """
-    (insert,) = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+    (insert,) = one(conn, "SELECT pg_current_wal_insert_lsn()::text")
     end = Lsn.parse(insert)
     deadline = time.monotonic() + timeout
     while True:
-        (flushed,) = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+        (flushed,) = one(conn, "SELECT pg_current_wal_flush_lsn()::text")
         if Lsn.parse(flushed) >= end:
             return end
         if time.monotonic() > deadline:
@@ -115,9 +115,9 @@ def wait_for_flush(conn: Any, timeout: float = 30.0) -> Lsn:
         time.sleep(0.05)
 
 
-def check_server(conn: Any) -> None:
+def check_server(conn: Connection) -> None:
     """Raise :class:`ConfigurationError` unless the server can do logical decoding."""
-    (level,) = conn.execute("SHOW wal_level").fetchone()
+    (level,) = one(conn, "SHOW wal_level")
     if level != "logical":
         raise ConfigurationError(
             f"wal_level is {level!r} on the source: logical decoding needs wal_level = logical"
@@ -125,7 +125,7 @@ def check_server(conn: Any) -> None:
         )
 
 
-def check_replication_privilege(conn: Any, slot: str) -> None:
+def check_replication_privilege(conn: Connection, slot: str) -> None:
     """Raise :class:`PrivilegeError` unless the role may copy and read replication slots."""
     row = conn.execute(
         "SELECT rolname::text, rolsuper OR rolreplication FROM pg_roles"
@@ -140,7 +140,7 @@ def check_replication_privilege(conn: Any, slot: str) -> None:
         )
 
 
-def active_warning(conn: Any, info: SlotInfo, copied_at: Lsn | None) -> str:
+def active_warning(conn: Connection, info: SlotInfo, copied_at: Lsn | None) -> str:
     """Slot ``info`` is in use by another consumer: say who, and what that means."""
     who = ""
     if info.active_pid is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from psycopg import sql
 
+from ...db import Connection, one
 from ..model import TableName
 
 
@@ -30,7 +31,7 @@ _LISTED_OLD = "SELECT 1 FROM pg_publication_rel WHERE prpubid = %s AND prrelid =
 
 
 def check_publications(
-    conn: Any, names: list[str], tables: Iterable[TableName], server_version: int | None
+    conn: Connection, names: list[str], tables: Iterable[TableName], server_version: int | None
 ) -> tuple[list[str], list[str]]:
     """(reasons a rebuilt table is not proven exact, warnings) from the publications a pgoutput
     read uses: pgoutput silently leaves out what a publication does not publish.
@@ -80,12 +81,12 @@ def _flag_warnings(rows: list[Any]) -> list[str]:
 
 
 def _table_check(
-    conn: Any, table: TableName, rows: list[Any], modern: bool
+    conn: Connection, table: TableName, rows: list[Any], modern: bool
 ) -> tuple[list[str], list[str]]:
     """(reasons, warnings) for one table: the publications that cover it, their column lists,
     row filters and publish flags."""
     ident = sql.Identifier(table.schema, table.name).as_string(conn)
-    (oid,) = conn.execute("SELECT to_regclass(%s)::oid", (ident,)).fetchone()
+    (oid,) = one(conn, "SELECT to_regclass(%s)::oid", (ident,))
     unproven: list[str] = []
     covering: list[tuple[str, tuple[bool, ...]]] = []
     listing: list[str] = []

@@ -16,12 +16,11 @@ import contextlib
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from ...db import connect, not_utf8, one, safe_dsn
+from ...db import Connection, connect, not_utf8, one, safe_dsn
 from ...errors import (
     ConfigurationError,
     DecodeError,
@@ -102,7 +101,7 @@ class SlotSource:
         self.unproven: list[str] = []
         #: Every notice and warning the server sent while the copy was read.
         self.notices = NoticeLog()
-        self._conn: Any = None
+        self._conn: Connection | None = None
         #: The decoder of the last :meth:`events` (its notes are :meth:`notes`).
         self.decoder: Decoder | None = None
 
@@ -159,7 +158,7 @@ class SlotSource:
             self.close()
             raise
 
-    def _check_slot(self, conn: Any, info: SlotInfo) -> str:
+    def _check_slot(self, conn: Connection, info: SlotInfo) -> str:
         """Refuse a slot of another database or a plugin walrecover cannot decode; the plugin
         the copy is read through."""
         (database,) = one(conn, "SELECT current_database()::text")
@@ -181,7 +180,7 @@ class SlotSource:
         self.info = info
         return plugin
 
-    def _check_options(self, conn: Any, plugin: str) -> None:
+    def _check_options(self, conn: Connection, plugin: str) -> None:
         """Refuse bad options early; say what streaming and the publications mean for the read."""
         if plugin == "pgoutput" and "publication_names" not in self.user_options:
             names = [r[0] for r in conn.execute("SELECT pubname::text FROM pg_publication")]
@@ -204,7 +203,7 @@ class SlotSource:
             self.unproven.extend(unproven)
             self.warnings.extend(warnings)
 
-    def _copy(self, conn: Any, plugin: str) -> str:
+    def _copy(self, conn: Connection, plugin: str) -> str:
         """Copy the user's slot into ``walrecover_<pid>_<token>``, read through ``plugin``."""
         (pid,) = one(conn, "SELECT pg_backend_pid()")
         name = f"{COPY_PREFIX}{pid}_{secrets.token_hex(4)}"
@@ -293,7 +292,9 @@ class SlotSource:
         if self.progress is not None:
             self.progress("read", total, total)
 
-    def _read_error(self, exc: psycopg.Error, conn: Any, last: Lsn | None) -> WalrecoverError:
+    def _read_error(
+        self, exc: psycopg.Error, conn: Connection, last: Lsn | None
+    ) -> WalrecoverError:
         """What a failed page read means, and what to do about it."""
         if isinstance(exc, psycopg.errors.UndefinedFile):
             return ConfigurationError(
@@ -366,9 +367,7 @@ class SlotSource:
             return None
         try:
             with conn.transaction():
-                (xmax,) = conn.execute(
-                    "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-                ).fetchone()
+                (xmax,) = one(conn, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
         except psycopg.Error:
             return None
         full = (xmax >> 32 << 32) | (xid & 0xFFFFFFFF)
@@ -387,9 +386,7 @@ class SlotSource:
             return None
         try:
             with conn.transaction():
-                (status,) = conn.execute(
-                    "SELECT pg_xact_status(%s::text::xid8)", (str(full),)
-                ).fetchone()
+                (status,) = one(conn, "SELECT pg_xact_status(%s::text::xid8)", (str(full),))
         except psycopg.Error:
             return None  # too old for the commit log, in the future, or an older server
         return str(status) if status is not None else None

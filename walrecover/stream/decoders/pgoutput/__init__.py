@@ -30,9 +30,10 @@ Values are pgoutput's text mode (``binary`` off): the type's output function, ex
 and test_decoding print, so they are kept as sent. Binary mode is refused: it would need a
 decoder per type.
 
-Modules: :mod:`.messages` (the dataclasses), :mod:`.wire` (parsing), :mod:`.capture` (cutting a
-pg_recvlogical file into messages), :mod:`.typenames` (``format_type`` for column types),
-:mod:`.rows` (tuples to rows), :mod:`.spill`, :mod:`.held`, :mod:`.decoder`.
+Modules: :mod:`.messages` (the dataclasses), :mod:`.reader` (checked fields), :mod:`.wire`
+(parsing), :mod:`.capture` (cutting a pg_recvlogical file into messages), :mod:`.typenames`
+(``format_type`` for column types), :mod:`.rows` (tuples to rows), :mod:`.spill`, :mod:`.held`,
+:mod:`.decoder`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ....errors import DecodeError
-from .wire import PARSERS, Reader
+from .reader import Reader
+from .wire import PARSERS
 
 
 class CaptureEndsMidMessage(DecodeError):

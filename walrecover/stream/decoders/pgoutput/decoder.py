@@ -36,9 +36,10 @@ from .messages import (
     TypeMessage,
     UpdateMessage,
 )
+from .reader import where
 from .rows import Row, image
 from .typenames import custom_type_name, format_type
-from .wire import parse_message, where
+from .wire import parse_message
 
 #: The type bytes of Insert, Update and Delete, and the operation each is.
 _ROW_OPS: Final[dict[int, Op]] = {ord("I"): Op.INSERT, ord("U"): Op.UPDATE, ord("D"): Op.DELETE}

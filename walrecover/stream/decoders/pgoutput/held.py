@@ -24,8 +24,8 @@ from .messages import (
     StreamPrepareMessage,
     StreamStartMessage,
 )
+from .reader import where
 from .spill import Pending
-from .wire import where
 
 
 class HeldTransactions:

@@ -6,7 +6,7 @@ from ....errors import DecodeError
 from ...lsn import Lsn
 from ...model import Relation
 from .messages import TupleData, Unchanged
-from .wire import where
+from .reader import where
 
 Row = dict[str, str | None]
 

@@ -159,3 +159,36 @@ def active_warning(conn: Connection, info: SlotInfo, copied_at: Lsn | None) -> s
         f"SELECT pg_copy_logical_replication_slot('{info.name}', '{info.name}_incident'), and "
         "read that one"
     )
+
+
+def widen_xid(conn: Connection, xid: int) -> int | None:
+    """The xid8 (epoch and xid) the server means by the 32-bit ``xid`` now; None if unknown.
+
+    Widened with the current epoch from the snapshot (so no xid is assigned): the xid
+    nearest before the next one to be assigned.
+    """
+    try:
+        with conn.transaction():
+            (xmax,) = one(conn, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+    except psycopg.Error:
+        return None
+    full = (xmax >> 32 << 32) | (xid & 0xFFFFFFFF)
+    if full >= xmax:
+        full -= 1 << 32
+    return full if full >= 0 else None
+
+
+def xid_status(conn: Connection, xid: int) -> str | None:
+    """``committed``, ``aborted`` or ``in progress``; None if unknown.
+
+    ``xid`` is an xid8 when it is above 32 bits, else widened with :func:`widen_xid`.
+    """
+    full = xid if xid > 0xFFFFFFFF else widen_xid(conn, xid)
+    if full is None:
+        return None
+    try:
+        with conn.transaction():
+            (status,) = one(conn, "SELECT pg_xact_status(%s::text::xid8)", (str(full),))
+    except psycopg.Error:
+        return None  # too old for the commit log, in the future, or an older server
+    return str(status) if status is not None else None

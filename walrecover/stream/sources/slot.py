@@ -51,6 +51,8 @@ from .catalog import (
     read_slot,
     sweep_copies,
     wait_for_flush,
+    widen_xid,
+    xid_status,
 )
 from .publications import check_publications, publication_names
 
@@ -357,39 +359,14 @@ class SlotSource:
         """A slot's messages carry their LSN, which the decoder's errors already name."""
 
     def widen_xid(self, xid: int) -> int | None:
-        """The xid8 (epoch and xid) the server means by the 32-bit ``xid`` now; None if unknown.
-
-        Widened with the current epoch from the snapshot (so no xid is assigned): the xid
-        nearest before the next one to be assigned.
-        """
-        conn = self._conn
-        if conn is None:
-            return None
-        try:
-            with conn.transaction():
-                (xmax,) = one(conn, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
-        except psycopg.Error:
-            return None
-        full = (xmax >> 32 << 32) | (xid & 0xFFFFFFFF)
-        if full >= xmax:
-            full -= 1 << 32
-        return full if full >= 0 else None
+        """The xid8 (epoch and xid) the server means by the 32-bit ``xid`` now; None if unknown
+        (see :func:`.catalog.widen_xid`)."""
+        return widen_xid(self._conn, xid) if self._conn is not None else None
 
     def xid_status(self, xid: int) -> str | None:
-        """``committed``, ``aborted`` or ``in progress``; None if unknown.
-
-        ``xid`` is an xid8 when it is above 32 bits, else widened with :meth:`widen_xid`.
-        """
-        conn = self._conn
-        full = xid if xid > 0xFFFFFFFF else self.widen_xid(xid)
-        if conn is None or full is None:
-            return None
-        try:
-            with conn.transaction():
-                (status,) = one(conn, "SELECT pg_xact_status(%s::text::xid8)", (str(full),))
-        except psycopg.Error:
-            return None  # too old for the commit log, in the future, or an older server
-        return str(status) if status is not None else None
+        """``committed``, ``aborted`` or ``in progress``; None if unknown (see
+        :func:`.catalog.xid_status`)."""
+        return xid_status(self._conn, xid) if self._conn is not None else None
 
     def close(self) -> None:
         """Drop the copy (on a fresh connection if this one died) and disconnect."""

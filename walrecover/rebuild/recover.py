@@ -41,7 +41,7 @@ from ..errors import (
     first_line,
 )
 from ..ledger.reconcile import Reconciliation, reconcile_table
-from ..stream.decoders import column_limits, decode_all, decoder_notes, make_decoder, warnings_for
+from ..stream.decoders import column_limits, warnings_for
 from ..stream.lsn import Lsn
 from ..stream.model import NO_STOP, Change, StopPoint, TableName
 from ..stream.notices import LossWatch
@@ -282,6 +282,7 @@ def recover_capture(
         options=options,
         progress=progress,
         settings=capture_settings_of(capture_settings),
+        tables=[table],
     )
     command = capture_command(
         source, table, stop, ddl, audit_identity(audit_path, audit_dir), baseline
@@ -526,18 +527,9 @@ def _recover(
                     force=force,
                     protect=(src.path,) if isinstance(src, CaptureSource) else (),
                 )
-            decoder = make_decoder(
-                src.plugin,
-                dict(src.options),
-                two_phase=isinstance(src, CaptureSource) and src.two_phase,
-            )
             warnings = list(warnings_for(src.plugin, dict(src.options)))
             unproven: list[str] = []
-            events = (
-                src.decoded(decoder)
-                if isinstance(src, CaptureSource)
-                else decode_all(decoder, src.messages())
-            )
+            events = src.events()
             if checker is not None:
                 warnings.extend(checker.settings.warnings())
                 events = checker.events(events)
@@ -593,11 +585,10 @@ def _recover(
                     raise _with_tables(exc, dsn, src) from None
                 raise
             except DecodeError as exc:
-                if isinstance(src, CaptureSource):
-                    src.locate(exc)
+                src.locate(exc)
                 raise
             plugin, swept = src.plugin, tuple(src.swept)
-            warnings.extend(decoder_notes(decoder))
+            warnings.extend(src.notes())
             if plugin == "pgoutput":
                 hidden, noted = _unseen(
                     src, wal_dsn, table, into, stop, result, began if began else src.end_lsn
@@ -1078,8 +1069,7 @@ def _with_tables(exc: TableNotInStream, dsn: str | None, src: SlotSource) -> Tab
         contextlib.suppress(WalrecoverError, psycopg.Error),
         SlotSource(dsn, src.slot, options=src.user_options, via_plugin=src.via_plugin) as again,
     ):
-        decoder = make_decoder(again.plugin, dict(again.options))
-        for event in decode_all(decoder, again.messages()):
+        for event in again.events():
             if isinstance(event, Change):
                 seen.add(event.relation.qualified_name)
                 if len(seen) >= 20:

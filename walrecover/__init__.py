@@ -10,7 +10,7 @@ The library is the product; the ``walrecover`` command is a thin shell over it. 
 
 Everything a user needs is importable from here (see ``__all__``): the entry points
 (:func:`recover`, :func:`recover_capture`, :func:`reconcile`, :func:`rehearse`,
-:func:`decode_to`, :func:`read_audit`, :func:`verify_audit`, :func:`swap`), what they take
+:func:`decode`, :func:`read_audit`, :func:`verify_audit`, :func:`swap`), what they take
 (:class:`TableName`, :class:`StopPoint`, :class:`StartPoint`, :class:`Lsn`, ...), the results
 they return, and the error family under :class:`WalrecoverError`.
 
@@ -74,10 +74,11 @@ if TYPE_CHECKING:
     from .ready.protect import ProtectResult, protect
     from .rebuild.recover import AuditSummary, LedgerCheck, RecoveryResult, recover, recover_capture
     from .rebuild.swap import SwapResult, swap
-    from .stream.export import DecodeResult, decode_to
+    from .stream.export import DecodeResult, decode, decode_to
     from .stream.lsn import Lsn
     from .stream.model import StartPoint, StopPoint, TableName
     from .stream.settings import CaptureSettings
+    from .stream.sources import CaptureSource, SlotSource
 
 #: Each public name and the module that defines it.
 _WHERE = {
@@ -86,7 +87,10 @@ _WHERE = {
     "recover_capture": "rebuild.recover",
     "reconcile": "ledger.reconcile",
     "rehearse": "drill.rehearsal",
+    "decode": "stream.export",
     "decode_to": "stream.export",
+    "SlotSource": "stream.sources",
+    "CaptureSource": "stream.sources",
     "read_audit": "audit.reader",
     "verify_audit": "audit.verify",
     "swap": "rebuild.swap",
@@ -155,6 +159,7 @@ __all__ = [
     "BaselineError",
     "CaptureSettingError",
     "CaptureSettings",
+    "CaptureSource",
     "ClusterError",
     "ConfigurationError",
     "ConnectionFailed",
@@ -184,6 +189,7 @@ __all__ = [
     "RehearsalResult",
     "ReplayError",
     "SlotError",
+    "SlotSource",
     "StartPoint",
     "StopPoint",
     "StopPointError",
@@ -200,6 +206,7 @@ __all__ = [
     "WalUnavailable",
     "WalrecoverError",
     "__version__",
+    "decode",
     "decode_to",
     "doctor",
     "guard",

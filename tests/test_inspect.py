@@ -1,0 +1,222 @@
+"""``walrecover inspect`` and ``recover --stop-before`` on the real server: the DROP, TRUNCATE and
+mass DELETE of a table found through pg_walinspect and through pg_waldump, a re-created table's
+two relation ids, what a slot alone tells, and recoveries that stop exactly before the DROP
+(pgoutput, where the DROP is not in the stream, and wal2json), compared with the truth. Every
+read leaves the user's slot where it was."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import Database, cli, differences, drop_with_truth, run_script, source_untouched
+from psycopg.conninfo import make_conninfo
+
+from walrecover.errors import EXIT_ERROR, StopPointError
+from walrecover.incident.inspect import Inspection, inspect_table, resolve_stop_before
+from walrecover.incident.waldump import PAGE, record_end
+from walrecover.stream.lsn import Lsn
+from walrecover.stream.model import TableName
+
+T = TableName("public", "t")
+PUBLICATION = "inspect_pub"
+
+
+def _pgoutput_slot(db: Database) -> None:
+    db.execute(f"CREATE PUBLICATION {PUBLICATION} FOR ALL TABLES")
+    db.create_slot("cdc", "pgoutput")
+
+
+def _reader(db: Database, how: str) -> Path | None:
+    """pg_walinspect installed in the source, or the cluster's pg_wal read with pg_waldump."""
+    if how == "walinspect":
+        db.execute("CREATE EXTENSION pg_walinspect")
+        return None
+    return db.cluster.data / "pg_wal"
+
+
+def _oid(db: Database, table: str = "t") -> int:
+    return int(db.scalar("SELECT %s::regclass::oid::bigint", (table,)))
+
+
+def _workload(db: Database) -> None:
+    """3000 rows, a DELETE of 1500 in one transaction, a TRUNCATE, 10 rows, then the DROP."""
+    run_script(
+        db,
+        [
+            "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 3000) g",
+            "UPDATE t SET v = 'small' WHERE id <= 5",
+            "DELETE FROM t WHERE id > 1500",
+            "TRUNCATE t",
+            "INSERT INTO t SELECT g, 'w' || g FROM generate_series(1, 10) g",
+        ],
+    )
+
+
+@pytest.mark.parametrize("how", ["walinspect", "waldump"])
+def test_finds_drop_truncate_and_mass_delete(db: Database, how: str) -> None:
+    wal_dir = _reader(db, how)
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    _pgoutput_slot(db)
+    oid = _oid(db)
+    _workload(db)
+    db.execute("DROP TABLE t")
+    with source_untouched(db):
+        found = inspect_table(db.dsn, T, slot="cdc", wal_dir=wal_dir)
+    assert found.wal == ("pg_walinspect" if how == "walinspect" else f"pg_waldump on {wal_dir}")
+    kinds = [(e.kind, e.rows, e.relation_id) for e in found.events]
+    assert kinds == [("mass delete", 1500, oid), ("truncate", None, oid), ("drop", None, oid)]
+    assert found.counts == {"insert": 3010, "update": 5, "delete": 1500, "truncate": 1}
+    assert [r.relation_id for r in found.relations] == [oid]
+    drop = found.events[-1]
+    assert drop.xid is not None and drop.lsn is not None and drop.time is not None
+    assert f"--stop-before-lsn {drop.lsn}" in found.command(drop)
+    assert found.relations[0].dropped == drop and not found.relations[0].exists
+
+
+@pytest.mark.parametrize("how", ["walinspect", "waldump"])
+def test_without_a_slot_counts_the_current_tables_rows_in_the_wal(db: Database, how: str) -> None:
+    wal_dir = _reader(db, how)
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    oid = _oid(db)
+    run_script(
+        db,
+        [
+            "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 3000) g",
+            "BEGIN; DELETE FROM t WHERE id > 2990; ROLLBACK",
+            "DELETE FROM t WHERE id > 1000",
+            "UPDATE t SET v = 'x' WHERE id <= 3",
+        ],
+    )
+    found = inspect_table(db.dsn, T, wal_dir=wal_dir, mass=1000)
+    assert found.counts == {"insert": 3000, "delete": 2000, "update": 3}
+    assert [(e.kind, e.rows, e.relation_id) for e in found.events] == [("mass delete", 2000, oid)]
+    assert found.relations[0].exists and found.relations[0].transactions == 3
+
+
+@pytest.mark.parametrize("plugin", ["pgoutput", "wal2json"])
+def test_a_re_created_table_shows_two_relation_ids(db: Database, plugin: str) -> None:
+    db.execute("CREATE EXTENSION pg_walinspect")
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    if plugin == "pgoutput":
+        _pgoutput_slot(db)
+    else:
+        db.create_slot("cdc", "wal2json")
+    first = _oid(db)
+    run_script(db, ["INSERT INTO t VALUES (1, 'a'), (2, 'b')", "DELETE FROM t WHERE id = 2"])
+    db.execute("DROP TABLE t")
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    second = _oid(db)
+    run_script(db, ["INSERT INTO t VALUES (7, 'c')"])
+    with source_untouched(db):
+        found = inspect_table(db.dsn, T, slot="cdc")
+    assert [r.relation_id for r in found.relations] == [first, second]
+    assert [r.exists for r in found.relations] == [False, True]
+    assert [e.kind for e in found.events] == ["drop"]
+    assert found.events[0].relation_id == first
+    # auto: the newest relation is untouched, so the DROP that ended the one before it.
+    assert found.choose("auto") == found.events[0]
+
+
+def test_a_slot_alone_tells_the_last_change_and_what_came_after(db: Database) -> None:
+    """A role that may read the slot but not the server's files or settings, without
+    pg_walinspect: the DROP cannot be found; the last change and the transactions after it are
+    reported, and --stop-before drop says why it cannot stop there."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    _pgoutput_slot(db)
+    db.execute("CREATE ROLE oncall LOGIN REPLICATION")
+    run_script(db, ["INSERT INTO t VALUES (1, 'a')", "UPDATE t SET v = 'b' WHERE id = 1"])
+    db.execute("DROP TABLE t")
+    db.execute("CREATE TABLE other (id integer)")
+    run_script(db, ["INSERT INTO other VALUES (1)", "INSERT INTO other VALUES (2)"])
+    dsn = make_conninfo(db.dsn, user="oncall")
+    with source_untouched(db):
+        found = inspect_table(dsn, T, slot="cdc")
+    assert found.wal is None and found.wal_problem
+    assert "pg_walinspect is not installed" in found.wal_problem
+    assert found.events == ()
+    last = found.last_change
+    assert last is not None and last.counts == {"insert": 1, "update": 1}
+    assert found.after_last_change == 2
+    assert any("the WAL was not read" in note for note in found.notes)
+    with source_untouched(db), pytest.raises(StopPointError) as raised:
+        resolve_stop_before(dsn, "cdc", T, "drop")
+    assert "cannot find the DROP of public.t: the WAL cannot be read" in str(raised.value)
+    assert "2 transactions committed after it" in str(raised.value)
+
+
+@pytest.mark.parametrize("plugin", ["pgoutput", "wal2json"])
+def test_recover_stops_before_the_drop(db: Database, plugin: str) -> None:
+    """--stop-before drop: the DROP found in the WAL (pg_waldump on the local pg_wal: no
+    extension) is the stop point; later writes to a re-created table are left out; the
+    rebuilt table equals the table the DROP removed."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text, amount numeric(12, 2))")
+    if plugin == "pgoutput":
+        _pgoutput_slot(db)
+    else:
+        db.create_slot("cdc", "wal2json")
+    run_script(
+        db,
+        [
+            "INSERT INTO t SELECT g, 'v' || g, g * 1.25 FROM generate_series(1, 200) g",
+            "UPDATE t SET amount = amount + 0.01 WHERE id % 7 = 0",
+            "DELETE FROM t WHERE id % 11 = 0",
+        ],
+    )
+    drop_with_truth(db)
+    run_script(
+        db,
+        [
+            "CREATE TABLE t (id integer PRIMARY KEY, v text, amount numeric(12, 2))",
+            "INSERT INTO t VALUES (1, 'after the drop', 0)",
+        ],
+    )
+    with source_untouched(db):
+        result = cli(
+            "recover", "-d", db.dsn, "--slot", "cdc", "--table", "public.t",
+            "--into", "public.rebuilt", "--stop-before", "drop", "--json",
+        )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["stop_event"]["kind"] == "drop"
+    assert out["stop"] == f"before LSN {out['stop_event']['commit_lsn']}"
+    assert differences(db, "truth", "rebuilt") == (0, 0)
+    with source_untouched(db):
+        again = cli(
+            "recover", "-d", db.dsn, "--slot", "cdc", "--table", "public.t",
+            "--into", "public.rebuilt", "--stop-before", "drop",
+        )  # fmt: skip
+    assert again.exit_code == 0, again.stderr
+    assert "stopped before the DROP" in again.stdout
+
+
+def test_inspect_command_text_and_json(db: Database) -> None:
+    db.execute("CREATE EXTENSION pg_walinspect")
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    _pgoutput_slot(db)
+    _workload(db)
+    db.execute("DROP TABLE t")
+    with source_untouched(db):
+        text = cli("inspect", "-d", db.dsn, "--slot", "cdc", "--table", "public.t")
+        as_json = cli("inspect", "-d", db.dsn, "--slot", "cdc", "--table", "t", "--json")
+    assert text.exit_code == 0, text.stderr
+    assert "DROP" in text.stdout and "TRUNCATE" in text.stdout and "MASS DELETE" in text.stdout
+    assert "walrecover recover -d" in text.stdout and "--stop-before-lsn" in text.stdout
+    data = json.loads(as_json.stdout)
+    assert [e["kind"] for e in data["events"]] == ["mass delete", "truncate", "drop"]
+    assert data["events"][-1]["command"].startswith("walrecover recover")
+    gone = cli("inspect", "-d", db.dsn, "--table", "public.t")
+    assert gone.exit_code == EXIT_ERROR
+    assert "give --slot" in gone.stderr
+
+
+def test_record_end_crosses_page_headers() -> None:
+    """pg_waldump prints a record's start and length; its end skips the page headers."""
+    assert record_end(0x1509AF0, 46, 16 << 20) == Lsn(0x1509B20)
+    assert record_end(PAGE - 16, 40, 16 << 20) == Lsn(PAGE + 24 + 24)
+
+
+def test_inspection_is_json_ready() -> None:
+    empty = Inspection("public.t", None, "x", None, None, None, None, 1000, (), ())
+    assert json.loads(json.dumps(empty.to_dict()))["counts"] == {}

@@ -1,0 +1,301 @@
+"""``walrecover inspect``: what happened to a table in the retained WAL, and where to stop.
+
+A table is named by the user but numbered in the WAL: a row record names a relation *file*
+(relfilenode), a ``TRUNCATE`` record the relation's oid, and a ``DROP TABLE`` is the commit
+record that lists the files it removed (``rels: base/5/16390``) and, from PostgreSQL 15 on, the
+relations whose statistics it dropped (``dropped stats: 2/5/16390``: the table's oid, which is
+pgoutput's relation id). So the name is tied to numbers first: by the catalog (the table as it is
+now) and, with ``--slot``, by the slot's own changes of the table (pgoutput's relation ids; for
+the other plugins the WAL record of each transaction's first change gives its file). Then one
+pass over the WAL (pg_walinspect or pg_waldump, :mod:`.wal`) finds the DROPs, TRUNCATEs and the
+files' history, and the transactions are counted by operation (from the slot, or without one
+from the row records of the table's current file). A table dropped and re-created under the same
+name shows as two relations. A transaction that deleted or updated more than ``mass`` rows is a
+destructive event too. Without any WAL reader, what the slot alone tells is reported: the
+table's last change and what committed after it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..db import Connection, connect, safe_dsn
+from ..errors import StopPointError, WalrecoverError
+from ..stream.lsn import Lsn
+from ..stream.model import StopPoint, TableName
+from ..stream.sources import read_slot
+from .events import DestructiveEvent, TableRelation, assemble
+from .slotview import SlotView, StreamTransaction, read_slot_view
+from .wal import WalFacts, collect, open_wal, wal_range
+
+#: Default of ``--mass``: a DELETE or UPDATE of more rows than this in one transaction.
+DEFAULT_MASS = 1000
+
+STOP_KINDS = ("drop", "truncate", "auto")
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What the retained WAL (and the slot, if given) says about one table."""
+
+    table: str
+    #: How the WAL was read (``pg_walinspect``, ``pg_waldump on DIR``), or None and why not.
+    wal: str | None
+    wal_problem: str | None
+    slot: str | None
+    plugin: str | None
+    start_lsn: Lsn | None
+    end_lsn: Lsn | None
+    mass: int
+    #: The table's relations in order (more than one: it was dropped and re-created).
+    relations: tuple[TableRelation, ...]
+    #: DROPs, TRUNCATEs and mass DELETE/UPDATEs, in commit order.
+    events: tuple[DestructiveEvent, ...]
+    #: What the slot shows after the table's last change (the DROP is among these).
+    after_last_change: int = 0
+    first_after: StreamTransaction | None = None
+    empty_after: tuple[StreamTransaction, ...] = ()
+    notes: tuple[str, ...] = ()
+    #: What walrecover changed on the source to read it (``--install-walinspect``).
+    installed: str | None = None
+    dsn: str = field(default="", repr=False)
+
+    @property
+    def transactions(self) -> int:
+        return sum(r.transactions for r in self.relations)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for relation in self.relations:
+            total.update(relation.counts)
+        return dict(total)
+
+    @property
+    def last_change(self) -> TableRelation | None:
+        """The relation with the table's last change (its ``last_*`` fields say which)."""
+        with_changes = [r for r in self.relations if r.transactions]
+        return with_changes[-1] if with_changes else None
+
+    def command(self, event: DestructiveEvent) -> str:
+        """The ``walrecover recover`` command that rebuilds the table as it was just before."""
+        words = ["walrecover", "recover", "-d", safe_dsn(self.dsn)]
+        words += ["--slot", self.slot or "SLOT", "--table", self.table]
+        stop = event.stop_point()
+        if stop.lsn is not None:
+            words += ["--stop-before-lsn", str(stop.lsn)]
+        else:
+            words += ["--stop-before-xid", str(stop.xid)]
+        return " ".join(shlex.quote(word) for word in words)
+
+    def choose(self, kind: str) -> DestructiveEvent:
+        """The event ``recover --stop-before KIND`` stops before; :class:`StopPointError` if
+        there is none or the choice is not clear."""
+        if kind == "auto":
+            return self._auto()
+        found = [e for e in self.events if e.kind == kind]
+        if len(found) == 1:
+            return found[0]
+        name = kind.upper()
+        if not found:
+            raise StopPointError(f"{self._none_found(name)}", table=self.table, kind=kind)
+        listed = "; ".join(f"{e.describe()}: {self.command(e)}" for e in found)
+        raise StopPointError(
+            f"{self.table} has {len(found)} {name}s in the retained WAL, so --stop-before "
+            f"{kind} is ambiguous: choose one with --stop-before-lsn ({listed})",
+            table=self.table,
+            kind=kind,
+        )
+
+    def _auto(self) -> DestructiveEvent:
+        if not self.relations:
+            raise StopPointError(self._none_found("destructive event"), table=self.table)
+        newest = self.relations[-1]
+        if newest.events:
+            return newest.events[0]
+        if len(self.relations) > 1 and self.relations[-2].dropped is not None:
+            return self.relations[-2].dropped
+        raise StopPointError(self._none_found("destructive event"), table=self.table)
+
+    def _none_found(self, name: str) -> str:
+        span = f" from {self.start_lsn} to {self.end_lsn}" if self.start_lsn else ""
+        if self.wal is None:
+            last = self.last_change
+            told = (
+                f"; the slot shows {self.table}'s last change in {last.describe_last()} and "
+                f"{self.after_last_change} transactions committed after it"
+                if last is not None
+                else ""
+            )
+            return (
+                f"cannot find the {name} of {self.table}: the WAL cannot be read "
+                f"({self.wal_problem}){told}; with pg_walinspect (--install-walinspect on "
+                "inspect) or the server's WAL files (--wal-dir) walrecover finds it"
+            )
+        return f"no {name} of {self.table} in the retained WAL{span} (read with {self.wal})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (LSNs and times as text)."""
+        return {
+            "table": self.table,
+            "wal": self.wal,
+            "wal_problem": self.wal_problem,
+            "installed": self.installed,
+            "slot": self.slot,
+            "plugin": self.plugin,
+            "start_lsn": _text(self.start_lsn),
+            "end_lsn": _text(self.end_lsn),
+            "mass": self.mass,
+            "transactions": self.transactions,
+            "counts": self.counts,
+            "relations": [r.to_dict() for r in self.relations],
+            "events": [{**e.to_dict(), "command": self.command(e)} for e in self.events],
+            "after_last_change": self.after_last_change,
+            "first_after": _txn(self.first_after),
+            "empty_after": [_txn(t) for t in self.empty_after],
+            "notes": list(self.notes),
+        }
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _txn(txn: StreamTransaction | None) -> dict[str, Any] | None:
+    if txn is None:
+        return None
+    return {
+        "xid": txn.xid,
+        "commit_lsn": _text(txn.commit_lsn),
+        "end_lsn": _text(txn.end_lsn),
+        "time": txn.time.isoformat() if txn.time else None,
+    }
+
+
+def inspect_table(
+    dsn: str | None,
+    table: TableName,
+    *,
+    slot: str | None = None,
+    wal_dir: str | Path | None = None,
+    mass: int = DEFAULT_MASS,
+    install_walinspect: bool = False,
+    options: Mapping[str, str] | None = None,
+    via_plugin: str | None = None,
+) -> Inspection:
+    """What the retained WAL says about ``table`` (see the module's description).
+
+    ``slot`` is read through a copy (never moved); ``wal_dir`` reads WAL segment files with
+    pg_waldump instead of asking the server; ``install_walinspect`` lets walrecover run
+    ``CREATE EXTENSION pg_walinspect`` on the source when it is missing.
+    """
+    conn = connect(dsn, autocommit=True, role="source")
+    try:
+        database, current = _catalog(conn, table)
+        if slot is None and current is None:
+            raise WalrecoverError(
+                f"table {table} does not exist now and no --slot was given: the WAL numbers "
+                "relations and never names them, so walrecover learns which relation was "
+                f"{table} from a slot that saw its changes: give --slot",
+                table=str(table),
+            )
+        opened, problem = open_wal(
+            conn, dsn, wal_dir=Path(wal_dir) if wal_dir else None, install=install_walinspect
+        )
+        view = (
+            read_slot_view(dsn, slot, table, options=options, via_plugin=via_plugin)
+            if slot
+            else None
+        )
+        restart = read_slot(conn, slot).restart_lsn if slot else None
+        facts: WalFacts | None = None
+        start = end = None
+        if opened is not None:
+            start, end = wal_range(conn, opened, restart)
+            facts = collect(
+                opened.reader,
+                start,
+                end,
+                database,
+                files=frozenset({current[1]}) if current and view is None else frozenset(),
+                lsns=_wanted(view),
+            )
+            close = getattr(opened.reader, "close", None)
+            if close is not None:
+                close()
+    finally:
+        conn.close()
+    relations, events, notes = assemble(
+        str(table), database, current, view, facts, mass, wal=opened is not None
+    )
+    return Inspection(
+        table=str(table),
+        wal=opened.description if opened else None,
+        wal_problem=problem or None,
+        slot=slot,
+        plugin=view.plugin if view else None,
+        start_lsn=start if start is not None else (view.start_lsn if view else None),
+        end_lsn=end if end is not None else (view.end_lsn if view else None),
+        mass=mass,
+        relations=relations,
+        events=events,
+        after_last_change=view.after_last if view else 0,
+        first_after=view.first_after if view else None,
+        empty_after=view.empty_after if view else (),
+        notes=(*notes, *(view.warnings if view else ())),
+        installed=opened.installed if opened else None,
+        dsn=dsn or "",
+    )
+
+
+def _wanted(view: SlotView | None) -> frozenset[int]:
+    """The LSNs of changes whose WAL records tell their relation (plugins without relation
+    ids): each transaction's first change of the table and its TRUNCATE."""
+    if view is None or view.plugin == "pgoutput":
+        return frozenset()
+    found: set[int] = set()
+    for txn in view.transactions:
+        found.update(int(x) for x in (txn.first_change, txn.truncate_lsn) if x is not None)
+    return frozenset(found)
+
+
+def _catalog(conn: Connection, table: TableName) -> tuple[int, tuple[int, int] | None]:
+    """The database's oid and, if the table exists now, its (oid, relfilenode)."""
+    row = conn.execute(
+        "SELECT (SELECT oid::bigint FROM pg_database WHERE datname = current_database()),"
+        " (SELECT c.oid::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        "  WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'),"
+        " (SELECT pg_relation_filenode(c.oid)::bigint FROM pg_class c"
+        "  JOIN pg_namespace n ON n.oid = c.relnamespace"
+        "  WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r')",
+        (table.schema, table.name, table.schema, table.name),
+    ).fetchone()
+    assert row is not None
+    current = (int(row[1]), int(row[2])) if row[1] is not None and row[2] is not None else None
+    return int(row[0]), current
+
+
+def resolve_stop_before(
+    dsn: str | None,
+    slot: str,
+    table: TableName,
+    kind: str,
+    *,
+    wal_dir: str | Path | None = None,
+    options: Mapping[str, str] | None = None,
+    via_plugin: str | None = None,
+) -> tuple[StopPoint, DestructiveEvent]:
+    """``recover --stop-before KIND``: the event of :func:`inspect_table` to stop before, and
+    the stop point (its commit LSN) that stops exactly there."""
+    if kind not in STOP_KINDS:
+        raise StopPointError(f"--stop-before {kind}: choose one of {', '.join(STOP_KINDS)}")
+    found = inspect_table(
+        dsn, table, slot=slot, wal_dir=wal_dir, options=options, via_plugin=via_plugin
+    )
+    event = found.choose(kind)
+    return event.stop_point(), event

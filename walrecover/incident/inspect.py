@@ -299,3 +299,15 @@ def resolve_stop_before(
     )
     event = found.choose(kind)
     return event.stop_point(), event
+
+
+def settled(reasons: tuple[str, ...], table: TableName, event: DestructiveEvent) -> tuple[str, ...]:
+    """``reasons`` without the doubt a DROP found in the WAL settles: pgoutput's "the name now
+    belongs to another table, and the stream's relation was dropped after its last change, but
+    when?" (asked of pg_walinspect only). The stop point is that relation's DROP, so the
+    relation held the name up to the stop point, as pg_walinspect would have shown."""
+    if event.kind != "drop" or event.relation_id is None:
+        return reasons
+    doubt = f"{table} may have been dropped and re-created under the same name"
+    mine = f"(relation id {event.relation_id})"
+    return tuple(r for r in reasons if not (r.startswith(doubt) and mine in r))

@@ -15,7 +15,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ from ..errors import (
     WalUnavailable,
     first_line,
 )
+from ..incident.events import DestructiveEvent
+from ..incident.inspect import resolve_stop_before, settled
 from ..ledger.reconcile import Reconciliation, reconcile_table
 from ..stream.decoders import column_limits, decode_all, decoder_notes, make_decoder, warnings_for
 from ..stream.lsn import Lsn
@@ -123,6 +125,8 @@ class RecoveryResult:
     #: An earlier run of the same command had finished this recovery: nothing was read or
     #: written, the result is the one it recorded (the reconciliation, if asked, is new).
     already_complete: bool = False
+    #: The event ``--stop-before drop|truncate|auto`` found and stopped before, if given.
+    stop_event: DestructiveEvent | None = None
 
     @property
     def exact(self) -> bool:
@@ -169,6 +173,7 @@ class RecoveryResult:
             "capture": self.capture,
             "lsn_kind": self.lsn_kind,
             "already_complete": self.already_complete,
+            "stop_event": self.stop_event.to_dict() if self.stop_event else None,
         }
 
 
@@ -198,12 +203,23 @@ def recover(
     options: Mapping[str, str] | None = None,
     audit_dir: str | Path | None = None,
     via_plugin: str | None = None,
+    stop_before: str | None = None,
+    wal_dir: str | Path | None = None,
 ) -> RecoveryResult:
     """Rebuild ``table`` from ``slot`` on ``dsn`` into ``into`` on ``target`` (default ``dsn``).
 
     ``options`` are plugin options (``-o NAME=VALUE``) on top of walrecover's; ``via_plugin``
-    reads the slot through another output plugin (the copy is made with it).
+    reads the slot through another output plugin (the copy is made with it). ``stop_before``
+    (``drop``, ``truncate``, ``auto``) finds that event of the table in the WAL (pg_walinspect,
+    or pg_waldump on ``wal_dir`` or the server's own pg_wal) and stops exactly before it.
     """
+    event = None
+    if stop_before is not None:
+        if stop.is_set:
+            raise StopPointError("give --stop-before or a --stop-before-lsn/-xid/-time, not both")
+        stop, event = resolve_stop_before(
+            dsn, slot, table, stop_before, wal_dir=wal_dir, options=options, via_plugin=via_plugin
+        )
     source = SlotSource(
         dsn,
         slot,
@@ -216,7 +232,7 @@ def recover(
     command = slot_command(
         dsn, slot, table, via_plugin, options, stop, ddl, audit_identity(audit_path, audit_dir)
     )
-    return _recover(
+    result = _recover(
         source,
         dsn,
         slot,
@@ -234,6 +250,9 @@ def recover(
         batch_size=batch_size,
         wal_dsn=dsn,
     )
+    if event is None:
+        return result
+    return replace(result, stop_event=event, unproven=settled(result.unproven, table, event))
 
 
 def recover_capture(

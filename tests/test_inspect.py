@@ -10,7 +10,15 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import Database, cli, differences, drop_with_truth, run_script, source_untouched
+from helpers import (
+    Database,
+    cli,
+    differences,
+    drop_with_truth,
+    run_script,
+    source_untouched,
+    table_exists,
+)
 from psycopg.conninfo import make_conninfo
 
 from walrecover.errors import EXIT_ERROR, StopPointError
@@ -117,6 +125,15 @@ def test_a_re_created_table_shows_two_relation_ids(db: Database, plugin: str) ->
     assert found.events[0].relation_id == first
     # auto: the newest relation is untouched, so the DROP that ended the one before it.
     assert found.choose("auto") == found.events[0]
+    db.execute("DROP TABLE t")
+    with source_untouched(db):
+        twice = inspect_table(db.dsn, T, slot="cdc")
+    assert [(e.kind, e.relation_id) for e in twice.events] == [("drop", first), ("drop", second)]
+    with pytest.raises(StopPointError) as raised:
+        twice.choose("drop")
+    assert "public.t has 2 DROPs in the retained WAL" in str(raised.value)
+    assert str(twice.events[1].lsn) in str(raised.value)
+    assert twice.choose("auto") == twice.events[1]
 
 
 def test_a_slot_alone_tells_the_last_change_and_what_came_after(db: Database) -> None:
@@ -146,7 +163,7 @@ def test_a_slot_alone_tells_the_last_change_and_what_came_after(db: Database) ->
     assert "2 transactions committed after it" in str(raised.value)
 
 
-@pytest.mark.parametrize("plugin", ["pgoutput", "wal2json"])
+@pytest.mark.parametrize("plugin", ["pgoutput", "wal2json", "test_decoding"])
 def test_recover_stops_before_the_drop(db: Database, plugin: str) -> None:
     """--stop-before drop: the DROP found in the WAL (pg_waldump on the local pg_wal: no
     extension) is the stop point; later writes to a re-created table are left out; the
@@ -155,7 +172,7 @@ def test_recover_stops_before_the_drop(db: Database, plugin: str) -> None:
     if plugin == "pgoutput":
         _pgoutput_slot(db)
     else:
-        db.create_slot("cdc", "wal2json")
+        db.create_slot("cdc", plugin)
     run_script(
         db,
         [
@@ -189,6 +206,45 @@ def test_recover_stops_before_the_drop(db: Database, plugin: str) -> None:
         )  # fmt: skip
     assert again.exit_code == 0, again.stderr
     assert "stopped before the DROP" in again.stdout
+
+
+def test_stop_before_truncate_and_auto(db: Database) -> None:
+    """--stop-before truncate (wal2json, pg_walinspect) rebuilds the table as the TRUNCATE found
+    it; auto picks the first destructive event of the newest relation (a mass DELETE before
+    the TRUNCATE); a stop point given twice is a usage error; check --stop-before plans it."""
+    db.execute("CREATE EXTENSION pg_walinspect")
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    db.create_slot("cdc", "wal2json")
+    run_script(db, ["INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 1500) g"])
+    snapshot_before_mass = "CREATE UNLOGGED TABLE before_mass AS SELECT * FROM t"
+    run_script(
+        db,
+        [
+            snapshot_before_mass,
+            "DELETE FROM t WHERE id > 200",
+            "UPDATE t SET v = 'changed' WHERE id <= 10",
+            "CREATE UNLOGGED TABLE before_truncate AS SELECT * FROM t",
+            "TRUNCATE t",
+            "INSERT INTO t VALUES (5000, 'after')",
+        ],
+    )
+    base = ("recover", "-d", db.dsn, "--slot", "cdc", "--table", "public.t")
+    with source_untouched(db):
+        truncated = cli(*base, "--into", "public.r1", "--stop-before", "truncate", "--json")
+        auto = cli(*base, "--into", "public.r2", "--stop-before", "auto", "--json")
+        both = cli(*base, "--stop-before", "drop", "--stop-before-lsn", "0/1")
+        checked = cli("check", *base[1:], "--into", "public.r3", "--stop-before", "truncate")
+    assert truncated.exit_code == 0, truncated.stderr
+    assert json.loads(truncated.stdout)["stop_event"]["kind"] == "truncate"
+    assert differences(db, "before_truncate", "r1") == (0, 0)
+    assert auto.exit_code == 0, auto.stderr
+    event = json.loads(auto.stdout)["stop_event"]
+    assert (event["kind"], event["rows"]) == ("mass delete", 1300)
+    assert differences(db, "before_mass", "r2") == (0, 0)
+    assert both.exit_code == 2 and "--stop-before" in both.stderr
+    assert checked.exit_code == 0, checked.stderr
+    assert "--stop-before truncate: the TRUNCATE" in checked.stderr
+    assert not table_exists(db, "r3")
 
 
 def test_inspect_command_text_and_json(db: Database) -> None:

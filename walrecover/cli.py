@@ -481,6 +481,19 @@ _RECOVER_OPTIONS: list[Callable[[Any], Any]] = [
         "--target", metavar="CONNINFO", help="Database to build it in. Default: the -d database."
     ),
     stop_options,
+    click.option(
+        "--stop-before",
+        "stop_before",
+        type=click.Choice(["drop", "truncate", "auto"]),
+        help="Find the table's DROP (or TRUNCATE; auto: its first destructive event after its "
+        "last re-creation) in the WAL, as walrecover inspect does, and stop exactly before it.",
+    ),
+    click.option(
+        "--wal-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="With --stop-before: read the WAL from these segment files with pg_waldump "
+        "(default: pg_walinspect if installed, else the server's pg_wal if readable here).",
+    ),
     click.option("--key", "key_column", metavar="COL", help="Ledger key column (e.g. account_id)."),
     click.option("--amount", "amount_column", metavar="COL", help="Amount column to sum per key."),
     click.option(
@@ -532,19 +545,6 @@ def recover_options(f: F) -> F:
     is_flag=True,
     help="Run every check and print the plan (what would be read and created); change nothing.",
 )
-@click.option(
-    "--stop-before",
-    "stop_before",
-    type=click.Choice(["drop", "truncate", "auto"]),
-    help="Find the table's DROP (or TRUNCATE; auto: its first destructive event after its last "
-    "re-creation) in the WAL, as walrecover inspect does, and stop exactly before it.",
-)
-@click.option(
-    "--wal-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="With --stop-before: read the WAL from these segment files with pg_waldump (default: "
-    "pg_walinspect if installed, else the server's pg_wal when it is readable here).",
-)
 @json_option
 def recover_command(
     dsn: str | None,
@@ -569,9 +569,9 @@ def recover_command(
     force: bool,
     batch_size: int,
     dry_run: bool,
-    stop_before: str | None,
-    wal_dir: Path | None,
     as_json: bool,
+    stop_before: str | None = None,
+    wal_dir: Path | None = None,
 ) -> None:
     """Rebuild a table from a logical replication slot, without moving the slot.
 
@@ -603,11 +603,12 @@ def recover_command(
         )
     if dry_run and stop_before is not None:
         assert slot is not None
-        stop, _ = resolve_stop_before(
+        stop, event = resolve_stop_before(
             dsn, slot, table, stop_before, wal_dir=wal_dir, options=plugin_options,
             via_plugin=via_plugin,
         )  # fmt: skip
-        stop_before = None
+        if not as_json:
+            click.echo(f"walrecover: --stop-before {stop_before}: the {event.describe()}", err=True)
     if dry_run:
         _plan_and_exit(
             dsn, slot, from_file, plugin, plugin_options, via_plugin, capture_settings, table,
@@ -876,6 +877,8 @@ def check_command(
     force: bool,
     batch_size: int,
     as_json: bool,
+    stop_before: str | None = None,
+    wal_dir: Path | None = None,
 ) -> None:
     """Check a recovery before running it (the same options as recover); change nothing.
 

@@ -75,6 +75,7 @@ def test_finds_drop_truncate_and_mass_delete(db: Database, how: str) -> None:
     assert found.wal == ("pg_walinspect" if how == "walinspect" else f"pg_waldump on {wal_dir}")
     kinds = [(e.kind, e.rows, e.relation_id) for e in found.events]
     assert kinds == [("mass delete", 1500, oid), ("truncate", None, oid), ("drop", None, oid)]
+    assert [e.found_in for e in found.events] == ["slot", "WAL", "WAL"]
     assert found.counts == {"insert": 3010, "update": 5, "delete": 1500, "truncate": 1}
     assert [r.relation_id for r in found.relations] == [oid]
     drop = found.events[-1]

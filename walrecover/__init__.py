@@ -10,7 +10,8 @@ The library is the product; the ``walrecover`` command is a thin shell over it. 
 
 Everything a user needs is importable from here (see ``__all__``): the entry points
 (:func:`recover`, :func:`recover_capture`, :func:`reconcile`, :func:`rehearse`,
-:func:`decode_to`, :func:`read_audit`, :func:`verify_audit`, :func:`swap`), what they take
+:func:`decode_to`, :func:`read_audit`, :func:`verify_audit`, :func:`swap`,
+:func:`inspect_table`), what they take
 (:class:`TableName`, :class:`StopPoint`, :class:`StartPoint`, :class:`Lsn`, ...), the results
 they return, and the error family under :class:`WalrecoverError`.
 
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
         TargetExists,
         WalrecoverError,
     )
+    from .incident.events import DestructiveEvent, TableRelation
+    from .incident.inspect import Inspection, inspect_table
     from .ledger.reconcile import (
         Explanation,
         LedgerFile,
@@ -84,6 +87,7 @@ _WHERE = {
     "read_audit": "audit.writer",
     "verify_audit": "audit.verify",
     "swap": "rebuild.swap",
+    "inspect_table": "incident.inspect",
     # what they take
     "TableName": "stream.model",
     "StopPoint": "stream.model",
@@ -104,6 +108,9 @@ _WHERE = {
     "DecodeResult": "stream.export",
     "Verification": "audit.verify",
     "SwapResult": "rebuild.swap",
+    "Inspection": "incident.inspect",
+    "TableRelation": "incident.events",
+    "DestructiveEvent": "incident.events",
     # what they raise
     "WalrecoverError": "errors",
     "ConnectionFailed": "errors",
@@ -139,7 +146,9 @@ __all__ = [
     "ConnectionFailed",
     "DecodeError",
     "DecodeResult",
+    "DestructiveEvent",
     "Explanation",
+    "Inspection",
     "Interrupted",
     "LedgerCheck",
     "LedgerError",
@@ -165,6 +174,7 @@ __all__ = [
     "SwapResult",
     "TableName",
     "TableNotInStream",
+    "TableRelation",
     "TargetBusy",
     "TargetExists",
     "Verification",
@@ -172,6 +182,7 @@ __all__ = [
     "WalrecoverError",
     "__version__",
     "decode_to",
+    "inspect_table",
     "read_audit",
     "reconcile",
     "recover",

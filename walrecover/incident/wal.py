@@ -28,10 +28,9 @@ from ..drill.cluster import find_program
 from ..errors import WalUnavailable, first_line
 from ..stream.lsn import Lsn
 from ..stream.sources import wait_for_flush
-from ..stream.walinspect import CommitRecord, WalInspect, WalRecord, parse_commit
+from ..stream.walinspect import CommitRecord, WalInspect, WalRecord, parse_commit, parse_relids
 from .waldump import WalDump
 
-_RELIDS = re.compile(r"relids:? \[?([0-9 ,]+)")
 _TUPLES = re.compile(r"(\d+) tuples|ntuples: (\d+)")
 _SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 _ROW_OPS = {
@@ -259,12 +258,7 @@ def collect(
             ):
                 open_created.setdefault(record.xid, []).append(int(found[2]))
         elif kind == "TRUNCATE":
-            match = _RELIDS.search(record.description)
-            relids = (
-                tuple(int(x) for x in re.split(r"[ ,]+", match.group(1).strip()) if x)
-                if (match)
-                else ()
-            )
+            relids = parse_relids(record.description)
             open_truncates.setdefault(record.xid, []).append(relids)
             facts.truncated_at[int(record.lsn)] = relids
         else:

@@ -40,7 +40,7 @@ _RELPATH = re.compile(r"^(?:base/(\d+)/(\d+)|global/(\d+)|pg_tblspc/(\d+)/[^/]+/
 _BLOCK_REF = re.compile(r"rel (\d+)/(\d+)/(\d+)")
 _STAT = re.compile(r"^(\d+)/(\d+)/(\d+)$")
 _PREPARED = re.compile(r"^(\d+): ")
-_RELIDS = re.compile(r"relids ([0-9 ]+)")
+_RELIDS = re.compile(r"(?<![a-z])relids:? \[?([0-9 ,]+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +185,13 @@ def _relpath(path: str) -> RelFile | None:
     if g[2] is not None:
         return RelFile(1664, 0, int(g[2]))
     return RelFile(int(g[3]), int(g[4]), int(g[5]))
+
+
+def parse_relids(description: str) -> tuple[int, ...]:
+    """The oids of a ``TRUNCATE`` record's description: ``nrelids 2 relids 16390 16400``
+    (PostgreSQL 15), ``nrelids: 2, relids: [16390, 16400]`` (later versions)."""
+    match = _RELIDS.search(description)
+    return tuple(int(x) for x in re.split(r"[ ,]+", match.group(1).strip()) if x) if match else ()
 
 
 def parse_block_ref(block_ref: str | None) -> RelFile | None:
@@ -430,8 +437,7 @@ class WalInspect:
         record = self.record_at(lsn)
         if record is None or record[1] != "TRUNCATE":
             return ()
-        match = _RELIDS.search(record[2])
-        return tuple(int(x) for x in match.group(1).split()) if match else ()
+        return parse_relids(record[2])
 
     def first_write(self, file: RelFile, start: Lsn, end: Lsn) -> Lsn | None:
         """The first record in [start, end) that wrote to ``file``, or None if none did."""

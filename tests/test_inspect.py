@@ -277,3 +277,20 @@ def test_record_end_crosses_page_headers() -> None:
 def test_inspection_is_json_ready() -> None:
     empty = Inspection("public.t", None, "x", None, None, None, None, 1000, (), ())
     assert json.loads(json.dumps(empty.to_dict()))["counts"] == {}
+
+
+def test_walinspect_is_installed_only_when_asked(db: Database) -> None:
+    """Without --install-walinspect the source is not written (the local pg_wal is read with
+    pg_waldump); with it, CREATE EXTENSION runs and the output says so."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    run_script(db, ["INSERT INTO t VALUES (1, 'a')"])
+    plain = cli("inspect", "-d", db.dsn, "--table", "public.t", "--json")
+    assert plain.exit_code == 0, plain.stderr
+    assert json.loads(plain.stdout)["wal"].startswith("pg_waldump on ")
+    installed = "SELECT count(*) FROM pg_extension WHERE extname = 'pg_walinspect'"
+    assert db.scalar(installed) == 0
+    asked = cli("inspect", "-d", db.dsn, "--table", "public.t", "--install-walinspect")
+    assert asked.exit_code == 0, asked.stderr
+    assert "installed pg_walinspect in the source database" in asked.stdout
+    assert "1 insert" in asked.stdout
+    assert db.scalar(installed) == 1

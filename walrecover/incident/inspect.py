@@ -137,7 +137,8 @@ class Inspection:
                 f"({self.wal_problem}){told}; with pg_walinspect (--install-walinspect on "
                 "inspect) or the server's WAL files (--wal-dir) walrecover finds it"
             )
-        return f"no {name} of {self.table} in the retained WAL{span} (read with {self.wal})"
+        why = f": {'; '.join(self.notes)}" if not self.relations or not self.transactions else ""
+        return f"no {name} of {self.table} in the retained WAL{span} (read with {self.wal}){why}"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (LSNs and times as text)."""

@@ -31,7 +31,7 @@ from ..stream.model import StopPoint, TableName
 from ..stream.sources import read_slot
 from .events import DestructiveEvent, TableRelation, assemble
 from .slotview import SlotView, StreamTransaction, read_slot_view
-from .wal import WalFacts, collect, open_wal, wal_range
+from .wal import OpenedWal, WalFacts, collect, open_wal, wal_range
 
 #: Default of ``--mass``: a DELETE or UPDATE of more rows than this in one transaction.
 DEFAULT_MASS = 1000
@@ -208,25 +208,20 @@ def inspect_table(
         opened, problem = open_wal(
             conn, dsn, wal_dir=Path(wal_dir) if wal_dir else None, install=install_walinspect
         )
-        view = (
-            read_slot_view(dsn, slot, table, options=options, via_plugin=via_plugin)
-            if slot
-            else None
-        )
-        restart = read_slot(conn, slot).restart_lsn if slot else None
-        facts: WalFacts | None = None
-        start = end = None
-        if opened is not None:
-            start, end = wal_range(conn, opened, restart)
-            facts = collect(
-                opened.reader,
-                start,
-                end,
-                database,
-                files=frozenset({current[1]}) if current and view is None else frozenset(),
-                lsns=_wanted(view),
+        try:
+            view = (
+                read_slot_view(dsn, slot, table, options=options, via_plugin=via_plugin)
+                if slot
+                else None
             )
-            close = getattr(opened.reader, "close", None)
+            restart = read_slot(conn, slot).restart_lsn if slot else None
+            facts, start, end = (
+                _read_wal(conn, opened, restart, database, current, view)
+                if opened is not None
+                else (None, None, None)
+            )
+        finally:
+            close = getattr(opened.reader, "close", None) if opened is not None else None
             if close is not None:
                 close()
     finally:
@@ -252,6 +247,22 @@ def inspect_table(
         installed=opened.installed if opened else None,
         dsn=dsn or "",
     )
+
+
+def _read_wal(
+    conn: Connection,
+    opened: OpenedWal,
+    restart: Lsn | None,
+    database: int,
+    current: tuple[int, int] | None,
+    view: SlotView | None,
+) -> tuple[WalFacts, Lsn, Lsn]:
+    """One pass over the retained WAL: from the slot's restart LSN (or the oldest WAL), with the
+    table's current file's row records when there is no slot to count its changes."""
+    start, end = wal_range(conn, opened, restart)
+    files = frozenset({current[1]}) if current is not None and view is None else frozenset()
+    facts = collect(opened.reader, start, end, database, files=files, lsns=_wanted(view))
+    return facts, start, end
 
 
 def _wanted(view: SlotView | None) -> frozenset[int]:

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from ..stream.decoders import decode_all, make_decoder
 from ..stream.lsn import Lsn
-from ..stream.model import Begin, Change, Commit, Op, TableName
+from ..stream.model import Begin, Change, Commit, Event, Op, TableName
 from ..stream.sources import SlotSource
 
 #: How many transactions without changes after the table's last change are kept as candidates.
@@ -71,53 +71,13 @@ def read_slot_view(
     via_plugin: str | None = None,
 ) -> SlotView:
     """Read ``slot`` through a copy and keep what :class:`SlotView` holds about ``table``."""
-    found: list[StreamTransaction] = []
-    empty: list[StreamTransaction] = []
-    first_after: StreamTransaction | None = None
-    after_count = 0
+    tally = _Tally(table)
     # Unfiltered: a transaction without any change (a DROP, in wal2json and test_decoding) is
     # told from one that changed only other tables.
     with SlotSource(dsn, slot, options=options, via_plugin=via_plugin) as source:
         decoder = make_decoder(source.plugin, dict(source.options))
-        begin = Begin(None)
-        counts: Counter[str] = Counter()
-        relation_id: int | None = None
-        first: Lsn | None = None
-        truncate: Lsn | None = None
-        events = 0
         for event in decode_all(decoder, source.messages()):
-            if isinstance(event, Begin):
-                begin, counts, events = event, Counter(), 0
-                relation_id = first = truncate = None
-            elif isinstance(event, Change):
-                events += 1
-                relation = event.relation
-                if (relation.schema, relation.name) != (table.schema, table.name):
-                    continue
-                counts[str(event.op)] += 1
-                relation_id = relation_id if relation_id is not None else relation.relation_id
-                first = first if first is not None else event.lsn
-                if event.op is Op.TRUNCATE and truncate is None:
-                    truncate = event.lsn
-            elif isinstance(event, Commit):
-                txn = StreamTransaction(
-                    event.xid if event.xid is not None else begin.xid,
-                    event.commit_lsn or begin.commit_lsn,
-                    event.end_lsn or begin.end_lsn,
-                    event.commit_time or begin.commit_time,
-                    dict(counts),
-                    relation_id,
-                    first,
-                    truncate,
-                )
-                if counts:
-                    found.append(txn)
-                    empty, first_after, after_count = [], None, 0
-                elif found:
-                    after_count += 1
-                    first_after = first_after or txn
-                    if events == 0 and len(empty) < MAX_CANDIDATES:
-                        empty.append(txn)
+            tally.feed(event)
         plugin, start, end = source.plugin, source.start_lsn, source.end_lsn
         warnings = tuple(source.warnings)
     return SlotView(
@@ -125,9 +85,66 @@ def read_slot_view(
         plugin=plugin,
         start_lsn=start,
         end_lsn=end,
-        transactions=tuple(found),
-        after_last=after_count,
-        first_after=first_after,
-        empty_after=tuple(empty),
+        transactions=tuple(tally.found),
+        after_last=tally.after_count,
+        first_after=tally.first_after,
+        empty_after=tuple(tally.empty),
         warnings=warnings,
     )
+
+
+class _Tally:
+    """The stream's events, folded into the table's transactions and what followed them."""
+
+    def __init__(self, table: TableName) -> None:
+        self.table = table
+        self.found: list[StreamTransaction] = []
+        self.empty: list[StreamTransaction] = []
+        self.first_after: StreamTransaction | None = None
+        self.after_count = 0
+        self._begin = Begin(None)
+        self._counts: Counter[str] = Counter()
+        self._relation_id: int | None = None
+        self._first: Lsn | None = None
+        self._truncate: Lsn | None = None
+        self._events = 0
+
+    def feed(self, event: Event) -> None:
+        if isinstance(event, Begin):
+            self._begin, self._counts, self._events = event, Counter(), 0
+            self._relation_id = self._first = self._truncate = None
+        elif isinstance(event, Change):
+            self._events += 1
+            relation = event.relation
+            if (relation.schema, relation.name) != (self.table.schema, self.table.name):
+                return
+            self._counts[str(event.op)] += 1
+            if self._relation_id is None:
+                self._relation_id = relation.relation_id
+            if self._first is None:
+                self._first = event.lsn
+            if event.op is Op.TRUNCATE and self._truncate is None:
+                self._truncate = event.lsn
+        else:
+            self._commit(event)
+
+    def _commit(self, event: Commit) -> None:
+        begin = self._begin
+        txn = StreamTransaction(
+            event.xid if event.xid is not None else begin.xid,
+            event.commit_lsn or begin.commit_lsn,
+            event.end_lsn or begin.end_lsn,
+            event.commit_time or begin.commit_time,
+            dict(self._counts),
+            self._relation_id,
+            self._first,
+            self._truncate,
+        )
+        if self._counts:
+            self.found.append(txn)
+            self.empty, self.first_after, self.after_count = [], None, 0
+        elif self.found:
+            self.after_count += 1
+            self.first_after = self.first_after or txn
+            if self._events == 0 and len(self.empty) < MAX_CANDIDATES:
+                self.empty.append(txn)

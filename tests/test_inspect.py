@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    PASSWORD,
     Database,
     cli,
     differences,
@@ -254,15 +255,21 @@ def test_inspect_command_text_and_json(db: Database) -> None:
     _pgoutput_slot(db)
     _workload(db)
     db.execute("DROP TABLE t")
+    dsn = make_conninfo(db.dsn, password=PASSWORD)
     with source_untouched(db):
-        text = cli("inspect", "-d", db.dsn, "--slot", "cdc", "--table", "public.t")
-        as_json = cli("inspect", "-d", db.dsn, "--slot", "cdc", "--table", "t", "--json")
+        text = cli("inspect", "-d", dsn, "--slot", "cdc", "--table", "public.t")
+        as_json = cli(
+            "inspect", "-d", dsn, "--slot", "cdc", "--table", "t", "--json",
+            "-o", f"publication_names={PUBLICATION}",
+        )  # fmt: skip
     assert text.exit_code == 0, text.stderr
+    assert PASSWORD not in text.stdout + as_json.stdout
     assert "DROP" in text.stdout and "TRUNCATE" in text.stdout and "MASS DELETE" in text.stdout
     assert "walrecover recover -d" in text.stdout and "--stop-before-lsn" in text.stdout
     data = json.loads(as_json.stdout)
     assert [e["kind"] for e in data["events"]] == ["mass delete", "truncate", "drop"]
     assert data["events"][-1]["command"].startswith("walrecover recover")
+    assert f"-o publication_names={PUBLICATION}" in data["events"][-1]["command"]
     gone = cli("inspect", "-d", db.dsn, "--table", "public.t")
     assert gone.exit_code == EXIT_ERROR
     assert "give --slot" in gone.stderr

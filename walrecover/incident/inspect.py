@@ -64,6 +64,8 @@ class Inspection:
     #: What walrecover changed on the source to read it (``--install-walinspect``).
     installed: str | None = None
     dsn: str = field(default="", repr=False)
+    #: The plugin options the slot was read with (``-o``), repeated in the recover command.
+    options: tuple[tuple[str, str], ...] = ()
 
     @property
     def transactions(self) -> int:
@@ -86,6 +88,8 @@ class Inspection:
         """The ``walrecover recover`` command that rebuilds the table as it was just before."""
         words = ["walrecover", "recover", "-d", safe_dsn(self.dsn)]
         words += ["--slot", self.slot or "SLOT", "--table", self.table]
+        for name, value in self.options:
+            words += ["-o", f"{name}={value}"]
         stop = event.stop_point()
         if stop.lsn is not None:
             words += ["--stop-before-lsn", str(stop.lsn)]
@@ -246,6 +250,7 @@ def inspect_table(
         notes=(*notes, *(view.warnings if view else ())),
         installed=opened.installed if opened else None,
         dsn=dsn or "",
+        options=tuple((options or {}).items()),
     )
 
 

@@ -22,7 +22,7 @@ from helpers import (
 )
 from psycopg.conninfo import make_conninfo
 
-from walrecover.errors import EXIT_ERROR, StopPointError
+from walrecover.errors import EXIT_ERROR, EXIT_UNPROVEN, StopPointError
 from walrecover.incident.inspect import Inspection, inspect_table, resolve_stop_before
 from walrecover.incident.waldump import PAGE, record_end
 from walrecover.stream.lsn import Lsn
@@ -138,31 +138,60 @@ def test_a_re_created_table_shows_two_relation_ids(db: Database, plugin: str) ->
     assert twice.choose("auto") == twice.events[1]
 
 
+def _slot_reader(db: Database) -> str:
+    """A role that may read slots (REPLICATION) but neither settings nor pg_walinspect."""
+    role = f"oncall_{db.name}"
+    db.execute(f"CREATE ROLE {role} LOGIN REPLICATION")
+    return make_conninfo(db.dsn, user=role)
+
+
 def test_a_slot_alone_tells_the_last_change_and_what_came_after(db: Database) -> None:
     """A role that may read the slot but not the server's files or settings, without
     pg_walinspect: the DROP cannot be found; the last change and the transactions after it are
-    reported, and --stop-before drop says why it cannot stop there."""
+    reported. --stop-before drop stops after the table's last change: the table as the DROP
+    found it, with exit 4 saying why that is not proven (a rename could have come first)."""
     db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
     _pgoutput_slot(db)
-    db.execute("CREATE ROLE oncall LOGIN REPLICATION")
-    run_script(db, ["INSERT INTO t VALUES (1, 'a')", "UPDATE t SET v = 'b' WHERE id = 1"])
-    db.execute("DROP TABLE t")
+    run_script(db, ["INSERT INTO t VALUES (1, 'a'), (2, 'b')", "UPDATE t SET v = 'c' WHERE id = 1"])
+    drop_with_truth(db)
     db.execute("CREATE TABLE other (id integer)")
     run_script(db, ["INSERT INTO other VALUES (1)", "INSERT INTO other VALUES (2)"])
-    dsn = make_conninfo(db.dsn, user="oncall")
+    dsn = _slot_reader(db)
     with source_untouched(db):
         found = inspect_table(dsn, T, slot="cdc")
     assert found.wal is None and found.wal_problem
     assert "pg_walinspect is not installed" in found.wal_problem
     assert found.events == ()
     last = found.last_change
-    assert last is not None and last.counts == {"insert": 1, "update": 1}
+    assert last is not None and last.counts == {"insert": 2, "update": 1}
     assert found.after_last_change == 2
     assert any("the WAL was not read" in note for note in found.notes)
+    with source_untouched(db):
+        result = cli(
+            "recover", "-d", dsn, "--slot", "cdc", "--table", "public.t", "--target", db.dsn,
+            "--into", "public.rebuilt", "--stop-before", "drop", "--json",
+        )  # fmt: skip
+    assert result.exit_code == EXIT_UNPROVEN, result.stderr
+    out = json.loads(result.stdout)
+    assert (out["stop_event"]["found_in"], out["stop_event"]["after_lsn"]) == (
+        "slot",
+        str(last.last_lsn),
+    )
+    assert "the DROP of public.t was not found in the WAL (pg_walinspect" in result.stderr
+    assert differences(db, "truth", "rebuilt") == (0, 0)
+
+
+def test_a_slot_alone_cannot_place_a_drop_of_a_table_that_exists(db: Database) -> None:
+    """Without the WAL, a wal2json stream of a table that exists now cannot tell its changes
+    from those of a table dropped before it: --stop-before drop refuses, saying why."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    db.create_slot("cdc", "wal2json")
+    run_script(db, ["INSERT INTO t VALUES (1, 'a')"])
+    dsn = _slot_reader(db)
     with source_untouched(db), pytest.raises(StopPointError) as raised:
         resolve_stop_before(dsn, "cdc", T, "drop")
     assert "cannot find the DROP of public.t: the WAL cannot be read" in str(raised.value)
-    assert "2 transactions committed after it" in str(raised.value)
+    assert "public.t exists now, and wal2json changes carry no relation id" in str(raised.value)
 
 
 @pytest.mark.parametrize("plugin", ["pgoutput", "wal2json", "test_decoding"])

@@ -43,16 +43,32 @@ class DestructiveEvent:
     #: ``"WAL"`` (pg_walinspect/pg_waldump) or ``"slot"`` (the slot's changes).
     found_in: str = "WAL"
     end_lsn: Lsn | None = None
+    #: A DROP the WAL could not show (``found_in == "slot"``): it came after the table's last
+    #: change, whose commit LSN this is (its end, ``after_end``, for test_decoding).
+    after_lsn: Lsn | None = None
+    after_end: bool = False
+    #: Why the WAL could not show it (with ``after_lsn``).
+    note: str | None = None
 
     def stop_point(self) -> StopPoint:
         """The stop point that rebuilds the table as it was just before this event."""
-        return StopPoint(lsn=self.lsn) if self.lsn is not None else StopPoint(xid=self.xid)
+        if self.lsn is not None:
+            return StopPoint(lsn=self.lsn)
+        if self.after_lsn is not None:  # the first transaction after the last change, on
+            return StopPoint(lsn=self.after_lsn if self.after_end else Lsn(self.after_lsn + 1))
+        return StopPoint(xid=self.xid)
 
     def describe(self) -> str:
         what = (
             self.kind.upper() if self.rows is None else f"{self.kind.upper()} of {self.rows} rows"
         )
         relation = f" (relation {self.relation_id})" if self.relation_id is not None else ""
+        if self.after_lsn is not None:
+            kind = "end LSN" if self.after_end else "commit LSN"
+            return (
+                f"{what}{relation}, not in the WAL read: after the table's last change "
+                f"({kind} {self.after_lsn})"
+            )
         xid = f"transaction {self.xid}" if self.xid is not None else "a transaction"
         where = (
             f"commit LSN {self.lsn}" if self.lsn is not None else f"commit end LSN {self.end_lsn}"
@@ -70,6 +86,7 @@ class DestructiveEvent:
             "relation_id": self.relation_id,
             "rows": self.rows,
             "found_in": self.found_in,
+            "after_lsn": None if self.after_lsn is None else str(self.after_lsn),
             "description": self.describe(),
         }
 

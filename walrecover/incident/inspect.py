@@ -66,6 +66,8 @@ class Inspection:
     dsn: str = field(default="", repr=False)
     #: The plugin options the slot was read with (``-o``), repeated in the recover command.
     options: tuple[tuple[str, str], ...] = ()
+    #: A table of that name exists now.
+    exists_now: bool = False
 
     @property
     def transactions(self) -> int:
@@ -106,6 +108,8 @@ class Inspection:
         if len(found) == 1:
             return found[0]
         name = kind.upper()
+        if not found and kind == "drop" and self.wal is None:
+            return self._drop_from_slot()
         if not found:
             raise StopPointError(f"{self._none_found(name)}", table=self.table, kind=kind)
         listed = "; ".join(f"{e.describe()}: {self.command(e)}" for e in found)
@@ -124,7 +128,28 @@ class Inspection:
             return newest.events[0]
         if len(self.relations) > 1 and self.relations[-2].dropped is not None:
             return self.relations[-2].dropped
+        if self.wal is None:
+            return self._drop_from_slot()
         raise StopPointError(self._none_found("destructive event"), table=self.table)
+
+    def _drop_from_slot(self) -> DestructiveEvent:
+        """Without the WAL: the DROP of the newest relation that is gone, placed after its last
+        change (the table as the DROP found it, unless a rename ended its name there)."""
+        gone = [r for r in self.relations if r.transactions and not r.exists]
+        if not gone or (self.exists_now and self.plugin != "pgoutput"):
+            reason = (
+                f"{self.table} exists now, and {self.plugin} changes carry no relation id to "
+                "tell whether they are of this table or of one dropped before it"
+                if gone
+                else f"every relation of {self.table} in the slot exists now"
+            )
+            raise StopPointError(f"{self._none_found('DROP')} ({reason})", table=self.table)
+        relation = gone[-1]
+        return DestructiveEvent(
+            "drop", None, None, None, relation.relation_id, found_in="slot",
+            after_lsn=relation.last_lsn, after_end=self.plugin == "test_decoding",
+            note=self.wal_problem,
+        )  # fmt: skip
 
     def _none_found(self, name: str) -> str:
         span = f" from {self.start_lsn} to {self.end_lsn}" if self.start_lsn else ""
@@ -251,6 +276,7 @@ def inspect_table(
         installed=opened.installed if opened else None,
         dsn=dsn or "",
         options=tuple((options or {}).items()),
+        exists_now=current is not None,
     )
 
 
@@ -319,11 +345,27 @@ def resolve_stop_before(
 
 
 def settled(reasons: tuple[str, ...], table: TableName, event: DestructiveEvent) -> tuple[str, ...]:
-    """``reasons`` without the doubt a DROP found in the WAL settles: pgoutput's "the name now
-    belongs to another table, and the stream's relation was dropped after its last change, but
-    when?" (asked of pg_walinspect only). The stop point is that relation's DROP, so the
-    relation held the name up to the stop point, as pg_walinspect would have shown."""
-    if event.kind != "drop" or event.relation_id is None:
+    """The recovery's reasons for doubt, given the event it stopped before.
+
+    A DROP found in the WAL settles pgoutput's "the name now belongs to another table, and the
+    stream's relation was dropped after its last change, but when?" (asked of pg_walinspect
+    only): the stop point is that relation's DROP, so it held the name up to the stop point. A
+    DROP the WAL could not show adds a doubt: the stop after the table's last change gives the
+    table as the DROP found it only if nothing else (a rename) took the name from it first.
+    """
+    if event.kind != "drop":
+        return reasons
+    if event.found_in != "WAL":
+        return (
+            *reasons,
+            f"the DROP of {table} was not found in the WAL ({event.note or 'not read'}): the "
+            f"recovery stopped after the table's last change in the slot ({event.after_lsn}), "
+            "which is the table as its DROP found it unless something else (a rename) took "
+            "the name from it first; with pg_walinspect (walrecover inspect "
+            "--install-walinspect) or the server's WAL files (--wal-dir) walrecover finds the "
+            "DROP itself",
+        )
+    if event.relation_id is None:
         return reasons
     doubt = f"{table} may have been dropped and re-created under the same name"
     mine = f"(relation id {event.relation_id})"

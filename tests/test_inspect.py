@@ -297,6 +297,8 @@ def test_inspect_command_text_and_json(db: Database) -> None:
     assert "walrecover recover -d" in text.stdout and "--stop-before-lsn" in text.stdout
     data = json.loads(as_json.stdout)
     assert [e["kind"] for e in data["events"]] == ["mass delete", "truncate", "drop"]
+    assert data["first_commit"]["lsn"] == data["relations"][0]["first_commit"]["lsn"]
+    assert data["last_commit"]["time"] == data["relations"][0]["last_commit"]["time"]
     assert data["events"][-1]["command"].startswith("walrecover recover")
     assert f"-o publication_names={PUBLICATION}" in data["events"][-1]["command"]
     gone = cli("inspect", "-d", db.dsn, "--table", "public.t")

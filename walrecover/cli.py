@@ -1479,13 +1479,16 @@ def _inspection_text(found: Inspection) -> str:
     counts = ", ".join(f"{n} {op}" for op, n in sorted(found.counts.items())) or "no changes"
     lines = [
         f"{found.table}{span} ({how}{via}):",
-        f"  {found.transactions} transactions: {counts}.",
+        f"  {found.transactions} transactions: {counts}; first commit "
+        f"{_when(*found.first_commit)}, last commit {_when(*found.last_commit)}.",
     ]
     if found.installed:
         lines.append(f"  installed {found.installed} in the source database (as asked).")
     for rel in found.relations:
         name = f"relation {rel.relation_id}" if rel.relation_id is not None else "a relation"
         state = "exists now" if rel.exists else ("dropped" if rel.dropped else "not in the catalog")
+        if rel.created_lsn is not None:
+            state = f"created by the commit at {rel.created_lsn}; {state}"
         lines.append(
             f"  {name}: {rel.transactions} transactions, first commit "
             f"{_when(rel.first_lsn, rel.first_time)}, last commit "

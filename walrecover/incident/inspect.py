@@ -21,6 +21,7 @@ import shlex
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,18 @@ class Inspection:
         for relation in self.relations:
             total.update(relation.counts)
         return dict(total)
+
+    @property
+    def first_commit(self) -> tuple[Lsn | None, datetime | None]:
+        """(LSN, time) of the table's first transaction in what was read."""
+        first = next((r for r in self.relations if r.transactions), None)
+        return (first.first_lsn, first.first_time) if first else (None, None)
+
+    @property
+    def last_commit(self) -> tuple[Lsn | None, datetime | None]:
+        """(LSN, time) of the table's last transaction in what was read."""
+        last = self.last_change
+        return (last.last_lsn, last.last_time) if last else (None, None)
 
     @property
     def last_change(self) -> TableRelation | None:
@@ -183,6 +196,8 @@ class Inspection:
             "mass": self.mass,
             "transactions": self.transactions,
             "counts": self.counts,
+            "first_commit": _commit(self.first_commit),
+            "last_commit": _commit(self.last_commit),
             "relations": [r.to_dict() for r in self.relations],
             "events": [{**e.to_dict(), "command": self.command(e)} for e in self.events],
             "after_last_change": self.after_last_change,
@@ -194,6 +209,10 @@ class Inspection:
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _commit(commit: tuple[Lsn | None, datetime | None]) -> dict[str, str | None]:
+    return {"lsn": _text(commit[0]), "time": commit[1].isoformat() if commit[1] else None}
 
 
 def _txn(txn: StreamTransaction | None) -> dict[str, Any] | None:

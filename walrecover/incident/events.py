@@ -87,6 +87,7 @@ class DestructiveEvent:
             "rows": self.rows,
             "found_in": self.found_in,
             "after_lsn": None if self.after_lsn is None else str(self.after_lsn),
+            "note": self.note,
             "description": self.describe(),
         }
 

@@ -10,7 +10,8 @@ The library is the product; the ``walrecover`` command is a thin shell over it. 
 
 Everything a user needs is importable from here (see ``__all__``): the entry points
 (:func:`recover`, :func:`recover_capture`, :func:`reconcile`, :func:`rehearse`,
-:func:`decode`, :func:`read_audit`, :func:`verify_audit`, :func:`swap`), what they take
+:func:`decode`, :func:`read_audit`, :func:`verify_audit`, :func:`swap`,
+:func:`inspect_table`), what they take
 (:class:`TableName`, :class:`StopPoint`, :class:`StartPoint`, :class:`Lsn`, ...), the results
 they return, and the error family under :class:`WalrecoverError`.
 
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
         TargetExists,
         WalrecoverError,
     )
+    from .incident.events import DestructiveEvent, TableRelation
+    from .incident.inspect import Inspection, inspect_table
     from .ledger.reconcile import (
         LedgerFile,
         LedgerQuery,
@@ -94,6 +97,7 @@ _WHERE = {
     "read_audit": "audit.reader",
     "verify_audit": "audit.verify",
     "swap": "rebuild.swap",
+    "inspect_table": "incident.inspect",
     # what they take
     "TableName": "stream.model",
     "StopPoint": "stream.model",
@@ -114,6 +118,9 @@ _WHERE = {
     "DecodeResult": "stream.export",
     "Verification": "audit.verify",
     "SwapResult": "rebuild.swap",
+    "Inspection": "incident.inspect",
+    "TableRelation": "incident.events",
+    "DestructiveEvent": "incident.events",
     # what they raise
     "WalrecoverError": "errors",
     "ConnectionFailed": "errors",
@@ -165,9 +172,11 @@ __all__ = [
     "ConnectionFailed",
     "DecodeError",
     "DecodeResult",
+    "DestructiveEvent",
     "Diagnosis",
     "Explanation",
     "GuardResult",
+    "Inspection",
     "Interrupted",
     "LedgerCheck",
     "LedgerError",
@@ -200,6 +209,7 @@ __all__ = [
     "TableDiagnosis",
     "TableName",
     "TableNotInStream",
+    "TableRelation",
     "TargetBusy",
     "TargetExists",
     "Verification",
@@ -210,6 +220,7 @@ __all__ = [
     "decode_to",
     "doctor",
     "guard",
+    "inspect_table",
     "load_recovery_points",
     "protect",
     "read_audit",

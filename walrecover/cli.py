@@ -38,6 +38,7 @@ from .errors import (
     WalrecoverError,
     first_line,
 )
+from .incident.inspect import DEFAULT_MASS, Inspection, inspect_table, resolve_stop_before
 from .ledger.reconcile import (
     LedgerFile,
     LedgerQuery,
@@ -498,6 +499,19 @@ _RECOVER_OPTIONS: list[Callable[[Any], Any]] = [
         "--target", metavar="CONNINFO", help="Database to build it in. Default: the -d database."
     ),
     stop_options,
+    click.option(
+        "--stop-before",
+        "stop_before",
+        type=click.Choice(["drop", "truncate", "auto"]),
+        help="Find the table's DROP (or TRUNCATE; auto: its first destructive event after its "
+        "last re-creation) in the WAL, as walrecover inspect does, and stop exactly before it.",
+    ),
+    click.option(
+        "--wal-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="With --stop-before: read the WAL from these segment files with pg_waldump "
+        "(default: pg_walinspect if installed, else the server's pg_wal if readable here).",
+    ),
     click.option("--key", "key_column", metavar="COL", help="Ledger key column (e.g. account_id)."),
     click.option("--amount", "amount_column", metavar="COL", help="Amount column to sum per key."),
     click.option(
@@ -610,6 +624,8 @@ def recover_command(
     accept_gap: bool,
     dry_run: bool,
     as_json: bool,
+    stop_before: str | None = None,
+    wal_dir: Path | None = None,
 ) -> None:
     """Rebuild a table from a logical replication slot, without moving the slot.
 
@@ -643,6 +659,19 @@ def recover_command(
     if audit_path is not None and audit_dir is not None:
         raise click.UsageError("give --audit FILE or --audit-dir DIR, not both")
     ddl = ddl_file.read() if ddl_file else None
+    if stop_before is not None and (stop.is_set or from_file is not None):
+        raise click.UsageError(
+            "--stop-before finds the event in a slot's WAL: give --slot, and no --from-file or "
+            "--stop-before-lsn/-xid/-time with it"
+        )
+    if dry_run and stop_before is not None:
+        assert slot is not None
+        stop, event = resolve_stop_before(
+            dsn, slot, table, stop_before, wal_dir=wal_dir, options=plugin_options,
+            via_plugin=via_plugin,
+        )  # fmt: skip
+        if not as_json:
+            click.echo(f"walrecover: --stop-before {stop_before}: the {event.describe()}", err=True)
     if dry_run:
         _plan(
             dsn, slot, from_file, plugin, plugin_options, via_plugin, capture_settings, table,
@@ -691,6 +720,8 @@ def recover_command(
                 via_plugin=via_plugin,
                 batch_size=batch_size,
                 baseline=baseline,
+                stop_before=stop_before,
+                wal_dir=wal_dir,
             )
     finally:
         progress.close()
@@ -833,6 +864,8 @@ def check_command(
     force: bool,
     batch_size: int,
     as_json: bool,
+    stop_before: str | None = None,
+    wal_dir: Path | None = None,
 ) -> None:
     """Check a recovery before running it (the same options as recover); change nothing.
 
@@ -1492,3 +1525,133 @@ def guard_command(
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# -- inspect: find the disaster in the WAL ----------------------------------------------------
+
+
+@main.command("inspect")
+@dbname_option
+@slot_option
+@click.option(
+    "--table", "table_name", required=True, metavar="SCHEMA.TABLE", help="The table to look up."
+)
+@click.option(
+    "--wal-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Read the WAL from these segment files with pg_waldump (copied from the server, or "
+    "its pg_wal). Default: pg_walinspect if installed, else the server's pg_wal if readable here.",
+)
+@click.option(
+    "--mass",
+    type=click.IntRange(0),
+    default=DEFAULT_MASS,
+    show_default=True,
+    help="A DELETE or UPDATE of more rows than this in one transaction is a destructive event.",
+)
+@click.option(
+    "--install-walinspect",
+    is_flag=True,
+    help="Run CREATE EXTENSION pg_walinspect on the source if it is missing (a write to the "
+    "source: only with this option).",
+)
+@click.option(
+    "-o",
+    "--option",
+    "plugin_options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    callback=_plugin_option,
+    help="A plugin option for reading --slot (as for recover).",
+)
+@json_option
+def inspect_command(
+    dsn: str | None,
+    slot: str | None,
+    table_name: str,
+    wal_dir: Path | None,
+    mass: int,
+    install_walinspect: bool,
+    plugin_options: dict[str, str],
+    as_json: bool,
+) -> None:
+    """Show what happened to a table in the retained WAL: its transactions, relation ids
+    (a re-created table has a new one), and its DROP, TRUNCATE and mass DELETE/UPDATE, each
+    with the recover command that stops just before it. The slot is read through a copy.
+
+    \b
+    Example:
+      walrecover inspect -d "host=db dbname=bank user=oncall" --slot cdc \\
+          --table public.transactions
+    """
+    table = _table(table_name, "--table")
+    found = inspect_table(
+        dsn,
+        table,
+        slot=slot,
+        wal_dir=wal_dir,
+        mass=mass,
+        install_walinspect=install_walinspect,
+        options=plugin_options,
+    )
+    if as_json:
+        click.echo(json.dumps(found.to_dict()))
+    else:
+        click.echo(_inspection_text(found))
+
+
+def _when(lsn: Lsn | None, moment: datetime | None) -> str:
+    return f"{lsn or '-'}" + (f" at {moment.isoformat()}" if moment else "")
+
+
+def _inspection_text(found: Inspection) -> str:
+    span = f" from {found.start_lsn} to {found.end_lsn}" if found.start_lsn else ""
+    how = found.wal or "the WAL not read"
+    via = f"; slot {found.slot} through {found.plugin}" if found.slot else ""
+    counts = ", ".join(f"{n} {op}" for op, n in sorted(found.counts.items())) or "no changes"
+    lines = [
+        f"{found.table}{span} ({how}{via}):",
+        f"  {found.transactions} transactions: {counts}; first commit "
+        f"{_when(*found.first_commit)}, last commit {_when(*found.last_commit)}.",
+    ]
+    if found.installed:
+        lines.append(f"  installed {found.installed} in the source database (as asked).")
+    for rel in found.relations:
+        name = f"relation {rel.relation_id}" if rel.relation_id is not None else "a relation"
+        state = "exists now" if rel.exists else ("dropped" if rel.dropped else "not in the catalog")
+        if rel.created_lsn is not None:
+            state = f"created by the commit at {rel.created_lsn}; {state}"
+        lines.append(
+            f"  {name}: {rel.transactions} transactions, first commit "
+            f"{_when(rel.first_lsn, rel.first_time)}, last commit "
+            f"{_when(rel.last_lsn, rel.last_time)} (xid {rel.last_xid}); {state}."
+        )
+    if found.events:
+        lines.append(
+            f"Destructive events (mass: more than {found.mass} rows in one transaction), "
+            "each with the command that rebuilds the table as it was just before:"
+        )
+        for event in found.events:
+            lines.append(f"  {event.describe()}")
+            lines.append(f"    {found.command(event)}")
+    else:
+        lines.append("No destructive event found.")
+    if found.wal is None:
+        lines.append(f"The WAL could not be read: {found.wal_problem}.")
+        if found.slot:
+            first = found.first_after
+            after = (
+                f"; the first: xid {first.xid}, commit LSN {first.lsn}" if first is not None else ""
+            )
+            lines.append(
+                f"  After the table's last change, {found.after_last_change} transactions "
+                f"committed{after}."
+            )
+            for txn in found.empty_after:
+                lines.append(
+                    f"  without any change (a DROP looks like this): xid {txn.xid}, "
+                    f"LSN {txn.lsn}, {txn.time.isoformat() if txn.time else '-'}"
+                )
+    for note in found.notes:
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)

@@ -48,6 +48,8 @@ def recovery_text(result: RecoveryResult) -> str:
         f"{result.rows} rows in {result.into}.",
         f"  {lsns}; stop point: {result.stop}.",
     ]
+    if result.stop_event is not None:
+        lines.append(f"  stopped before the {result.stop_event.describe()}.")
     if result.stopped_before:
         lines.append(f"  stopped before {_transaction(*result.stopped_before, result.lsn_kind)}.")
     if result.resumed_from:

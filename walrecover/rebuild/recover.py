@@ -15,7 +15,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ from ..errors import (
     WalUnavailable,
     first_line,
 )
+from ..incident.events import DestructiveEvent
+from ..incident.inspect import resolve_stop_before, settled
 from ..ledger.reconcile import Reconciliation, reconcile_table
 from ..stream.decoders import column_limits, warnings_for
 from ..stream.lsn import Lsn
@@ -129,6 +131,8 @@ class RecoveryResult:
     already_complete: bool = False
     #: The baseline the table was started from (``--baseline``): source, point, rows, hash.
     baseline: dict[str, Any] | None = None
+    #: The event ``--stop-before drop|truncate|auto`` found and stopped before, if given.
+    stop_event: DestructiveEvent | None = None
 
     @property
     def exact(self) -> bool:
@@ -176,6 +180,7 @@ class RecoveryResult:
             "lsn_kind": self.lsn_kind,
             "already_complete": self.already_complete,
             "baseline": self.baseline,
+            "stop_event": self.stop_event.to_dict() if self.stop_event else None,
         }
 
 
@@ -206,13 +211,24 @@ def recover(
     audit_dir: str | Path | None = None,
     via_plugin: str | None = None,
     baseline: BaselineOptions | None = None,
+    stop_before: str | None = None,
+    wal_dir: str | Path | None = None,
 ) -> RecoveryResult:
     """Rebuild ``table`` from ``slot`` on ``dsn`` into ``into`` on ``target`` (default ``dsn``).
 
     ``options`` are plugin options (``-o NAME=VALUE``) on top of walrecover's; ``via_plugin``
     reads the slot through another output plugin (the copy is made with it); ``baseline``
-    starts the table from an older copy of it (see :mod:`.baseline`).
+    starts the table from an older copy of it (see :mod:`.baseline`). ``stop_before``
+    (``drop``, ``truncate``, ``auto``) finds that event of the table in the WAL (pg_walinspect,
+    or pg_waldump on ``wal_dir`` or the server's own pg_wal) and stops exactly before it.
     """
+    event = None
+    if stop_before is not None:
+        if stop.is_set:
+            raise StopPointError("give --stop-before or a --stop-before-lsn/-xid/-time, not both")
+        stop, event = resolve_stop_before(
+            dsn, slot, table, stop_before, wal_dir=wal_dir, options=options, via_plugin=via_plugin
+        )
     source = SlotSource(
         dsn,
         slot,
@@ -226,7 +242,7 @@ def recover(
         dsn, slot, table, via_plugin, options, stop, ddl, audit_identity(audit_path, audit_dir),
         baseline,
     )  # fmt: skip
-    return _recover(
+    result = _recover(
         source,
         dsn,
         slot,
@@ -245,6 +261,9 @@ def recover(
         wal_dsn=dsn,
         baseline=baseline,
     )
+    if event is None:
+        return result
+    return replace(result, stop_event=event, unproven=settled(result.unproven, table, event))
 
 
 def recover_capture(

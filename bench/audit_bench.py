@@ -37,19 +37,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from walrecover.audit.pgarrow import typed_value
-from walrecover.audit.verify import verify_audit
-from walrecover.audit.writer import (
+from walrecover.audit.format import (
     META_COLUMNS,
     ROW_GROUP_ROWS,
-    AuditWriter,
-    _json,
     audit_schema,
     typed_fields,
+    values_json,
 )
-from walrecover.rebuild.replay import AppliedChange, Outcome
+from walrecover.audit.pgarrow import typed_value
+from walrecover.audit.verify import verify_audit
+from walrecover.audit.writer import AuditWriter
+from walrecover.rebuild.replay import AppliedChange
 from walrecover.stream.lsn import Lsn
-from walrecover.stream.model import Change, Column, Op, Relation
+from walrecover.stream.model import Change, Column, Op, Outcome, Relation
 
 RELATION = Relation(
     "public",
@@ -132,8 +132,8 @@ def run_baseline(rows: int, path: Path) -> dict[str, Any]:
             "relation": "public.transactions",
             "key": None,
             "outcome": "applied",
-            "new_values": _json(change.new),
-            "old_values": _json(change.old),
+            "new_values": values_json(change.new),
+            "old_values": values_json(change.old),
         }
         for name, _ in META_COLUMNS:
             columns[name].append(meta[name])

@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from walrecover.db import connect
+from walrecover.db import connect, one
 from walrecover.drill.cluster import Cluster
 from walrecover.drill.rehearsal import TABLES_SQL
 from walrecover.stream.decoders.wal2json import server_options
@@ -314,7 +314,7 @@ def build_workload(
             conn.execute(
                 "SELECT pg_create_logical_replication_slot(%s, %s)", (f"bench_{plugin}", plugin)
             )
-        (before,) = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+        (before,) = one(conn, "SELECT pg_current_wal_insert_lsn()")
         t0 = time.monotonic()
         done = 0
         while done < run.changes:
@@ -326,13 +326,11 @@ def build_workload(
         conn.execute("CREATE UNLOGGED TABLE final AS SELECT * FROM transactions")
         if sub is not None:
             prepare_native(sub, cluster.dsn("bench"), accounts)
-        (stop,) = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+        (stop,) = one(conn, "SELECT pg_current_wal_insert_lsn()::text")
         conn.execute("DROP TABLE transactions")
-        (end,) = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
-        (wal,) = conn.execute(
-            "SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)::bigint", (end, before)
-        ).fetchone()
-        (rows,) = conn.execute("SELECT count(*) FROM final").fetchone()
+        (end,) = one(conn, "SELECT pg_current_wal_insert_lsn()::text")
+        (wal,) = one(conn, "SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)::bigint", (end, before))
+        (rows,) = one(conn, "SELECT count(*) FROM final")
     run.workload = {
         "transactions": run.changes,
         "inserts": run.changes,
@@ -386,7 +384,7 @@ def measure_load(cluster: Cluster) -> Measure:
         conn.execute(f"COPY loaded FROM '{path}'")
         wall = time.monotonic() - t0
         server = clock.stop()
-        (rows,) = conn.execute("SELECT count(*) FROM loaded").fetchone()
+        (rows,) = one(conn, "SELECT count(*) FROM loaded")
         conn.execute("DROP TABLE loaded")
     path.unlink()
     return Measure("load", "-", wall, None, server, None, rows, note="server-side COPY FROM")
@@ -468,25 +466,26 @@ def measure_native(cluster: Cluster, sub: Cluster, lsns: dict[str, str]) -> Meas
         t0 = time.monotonic()
         conn.execute("ALTER SUBSCRIPTION bench_sub ENABLE")
         while True:
-            (caught_up,) = pub.execute(
+            (caught_up,) = one(
+                pub,
                 "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
                 " WHERE slot_name = %s",
                 (lsns["stop"], slot),
-            ).fetchone()
+            )
             if caught_up:
                 break
             time.sleep(0.05)
         wall = time.monotonic() - t0
         server = clock.stop()
         conn.execute("ALTER SUBSCRIPTION bench_sub DISABLE")
-        (rows,) = conn.execute("SELECT count(*) FROM transactions").fetchone()
-        (balances,) = conn.execute("SELECT sum(balance)::text FROM accounts").fetchone()
-        (expected,) = pub.execute("SELECT sum(balance)::text FROM accounts").fetchone()
+        (rows,) = one(conn, "SELECT count(*) FROM transactions")
+        (balances,) = one(conn, "SELECT sum(balance)::text FROM accounts")
+        (expected,) = one(pub, "SELECT sum(balance)::text FROM accounts")
         # The walsender lets go of the slot a moment after the apply worker stops.
         for _ in range(200):
-            (active,) = pub.execute(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-            ).fetchone()
+            (active,) = one(
+                pub, "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+            )
             if not active:
                 break
             time.sleep(0.05)
@@ -642,9 +641,9 @@ def machine(cluster: Cluster) -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     with connect(cluster.dsn(), autocommit=True) as conn:
-        (version,) = conn.execute("SELECT version()").fetchone()
-        (fsync,) = conn.execute("SHOW fsync").fetchone()
-        (sync_commit,) = conn.execute("SHOW synchronous_commit").fetchone()
+        (version,) = one(conn, "SELECT version()")
+        (fsync,) = one(conn, "SHOW fsync")
+        (sync_commit,) = one(conn, "SHOW synchronous_commit")
     return {
         "nproc": os.cpu_count(),
         "cpu": model,

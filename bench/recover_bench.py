@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from walrecover.db import connect
+from walrecover.db import connect, one
 from walrecover.drill.cluster import Cluster
 from walrecover.drill.rehearsal import create_bank, run_workload
 from walrecover.stream.decoders.wal2json import server_options
@@ -61,11 +61,12 @@ def _measure(cluster: Cluster, transactions: int, workdir: Path) -> dict[str, An
         conn.execute("SELECT pg_copy_logical_replication_slot(%s, 'bench_floor', false)", (dbname,))
         flat = [item for pair in server_options(["public.transactions"]) for item in pair]
         t0 = time.monotonic()
-        (messages,) = conn.execute(
+        (messages,) = one(
+            conn,
             "SELECT count(*) FROM pg_logical_slot_get_changes('bench_floor', NULL, NULL,"
             " VARIADIC %s::text[])",
             (flat,),
-        ).fetchone()
+        )
         decode = time.monotonic() - t0
         conn.execute("SELECT pg_drop_replication_slot('bench_floor')")
         conn.execute("CREATE TABLE load_floor (LIKE final)")

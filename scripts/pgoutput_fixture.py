@@ -30,13 +30,29 @@ import gzip
 import json
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from psycopg import sql
+from recording import Step
+from workload import (
+    BIG_ABORTED,
+    BIG_STREAMED,
+    POSITIONS_ROWS,
+    POSITIONS_TABLE,
+    POSITIONS_UPDATES,
+    RECREATE,
+    bulk,
+    documents_table,
+    ending,
+    long_text_function,
+    toast_delete,
+    toast_inserts,
+    toast_rewrite,
+    toast_untouched,
+)
 
-from walrecover.db import SESSION_SETTINGS, connect
+from walrecover.db import SESSION_SETTINGS, Connection, connect, one
 from walrecover.drill.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,12 +101,10 @@ SELECT pg_create_logical_replication_slot('{SLOT}', 'pgoutput');
 SELECT pg_create_logical_replication_slot('{SLOT_TWO_PHASE}', 'pgoutput', false, true);
 SELECT pg_replication_origin_create('{ORIGIN}')"""
 
-SCHEMA = """\
+SCHEMA = f"""\
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN amount AS numeric(12,2) CHECK (VALUE > -1000000);
--- Incompressible text > 8 kB, so it is TOASTed out of line: 300 md5 digests, 9,600 characters.
-CREATE FUNCTION long_text(seed text) RETURNS text LANGUAGE sql IMMUTABLE
-    AS $$ SELECT string_agg(md5(seed || i), '') FROM generate_series(1, 300) AS i $$;
+{long_text_function(300, "Incompressible text > 8 kB, so it is TOASTed out of line")}
 CREATE TABLE kinds (
     id      integer PRIMARY KEY,
     i2      smallint,
@@ -136,18 +150,8 @@ CREATE TABLE typmods (
     o numeric(5,-2), p numeric(1000,500), q varchar, r "char", s name, t oid, u money,
     v macaddr, w xml, x int4range, y tsvector, z pg_lsn, aa timestamptz(3)[], ab character(3)[]
 );
-CREATE TABLE documents (
-    id       integer PRIMARY KEY,
-    title    text NOT NULL,
-    body     text,
-    revision integer NOT NULL
-);
-CREATE TABLE positions (
-    account_id bigint,
-    currency   text,
-    quantity   numeric(12,2) NOT NULL,
-    PRIMARY KEY (account_id, currency)
-);
+{documents_table("documents")}
+{POSITIONS_TABLE}
 CREATE TABLE fullrows (id integer NOT NULL, label text, amount numeric(12,2));
 ALTER TABLE fullrows REPLICA IDENTITY FULL;
 CREATE TABLE staging (id serial PRIMARY KEY, note text);
@@ -186,27 +190,6 @@ KINDS_ROW_4 = (
 )
 
 
-@dataclass(frozen=True)
-class Step:
-    """One transaction of the workload and how it ends."""
-
-    label: str
-    statements: tuple[str, ...]
-    #: commit, rollback, prepare-commit (PREPARE then COMMIT PREPARED), prepare-rollback.
-    outcome: str = "commit"
-    #: Run with a replication origin set up, so pgoutput sends an Origin message.
-    origin: bool = False
-
-
-def _bulk(first: int, count: int, note: str) -> str:
-    """Insert ``count`` rows into ``big`` from id ``first`` (constants of this script only)."""
-    last = first + count - 1
-    return (
-        f"INSERT INTO big SELECT i, '{note} ' || i"  # noqa: S608
-        f" FROM generate_series({first}, {last}) AS i"
-    )
-
-
 WORKLOAD: tuple[Step, ...] = (
     Step("kinds: every type, NULLs, special values", (KINDS_ROW_1, KINDS_ROW_2, KINDS_ROW_3)),
     Step("kinds: 40+ digits and infinities", (KINDS_ROW_4,)),
@@ -220,34 +203,21 @@ WORKLOAD: tuple[Step, ...] = (
     ),
     Step(
         "documents: TOASTed body (> 8 kB, incompressible)",
-        (
-            "INSERT INTO documents VALUES (1, 'first', long_text('a'), 1)",
-            "INSERT INTO documents VALUES (2, 'second', long_text('b'), 1)",
-            "INSERT INTO documents VALUES (3, 'third', long_text('c'), 1)",
-        ),
+        toast_inserts("documents"),
     ),
     Step(
         "documents: updates that leave the TOASTed body alone (sent as unchanged TOAST)",
-        (
-            "UPDATE documents SET revision = revision + 1, title = 'first, retitled' WHERE id = 1",
-            "UPDATE documents SET id = 22, revision = 2 WHERE id = 2",
-        ),
+        toast_untouched("documents"),
     ),
     Step(
         "documents: rewrite a body, then leave it alone, then delete another",
-        (
-            "UPDATE documents SET body = long_text('c2'), revision = 2 WHERE id = 3",
-            "UPDATE documents SET revision = 3 WHERE id = 3",
-            "DELETE FROM documents WHERE id = 1",
-        ),
+        (*toast_rewrite("documents"), toast_delete("documents")),
     ),
     Step(
         "positions: composite key, changed too",
         (
-            "INSERT INTO positions VALUES (1, 'EUR', 100.50), (1, 'USD', 2.25), (20, 'EUR', 7.00)",
-            "UPDATE positions SET quantity = quantity - 0.25 WHERE account_id = 1 "
-            "AND currency = 'USD'",
-            "UPDATE positions SET currency = 'CHF' WHERE account_id = 20 AND currency = 'EUR'",
+            POSITIONS_ROWS,
+            *POSITIONS_UPDATES,
         ),
     ),
     Step(
@@ -309,30 +279,13 @@ WORKLOAD: tuple[Step, ...] = (
     ),
     Step("staging: plain truncate of the child", ("TRUNCATE staging_child",)),
     Step("recreated: rows in the first table", ("INSERT INTO recreated VALUES (1, 'old')",)),
-    Step(
-        "recreated: dropped and created again under the same name",
-        (
-            "DROP TABLE recreated",
-            "CREATE TABLE recreated (id integer PRIMARY KEY, v text, extra integer)",
-        ),
-    ),
+    RECREATE,
     Step(
         "recreated: rows in the second table",
         ("INSERT INTO recreated VALUES (1, 'new', 10), (2, 'new too', 20)",),
     ),
-    Step(
-        "big: streamed, with a streamed subtransaction rolled back",
-        (
-            _bulk(1, 500, "streamed"),
-            "SAVEPOINT sub",
-            _bulk(501, 400, "rolled back sub"),
-            "ROLLBACK TO SAVEPOINT sub",
-            _bulk(1001, 400, "after sub"),
-            "UPDATE big SET note = note || ' (updated)' WHERE id % 100 = 0",
-            "DELETE FROM big WHERE id % 100 = 1",
-        ),
-    ),
-    Step("big: streamed, then aborted", (_bulk(5001, 600, "aborted big"),), outcome="rollback"),
+    BIG_STREAMED,
+    BIG_ABORTED,
     Step(
         "a prepared transaction, committed",
         ("INSERT INTO positions VALUES (6, 'EUR', 6.00)",),
@@ -348,20 +301,20 @@ WORKLOAD: tuple[Step, ...] = (
     ),
     Step(
         "big: prepared (streamed, then Stream Prepare under two_phase), committed",
-        (_bulk(20001, 600, "prepared big"),),
+        (bulk(20001, 600, "prepared big"),),
         outcome="prepare-commit",
     ),
     Step(
         "big: prepared and streamed, rolled back",
-        (_bulk(30001, 500, "prepared big rolled back"),),
+        (bulk(30001, 500, "prepared big rolled back"),),
         outcome="prepare-rollback",
     ),
 )
 
 #: A streamed transaction with a plain one committing between its stream blocks.
-INTERLEAVED_FIRST = _bulk(40001, 500, "interleaved")
+INTERLEAVED_FIRST = bulk(40001, 500, "interleaved")
 INTERLEAVED_OTHER = "INSERT INTO positions VALUES (8, 'EUR', 8.00)"
-INTERLEAVED_LAST = _bulk(40501, 400, "interleaved late")
+INTERLEAVED_LAST = bulk(40501, 400, "interleaved late")
 
 #: Tables and their ordering key for the ground truth.
 TABLES: dict[str, tuple[str, ...]] = {
@@ -396,7 +349,7 @@ def render_workload() -> str:
         if step.origin:
             lines.append("SELECT pg_replication_origin_xact_setup('0/ABCDEF', now());")
         lines.extend(statement + ";" for statement in step.statements)
-        lines.extend(_ending(step.outcome, "fixture_gid"))
+        lines.extend(statement + ";" for statement in ending(step.outcome, "fixture_gid"))
         if step.origin:
             lines.append("SELECT pg_replication_origin_session_reset();")
         lines.append("")
@@ -413,15 +366,6 @@ def render_workload() -> str:
     return "\n".join(lines)
 
 
-def _ending(outcome: str, gid: str) -> list[str]:
-    if outcome == "commit":
-        return ["COMMIT;"]
-    if outcome == "rollback":
-        return ["ROLLBACK;"]
-    finish = "COMMIT PREPARED" if outcome == "prepare-commit" else "ROLLBACK PREPARED"
-    return [f"PREPARE TRANSACTION '{gid}';", f"{finish} '{gid}';"]
-
-
 def _xid(cur: Any) -> int:
     cur.execute("SELECT pg_current_xact_id()::text::bigint")
     row = cur.fetchone()
@@ -429,7 +373,7 @@ def _xid(cur: Any) -> int:
     return int(row[0])
 
 
-def run_step(conn: Any, step: Step, number: int) -> dict[str, Any]:
+def run_step(conn: Connection, step: Step, number: int) -> dict[str, Any]:
     """Run one step; return its label, xid and outcome."""
     gid = f"fixture_{number}"
     with conn.cursor() as cur:
@@ -441,14 +385,14 @@ def run_step(conn: Any, step: Step, number: int) -> dict[str, Any]:
         for statement in step.statements:
             cur.execute(statement)
         xid = _xid(cur)
-        for statement in _ending(step.outcome, gid):
-            cur.execute(statement.rstrip(";"))
+        for statement in ending(step.outcome, gid):
+            cur.execute(statement)
         if step.origin:
             cur.execute("SELECT pg_replication_origin_session_reset()")
     return {"label": step.label, "xid": xid, "outcome": step.outcome}
 
 
-def run_interleaved(conn: Any, other: Any) -> list[dict[str, Any]]:
+def run_interleaved(conn: Connection, other: Connection) -> list[dict[str, Any]]:
     """A streamed transaction with another transaction committing in the middle of it."""
     with conn.cursor() as cur:
         cur.execute("BEGIN")
@@ -467,7 +411,7 @@ def run_interleaved(conn: Any, other: Any) -> list[dict[str, Any]]:
     ]
 
 
-def table_contents(conn: Any, table: str, key: tuple[str, ...]) -> dict[str, Any]:
+def table_contents(conn: Connection, table: str, key: tuple[str, ...]) -> dict[str, Any]:
     """Columns (name, format_type, type oid, typmod, generated) and rows as output text."""
     columns = [
         [str(name), str(type_name), int(oid), int(typmod), bool(generated)]
@@ -486,11 +430,11 @@ def table_contents(conn: Any, table: str, key: tuple[str, ...]) -> dict[str, Any
         # Without set_types, COPY rows come back as the server's text, unescaped, None for NULL.
         for row in copy.rows():
             rows.append([None if value is None else str(value) for value in row])
-    (oid,) = conn.execute("SELECT %s::regclass::oid::bigint", (table,)).fetchone()
+    (oid,) = one(conn, "SELECT %s::regclass::oid::bigint", (table,))
     return {"relation_id": int(oid), "columns": columns, "key": list(key), "rows": rows}
 
 
-def builtin_types(conn: Any) -> list[list[Any]]:
+def builtin_types(conn: Connection) -> list[list[Any]]:
     """``[oid, typmod, format_type]`` for every built-in type, and the typmods of ``typmods``."""
     plain = conn.execute(
         "SELECT oid::int, -1, format_type(oid, -1) FROM pg_type WHERE oid < 16384"
@@ -504,7 +448,7 @@ def builtin_types(conn: Any) -> list[list[Any]]:
     return [[int(o), int(t), str(n)] for o, t, n in [*plain, *modified]]
 
 
-def peek(conn: Any, slot: str, options: list[tuple[str, str]]) -> list[tuple[str, int, str]]:
+def peek(conn: Connection, slot: str, options: list[tuple[str, str]]) -> list[tuple[str, int, str]]:
     flat = [item for pair in options for item in pair]
     rows = conn.execute(
         "SELECT lsn::text, xid::text::bigint, encode(data, 'hex')"
@@ -562,16 +506,14 @@ def record(out: Path) -> None:
             for statement in SETUP.split(";\n"):
                 conn.execute(statement)
             conn.execute(SCHEMA)
-            old_recreated = int(
-                conn.execute("SELECT 'recreated'::regclass::oid::bigint").fetchone()[0]
-            )
+            old_recreated = int(one(conn, "SELECT 'recreated'::regclass::oid::bigint")[0])
             steps = [run_step(conn, step, n) for n, step in enumerate(WORKLOAD, 1)]
             steps += run_interleaved(conn, other)
             reads = {name: peek(conn, slot, options) for name, (slot, options) in READS.items()}
             tables = {name: table_contents(conn, name, key) for name, key in TABLES.items()}
             typmods = table_contents(conn, "typmods", ("a",))["columns"]
             types = builtin_types(conn)
-            (version,) = conn.execute("SELECT version()").fetchone()
+            (version,) = one(conn, "SELECT version()")
     for name, rows in reads.items():
         check_coverage(name, rows)
     out.mkdir(parents=True, exist_ok=True)

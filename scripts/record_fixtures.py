@@ -23,12 +23,22 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from psycopg import sql
 from recording import Step, render_steps, run_steps, table_contents
+from workload import (
+    POSITIONS_ROWS,
+    POSITIONS_TABLE,
+    POSITIONS_UPDATES,
+    documents_table,
+    long_text_function,
+    toast_delete,
+    toast_inserts,
+    toast_rewrite,
+    toast_untouched,
+)
 
-from walrecover.db import SESSION_SETTINGS, connect
+from walrecover.db import SESSION_SETTINGS, Connection, connect, one
 from walrecover.drill.cluster import Cluster
 from walrecover.stream.decoders.wal2json import server_options
 
@@ -37,10 +47,8 @@ DEFAULT_OUT = ROOT / "fixtures" / "wal2json"
 DATABASE = "fixtures"
 SLOT = "fixtures_wal2json"
 
-SCHEMA = """\
--- Incompressible text > 8 kB, so it is TOASTed out of line: 300 md5 digests, 9,600 characters.
-CREATE FUNCTION long_text(seed text) RETURNS text LANGUAGE sql IMMUTABLE
-    AS $$ SELECT string_agg(md5(seed || i), '') FROM generate_series(1, 300) AS i $$;
+SCHEMA = f"""\
+{long_text_function(300, "Incompressible text > 8 kB, so it is TOASTed out of line")}
 CREATE TABLE accounts (
     id         bigint PRIMARY KEY,
     balance    numeric(20,8) NOT NULL,
@@ -55,18 +63,8 @@ CREATE TABLE accounts (
     opened_at  timestamptz,
     score      double precision
 );
-CREATE TABLE documents (
-    id       integer PRIMARY KEY,
-    title    text NOT NULL,
-    body     text,
-    revision integer NOT NULL
-);
-CREATE TABLE positions (
-    account_id bigint,
-    currency   text,
-    quantity   numeric(12,2) NOT NULL,
-    PRIMARY KEY (account_id, currency)
-);
+{documents_table("documents")}
+{POSITIONS_TABLE}
 CREATE TABLE audit_log (
     event  text NOT NULL,
     amount numeric(20,8),
@@ -111,35 +109,22 @@ WORKLOAD: tuple[Step, ...] = (
     ),
     Step(
         "documents: TOASTed body (> 8 kB, incompressible)",
-        (
-            "INSERT INTO documents VALUES (1, 'first', long_text('a'), 1)",
-            "INSERT INTO documents VALUES (2, 'second', long_text('b'), 1)",
-            "INSERT INTO documents VALUES (3, 'third', long_text('c'), 1)",
-        ),
+        toast_inserts("documents"),
     ),
     Step(
         "documents: updates that leave the TOASTed body alone (wal2json omits it)",
-        (
-            "UPDATE documents SET revision = revision + 1, title = 'first, retitled' WHERE id = 1",
-            "UPDATE documents SET id = 22, revision = 2 WHERE id = 2",
-        ),
+        toast_untouched("documents"),
     ),
     Step(
         "documents: an update that rewrites the body, then one that does not",
-        (
-            "UPDATE documents SET body = long_text('c2'), revision = 2 WHERE id = 3",
-            "UPDATE documents SET revision = 3 WHERE id = 3",
-        ),
+        toast_rewrite("documents"),
     ),
-    Step("documents: delete", ("DELETE FROM documents WHERE id = 1",)),
+    Step("documents: delete", (toast_delete("documents"),)),
     Step(
         "positions: composite key",
         (
-            "INSERT INTO positions VALUES (1, 'EUR', 100.50), (1, 'USD', 2.25), (20, 'EUR', 7.00), "
-            "(3, 'Zł', 0.01)",
-            "UPDATE positions SET quantity = quantity - 0.25 WHERE account_id = 1 "
-            "AND currency = 'USD'",
-            "UPDATE positions SET currency = 'CHF' WHERE account_id = 20 AND currency = 'EUR'",
+            POSITIONS_ROWS + ", (3, 'Zł', 0.01)",
+            *POSITIONS_UPDATES,
         ),
     ),
     Step(
@@ -216,7 +201,7 @@ def render_workload() -> str:
     return render_steps(header, SCHEMA, WORKLOAD)
 
 
-def run_workload(conn: Any) -> tuple[list[int], list[int]]:
+def run_workload(conn: Connection) -> tuple[list[int], list[int]]:
     """Run every step; return (committed xids, aborted xids)."""
     return run_steps(conn, WORKLOAD)
 
@@ -256,7 +241,7 @@ def record(out: Path) -> None:
                 (SLOT, flat),
             ).fetchall()
             tables = {name: table_contents(conn, name, key) for name, key in TABLES.items()}
-            (version,) = conn.execute("SELECT version()").fetchone()
+            (version,) = one(conn, "SELECT version()")
     decoded_xids = {int(xid) for _, xid, _ in rows}
     missing = [xid for xid in committed if xid not in decoded_xids]
     if missing:

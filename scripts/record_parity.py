@@ -42,13 +42,27 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from psycopg import sql
+from recording import Step
+from workload import (
+    BIG_ABORTED,
+    BIG_STREAMED,
+    RECREATE,
+    bulk,
+    documents_table,
+    ending,
+    long_text_function,
+    toast_delete,
+    toast_inserts,
+    toast_rewrite,
+    toast_untouched,
+)
 
-from walrecover.db import SESSION_SETTINGS, connect
+from walrecover.db import SESSION_SETTINGS, Connection, connect, one
 from walrecover.drill.cluster import Cluster, find_installation
 from walrecover.stream.decoders import plugin_options
 
@@ -106,12 +120,10 @@ CAPTURES: dict[str, Read] = {
     "pgoutput_v3": Read("pgoutput", PGOUTPUT_V3, "capture_pgoutput_v3", two_phase=True),
 }
 
-SCHEMA = """\
+SCHEMA = f"""\
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy', 'it''s "complicated"');
 CREATE DOMAIN amount AS numeric(12,2) CHECK (VALUE > -1000000);
--- Incompressible text > 8 kB, stored out of line: 300 md5 digests, 9,600 characters.
-CREATE FUNCTION long_text(seed text) RETURNS text LANGUAGE sql IMMUTABLE
-    AS $$ SELECT string_agg(md5(seed || i), '') FROM generate_series(1, 300) AS i $$;
+{long_text_function(300, "Incompressible text > 8 kB, stored out of line")}
 CREATE TABLE kinds (
     id   integer PRIMARY KEY,
     i2   smallint,
@@ -141,12 +153,7 @@ CREATE TABLE kinds (
     am   amount,
     g    numeric GENERATED ALWAYS AS (n_c * 2) STORED
 );
-CREATE TABLE documents (
-    id       integer PRIMARY KEY,
-    title    text NOT NULL,
-    body     text,
-    revision integer NOT NULL
-);
+{documents_table("documents")}
 ALTER TABLE documents ALTER COLUMN body SET STORAGE EXTERNAL;
 CREATE TABLE fullrows (id integer NOT NULL, label text, amount numeric(12,2));
 ALTER TABLE fullrows REPLICA IDENTITY FULL;
@@ -193,25 +200,6 @@ KINDS_ROW_4 = (
 )
 
 
-def _bulk(first: int, count: int, note: str) -> str:
-    """Insert ``count`` rows into ``big`` from id ``first`` (constants of this script only)."""
-    last = first + count - 1
-    return (
-        f"INSERT INTO big SELECT i, '{note} ' || i"  # noqa: S608
-        f" FROM generate_series({first}, {last}) AS i"
-    )
-
-
-@dataclass(frozen=True)
-class Step:
-    """One transaction of the workload and how it ends."""
-
-    label: str
-    statements: tuple[str, ...]
-    #: commit, rollback, prepare-commit (PREPARE then COMMIT PREPARED), prepare-rollback.
-    outcome: str = "commit"
-
-
 WORKLOAD: tuple[Step, ...] = (
     Step(
         "kinds: every type, NULLs in every column, NaN, Infinity, awkward text",
@@ -228,26 +216,15 @@ WORKLOAD: tuple[Step, ...] = (
     ),
     Step(
         "documents: TOASTed bodies (> 8 kB, incompressible)",
-        (
-            "INSERT INTO documents VALUES (1, 'first', long_text('a'), 1)",
-            "INSERT INTO documents VALUES (2, 'second', long_text('b'), 1)",
-            "INSERT INTO documents VALUES (3, 'third', long_text('c'), 1)",
-        ),
+        toast_inserts("documents"),
     ),
     Step(
         "documents: updates that leave the TOASTed body alone, one changing the key",
-        (
-            "UPDATE documents SET revision = revision + 1, title = 'first, retitled' WHERE id = 1",
-            "UPDATE documents SET id = 22, revision = 2 WHERE id = 2",
-        ),
+        toast_untouched("documents"),
     ),
     Step(
         "documents: rewrite a body, then leave it alone, then delete another",
-        (
-            "UPDATE documents SET body = long_text('c2'), revision = 2 WHERE id = 3",
-            "UPDATE documents SET revision = 3 WHERE id = 3",
-            "DELETE FROM documents WHERE id = 1",
-        ),
+        (*toast_rewrite("documents"), toast_delete("documents")),
     ),
     Step(
         "fullrows: REPLICA IDENTITY FULL without a primary key, NULLs in old rows",
@@ -297,30 +274,13 @@ WORKLOAD: tuple[Step, ...] = (
         "recreated: rows in the first table",
         ("INSERT INTO recreated VALUES (1, 'old'), (2, 'old too')",),
     ),
-    Step(
-        "recreated: dropped and created again under the same name",
-        (
-            "DROP TABLE recreated",
-            "CREATE TABLE recreated (id integer PRIMARY KEY, v text, extra integer)",
-        ),
-    ),
+    RECREATE,
     Step(
         "recreated: rows in the second table",
         ("INSERT INTO recreated VALUES (1, 'new', 10), (3, 'new too', 30)",),
     ),
-    Step(
-        "big: streamed, with a streamed subtransaction rolled back",
-        (
-            _bulk(1, 500, "streamed"),
-            "SAVEPOINT sub",
-            _bulk(501, 400, "rolled back sub"),
-            "ROLLBACK TO SAVEPOINT sub",
-            _bulk(1001, 400, "after sub"),
-            "UPDATE big SET note = note || ' (updated)' WHERE id % 100 = 0",
-            "DELETE FROM big WHERE id % 100 = 1",
-        ),
-    ),
-    Step("big: streamed, then aborted", (_bulk(5001, 600, "aborted big"),), outcome="rollback"),
+    BIG_STREAMED,
+    BIG_ABORTED,
     Step(
         "a prepared transaction, committed",
         (
@@ -339,7 +299,7 @@ WORKLOAD: tuple[Step, ...] = (
     ),
     Step(
         "big: prepared and streamed, committed",
-        (_bulk(2001, 500, "prepared big"),),
+        (bulk(2001, 500, "prepared big"),),
         outcome="prepare-commit",
     ),
     Step(
@@ -359,16 +319,7 @@ TABLES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _ending(outcome: str, gid: str) -> list[str]:
-    if outcome == "commit":
-        return ["COMMIT"]
-    if outcome == "rollback":
-        return ["ROLLBACK"]
-    finish = "COMMIT PREPARED" if outcome == "prepare-commit" else "ROLLBACK PREPARED"
-    return [f"PREPARE TRANSACTION '{gid}'", f"{finish} '{gid}'"]
-
-
-def run_workload(conn: Any) -> list[dict[str, Any]]:
+def run_workload(conn: Connection) -> list[dict[str, Any]]:
     """Run every step on an autocommit connection; return each step's label, xid, outcome."""
     steps = []
     for number, step in enumerate(WORKLOAD, 1):
@@ -379,13 +330,13 @@ def run_workload(conn: Any) -> list[dict[str, Any]]:
             cur.execute("SELECT pg_current_xact_id()::text::bigint")
             row = cur.fetchone()
             assert row is not None
-            for statement in _ending(step.outcome, f"parity_{number}"):
+            for statement in ending(step.outcome, f"parity_{number}"):
                 cur.execute(statement)
         steps.append({"label": step.label, "xid": int(row[0]), "outcome": step.outcome})
     return steps
 
 
-def table_contents(conn: Any, table: str, order: tuple[str, ...]) -> dict[str, Any]:
+def table_contents(conn: Connection, table: str, order: tuple[str, ...]) -> dict[str, Any]:
     """Columns ``[name, format_type, generated]``, relation id, and rows as COPY text."""
     columns = [
         [str(name), str(type_name), bool(generated)]
@@ -406,9 +357,9 @@ def table_contents(conn: Any, table: str, order: tuple[str, ...]) -> dict[str, A
             (table,),
         )
     ]
-    (identity,) = conn.execute(
-        "SELECT relreplident::text FROM pg_class WHERE oid = %s::regclass", (table,)
-    ).fetchone()
+    (identity,) = one(
+        conn, "SELECT relreplident::text FROM pg_class WHERE oid = %s::regclass", (table,)
+    )
     query = sql.SQL("COPY (SELECT * FROM {} ORDER BY {}) TO STDOUT").format(
         sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, order))
     )
@@ -417,7 +368,7 @@ def table_contents(conn: Any, table: str, order: tuple[str, ...]) -> dict[str, A
         # Without set_types, COPY rows come back as the server's text, unescaped, None for NULL.
         for row in copy.rows():
             rows.append([None if value is None else str(value) for value in row])
-    (oid,) = conn.execute("SELECT %s::regclass::oid::bigint", (table,)).fetchone()
+    (oid,) = one(conn, "SELECT %s::regclass::oid::bigint", (table,))
     return {
         "relation_id": int(oid),
         "columns": columns,
@@ -428,7 +379,7 @@ def table_contents(conn: Any, table: str, order: tuple[str, ...]) -> dict[str, A
     }
 
 
-def peek(conn: Any, read: Read) -> list[dict[str, Any]]:
+def peek(conn: Connection, read: Read) -> list[dict[str, Any]]:
     """Every row the slot holds, read with walrecover's options (peeking never moves it)."""
     flat = [item for pair in read.options() for item in pair]
     if read.plugin == "pgoutput":
@@ -484,7 +435,7 @@ def writable_dir(cluster: Cluster) -> Path:
     return directory
 
 
-def create_slots(conn: Any, reads: dict[str, Read]) -> None:
+def create_slots(conn: Connection, reads: dict[str, Read]) -> None:
     for read in {r.slot: r for r in reads.values()}.values():
         conn.execute(
             "SELECT pg_create_logical_replication_slot(%s, %s, false, %s)",
@@ -565,14 +516,12 @@ def record(out: Path) -> None:
                 create_slots(conn, READS)
                 create_slots(conn, CAPTURES)
                 conn.execute(SCHEMA)
-                (old_recreated,) = conn.execute(
-                    "SELECT 'recreated'::regclass::oid::bigint"
-                ).fetchone()
+                (old_recreated,) = one(conn, "SELECT 'recreated'::regclass::oid::bigint")
                 steps = run_workload(conn)
-                (endpos,) = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+                (endpos,) = one(conn, "SELECT pg_current_wal_insert_lsn()::text")
                 reads = {name: peek(conn, read) for name, read in READS.items()}
                 tables = {name: table_contents(conn, name, order) for name, order in TABLES.items()}
-                (version,) = conn.execute("SELECT version()").fetchone()
+                (version,) = one(conn, "SELECT version()")
             captures: dict[str, bytes] = {}
             for name, read in CAPTURES.items():
                 path = capture_dir / f"{name}.out"
@@ -604,7 +553,10 @@ def write(
     (out / "captures").mkdir(parents=True, exist_ok=True)
     workload = {
         "schema": SCHEMA,
-        "steps": [asdict(step) for step in WORKLOAD],
+        "steps": [
+            {"label": s.label, "statements": list(s.statements), "outcome": s.outcome}
+            for s in WORKLOAD
+        ],
         "publication": PUBLICATION,
         "cluster_settings": SETTINGS,
     }
@@ -612,41 +564,18 @@ def write(
         json.dumps(workload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     for name, rows in reads.items():
-        # mtime=0: re-recording the same bytes gives the same file.
-        with (
-            open(out / "reads" / f"{name}.jsonl.gz", "wb") as raw,
-            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as fh,
-        ):
-            for row in rows:
-                fh.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        lines = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in rows)
+        _write_gzip(out / "reads" / f"{name}.jsonl.gz", lines)
     for name, data in captures.items():
-        with (
-            open(out / "captures" / f"{name}.gz", "wb") as raw,
-            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as fh,
-        ):
-            fh.write(data)
-
-    def described(group: dict[str, Read], folder: str, suffix: str) -> dict[str, Any]:
-        return {
-            name: {
-                "plugin": read.plugin,
-                "slot": read.slot,
-                "two_phase": read.two_phase,
-                "user_options": read.user_options,
-                "options": [list(pair) for pair in read.options()],
-                "file": f"{folder}/{name}{suffix}",
-            }
-            for name, read in group.items()
-        }
-
+        _write_gzip(out / "captures" / f"{name}.gz", data)
     expected = {
         "server_version": version,
         "cluster_settings": SETTINGS,
         "session": SESSION_SETTINGS,
         "publication": PUBLICATION,
         "capture_endpos": endpos,
-        "reads": described(READS, "reads", ".jsonl.gz"),
-        "captures": described(CAPTURES, "captures", ".gz"),
+        "reads": _described(READS, "reads", ".jsonl.gz"),
+        "captures": _described(CAPTURES, "captures", ".gz"),
         "steps": steps,
         "dropped_relation_ids": {"public.recreated": old_recreated},
         "tables": {f"public.{name}": contents for name, contents in tables.items()},
@@ -657,6 +586,30 @@ def write(
     print(f"recorded {out} ({size:,} bytes); rows per read: {counts}", file=sys.stderr)
     if size > MAX_BYTES:
         raise SystemExit(f"{out} is {size:,} bytes: keep it under {MAX_BYTES:,}")
+
+
+def _write_gzip(path: Path, data: bytes) -> None:
+    """``data`` gzipped into ``path``; mtime=0: re-recording the same bytes gives the same file."""
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as fh,
+    ):
+        fh.write(data)
+
+
+def _described(group: dict[str, Read], folder: str, suffix: str) -> dict[str, Any]:
+    """How each read or capture was made, and its file."""
+    return {
+        name: {
+            "plugin": read.plugin,
+            "slot": read.slot,
+            "two_phase": read.two_phase,
+            "user_options": read.user_options,
+            "options": [list(pair) for pair in read.options()],
+            "file": f"{folder}/{name}{suffix}",
+        }
+        for name, read in group.items()
+    }
 
 
 def main() -> None:

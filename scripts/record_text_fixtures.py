@@ -44,8 +44,19 @@ from typing import Any
 
 from psycopg import sql
 from recording import Step, render_steps, run_steps, table_contents
+from workload import (
+    POSITIONS_ROWS,
+    POSITIONS_TABLE,
+    POSITIONS_UPDATES,
+    documents_table,
+    long_text_function,
+    toast_delete,
+    toast_inserts,
+    toast_rewrite,
+    toast_untouched,
+)
 
-from walrecover.db import SESSION_SETTINGS, connect
+from walrecover.db import SESSION_SETTINGS, Connection, connect, one
 from walrecover.drill.cluster import Cluster
 from walrecover.stream.decoders import testdecoding, wal2json_v1
 
@@ -59,10 +70,8 @@ SLOTS = {
     "capture_wal2json": "wal2json",
 }
 
-SCHEMA = """\
--- Incompressible text stored out of line (STORAGE EXTERNAL): 120 md5 digests, 3,840 characters.
-CREATE FUNCTION long_text(seed text) RETURNS text LANGUAGE sql IMMUTABLE
-    AS $$ SELECT string_agg(md5(seed || i), '') FROM generate_series(1, 120) AS i $$;
+SCHEMA = f"""\
+{long_text_function(120, "Incompressible text stored out of line (STORAGE EXTERNAL)")}
 CREATE TYPE mood AS ENUM ('happy', 'sad', 'it''s "complicated"');
 CREATE DOMAIN positive_amount AS numeric(12,2) CHECK (VALUE > 0);
 CREATE TABLE kinds (
@@ -96,19 +105,9 @@ CREATE TABLE kinds (
     varbits   bit varying(8),
     doubled   bigint GENERATED ALWAYS AS (big * 2) STORED
 );
-CREATE TABLE docs (
-    id       integer PRIMARY KEY,
-    title    text NOT NULL,
-    body     text,
-    revision integer NOT NULL
-);
+{documents_table("docs")}
 ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
-CREATE TABLE positions (
-    account_id bigint,
-    currency   text,
-    quantity   numeric(12,2) NOT NULL,
-    PRIMARY KEY (account_id, currency)
-);
+{POSITIONS_TABLE}
 CREATE TABLE staging (id integer PRIMARY KEY, note text);
 CREATE TABLE scratch (id serial PRIMARY KEY, note text);
 CREATE SCHEMA "My Schema";
@@ -179,35 +178,22 @@ WORKLOAD: tuple[Step, ...] = (
     Step("kinds: change a primary key", ("UPDATE kinds SET id = 20, small = 7 WHERE id = 2",)),
     Step(
         "docs: TOASTed bodies",
-        (
-            "INSERT INTO docs VALUES (1, 'first', long_text('a'), 1)",
-            "INSERT INTO docs VALUES (2, 'second', long_text('b'), 1)",
-            "INSERT INTO docs VALUES (3, 'third', long_text('c'), 1)",
-        ),
+        toast_inserts("docs"),
     ),
     Step(
         "docs: updates that leave the TOASTed body alone (unchanged-toast-datum)",
-        (
-            "UPDATE docs SET revision = revision + 1, title = 'first, retitled' WHERE id = 1",
-            "UPDATE docs SET id = 22, revision = 2 WHERE id = 2",
-        ),
+        toast_untouched("docs"),
     ),
     Step(
         "docs: an update that rewrites the body, then one that does not",
-        (
-            "UPDATE docs SET body = long_text('c2'), revision = 2 WHERE id = 3",
-            "UPDATE docs SET revision = 3 WHERE id = 3",
-        ),
+        toast_rewrite("docs"),
     ),
-    Step("docs: delete", ("DELETE FROM docs WHERE id = 1",)),
+    Step("docs: delete", (toast_delete("docs"),)),
     Step(
         "positions: composite key, an update of the key",
         (
-            "INSERT INTO positions VALUES (1, 'EUR', 100.50), (1, 'USD', 2.25), (20, 'EUR', 7.00),"
-            " (3, 'Zł', 0.01)",
-            "UPDATE positions SET quantity = quantity - 0.25 WHERE account_id = 1"
-            " AND currency = 'USD'",
-            "UPDATE positions SET currency = 'CHF' WHERE account_id = 20 AND currency = 'EUR'",
+            POSITIONS_ROWS + ", (3, 'Zł', 0.01)",
+            *POSITIONS_UPDATES,
         ),
     ),
     Step(
@@ -307,12 +293,12 @@ def render_workload() -> str:
     return render_steps(header, SCHEMA, WORKLOAD)
 
 
-def run_workload(conn: Any) -> tuple[list[int], list[int]]:
+def run_workload(conn: Connection) -> tuple[list[int], list[int]]:
     """Run every step; return (committed xids, aborted xids)."""
     return run_steps(conn, WORKLOAD)
 
 
-def peek(conn: Any, slot: str, options: list[tuple[str, str]]) -> list[dict[str, Any]]:
+def peek(conn: Connection, slot: str, options: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """Every row the slot holds, decoded with ``options`` (peeking never moves the slot)."""
     flat = [item for pair in options for item in pair]
     rows = conn.execute(
@@ -361,12 +347,12 @@ def record(out: Path) -> None:
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (slot, plugin))
             conn.execute(SCHEMA)
             committed, aborted = run_workload(conn)
-            (endpos,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            (endpos,) = one(conn, "SELECT pg_current_wal_lsn()::text")
             td_rows = peek(conn, "peek_test_decoding", td_options)
             v1_rows = peek(conn, "peek_wal2json", v1_options)
             v1_pretty = peek(conn, "peek_wal2json", pretty)
             tables = {name: table_contents(conn, name, key) for name, key in TABLES.items()}
-            (version,) = conn.execute("SELECT version()").fetchone()
+            (version,) = one(conn, "SELECT version()")
         capture(cluster, "capture_test_decoding", td_options, endpos, td_dir / "capture.txt")
         capture(cluster, "capture_wal2json", pretty, endpos, v1_dir / "capture.txt")
     workload_sql = render_workload() + "\n"

@@ -13,6 +13,8 @@ from typing import Any
 
 from psycopg import sql
 
+from walrecover.db import Connection
+
 
 @dataclass(frozen=True)
 class Step:
@@ -20,8 +22,10 @@ class Step:
 
     label: str
     statements: tuple[str, ...]
-    #: "commit", or "rollback" for a transaction that aborts.
+    #: commit, rollback, prepare-commit (PREPARE then COMMIT PREPARED), prepare-rollback.
     outcome: str = "commit"
+    #: Run with a replication origin set up, so pgoutput sends an Origin message.
+    origin: bool = False
 
 
 def render_steps(header: Iterable[str], schema: str, steps: Sequence[Step]) -> str:
@@ -36,7 +40,7 @@ def render_steps(header: Iterable[str], schema: str, steps: Sequence[Step]) -> s
     return "\n".join(lines)
 
 
-def run_steps(conn: Any, steps: Sequence[Step]) -> tuple[list[int], list[int]]:
+def run_steps(conn: Connection, steps: Sequence[Step]) -> tuple[list[int], list[int]]:
     """Run every step, each in its own transaction; return (committed xids, aborted xids)."""
     committed: list[int] = []
     aborted: list[int] = []
@@ -58,7 +62,7 @@ def run_steps(conn: Any, steps: Sequence[Step]) -> tuple[list[int], list[int]]:
     return committed, aborted
 
 
-def table_contents(conn: Any, table: str, key: tuple[str, ...]) -> dict[str, Any]:
+def table_contents(conn: Connection, table: str, key: tuple[str, ...]) -> dict[str, Any]:
     """Columns and rows of ``table`` (``name`` or ``schema.name``) as output-function text
     (None for NULL), ordered by ``key`` (by every column when the table has none)."""
     schema, dot, name = table.partition(".")

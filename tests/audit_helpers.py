@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from walrecover.audit.writer import AuditWriter
-from walrecover.rebuild.replay import AppliedChange, Outcome
+from walrecover.rebuild.replay import AppliedChange
 from walrecover.stream.lsn import Lsn
-from walrecover.stream.model import Change, Column, Op, Relation
+from walrecover.stream.model import Change, Column, Op, Outcome, Relation
 
 LEDGER = Relation(
     "public",

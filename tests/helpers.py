@@ -71,6 +71,8 @@ class Database:
             for r in self.execute(
                 "SELECT slot_name::text FROM pg_replication_slots"
                 " WHERE slot_name LIKE 'walrecover\\_%'"
+                # walrecover protect's recovery points are kept on purpose.
+                " AND slot_name NOT LIKE 'walrecover\\_protect\\_%'"
             )
         ]
 

@@ -54,15 +54,20 @@ from psycopg.adapt import Transformer
 from psycopg.pq import Format
 
 import walrecover
+import walrecover.audit.finalise
+import walrecover.audit.format
+import walrecover.audit.outputs
 import walrecover.audit.writer
+from walrecover.audit.format import CHAIN_SEED, DATASET_MANIFEST
 from walrecover.audit.pgarrow import parse_array, parse_interval
+from walrecover.audit.reader import read_metadata
 from walrecover.audit.verify import verify_audit
-from walrecover.audit.writer import CHAIN_SEED, DATASET_MANIFEST, AuditWriter, read_metadata
+from walrecover.audit.writer import AuditWriter
 from walrecover.drill.cluster import Cluster
 from walrecover.errors import AuditError, StopPointError
 from walrecover.ledger.reconcile import audit_totals
 from walrecover.rebuild.recover import recover
-from walrecover.rebuild.replay import AppliedChange, Outcome
+from walrecover.rebuild.replay import AppliedChange
 from walrecover.stream.decoders import decode_all, make_decoder
 from walrecover.stream.lsn import Lsn
 from walrecover.stream.model import (
@@ -71,6 +76,7 @@ from walrecover.stream.model import (
     Column,
     Commit,
     Op,
+    Outcome,
     RawMessage,
     Relation,
     StopPoint,
@@ -498,7 +504,7 @@ def test_audit_schema_follows_every_fixture_column_type(
 ) -> None:
     audits = fixture_audits("pgoutput", str(tmp_path_factory.mktemp("pgoutput-schema")))
     for relation, _ in audits.values():
-        schema = walrecover.audit.writer.audit_schema(relation)
+        schema = walrecover.audit.format.audit_schema(relation)
         for column in relation.columns:
             assert schema.field(f"new_{column.name}").type == expected_arrow(column.type_name)
 
@@ -855,7 +861,9 @@ def test_manifest_carries_the_checksum_and_the_chain_head(db: Database, tmp_path
 def test_large_audit_is_written_in_several_row_groups(
     db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(walrecover.audit.writer, "ROW_GROUP_ROWS", 10)
+    # Each module that sizes row groups or batches by it (they import it from the format).
+    for module in (walrecover.audit.writer, walrecover.audit.finalise, walrecover.audit.outputs):
+        monkeypatch.setattr(module, "ROW_GROUP_ROWS", 10)
     db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
     db.create_slot()
     run_script(
@@ -894,7 +902,7 @@ def test_rows_are_hashed_in_a_chain(db: Database, tmp_path: Path) -> None:
         content = json.dumps(
             [
                 row[c].isoformat() if isinstance(row[c], datetime) else row[c]
-                for c in walrecover.audit.writer.HASHED
+                for c in walrecover.audit.format.HASHED
             ],
             ensure_ascii=False,
             separators=(",", ":"),
@@ -943,7 +951,7 @@ def test_dataset_partitions_by_commit_date_in_seq_order(
 ) -> None:
     """Commit times cross midnight (and step back once, as concurrent commits can); one has
     no commit time; files hold runs of consecutive seqs, at most DATASET_FILE_ROWS each."""
-    monkeypatch.setattr(walrecover.audit.writer, "DATASET_FILE_ROWS", 2)
+    monkeypatch.setattr(walrecover.audit.outputs, "DATASET_FILE_ROWS", 2)
     day = datetime(2024, 5, 1, 23, 59, 59, tzinfo=UTC)
     times: list[datetime | None] = [day, day, day + timedelta(seconds=2), day, None,
                                     day + timedelta(days=1), day + timedelta(days=1)]  # fmt: skip

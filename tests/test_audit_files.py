@@ -22,8 +22,10 @@ from click.testing import Result
 from helpers import Database, cli, source_untouched, stderr_lines, stop_workload, table_exists
 
 from walrecover.audit import safefiles
+from walrecover.audit.format import DATASET_MANIFEST
 from walrecover.audit.verify import verify_audit
-from walrecover.audit.writer import DATASET_MANIFEST, RUN_FILE, AuditWriter
+from walrecover.audit.workspace import RUN_FILE
+from walrecover.audit.writer import AuditWriter
 from walrecover.errors import AuditError
 
 VICTIM = b"the user's own bytes\n"
@@ -280,7 +282,7 @@ def _killed_while_publishing(path: Path, *, partitioned: bool = False) -> AuditW
     writer.start(None, resuming=False)
     writer.write(applied)
     writer.commit(applied[-1].commit_lsn)
-    writer._write_run(publishing=True)
+    writer.dest.write_run(publishing=True)
     if partitioned:
         (path.with_name(path.name + ".partial") / "commit_date=2024-05-01").mkdir(parents=True)
         (

@@ -23,9 +23,12 @@ import pytest
 from audit_helpers import ledger_stream, write_audit
 from helpers import Database, cli, drop_with_truth, recover_table, run_script, stderr_lines
 
-import walrecover.audit.writer
+import walrecover.audit.format
+import walrecover.audit.outputs
+import walrecover.audit.verify
+from walrecover.audit.format import DATASET_MANIFEST, hash_rows, manifest_path
+from walrecover.audit.reader import read_metadata
 from walrecover.audit.verify import verify_audit
-from walrecover.audit.writer import DATASET_MANIFEST, hash_rows, manifest_path
 from walrecover.drill.cluster import Cluster
 from walrecover.errors import AuditError
 
@@ -97,7 +100,7 @@ def take(table: pa.Table, rows: list[int]) -> pa.Table:
 
 def rehash_row(table: pa.Table, row: int) -> pa.Table:
     """Fix the row's own hash after an edit (the chain still betrays it)."""
-    hashes, _, _ = hash_rows(table.slice(row, 1), walrecover.audit.writer.CHAIN_SEED)
+    hashes, _, _ = hash_rows(table.slice(row, 1), walrecover.audit.format.CHAIN_SEED)
     return set_cell(table, "row_hash", row, hashes[0])
 
 
@@ -131,7 +134,7 @@ def test_a_fresh_audit_verifies(pristine: Path) -> None:
 
     assert result.ok, result.problems
     assert (result.rows, result.files, result.bad_rows, result.first_bad_row) == (ROWS, 1, 0, None)
-    assert result.chain_head == walrecover.audit.writer.read_metadata(pristine)["chain_head"]
+    assert result.chain_head == read_metadata(pristine)["chain_head"]
     assert "manifest" in result.checked
     command = cli("audit", "verify", str(pristine), "--chain-head", result.chain_head or "")
     assert command.exit_code == 0, command.output
@@ -185,7 +188,7 @@ def test_a_consistent_forgery_is_caught_by_the_manifest_or_the_recorded_chain_he
     table = edit_text(pq.read_table(path))
     table = set_cell(table, "new_amount", 3, Decimal("4.26"))
     table = table.drop_columns(["row_hash", "chain_hash"])
-    row_hashes, chain_hashes, forged = hash_rows(table, walrecover.audit.writer.CHAIN_SEED)
+    row_hashes, chain_hashes, forged = hash_rows(table, walrecover.audit.format.CHAIN_SEED)
     table = table.append_column("row_hash", pa.array(row_hashes))
     table = table.append_column("chain_hash", pa.array(chain_hashes))
     meta = file_metadata(path)
@@ -247,7 +250,7 @@ def test_verify_usage_and_errors(
 @pytest.fixture
 def dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A dataset of 20 changes over four commit dates, at most 3 rows a file."""
-    monkeypatch.setattr(walrecover.audit.writer, "DATASET_FILE_ROWS", 3)
+    monkeypatch.setattr(walrecover.audit.outputs, "DATASET_FILE_ROWS", 3)
     directory = tmp_path / "audit"
     write_audit(directory, ledger_stream(20), partitioned=True)
     return directory
@@ -317,7 +320,7 @@ def test_an_extra_file_in_the_dataset_is_found(dataset: Path) -> None:
 
 def test_verify_reads_one_batch_at_a_time(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Small batches give the same answer: nothing depends on holding the file whole."""
-    monkeypatch.setattr(walrecover.audit.writer, "VERIFY_BATCH_ROWS", 2)
+    monkeypatch.setattr(walrecover.audit.verify, "VERIFY_BATCH_ROWS", 2)
     assert verify_audit(dataset).ok
     entry = entries(dataset)[1]
     rewrite(dataset / str(entry["path"]), lambda t: set_cell(t, "xid", 0, 1))

@@ -15,6 +15,7 @@ import pytest
 from click.testing import Result
 from helpers import (
     PASSWORD,
+    ROOT,
     SLOT,
     Database,
     cli,
@@ -28,7 +29,7 @@ from helpers import (
 )
 from psycopg.conninfo import make_conninfo
 
-from walrecover.audit.writer import read_metadata
+from walrecover.audit.reader import read_metadata
 from walrecover.drill.cluster import find_installation
 from walrecover.stream.lsn import Lsn
 
@@ -466,3 +467,10 @@ def test_rehearse_with_wal2json_missing_names_the_package(
         f"{real.major} (no wal2json.so in {tmp_path / '15' / 'lib'}): install the package "
         f"{package} (sudo apt-get install {package}), or use pgoutput, which is built in"
     ]
+
+
+def test_every_exit_code_is_mapped_in_one_place() -> None:
+    """A command prints its result and raises a verdict (``errors.Differences``, ...) or an
+    error; only the group maps them to exit codes, so no command exits by itself."""
+    source = (ROOT / "walrecover" / "cli.py").read_text()
+    assert "sys.exit(" not in source

@@ -40,6 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from walrecover.errors import DecodeError
+from walrecover.stream.decoders import make_decoder
 from walrecover.stream.decoders.pgoutput import (
     UNCHANGED,
     BeginMessage,
@@ -73,6 +74,7 @@ from walrecover.stream.model import (
     Event,
     Op,
     RawMessage,
+    TableName,
     Transaction,
     transactions,
 )
@@ -884,6 +886,69 @@ def test_streamed_transaction_is_emitted_whole_at_its_commit_without_aborted_sub
     begin = after[0]
     assert isinstance(begin, Begin)
     assert (begin.commit_lsn, begin.end_lsn, begin.lsn) == (Lsn(0xA00), Lsn(0xA30), Lsn(0x10))
+
+
+OTHER = relation_msg(16386, [(1, "id", 23, -1)], "other")
+#: An Insert of ``other`` whose tuple does not parse: decoding it is an error.
+UNPARSABLE = b"I" + struct.pack(">I", 16386) + b"N" + b"\xff\xff"
+WANTED = [TableName("public", "accounts")]
+
+
+def test_rows_of_other_tables_are_passed_on_without_their_tuples() -> None:
+    """Given the tables wanted, an Insert, Update or Delete of another table (a FOR ALL TABLES
+    publication carries them all) is read only as far as its relation id: it comes out as a
+    change of that table without images, so a consumer still sees which tables a transaction
+    changed, and its tuple is never decoded."""
+    messages = [
+        begin_msg(0x1000, 42),
+        ACCOUNTS,
+        OTHER,
+        insert_msg(16385, ["1", "10.50"]),
+        UNPARSABLE,
+        update_msg(16386, ["2"], key=["1"]),
+        commit_msg(0x1000, 0x1030),
+    ]
+    decoder = make_decoder("pgoutput", {"proto_version": "1"}, tables=WANTED)
+    assert isinstance(decoder, PgoutputDecoder)
+    events = run(decoder, messages)
+    assert summary(events) == [
+        ("Begin", 42),
+        ("insert", 42, {"id": "1", "balance": "10.50"}),
+        ("insert", 42, None),
+        ("update", 42, None),
+        ("Commit", 42),
+    ]
+    skipped = events[2]
+    assert isinstance(skipped, Change)
+    assert (skipped.relation.name, skipped.relation.relation_id) == ("other", 16386)
+    assert (skipped.old, skipped.lsn) == (None, Lsn(0x50))
+    with pytest.raises(DecodeError, match="column count"):
+        run(PgoutputDecoder(1), messages)  # without the filter every tuple is decoded
+
+
+def test_rows_of_other_tables_in_a_stream_block_are_held_and_aborted_like_the_others() -> None:
+    decoder = PgoutputDecoder(2, tables=WANTED)
+    events = run(
+        decoder,
+        [
+            stream_start(50, True),
+            relation_msg(16385, [(1, "id", 23, -1), (0, "balance", 1700, -1)], "accounts", 50),
+            relation_msg(16386, [(1, "id", 23, -1)], "other", 50),
+            insert_msg(16386, ["7"], xid=50),
+            insert_msg(16385, ["1", "1"], xid=51),
+            insert_msg(16386, ["8"], xid=52),  # subtransaction 52, aborted below
+            STREAM_STOP,
+            stream_abort(50, 52),
+            stream_commit(50, 0xA00, 0xA30),
+        ],
+    )
+    assert summary(events) == [
+        ("Begin", 50),
+        ("insert", 50, None),
+        ("insert", 50, {"id": "1", "balance": "1"}),
+        ("Commit", 50),
+    ]
+    assert [e.relation.name for e in events if isinstance(e, Change)] == ["other", "accounts"]
 
 
 def test_stream_abort_of_the_top_level_drops_everything() -> None:

@@ -29,7 +29,8 @@ from helpers import Database, cli, source_untouched
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from walrecover.audit.writer import manifest_path, read_metadata
+from walrecover.audit.format import manifest_path
+from walrecover.audit.reader import read_metadata
 from walrecover.cli import main
 
 PLUGINS = ("wal2json", "pgoutput", "test_decoding")

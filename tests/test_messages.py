@@ -43,7 +43,7 @@ from helpers import (
 )
 from psycopg.conninfo import make_conninfo
 
-from walrecover.audit.writer import read_metadata
+from walrecover.audit.reader import read_metadata
 from walrecover.db import connect
 from walrecover.drill.cluster import Cluster
 from walrecover.stream.sources import wait_for_flush

@@ -32,7 +32,7 @@ import pytest
 from helpers import ROOT, Database
 from nbclient import NotebookClient
 
-from walrecover.db import connect
+from walrecover.db import connect, one
 from walrecover.drill.cluster import Cluster
 from walrecover.drill.notebook import ParameterError, parameters
 from walrecover.drill.rehearsal import create_bank, run_workload
@@ -142,7 +142,7 @@ def recovered(cluster: Cluster) -> Iterator[Recovered]:
                 "SELECT account_id, (created_at AT TIME ZONE 'UTC')::date::text, sum(amount)::text"
                 " FROM transactions GROUP BY 1, 2 ORDER BY 2, 1"
             ).fetchall()
-            (stop,) = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+            (stop,) = one(conn, "SELECT pg_current_wal_insert_lsn()::text")
             conn.execute(
                 "INSERT INTO transactions (account_id, amount, kind) VALUES (2, 5, 'late')"
             )

@@ -35,7 +35,7 @@ import pytest
 from helpers import FIXTURES, Database
 from psycopg import sql
 
-from walrecover.db import connect
+from walrecover.db import Connection, connect, one
 from walrecover.drill.cluster import Cluster
 from walrecover.errors import ReplayError, WalrecoverError
 from walrecover.rebuild.recover import RecoveryResult, recover, recover_capture
@@ -521,19 +521,21 @@ class Live:
     #: The xid of each workload step on the live database, by label.
     xids: dict[str, int]
 
-    def read(self, query: sql.Composable | str, params: Any = None) -> list[tuple[Any, ...]]:
+    def read(
+        self, query: sql.Composed | sql.SQL | str, params: Any = None
+    ) -> list[tuple[Any, ...]]:
         with connect(self.target.dsn, autocommit=True) as conn:
             return list(conn.execute(query, params).fetchall())
 
 
-def run_workload(conn: Any) -> dict[str, int]:
+def run_workload(conn: Connection) -> dict[str, int]:
     """Run ``workload.json`` exactly as the recorder did; return each step's xid by label."""
     xids = {}
     for number, item in enumerate(workload()["steps"], 1):
         conn.execute("BEGIN")
         for statement in item["statements"]:
             conn.execute(statement)
-        (xid,) = conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()
+        (xid,) = one(conn, "SELECT pg_current_xact_id()::text::bigint")
         xids[item["label"]] = int(xid)
         gid = f"parity_{number}"
         outcome = item["outcome"]
@@ -548,7 +550,7 @@ def run_workload(conn: Any) -> dict[str, int]:
     return xids
 
 
-def copy_rows(conn: Any, query: sql.Composable) -> list[list[str | None]]:
+def copy_rows(conn: Connection, query: sql.Composable) -> list[list[str | None]]:
     rows: list[list[str | None]] = []
     with conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as copy:
         for row in copy.rows():
@@ -793,11 +795,12 @@ def test_recover_through_every_slot_read_builds_identical_tables(live: Live, sou
         read = group("slot")[source]
         flat = [item for pair in read["options"] for item in pair]
         with connect(live.source.dsn, autocommit=True) as conn:
-            (streamed,) = conn.execute(
+            (streamed,) = one(
+                conn,
                 "SELECT count(*) FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL,"
                 " VARIADIC %s::text[]) WHERE get_byte(data, 0) = ascii('S')",
                 (read["slot"], flat),
-            ).fetchone()
+            )
         assert streamed > 0
 
 

@@ -121,6 +121,20 @@ def test_check_names_every_failing_check(db: Database) -> None:
     _nothing_created(db)
 
 
+def test_check_and_recover_refuse_to_build_into_the_table_being_recovered(db: Database) -> None:
+    """One check (preflight.check_into) for the plan and the recovery: the same name in the same
+    database is the table being recovered, never a place to build."""
+    _workload(db)
+    for command in (["check"], ["recover"]):
+        with source_untouched(db):
+            result = cli(*command, *_args(db, "--into", "public.t"))
+        assert result.exit_code == 1, result.stderr
+        assert "--into public.t is the table being recovered: build into a new table" in (
+            result.stderr
+        )
+    _nothing_created(db)
+
+
 def test_bad_ledger_query_is_refused_before_a_row_is_written(db: Database) -> None:
     """Before: the whole replay ran and only then the query failed, leaving a complete table
     that a rerun refused as 'already exists'."""

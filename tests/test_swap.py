@@ -21,8 +21,8 @@ from helpers import Database, cli, differences, source_untouched, stderr_lines, 
 
 from walrecover.drill.cluster import find_installation
 from walrecover.errors import SwapError
+from walrecover.rebuild.ddl_reader import parse_ddl
 from walrecover.rebuild.recover import recover
-from walrecover.rebuild.swap import parse_ddl
 from walrecover.stream.model import TableName
 
 TABLE = TableName("public", "transactions")

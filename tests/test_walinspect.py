@@ -12,11 +12,13 @@ from psycopg.conninfo import make_conninfo
 from walrecover.db import connect
 from walrecover.errors import WalUnavailable
 from walrecover.stream.lsn import Lsn
+from walrecover.stream.sources import wait_for_flush
 from walrecover.stream.walinspect import (
     RelFile,
     WalInspect,
     parse_block_ref,
     parse_commit,
+    parse_relids,
     waldump_command,
 )
 
@@ -90,6 +92,29 @@ def test_reads_drops_files_and_subtransactions(db: Database) -> None:
         record = wal.top_level(sub, start)
         assert record is not None
         assert (record.xid, sub in record.subxacts) == (int(top), True)
+
+
+def test_a_truncate_record_names_the_truncated_tables(db: Database) -> None:
+    """``nrelids 2 relids 16390 16400``: the oids after ``relids``, not the count that
+    ``nrelids`` ends with (truncated_at returned (2,) for any TRUNCATE of two tables, and (1,)
+    for one; the test failed before the fix)."""
+    db.execute("CREATE EXTENSION pg_walinspect")
+    db.execute("CREATE TABLE a (id integer PRIMARY KEY)")
+    db.execute("CREATE TABLE b (id integer PRIMARY KEY)")
+    oids = tuple(db.execute("SELECT 'a'::regclass::oid::int, 'b'::regclass::oid::int")[0])
+    start = Lsn.parse(db.lsn())
+    db.execute("TRUNCATE a")
+    db.execute("TRUNCATE a, b")
+    with connect(db.dsn, autocommit=True) as conn:
+        wal = WalInspect.open(conn)
+        rows = conn.execute(
+            "SELECT start_lsn::text FROM pg_get_wal_records_info(%s, %s)"
+            " WHERE resource_manager = 'Heap' AND record_type = 'TRUNCATE' ORDER BY start_lsn",
+            (str(start), str(wait_for_flush(conn))),
+        ).fetchall()
+        found = [tuple(sorted(wal.truncated_at(Lsn.parse(row[0])))) for row in rows]
+    assert found == [oids[:1], tuple(sorted(oids))]
+    assert parse_relids("nrelids: 2, relids: [16390, 16400]") == (16390, 16400)
 
 
 def test_refuses_clearly_without_the_extension_or_the_privilege(db: Database) -> None:

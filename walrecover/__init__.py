@@ -10,7 +10,8 @@ The library is the product; the ``walrecover`` command is a thin shell over it. 
 
 Everything a user needs is importable from here (see ``__all__``): the entry points
 (:func:`recover`, :func:`recover_capture`, :func:`reconcile`, :func:`rehearse`,
-:func:`decode_to`, :func:`read_audit`, :func:`verify_audit`, :func:`swap`), what they take
+:func:`decode`, :func:`read_audit`, :func:`verify_audit`, :func:`swap`,
+:func:`inspect_table`), what they take
 (:class:`TableName`, :class:`StopPoint`, :class:`StartPoint`, :class:`Lsn`, ...), the results
 they return, and the error family under :class:`WalrecoverError`.
 
@@ -33,11 +34,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .audit.reader import read_audit
     from .audit.verify import Verification, verify_audit
-    from .audit.writer import read_audit
     from .drill.rehearsal import RehearsalResult, rehearse
     from .errors import (
         AuditError,
+        BaselineError,
         CaptureSettingError,
         ClusterError,
         ConfigurationError,
@@ -46,7 +48,9 @@ if TYPE_CHECKING:
         Interrupted,
         LedgerError,
         LostChanges,
+        MigrationParseError,
         PrivilegeError,
+        ProtectError,
         PublishedTarget,
         ReplayError,
         SlotError,
@@ -57,21 +61,27 @@ if TYPE_CHECKING:
         TargetExists,
         WalrecoverError,
     )
+    from .incident.events import DestructiveEvent, TableRelation
+    from .incident.inspect import Inspection, inspect_table
     from .ledger.reconcile import (
-        Explanation,
         LedgerFile,
         LedgerQuery,
-        Reconciliation,
         RecoveredAudit,
         RecoveredTable,
         reconcile,
     )
+    from .ledger.result import Explanation, Reconciliation
+    from .ready.doctor import Diagnosis, TableDiagnosis, doctor
+    from .ready.guard import GuardResult, guard
+    from .ready.points import RecoveryPoint, TableBaseline, load_recovery_points
+    from .ready.protect import ProtectResult, protect
     from .rebuild.recover import AuditSummary, LedgerCheck, RecoveryResult, recover, recover_capture
     from .rebuild.swap import SwapResult, swap
-    from .stream.export import DecodeResult, decode_to
+    from .stream.export import DecodeResult, decode, decode_to
     from .stream.lsn import Lsn
     from .stream.model import StartPoint, StopPoint, TableName
     from .stream.settings import CaptureSettings
+    from .stream.sources import CaptureSource, SlotSource
 
 #: Each public name and the module that defines it.
 _WHERE = {
@@ -80,10 +90,14 @@ _WHERE = {
     "recover_capture": "rebuild.recover",
     "reconcile": "ledger.reconcile",
     "rehearse": "drill.rehearsal",
+    "decode": "stream.export",
     "decode_to": "stream.export",
-    "read_audit": "audit.writer",
+    "SlotSource": "stream.sources",
+    "CaptureSource": "stream.sources",
+    "read_audit": "audit.reader",
     "verify_audit": "audit.verify",
     "swap": "rebuild.swap",
+    "inspect_table": "incident.inspect",
     # what they take
     "TableName": "stream.model",
     "StopPoint": "stream.model",
@@ -98,12 +112,15 @@ _WHERE = {
     # what they return
     "RecoveryResult": "rebuild.recover",
     "AuditSummary": "rebuild.recover",
-    "Reconciliation": "ledger.reconcile",
-    "Explanation": "ledger.reconcile",
+    "Reconciliation": "ledger.result",
+    "Explanation": "ledger.result",
     "RehearsalResult": "drill.rehearsal",
     "DecodeResult": "stream.export",
     "Verification": "audit.verify",
     "SwapResult": "rebuild.swap",
+    "Inspection": "incident.inspect",
+    "TableRelation": "incident.events",
+    "DestructiveEvent": "incident.events",
     # what they raise
     "WalrecoverError": "errors",
     "ConnectionFailed": "errors",
@@ -124,22 +141,42 @@ _WHERE = {
     "LostChanges": "errors",
     "LedgerError": "errors",
     "AuditError": "errors",
+    "BaselineError": "errors",
     "SwapError": "errors",
     "ClusterError": "errors",
     "Interrupted": "errors",
+    # before the disaster (issue 11): protect, doctor, guard
+    "protect": "ready.protect",
+    "doctor": "ready.doctor",
+    "guard": "ready.guard",
+    "load_recovery_points": "ready.points",
+    "ProtectResult": "ready.protect",
+    "RecoveryPoint": "ready.points",
+    "TableBaseline": "ready.points",
+    "Diagnosis": "ready.doctor",
+    "TableDiagnosis": "ready.doctor",
+    "GuardResult": "ready.guard",
+    "ProtectError": "errors",
+    "MigrationParseError": "errors",
 }
 
 __all__ = [
     "AuditError",
     "AuditSummary",
+    "BaselineError",
     "CaptureSettingError",
     "CaptureSettings",
+    "CaptureSource",
     "ClusterError",
     "ConfigurationError",
     "ConnectionFailed",
     "DecodeError",
     "DecodeResult",
+    "DestructiveEvent",
+    "Diagnosis",
     "Explanation",
+    "GuardResult",
+    "Inspection",
     "Interrupted",
     "LedgerCheck",
     "LedgerError",
@@ -147,31 +184,45 @@ __all__ = [
     "LedgerQuery",
     "LostChanges",
     "Lsn",
+    "MigrationParseError",
     "PrivilegeError",
+    "ProtectError",
+    "ProtectResult",
     "PublishedTarget",
     "ReconcileFailed",
     "Reconciliation",
     "RecoveredAudit",
     "RecoveredTable",
+    "RecoveryPoint",
     "RecoveryResult",
     "RehearsalResult",
     "ReplayError",
     "SlotError",
+    "SlotSource",
     "StartPoint",
     "StopPoint",
     "StopPointError",
     "StreamCutShort",
     "SwapError",
     "SwapResult",
+    "TableBaseline",
+    "TableDiagnosis",
     "TableName",
     "TableNotInStream",
+    "TableRelation",
     "TargetBusy",
     "TargetExists",
     "Verification",
     "WalUnavailable",
     "WalrecoverError",
     "__version__",
+    "decode",
     "decode_to",
+    "doctor",
+    "guard",
+    "inspect_table",
+    "load_recovery_points",
+    "protect",
     "read_audit",
     "reconcile",
     "recover",

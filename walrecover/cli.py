@@ -25,27 +25,41 @@ from tqdm import tqdm
 from . import __version__
 from .audit.verify import verify_audit
 from .db import redact
-from .drill.rehearsal import RehearsalResult, rehearse
+from .drill.rehearsal import rehearse
+from .drill.rehearsal_baseline import rehearse_baseline
 from .errors import (
-    EXIT_DIFFERENCES,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
-    EXIT_OK,
     EXIT_UNPROVEN,
+    Differences,
+    Failed,
+    NotProvenExact,
+    Verdict,
     WalrecoverError,
     first_line,
 )
+from .incident.inspect import DEFAULT_MASS, Inspection, inspect_table, resolve_stop_before
 from .ledger.reconcile import (
     LedgerFile,
     LedgerQuery,
+    LedgerSource,
     RecoveredAudit,
     RecoveredTable,
-    plain,
     reconcile,
 )
-from .rebuild.plan import Plan, plan_capture, plan_recovery
+from .ledger.result import Reconciliation
+from .rebuild.baseline import BaselineOptions
+from .rebuild.plan import plan_capture, plan_recovery
 from .rebuild.recover import LedgerCheck, RecoveryResult, recover, recover_capture
-from .rebuild.swap import SwapResult, swap
+from .rebuild.swap import swap
+from .report import (
+    plan_text,
+    reconciliation_text,
+    recovery_text,
+    rehearsal_text,
+    swap_text,
+    verification_text,
+)
 from .stream.decoders import PLUGINS
 from .stream.export import FORMATS, decode_to
 from .stream.lsn import Lsn
@@ -103,6 +117,11 @@ class _Group(click.Group):
             if as_json:
                 _json_error(exc.format_message(), exc.exit_code)
             raise  # click prints the usage and the message on stderr, and exits 2
+        except Verdict as exc:
+            # The result is printed; the lines say on stderr what it means.
+            for line in exc.lines:
+                click.echo(f"walrecover: {_redact(ctx, line)}", err=True)
+            ctx.exit(exc.exit_code)
         except WalrecoverError as exc:
             _fail(ctx, _redact(ctx, str(exc)), exc.exit_code, as_json)
         except psycopg.Error as exc:
@@ -480,6 +499,19 @@ _RECOVER_OPTIONS: list[Callable[[Any], Any]] = [
         "--target", metavar="CONNINFO", help="Database to build it in. Default: the -d database."
     ),
     stop_options,
+    click.option(
+        "--stop-before",
+        "stop_before",
+        type=click.Choice(["drop", "truncate", "auto"]),
+        help="Find the table's DROP (or TRUNCATE; auto: its first destructive event after its "
+        "last re-creation) in the WAL, as walrecover inspect does, and stop exactly before it.",
+    ),
+    click.option(
+        "--wal-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="With --stop-before: read the WAL from these segment files with pg_waldump "
+        "(default: pg_walinspect if installed, else the server's pg_wal if readable here).",
+    ),
     click.option("--key", "key_column", metavar="COL", help="Ledger key column (e.g. account_id)."),
     click.option("--amount", "amount_column", metavar="COL", help="Amount column to sum per key."),
     click.option(
@@ -527,6 +559,37 @@ def recover_options(f: F) -> F:
 @main.command("recover")
 @recover_options
 @click.option(
+    "--baseline",
+    "baseline_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Start the table from this older copy of it: a pg_dump -t archive (custom or plain), "
+    "a CSV with a header, or a Parquet file; then replay the stream's changes on top.",
+)
+@click.option(
+    "--baseline-dsn",
+    metavar="CONNINFO",
+    help="Start the table from its copy in this database (a server restored from a backup, a "
+    "lagging replica).",
+)
+@click.option(
+    "--baseline-table",
+    metavar="SCHEMA.TABLE",
+    help="The table's name in the baseline. Default: --table.",
+)
+@click.option(
+    "--baseline-lsn",
+    metavar="LSN",
+    help="The LSN the baseline is consistent at: only changes committed after it are "
+    "replayed. Without it (and none recorded in the baseline) the whole stream is replayed "
+    "idempotently, which needs a primary key.",
+)
+@click.option(
+    "--accept-gap",
+    is_flag=True,
+    help="Rebuild even when walrecover cannot show the stream starts at or before the "
+    "baseline (recorded in the result and the audit; exit 4).",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Run every check and print the plan (what would be read and created); change nothing.",
@@ -554,8 +617,15 @@ def recover_command(
     ddl_file: Any,
     force: bool,
     batch_size: int,
+    baseline_file: Path | None,
+    baseline_dsn: str | None,
+    baseline_table: str | None,
+    baseline_lsn: str | None,
+    accept_gap: bool,
     dry_run: bool,
     as_json: bool,
+    stop_before: str | None = None,
+    wal_dir: Path | None = None,
 ) -> None:
     """Rebuild a table from a logical replication slot, without moving the slot.
 
@@ -566,8 +636,17 @@ def recover_command(
           --key account_id --amount amount \\
           --ledger-query "SELECT id, balance FROM accounts" \\
           --audit transactions.parquet
+
+    \b
+    From a backup older than the slot, restored on a scratch server:
+      walrecover recover -d "host=db dbname=bank" --slot cdc --table public.transactions \\
+          --baseline-dsn "host=scratch dbname=bank" --baseline-lsn 16/A0000000 \\
+          --stop-before-lsn 16/B374D848
     """
     _check_source(slot, from_file, plugin, capture_settings)
+    baseline = _baseline_options(
+        baseline_file, baseline_dsn, baseline_table, baseline_lsn, accept_gap
+    )
     if from_file is not None and target is None and dsn is None:
         raise click.UsageError("recovering --from-file needs --target (or -d): where to build")
     table = _table(table_name, "--table")
@@ -580,11 +659,25 @@ def recover_command(
     if audit_path is not None and audit_dir is not None:
         raise click.UsageError("give --audit FILE or --audit-dir DIR, not both")
     ddl = ddl_file.read() if ddl_file else None
+    if stop_before is not None and (stop.is_set or from_file is not None):
+        raise click.UsageError(
+            "--stop-before finds the event in a slot's WAL: give --slot, and no --from-file or "
+            "--stop-before-lsn/-xid/-time with it"
+        )
+    if dry_run and stop_before is not None:
+        assert slot is not None
+        stop, event = resolve_stop_before(
+            dsn, slot, table, stop_before, wal_dir=wal_dir, options=plugin_options,
+            via_plugin=via_plugin,
+        )  # fmt: skip
+        if not as_json:
+            click.echo(f"walrecover: --stop-before {stop_before}: the {event.describe()}", err=True)
     if dry_run:
-        _plan_and_exit(
+        _plan(
             dsn, slot, from_file, plugin, plugin_options, via_plugin, capture_settings, table,
             into, target, stop, ledger, audit_path, audit_dir, ddl, force, as_json,
         )  # fmt: skip
+        return
     progress = Progress()
     try:
         if from_file is not None:
@@ -606,6 +699,7 @@ def recover_command(
                 batch_size=batch_size,
                 capture_settings=capture_settings,
                 wal_dsn=dsn,
+                baseline=baseline,
             )
         else:
             assert slot is not None
@@ -625,96 +719,62 @@ def recover_command(
                 options=plugin_options,
                 via_plugin=via_plugin,
                 batch_size=batch_size,
+                baseline=baseline,
+                stop_before=stop_before,
+                wal_dir=wal_dir,
             )
     finally:
         progress.close()
+    _report_recovery(result, as_json)
+
+
+def _report_recovery(result: RecoveryResult, as_json: bool) -> None:
+    """Print a recovery's result; raise the verdict when it is not exact (exit 3 or 4)."""
     _warn(result.warnings)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
-        click.echo(_recovery_text(result))
+        click.echo(recovery_text(result))
     for reason in result.unproven:
         click.echo(f"walrecover: WARNING: not proven exact: {reason}", err=True)
     if result.reconciliation is not None and not result.reconciliation.matched:
-        if not as_json:
-            click.echo("walrecover: the rebuilt table does not reconcile with the ledger", err=True)
-        sys.exit(EXIT_DIFFERENCES)
+        raise Differences(
+            *(() if as_json else ("the rebuilt table does not reconcile with the ledger",))
+        )
     if result.unproven:
-        click.echo(
-            f"walrecover: {result.into} was rebuilt, but walrecover cannot prove it equals "
-            f"{result.table} at the stop point (exit {EXIT_UNPROVEN}): read the warnings above",
-            err=True,
+        raise NotProvenExact(
+            f"{result.into} was rebuilt, but walrecover cannot prove it equals {result.table} "
+            f"at the stop point (exit {EXIT_UNPROVEN}): read the warnings above"
         )
-        sys.exit(EXIT_UNPROVEN)
 
 
-def _transaction(xid: int | None, lsn: Lsn | None, lsn_kind: str) -> str:
-    """A transaction as people can find it: its xid and the LSN the stream gives, if any."""
-    kind = "end LSN" if lsn_kind == "end" else "commit LSN"
-    if xid is None:
-        return f"the transaction at {kind} {lsn}" if lsn is not None else "a transaction"
-    return f"transaction {xid}" + (f" ({kind} {lsn})" if lsn is not None else "")
-
-
-def _recovery_text(result: RecoveryResult) -> str:
-    if result.capture:
-        source = f"capture {result.capture}"
-    else:
-        source = f"slot {result.slot}" if result.slot else "a capture"
-    kind = "end LSNs of the commits" if result.lsn_kind == "end" else "commit LSNs"
-    if result.first_lsn is None and result.last_lsn is None and result.transactions:
-        lsns = f"the {'capture' if result.capture else 'slot'} carries no LSNs"
-    else:
-        lsns = f"{kind} {result.first_lsn or '-'} .. {result.last_lsn or '-'}"
-    plugin = f" ({result.plugin})" if result.plugin else ""
-    lines = [
-        f"Already complete: {result.into} was rebuilt from {source}{plugin} by an earlier run "
-        "of this command; nothing was read or written. Its result:"
-        if result.already_complete
-        else f"Rebuilt {result.table} as {result.into} from {source}{plugin}.",
-        f"  {result.transactions} transactions, {result.changes} row changes applied, "
-        f"{result.rows} rows in {result.into}.",
-        f"  {lsns}; stop point: {result.stop}.",
-    ]
-    if result.stopped_before:
-        lines.append(f"  stopped before {_transaction(*result.stopped_before, result.lsn_kind)}.")
-    if result.resumed_from:
-        one = "end LSN" if result.lsn_kind == "end" else "commit LSN"
-        lines.append(f"  resumed after {one} {result.resumed_from}.")
-    if result.no_row:
-        lines.append(
-            f"  {result.no_row} updates/deletes found no row (rows older than the slot): "
-            "see the audit's outcome column."
-        )
-    rec = result.reconciliation
-    if rec is not None:
-        if rec.matched:
-            lines.append(f"  reconciled: all {rec.keys} keys match the ledger exactly.")
-        else:
-            lines.append(
-                f"  NOT reconciled: {rec.mismatched} keys differ, {rec.missing_in_recovered} "
-                f"missing in the rebuilt table, {rec.missing_in_ledger} missing in the ledger; "
-                f"total difference {plain(rec.total_difference)}."
+def _baseline_options(
+    file: Path | None, dsn: str | None, table: str | None, lsn: str | None, accept_gap: bool
+) -> BaselineOptions | None:
+    """The --baseline options as one object, or None when no baseline is given."""
+    if file is not None and dsn is not None:
+        raise click.UsageError("give --baseline FILE or --baseline-dsn CONNINFO, not both")
+    if file is None and dsn is None:
+        if table or lsn or accept_gap:
+            raise click.UsageError(
+                "--baseline-table, --baseline-lsn and --accept-gap need --baseline or "
+                "--baseline-dsn"
             )
-            for row in rec.differences.head(10).to_dict("records"):
-                lines.append(
-                    f"    {row['key']}: recovered {plain(row['recovered'])}, ledger "
-                    f"{plain(row['ledger'])}, delta {plain(row['delta'])} ({row['status']})"
-                )
-    if result.audit is not None:
-        lines.append(f"  audit: {result.audit.rows} rows in {result.audit.path}.")
-        if result.audit.chain_head:
-            lines.append(
-                f"  audit chain head {result.audit.chain_head} (record it; check with "
-                "walrecover audit verify --chain-head); manifest "
-                f"{result.audit.manifest}."
-            )
-    seconds = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
-    lines.append(f"  time: {seconds}.")
-    return "\n".join(lines)
+        return None
+    try:
+        point = Lsn.parse(lsn) if lsn is not None else None
+    except WalrecoverError as exc:
+        raise click.BadParameter(exc.message, param_hint="--baseline-lsn") from None
+    return BaselineOptions(
+        file=file,
+        dsn=dsn,
+        table=_table(table, "--baseline-table") if table else None,
+        lsn=point,
+        accept_gap=accept_gap,
+    )
 
 
-def _plan_and_exit(
+def _plan(
     dsn: str | None,
     slot: str | None,
     from_file: Path | None,
@@ -733,7 +793,8 @@ def _plan_and_exit(
     force: bool,
     as_json: bool,
 ) -> None:
-    """Run every check of the recovery, print the plan, exit 0 (all pass) or 1."""
+    """Run every check of the recovery and print the plan; :class:`Failed` (exit 1) unless
+    every check passes."""
     if from_file is not None:
         assert plugin is not None
         plan = plan_capture(
@@ -772,50 +833,9 @@ def _plan_and_exit(
     if as_json:
         click.echo(json.dumps(plan.to_dict()))
     else:
-        click.echo(_plan_text(plan))
-    for failed in plan.failures:
-        click.echo(f"walrecover: error: check failed: {failed.name}: {failed.detail}", err=True)
-    sys.exit(EXIT_OK if plan.ok else EXIT_ERROR)
-
-
-def _plan_text(plan: Plan) -> str:
-    size = plan.bytes_to_read
-    mb = "unknown" if size is None else f"{size} bytes" if size < 10**6 else f"{size / 1e6:.1f} MB"
-    lines = [
-        f"Plan: rebuild {plan.table} as {plan.into} in {plan.target}"
-        f" ({'all checks passed' if plan.ok else f'{len(plan.failures)} checks failed'}).",
-        f"  source: {plan.source}" + (f" ({plan.plugin})" if plan.plugin and plan.slot else ""),
-        f"  LSN range: {plan.start_lsn or '-'} .. {plan.end_lsn or '-'}; stop point: "
-        f"{plan.stop}; to read: {mb}.",
-    ]
-    if plan.estimated_changes is not None:
-        seconds = plan.estimated_seconds or 0.0
-        lines.append(
-            f"  estimated: about {plan.estimated_changes} row changes of {plan.table}, about "
-            f"{_duration(seconds)} ({plan.estimate})."
-        )
-    lines.append(f"  target table: {plan.target_state}.")
-    if plan.creates:
-        lines.append(f"  would create: {'; '.join(plan.creates)}.")
-    else:
-        lines.append("  would create: nothing.")
-    lines.append(
-        "  publications: "
-        + (", ".join(plan.publications) if plan.publications else "none would publish it")
-        + "."
-    )
-    lines.append("  checks:")
-    for check in plan.checks:
-        lines.append(f"    [{'ok' if check.ok else 'FAILED'}] {check.name}: {check.detail}")
-    return "\n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{max(seconds, 0.1):.1f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+        click.echo(plan_text(plan))
+    if not plan.ok:
+        raise Failed(*(f"error: check failed: {f.name}: {f.detail}" for f in plan.failures))
 
 
 @main.command("check")
@@ -844,6 +864,8 @@ def check_command(
     force: bool,
     batch_size: int,
     as_json: bool,
+    stop_before: str | None = None,
+    wal_dir: Path | None = None,
 ) -> None:
     """Check a recovery before running it (the same options as recover); change nothing.
 
@@ -989,6 +1011,13 @@ def decode_command(
     is_flag=True,
     help="Leave the throwaway cluster running to explore (prints how to reach it).",
 )
+@click.option(
+    "--baseline",
+    "with_baseline",
+    is_flag=True,
+    help="The real case: half the workload before the slot exists, a Parquet baseline taken "
+    "in the slot's exported snapshot, recovered with recover --baseline; prints the RTO.",
+)
 @json_option
 def rehearse_command(
     transactions: int,
@@ -996,6 +1025,7 @@ def rehearse_command(
     audit_path: Path | None,
     plugin: str,
     keep: bool,
+    with_baseline: bool,
     as_json: bool,
 ) -> None:
     """Practise the whole recovery on a throwaway PostgreSQL.
@@ -1006,10 +1036,11 @@ def rehearse_command(
     \b
     Example:
       walrecover rehearse --transactions 100000 --json
+      walrecover rehearse --baseline --transactions 1000000
     """
     progress = Progress()
     try:
-        result = rehearse(
+        result = (rehearse_baseline if with_baseline else rehearse)(
             transactions,
             accounts,
             keep=keep,
@@ -1022,31 +1053,9 @@ def rehearse_command(
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
-        click.echo(_rehearsal_text(result))
+        click.echo(rehearsal_text(result))
     if not (result.identical and result.reconciled):
-        if not as_json:
-            click.echo("walrecover: the rehearsal's recovery did not match", err=True)
-        sys.exit(EXIT_ERROR)
-
-
-def _rehearsal_text(result: RehearsalResult) -> str:
-    seconds = result.seconds
-    lines = [
-        f"Rehearsal: {result.transactions} ledger transactions over {result.accounts} accounts, "
-        f"slot plugin {result.plugin}.",
-        f"  DROP TABLE transactions at LSN {result.stop_lsn}; recovered {result.rows} rows "
-        f"from {result.changes} row changes.",
-        f"  identical to the dropped table: {'yes' if result.identical else 'NO'}; "
-        f"reconciled with accounts.balance: {'yes' if result.reconciled else 'NO'}; "
-        f"audit rows: {result.audit_rows}.",
-        f"  time: workload {seconds['workload']:.1f}s, recover {seconds['recover']:.1f}s, "
-        f"verify {seconds['verify']:.1f}s, total {seconds['total']:.1f}s.",
-    ]
-    if result.kept_dsn:
-        lines.append(f'  the cluster is still running: psql "{result.kept_dsn}"')
-    if result.audit_path:
-        lines.append(f"  audit: {result.audit_path}")
-    return "\n".join(lines)
+        raise Failed(*(() if as_json else ("the rehearsal's recovery did not match",)))
 
 
 @main.command("reconcile")
@@ -1154,26 +1163,17 @@ def reconcile_command(
         raise click.UsageError("give at most one of --opening-query and --opening-file")
     if (period is None) != (time_column is None):
         raise click.UsageError("--period and --time-column go together")
-    try:
-        tol = Decimal(tolerance)
-    except InvalidOperation:
-        raise click.BadParameter(
-            f"{tolerance!r} is not a number", param_hint="--tolerance"
-        ) from None
-    if not tol.is_finite() or tol < 0:
-        raise click.BadParameter("give a finite amount of 0 or more", param_hint="--tolerance")
+    tol = _tolerance(tolerance)
     if out is not None and out.suffix.lower() not in (".csv", ".parquet"):
         raise click.BadParameter(f"{out}: give a .csv or .parquet path", param_hint="--out")
     # A query runs on --ledger-dsn, else on the table's database (-d); an audit has none.
     ledger_db = ledger_dsn if ledger_dsn is not None else (dsn if table_name is None else None)
     if table_name is None and (ledger_query or opening_query) and ledger_db is None:
         raise click.UsageError("reconciling an audit with a query needs --ledger-dsn (or -d)")
-    ledger = LedgerQuery(ledger_query, ledger_db) if ledger_query else LedgerFile(ledger_file)  # type: ignore[arg-type]
+    ledger = _ledger_source(ledger_query, ledger_file, ledger_db)
     opening = (
-        LedgerQuery(opening_query, ledger_db)
-        if opening_query
-        else LedgerFile(opening_file)
-        if opening_file
+        _ledger_source(opening_query, opening_file, ledger_db)
+        if opening_query or opening_file
         else None
     )
     recovered = (
@@ -1193,18 +1193,38 @@ def reconcile_command(
         audit=audit_path,
         explain=explain,
     )
+    _report_reconciliation(result, out, as_json)
+
+
+def _report_reconciliation(result: Reconciliation, out: Path | None, as_json: bool) -> None:
+    """Write the differences file, print the result; :class:`Differences` (exit 3) unless
+    every key matches."""
     if out is not None:
         result.write_differences(out)
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "out": str(out) if out else None}))
     else:
-        click.echo(result.report())
+        click.echo(reconciliation_text(result))
         if out is not None:
             click.echo(f"  differences written to {out}.")
     if not result.matched:
-        if not as_json:
-            click.echo("walrecover: the totals do not reconcile with the ledger", err=True)
-        sys.exit(EXIT_DIFFERENCES)
+        raise Differences(*(() if as_json else ("the totals do not reconcile with the ledger",)))
+
+
+def _ledger_source(query: str | None, file: Path | None, dsn: str | None) -> LedgerSource:
+    """A query (on ``dsn``) if given, else the file."""
+    return LedgerQuery(query, dsn) if query else LedgerFile(file)  # type: ignore[arg-type]
+
+
+def _tolerance(value: str) -> Decimal:
+    """``--tolerance``: an exact amount of 0 or more."""
+    try:
+        tol = Decimal(value)
+    except InvalidOperation:
+        raise click.BadParameter(f"{value!r} is not a number", param_hint="--tolerance") from None
+    if not tol.is_finite() or tol < 0:
+        raise click.BadParameter("give a finite amount of 0 or more", param_hint="--tolerance")
+    return tol
 
 
 @main.command("swap")
@@ -1281,33 +1301,8 @@ def swap_command(
             click.echo(f"-- note: {note}")
         click.echo(result.script(), nl=False)
     else:
-        click.echo(_swap_text(result))
+        click.echo(swap_text(result))
     _warn(list(result.warnings))
-
-
-def _swap_text(result: SwapResult) -> str:
-    lines = [
-        f"Swapped {result.source} into place as {result.table} ({result.rows} rows), "
-        "in one transaction."
-    ]
-    if result.moved_existing_to:
-        lines.append(f"  the table that had the name is now {result.moved_existing_to}")
-    if result.constraints:
-        lines.append(f"  constraints (validated): {', '.join(result.constraints)}")
-    if result.indexes:
-        lines.append(f"  indexes: {', '.join(result.indexes)}")
-    for name, following in result.sequences:
-        lines.append(f"  sequence {name}: the next value is {following}")
-    lines.append(
-        f"  grants: {result.grants}; owner: {result.owner or 'unchanged'}; "
-        f"comments: {result.comments}; analyzed."
-    )
-    for item in result.ignored:
-        if not item.about_table:
-            lines.append(f"  ignored: {item.statement} ({item.reason})")
-    for note in result.notes:
-        lines.append(f"  note: {note}")
-    return "\n".join(lines)
 
 
 @main.group("audit")
@@ -1349,12 +1344,314 @@ def audit_verify_command(
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
-        click.echo(result.report())
+        click.echo(verification_text(result))
     if not result.ok:
-        if not as_json:
-            click.echo(f"walrecover: the audit does not verify: {result.problems[0]}", err=True)
-        sys.exit(EXIT_DIFFERENCES)
+        raise Differences(
+            *(() if as_json else (f"the audit does not verify: {result.problems[0]}",))
+        )
+
+
+# -- before the disaster: protect, doctor, guard (issue 11) ---------------------------------------
+# A self-contained block: its imports are here so merges with the rest of cli.py stay easy.
+
+from .ready.doctor import doctor as _doctor  # noqa: E402
+from .ready.guard import guard as _guard  # noqa: E402
+from .ready.points import parse_duration as _parse_duration  # noqa: E402
+from .ready.protect import PLUGINS as _PROTECT_PLUGINS  # noqa: E402
+from .ready.protect import ProtectResult as _ProtectResult  # noqa: E402
+from .ready.protect import protect as _protect  # noqa: E402
+from .ready.protect import run_forever as _run_forever  # noqa: E402
+
+
+def _duration_option(ctx: click.Context, param: click.Parameter, value: str) -> Any:
+    try:
+        return _parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command("protect")
+@dbname_option
+@click.option(
+    "--table",
+    "table_names",
+    multiple=True,
+    required=True,
+    metavar="SCHEMA.TABLE",
+    help="A table to keep recovery points of. Repeatable.",
+)
+@click.option(
+    "--retain",
+    required=True,
+    metavar="DURATION",
+    callback=_duration_option,
+    help="How far back recovery must reach (48h, 2d, 1h30m): older points are dropped.",
+)
+@click.option(
+    "--every",
+    required=True,
+    metavar="DURATION",
+    callback=_duration_option,
+    help="Make a new recovery point when the newest is this old (6h).",
+)
+@click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the baselines and the manifest are kept (one directory per database).",
+)
+@click.option(
+    "--plugin",
+    type=click.Choice(_PROTECT_PLUGINS),
+    default="pgoutput",
+    show_default=True,
+    help="The output plugin of the slots protect creates.",
+)
+@click.option("--loop", is_flag=True, help="Keep running: sleep until the next point is due.")
+@json_option
+def protect_command(
+    dsn: str | None,
+    table_names: tuple[str, ...],
+    retain: Any,
+    every: Any,
+    directory: Path,
+    plugin: str,
+    loop: bool,
+    as_json: bool,
+) -> None:
+    """Keep recovery points: a slot plus a Parquet baseline of each table, taken in the
+    slot's exported snapshot, so any moment of the last --retain can be rebuilt exactly.
+
+    One run per invocation (cron, a systemd timer): a new point when the newest is older
+    than --every, then the points the window no longer needs are dropped (only slots named
+    walrecover_protect_* that DIR's manifest lists). It prints what the points cost: the WAL
+    their slots retain, catalog_xmin age, disk used in DIR.
+
+    \b
+    Example (cron, every hour; a new point every 6 hours, kept 48 hours):
+      walrecover protect -d "dbname=bank" --table public.transactions \\
+          --retain 48h --every 6h --dir /var/lib/walrecover/bank
+    """
+    tables = [_table(name, "--table") for name in table_names]
+
+    def run() -> _ProtectResult:
+        return _protect(dsn, tables, directory, retain=retain, every=every, plugin=plugin)
+
+    def report(result: _ProtectResult) -> None:
+        click.echo(json.dumps(result.to_dict()) if as_json else result.report())
+        _warn(list(result.warnings))
+
+    if not loop:
+        report(run())
+        return
+    try:
+        _run_forever(run, report)
+    except KeyboardInterrupt:
+        click.echo("walrecover: protect stopped; the recovery points are kept", err=True)
+
+
+@main.command("doctor")
+@dbname_option
+@click.option(
+    "--table",
+    "table_names",
+    multiple=True,
+    metavar="SCHEMA.TABLE",
+    help="A table to check (repeatable); default every user table.",
+)
+@click.option(
+    "--protect-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="The --dir of walrecover protect, whose baselines count as recovery points.",
+)
+@json_option
+def doctor_command(
+    dsn: str | None, table_names: tuple[str, ...], protect_dir: Path | None, as_json: bool
+) -> None:
+    """Could we recover each table right now, and back to when? Read-only.
+
+    Shows wal_level, the database's logical slots (plugin, position, retained WAL,
+    wal_status, safe_wal_size, catalog_xmin age), installed plugins, and one verdict per
+    table: "recoverable back to TIME" or "not recoverable because ... — do: ...". Exit 0 all
+    ok, 5 a warning, 6 a table not recoverable now (for monitoring).
+
+    \b
+    Example:
+      walrecover doctor -d "dbname=bank" --protect-dir /var/lib/walrecover/bank
+    """
+    tables = [_table(name, "--table") for name in table_names]
+    diagnosis = _doctor(dsn, tables, protect_dir)
+    click.echo(json.dumps(diagnosis.to_dict()) if as_json else diagnosis.report())
+    if diagnosis.exit_code:
+        raise Verdict(exit_code=diagnosis.exit_code)
+
+
+@main.command("guard")
+@click.argument("migration", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@dbname_option
+@click.option(
+    "--protect-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="With -d: the --dir of walrecover protect, whose baselines count as recovery points.",
+)
+@json_option
+def guard_command(
+    migration: Path, dsn: str | None, protect_dir: Path | None, as_json: bool
+) -> None:
+    """Flag what a migration destroys: DROP TABLE, TRUNCATE, DELETE/UPDATE without WHERE,
+    ALTER TABLE ... DROP COLUMN and ALTER COLUMN ... TYPE, with line numbers.
+
+    With -d, each affected table must be covered by a recovery point (doctor's verdict
+    "recoverable back to TIME"). Exit 0 when nothing destructive is left unproven, 7
+    otherwise, 1 if the file does not parse: run it in CI or before a deploy.
+
+    \b
+    Example:
+      walrecover guard migrations/0042_drop_legacy.sql -d "dbname=bank" \\
+          --protect-dir /var/lib/walrecover/bank
+    """
+    try:
+        text = migration.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{migration} is not UTF-8 text", param_hint="MIGRATION") from None
+    if protect_dir is not None and dsn is None:
+        raise click.UsageError("--protect-dir needs -d (the database the points are of)")
+    result = _guard(migration, text, dsn, protect_dir)
+    click.echo(json.dumps(result.to_dict()) if as_json else result.report())
+    if result.exit_code:
+        raise Verdict(exit_code=result.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# -- inspect: find the disaster in the WAL ----------------------------------------------------
+
+
+@main.command("inspect")
+@dbname_option
+@slot_option
+@click.option(
+    "--table", "table_name", required=True, metavar="SCHEMA.TABLE", help="The table to look up."
+)
+@click.option(
+    "--wal-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Read the WAL from these segment files with pg_waldump (copied from the server, or "
+    "its pg_wal). Default: pg_walinspect if installed, else the server's pg_wal if readable here.",
+)
+@click.option(
+    "--mass",
+    type=click.IntRange(0),
+    default=DEFAULT_MASS,
+    show_default=True,
+    help="A DELETE or UPDATE of more rows than this in one transaction is a destructive event.",
+)
+@click.option(
+    "--install-walinspect",
+    is_flag=True,
+    help="Run CREATE EXTENSION pg_walinspect on the source if it is missing (a write to the "
+    "source: only with this option).",
+)
+@click.option(
+    "-o",
+    "--option",
+    "plugin_options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    callback=_plugin_option,
+    help="A plugin option for reading --slot (as for recover).",
+)
+@json_option
+def inspect_command(
+    dsn: str | None,
+    slot: str | None,
+    table_name: str,
+    wal_dir: Path | None,
+    mass: int,
+    install_walinspect: bool,
+    plugin_options: dict[str, str],
+    as_json: bool,
+) -> None:
+    """Show what happened to a table in the retained WAL: its transactions, relation ids
+    (a re-created table has a new one), and its DROP, TRUNCATE and mass DELETE/UPDATE, each
+    with the recover command that stops just before it. The slot is read through a copy.
+
+    \b
+    Example:
+      walrecover inspect -d "host=db dbname=bank user=oncall" --slot cdc \\
+          --table public.transactions
+    """
+    table = _table(table_name, "--table")
+    found = inspect_table(
+        dsn,
+        table,
+        slot=slot,
+        wal_dir=wal_dir,
+        mass=mass,
+        install_walinspect=install_walinspect,
+        options=plugin_options,
+    )
+    if as_json:
+        click.echo(json.dumps(found.to_dict()))
+    else:
+        click.echo(_inspection_text(found))
+
+
+def _when(lsn: Lsn | None, moment: datetime | None) -> str:
+    return f"{lsn or '-'}" + (f" at {moment.isoformat()}" if moment else "")
+
+
+def _inspection_text(found: Inspection) -> str:
+    span = f" from {found.start_lsn} to {found.end_lsn}" if found.start_lsn else ""
+    how = found.wal or "the WAL not read"
+    via = f"; slot {found.slot} through {found.plugin}" if found.slot else ""
+    counts = ", ".join(f"{n} {op}" for op, n in sorted(found.counts.items())) or "no changes"
+    lines = [
+        f"{found.table}{span} ({how}{via}):",
+        f"  {found.transactions} transactions: {counts}; first commit "
+        f"{_when(*found.first_commit)}, last commit {_when(*found.last_commit)}.",
+    ]
+    if found.installed:
+        lines.append(f"  installed {found.installed} in the source database (as asked).")
+    for rel in found.relations:
+        name = f"relation {rel.relation_id}" if rel.relation_id is not None else "a relation"
+        state = "exists now" if rel.exists else ("dropped" if rel.dropped else "not in the catalog")
+        if rel.created_lsn is not None:
+            state = f"created by the commit at {rel.created_lsn}; {state}"
+        lines.append(
+            f"  {name}: {rel.transactions} transactions, first commit "
+            f"{_when(rel.first_lsn, rel.first_time)}, last commit "
+            f"{_when(rel.last_lsn, rel.last_time)} (xid {rel.last_xid}); {state}."
+        )
+    if found.events:
+        lines.append(
+            f"Destructive events (mass: more than {found.mass} rows in one transaction), "
+            "each with the command that rebuilds the table as it was just before:"
+        )
+        for event in found.events:
+            lines.append(f"  {event.describe()}")
+            lines.append(f"    {found.command(event)}")
+    else:
+        lines.append("No destructive event found.")
+    if found.wal is None:
+        lines.append(f"The WAL could not be read: {found.wal_problem}.")
+        if found.slot:
+            first = found.first_after
+            after = (
+                f"; the first: xid {first.xid}, commit LSN {first.lsn}" if first is not None else ""
+            )
+            lines.append(
+                f"  After the table's last change, {found.after_last_change} transactions "
+                f"committed{after}."
+            )
+            for txn in found.empty_after:
+                lines.append(
+                    f"  without any change (a DROP looks like this): xid {txn.xid}, "
+                    f"LSN {txn.lsn}, {txn.time.isoformat() if txn.time else '-'}"
+                )
+    for note in found.notes:
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)

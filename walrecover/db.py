@@ -127,7 +127,7 @@ def redact(text: str, dsn: str | None) -> str:
     return text
 
 
-def not_utf8(conn: Any) -> str:
+def not_utf8(conn: Connection) -> str:
     """Why a session's text can hold bytes that are not UTF-8, for one-line errors.
 
     Only a SQL_ASCII database does: the server converts from any real encoding, but stores and

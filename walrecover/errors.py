@@ -102,6 +102,11 @@ class LostChanges(WalrecoverError):
     """The plugin left changes of the rebuilt table out of the stream (and said so)."""
 
 
+class BaselineError(WalrecoverError):
+    """The baseline (``recover --baseline``) cannot be read, or its coverage by the stream
+    cannot be proven."""
+
+
 class LedgerError(WalrecoverError):
     """The ledger query or file is unusable."""
 
@@ -123,6 +128,18 @@ class ClusterError(WalrecoverError):
     """A throwaway PostgreSQL cluster could not be set up."""
 
 
+class ProtectError(WalrecoverError):
+    """``walrecover protect`` cannot keep a recovery point (a directory of another database or
+    not walrecover's, a slot it cannot create), or a protect directory cannot be read."""
+
+
+class MigrationParseError(WalrecoverError):
+    """``walrecover guard``: the migration is not SQL PostgreSQL's parser accepts.
+
+    Facts: ``line`` and ``column`` (1-based) of the position the parser names.
+    """
+
+
 class Interrupted(WalrecoverError):
     """The user interrupted the run (Ctrl-C, SIGTERM); what was committed is kept."""
 
@@ -139,9 +156,57 @@ def first_line(exc: BaseException) -> str:
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+#: The command finished, and its result differs: a reconciliation that does not match the
+#: ledger, an audit that does not verify.
 EXIT_DIFFERENCES = 3
 #: The table was rebuilt, but walrecover cannot prove it equals the table at the stop point
 #: (a plugin dropped changes, a value or column the plugin cannot carry, a default the WAL does
 #: not hold): each reason is printed as a warning naming the table, the LSN or xid and what to do.
 EXIT_UNPROVEN = 4
+#: ``walrecover doctor``: every table is recoverable, but something needs attention soon (a
+#: slot without a baseline, WAL about to be removed, a publication younger than the changes).
+EXIT_WARNING = 5
+#: ``walrecover doctor``: at least one table could not be recovered now.
+EXIT_CRITICAL = 6
+#: ``walrecover guard``: the migration destroys data of a table no recovery point is proven to
+#: cover (or guard was not given ``-d`` to check it).
+EXIT_DESTRUCTIVE = 7
 EXIT_INTERRUPTED = 130
+
+
+class Verdict(Exception):
+    """A command that finished, printed its result, and is not a clean success.
+
+    The library never raises one: it returns the result (``Reconciliation.matched``,
+    ``RecoveryResult.exact``, ``Verification.ok``, ``Plan.ok``) and lets its caller decide.
+    The command line raises one after printing the result, so that every exit code, errors and
+    verdicts alike, is mapped in one place. ``lines`` go to stderr, each after ``walrecover: ``
+    (none when the result printed on stdout already says it, as ``--json`` does).
+    """
+
+    exit_code: int = EXIT_ERROR
+
+    def __init__(self, *lines: str, exit_code: int | None = None) -> None:
+        super().__init__(*lines)
+        self.lines = lines
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class Failed(Verdict):
+    """The result says the command did not do what was asked (checks that failed, a rehearsal
+    whose recovery did not match): exit 1."""
+
+
+class Differences(Verdict):
+    """The result differs from what it is checked against (the ledger, the audit's own hashes):
+    exit 3."""
+
+    exit_code = EXIT_DIFFERENCES
+
+
+class NotProvenExact(Verdict):
+    """The table was rebuilt, but walrecover cannot prove it equals the table at the stop point
+    (``RecoveryResult.unproven`` says why): exit 4."""
+
+    exit_code = EXIT_UNPROVEN

@@ -1,37 +1,37 @@
 """What became of each recovered row change: the audit's ``outcome`` column, explained.
 
-Replay knows two outcomes when it applies a change (:class:`~walrecover.rebuild.replay.Outcome`:
-``applied``, ``no_row``) and marks changes it read past the stop point ``after_stop``. Two more
+The values are the one enum :class:`~walrecover.stream.model.Outcome`. Replay knows two
+outcomes when it applies a change (``applied``, ``no_row``) and marks changes it read past the
+stop point ``after_stop``. Two more
 are only known once later changes have been seen, so the audit computes them when it closes:
 an applied change whose row a later applied change updated is ``superseded``; one whose row a
 later applied delete or truncate took away is ``removed``. A change is *live* (its after-image is
 in the rebuilt table) exactly when its outcome is ``applied`` and it is an insert or update: that
 is what reconciling an audit file sums.
-
-The values are plain strings, so this module does not depend on which of them the installed
-replay's ``Outcome`` enum already has.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-APPLIED: Final = "applied"
-NO_ROW: Final = "no_row"
-SUPERSEDED: Final = "superseded"
-REMOVED: Final = "removed"
-AFTER_STOP: Final = "after_stop"
+from ..stream.model import Outcome
 
 #: Every outcome, in the order reports list them.
-ALL: Final[tuple[str, ...]] = (APPLIED, SUPERSEDED, REMOVED, NO_ROW, AFTER_STOP)
+ALL: Final[tuple[Outcome, ...]] = (
+    Outcome.APPLIED,
+    Outcome.SUPERSEDED,
+    Outcome.REMOVED,
+    Outcome.NO_ROW,
+    Outcome.AFTER_STOP,
+)
 
 #: One line per outcome for people reading a report (see :func:`describe` for a change's own).
 DESCRIPTIONS: Final[dict[str, str]] = {
-    APPLIED: "applied to the rebuilt table",
-    SUPERSEDED: "applied, then replaced by a later change to the same row",
-    REMOVED: "applied, then removed by a later delete or truncate",
-    NO_ROW: "not applied: no row had its key (the row predates the slot)",
-    AFTER_STOP: "left out: committed at or after the stop point",
+    Outcome.APPLIED: "applied to the rebuilt table",
+    Outcome.SUPERSEDED: "applied, then replaced by a later change to the same row",
+    Outcome.REMOVED: "applied, then removed by a later delete or truncate",
+    Outcome.NO_ROW: "not applied: no row had its key (the row predates the slot)",
+    Outcome.AFTER_STOP: "left out: committed at or after the stop point",
 }
 
 #: What an applied change of each op leaves in the rebuilt table.
@@ -54,7 +54,7 @@ LIVE_OPS: Final[tuple[str, ...]] = ("insert", "update")
 
 def is_live(op: str, outcome: str) -> bool:
     """True if a change with this op and outcome is a row of the rebuilt table."""
-    return outcome == APPLIED and op in LIVE_OPS
+    return outcome == Outcome.APPLIED and op in LIVE_OPS
 
 
 def describe(outcome: str, op: str | None = None) -> str:
@@ -63,10 +63,10 @@ def describe(outcome: str, op: str | None = None) -> str:
     the outcome alone. Unknown values are returned as they are."""
     if op is None or op not in _VERB:
         return DESCRIPTIONS.get(outcome, outcome)
-    if outcome == APPLIED:
+    if outcome == Outcome.APPLIED:
         return _APPLIED[op]
-    if outcome in (SUPERSEDED, REMOVED) and op in LIVE_OPS:
+    if outcome in (Outcome.SUPERSEDED, Outcome.REMOVED) and op in LIVE_OPS:
         return f"{_VERB[op]}, then {DESCRIPTIONS[outcome].removeprefix('applied, then ')}"
-    if outcome == AFTER_STOP:
+    if outcome == Outcome.AFTER_STOP:
         return f"not applied: this {op} committed at or after the stop point"
     return DESCRIPTIONS.get(outcome, outcome)

@@ -1,7 +1,7 @@
 """``walrecover audit verify``: recompute an audit's hashes, chain, typed values and counts.
 
 An auditor need not trust the tool that wrote the audit: every row's SHA-256 is recomputed from
-its canonical content, the chain from :data:`~walrecover.audit.writer.CHAIN_SEED`, every typed value
+its canonical content, the chain from :data:`~walrecover.audit.format.CHAIN_SEED`, every typed value
 from its exact text, and the counts and file checksums against the metadata and the manifest.
 The first bad row is named.
 """
@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import AuditError
-from .pgarrow import TypedField, fields_of, typed_arrays
-from .writer import (
+from ..report import verification_text
+from .format import (
     CHAIN_SEED,
     HASH_COLUMNS,
     HASHED,
@@ -34,6 +34,7 @@ from .writer import (
     manifest_path,
     sha256_of,
 )
+from .pgarrow import TypedField, fields_of, typed_arrays
 
 # -- verification --------------------------------------------------------------------------------
 
@@ -72,19 +73,9 @@ class Verification:
         }
 
     def report(self) -> str:
-        """The result for a person: what was checked, and OK or the problems."""
-        lines = [
-            f"Audit {self.path}: {self.rows} rows in {self.files} file(s); chain head "
-            f"{self.chain_head}.",
-            f"  checked: {', '.join(self.checked)}.",
-        ]
-        if self.ok:
-            lines.append("  OK: no row was edited, deleted, added or moved.")
-            return "\n".join(lines)
-        first = f"; first bad row: {self.first_bad_row}" if self.first_bad_row is not None else ""
-        lines.append(f"  NOT OK: {self.bad_rows} bad row(s){first}.")
-        lines.extend(f"    {problem}" for problem in self.problems)
-        return "\n".join(lines)
+        """The result for a person: what was checked, and OK or the problems
+        (:func:`walrecover.report.verification_text`)."""
+        return verification_text(self)
 
 
 class _Problems:
@@ -159,23 +150,67 @@ def verify_audit(
     problems = _Problems()
     checked = ["seq order", "row hashes", "chain", "typed columns", "counts"]
     manifest_file = Path(manifest) if manifest is not None else manifest_path(path)
-    manifest_data: dict[str, Any] | None = None
-    if use_manifest:
-        if manifest_file.exists():
-            manifest_data = load_manifest(manifest_file)
-            checked.append("manifest")
-        else:
-            problems.file(
-                f"the manifest {manifest_file} is missing: give it with --manifest PATH, or "
-                "pass --no-manifest to check the audit without it"
-            )
+    manifest_data = _manifest(manifest_file, problems) if use_manifest else None
+    if manifest_data is not None:
+        checked.append("manifest")
     files = _files_in_order(path, manifest_data, problems)
-    position = 0
-    expected_seq = 0
-    chain = CHAIN_SEED
-    counts: dict[str, int] = {}
+    walk = _Walk(problems)
     file_meta: dict[str, Any] = {}
     for file, relative in files:
+        file_meta, file_rows = walk.file(file, relative)
+        if path.is_dir():
+            _check_file_meta(relative, file_meta, file_rows, problems)
+    meta = file_meta if not path.is_dir() else dict((manifest_data or {}).get("metadata", {}))
+    head = walk.chain
+    if not path.is_dir() and meta:
+        _check_totals(
+            f"the metadata of {path.name}", meta, walk.position, head, walk.counts, problems
+        )
+    if manifest_data is not None:
+        _check_totals(
+            f"the manifest {manifest_file.name}",
+            manifest_data,
+            walk.position,
+            head,
+            walk.counts,
+            problems,
+        )
+        _check_checksums(path, manifest_data, problems)
+    if chain_head is not None:
+        checked.append("expected chain head")
+        if chain_head.lower() != head:
+            problems.file(
+                f"the chain ends at {head}, not at the expected chain head {chain_head}: the "
+                "audit is not the one recorded"
+            )
+    all_problems = problems.all()
+    return Verification(
+        path=str(path),
+        ok=not all_problems,
+        rows=walk.position,
+        files=len(files),
+        chain_head=head,
+        problems=all_problems,
+        bad_rows=problems.bad_rows,
+        first_bad_row=problems.first_bad_row,
+        manifest=str(manifest_file) if manifest_data is not None else None,
+        checked=tuple(checked),
+    )
+
+
+class _Walk:
+    """Every row of the audit in seq order: its seq, row hash, chain link and typed values
+    checked, the outcomes counted, the chain followed."""
+
+    def __init__(self, problems: _Problems) -> None:
+        self.problems = problems
+        self.position = 0
+        self.expected_seq = 0
+        self.chain = CHAIN_SEED
+        self.counts: dict[str, int] = {}
+
+    def file(self, file: Path, relative: str) -> tuple[dict[str, Any], int]:
+        """Check one file's rows; return its metadata and its row count."""
         try:
             parquet = pq.ParquetFile(file, pre_buffer=False)
         except (OSError, pa.ArrowException) as exc:
@@ -190,81 +225,71 @@ def verify_audit(
         fields = fields_of(parquet.schema_arrow)
         file_rows = 0
         for batch in parquet.iter_batches(batch_size=VERIFY_BATCH_ROWS):
-            table = pa.Table.from_batches([batch])
-            seqs = table.column("seq").to_pylist()
-            stored_rows = table.column("row_hash").to_pylist()
-            stored_chain = table.column("chain_hash").to_pylist()
-            computed, _, _ = hash_rows(table, CHAIN_SEED)
-            typed_bad = _typed_mismatches(table, fields)
-            xids = table.column("xid").to_pylist()
-            lsns = table.column("commit_lsn").to_pylist()
-            for value in table.column("outcome").to_pylist():
-                counts[value] = counts.get(value, 0) + 1
-            for i, seq in enumerate(seqs):
-                where = (
-                    f"row {position} (seq {seq}, xid {xids[i]}, commit LSN {lsns[i]}) in {relative}"
-                )
-                link = hashlib.sha256((chain + (stored_rows[i] or "")).encode()).hexdigest()
-                if seq != expected_seq:
-                    problems.row(
-                        position,
-                        f"{where}: seq {expected_seq} was expected here: a row was deleted, "
-                        "inserted or moved",
-                    )
-                    expected_seq = seq if isinstance(seq, int) else expected_seq
-                elif computed[i] != stored_rows[i]:
-                    problems.row(
-                        position, f"{where}: row_hash does not match the row's content (edited)"
-                    )
-                elif link != stored_chain[i]:
-                    problems.row(
-                        position,
-                        f"{where}: chain_hash does not follow from the row before it (a row "
-                        "was deleted, inserted or moved, or its hash rewritten)",
-                    )
-                elif typed_bad.get(i):
-                    problems.row(position, f"{where}: {typed_bad[i]}")
-                chain = stored_chain[i] or chain
-                expected_seq += 1
-                position += 1
-                file_rows += 1
-        if path.is_dir():
-            _check_file_meta(relative, file_meta, file_rows, problems)
-    meta = file_meta if not path.is_dir() else dict((manifest_data or {}).get("metadata", {}))
-    head = chain
-    if not path.is_dir() and meta:
-        _check_totals(f"the metadata of {path.name}", meta, position, head, counts, problems)
-    if manifest_data is not None:
-        _check_totals(
-            f"the manifest {manifest_file.name}", manifest_data, position, head, counts, problems
-        )
-        for entry in manifest_data.get("files", []):
-            target = path / entry["path"] if path.is_dir() else path
-            if target.exists() and sha256_of(target) != entry.get("sha256"):
-                problems.file(
-                    f"{entry['path']}: its SHA-256 differs from the manifest's: the file was "
-                    "changed after it was written"
-                )
-    if chain_head is not None:
-        checked.append("expected chain head")
-        if chain_head.lower() != head:
-            problems.file(
-                f"the chain ends at {head}, not at the expected chain head {chain_head}: the "
-                "audit is not the one recorded"
+            file_rows += self.batch(pa.Table.from_batches([batch]), fields, relative)
+        return file_meta, file_rows
+
+    def batch(self, table: pa.Table, fields: Sequence[TypedField], relative: str) -> int:
+        """Check a batch of rows; return how many."""
+        seqs = table.column("seq").to_pylist()
+        stored_rows = table.column("row_hash").to_pylist()
+        stored_chain = table.column("chain_hash").to_pylist()
+        computed, _, _ = hash_rows(table, CHAIN_SEED)
+        typed_bad = _typed_mismatches(table, fields)
+        xids = table.column("xid").to_pylist()
+        lsns = table.column("commit_lsn").to_pylist()
+        for value in table.column("outcome").to_pylist():
+            self.counts[value] = self.counts.get(value, 0) + 1
+        for i, seq in enumerate(seqs):
+            where = f"row {self.position} (seq {seq}, xid {xids[i]}, commit LSN {lsns[i]})"
+            problem = self.row_problem(seq, computed[i], stored_rows[i], stored_chain[i])
+            if problem is None and typed_bad.get(i):
+                problem = typed_bad[i]
+            if problem is not None:
+                self.problems.row(self.position, f"{where} in {relative}: {problem}")
+            self.chain = stored_chain[i] or self.chain
+            self.expected_seq += 1
+            self.position += 1
+        return len(seqs)
+
+    def row_problem(
+        self, seq: Any, computed: str, stored_row: str | None, stored_chain: str | None
+    ) -> str | None:
+        """What is wrong with a row's seq, hash or chain link, or None."""
+        link = hashlib.sha256((self.chain + (stored_row or "")).encode()).hexdigest()
+        if seq != self.expected_seq:
+            expected = self.expected_seq
+            self.expected_seq = seq if isinstance(seq, int) else self.expected_seq
+            return f"seq {expected} was expected here: a row was deleted, inserted or moved"
+        if computed != stored_row:
+            return "row_hash does not match the row's content (edited)"
+        if link != stored_chain:
+            return (
+                "chain_hash does not follow from the row before it (a row was deleted, "
+                "inserted or moved, or its hash rewritten)"
             )
-    all_problems = problems.all()
-    return Verification(
-        path=str(path),
-        ok=not all_problems,
-        rows=position,
-        files=len(files),
-        chain_head=head,
-        problems=all_problems,
-        bad_rows=problems.bad_rows,
-        first_bad_row=problems.first_bad_row,
-        manifest=str(manifest_file) if manifest_data is not None else None,
-        checked=tuple(checked),
+        return None
+
+
+def _manifest(manifest_file: Path, problems: _Problems) -> dict[str, Any] | None:
+    """The manifest's content, or None (a problem) when it is missing."""
+    if manifest_file.exists():
+        return load_manifest(manifest_file)
+    problems.file(
+        f"the manifest {manifest_file} is missing: give it with --manifest PATH, or "
+        "pass --no-manifest to check the audit without it"
     )
+    return None
+
+
+def _check_checksums(path: Path, manifest: Mapping[str, Any], problems: _Problems) -> None:
+    """Each file's SHA-256 against the manifest's."""
+    for entry in manifest.get("files", []):
+        target = path / entry["path"] if path.is_dir() else path
+        if target.exists() and sha256_of(target) != entry.get("sha256"):
+            problems.file(
+                f"{entry['path']}: its SHA-256 differs from the manifest's: the file was "
+                "changed after it was written"
+            )
 
 
 def _check_file_meta(

@@ -94,6 +94,16 @@ def find_installation() -> Installation:
     )
 
 
+def find_program(name: str) -> Path | None:
+    """A PostgreSQL program (``pg_waldump``, ...) from the same places as the server binaries,
+    newest installation first; None if none has it."""
+    for bindir in _candidates():
+        if (bindir / name).is_file():
+            return bindir / name
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
 def _describe(bindir: Path) -> Installation:
     try:
         version = subprocess.run(

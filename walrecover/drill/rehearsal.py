@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..db import connect, one
+from ..db import Connection, connect, one
 from ..errors import AuditError, ClusterError
 from ..rebuild.recover import LedgerCheck, RecoveryResult, recover
 from ..stream.decoders import PLUGINS
@@ -155,6 +155,8 @@ class RehearsalResult:
     #: Connection string of the kept cluster (``keep=True``), else None.
     kept_dsn: str | None = None
     audit_path: str | None = None
+    #: The baseline the table was started from (``rehearse --baseline``), as the result has it.
+    baseline: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,30 +172,35 @@ class RehearsalResult:
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "kept_dsn": self.kept_dsn,
             "audit_path": self.audit_path,
+            "baseline": self.baseline,
         }
 
 
 def run_workload(
-    conn: Any,
+    conn: Connection,
     transactions: int,
     accounts: int,
     *,
     seed: float = 0.42,
     progress: ProgressCallback | None = None,
+    first: int = 0,
 ) -> None:
-    """Run the banking workload (schema must exist) in chunks, committing as it goes."""
+    """Run the banking workload (schema must exist) in chunks, committing as it goes;
+    ``first`` ledger transactions were run before (the workload goes on from there)."""
     conn.autocommit = True
     done = 0
     while done < transactions:
         n = min(CHUNK, transactions - done)
-        chunk_seed = ((seed * 1000 + done // CHUNK) % 1000) / 1000.0
-        conn.execute("CALL bank_workload(%s, %s, %s, %s)", (done + 1, n, accounts, chunk_seed))
+        chunk_seed = ((seed * 1000 + (first + done) // CHUNK) % 1000) / 1000.0
+        conn.execute(
+            "CALL bank_workload(%s, %s, %s, %s)", (first + done + 1, n, accounts, chunk_seed)
+        )
         done += n
         if progress is not None:
             progress("workload", done, transactions)
 
 
-def create_bank(conn: Any, accounts: int) -> None:
+def create_bank(conn: Connection, accounts: int) -> None:
     """Create the bank's schema and its accounts with zero balances."""
     conn.autocommit = True
     conn.execute(TABLES_SQL)

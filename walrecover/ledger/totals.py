@@ -29,10 +29,10 @@ from psycopg import sql
 
 from ..audit import outcomes
 from ..audit.pgarrow import typed_column
-from ..audit.writer import audit_dataset
-from ..db import connect
+from ..audit.reader import audit_dataset
+from ..db import Connection, connect
 from ..errors import LedgerError
-from ..stream.model import TableName
+from ..stream.model import Outcome, TableName
 
 _FLOAT_OIDS = {700, 701}
 _FLOAT_TYPES = ("real", "double precision")
@@ -169,7 +169,9 @@ def connection(connection: Any, role: str) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _stream(conn: Any, query: sql.Composable | str, what: str, hint: str) -> Iterator[Any]:
+def _stream(
+    conn: Connection, query: sql.Composed | sql.SQL | str, what: str, hint: str
+) -> Iterator[Any]:
     """Rows of ``query`` through a server-side cursor, with ``TimeZone=UTC`` for periods.
 
     The rows come in pages of :data:`FETCH_ROWS`, so a query with millions of result rows
@@ -187,7 +189,7 @@ def _stream(conn: Any, query: sql.Composable | str, what: str, hint: str) -> Ite
 
 
 def table_totals(
-    conn: Any,
+    conn: Connection,
     table: TableName,
     key: str | Sequence[str],
     amount: str,
@@ -231,7 +233,7 @@ def table_totals(
     return totals
 
 
-def _check_amount_type(conn: Any, table: TableName, amount: str) -> None:
+def _check_amount_type(conn: Connection, table: TableName, amount: str) -> None:
     try:
         with conn.transaction():
             row = conn.execute(
@@ -282,7 +284,8 @@ def audit_totals(
             raise LedgerError(
                 f"the time column {time_column!r} is not a date or timestamp in the audit"
             )
-    live = (ds.field("outcome") == outcomes.APPLIED) & ds.field("op").isin(list(outcomes.LIVE_OPS))
+    applied = ds.field("outcome") == Outcome.APPLIED.value
+    live = applied & ds.field("op").isin(list(outcomes.LIVE_OPS))
     columns = [*key_fields, amount_field] + ([time_field] if time_field else [])
     totals: dict[Key, tuple[Decimal, int]] = {}
     scanner = dataset.scanner(columns=columns, filter=live, batch_size=1 << 17)
@@ -399,7 +402,7 @@ def show_key(key: Key) -> str:
 
 
 def _ledger_query(
-    conn: Any,
+    conn: Connection,
     query: str,
     names: Sequence[str],
     period: Period | None,

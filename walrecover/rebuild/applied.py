@@ -1,5 +1,6 @@
-"""What replay hands on: each change with its outcome, the audit that receives them, and the
-source transaction being applied (with how messages name it).
+"""What replay hands on: each change with its outcome (the audit's
+:class:`~walrecover.stream.model.Outcome`), the audit that receives them, and the source
+transaction being applied (with how messages name it).
 
 Shared by the replay loop (:mod:`.replay`), the batch applier (:mod:`.apply`), the schema
 follower (:mod:`.schema`) and the audit (:class:`~walrecover.audit.writer.AuditWriter`, the
@@ -11,25 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Protocol
 
 from ..stream.lsn import Lsn
-from ..stream.model import Begin, Change, Values
+from ..stream.model import Begin, Change, Outcome, Values
 
-
-class Outcome(StrEnum):
-    """What replay did with a row change."""
-
-    APPLIED = "applied"
-    #: An update or delete found no row with its key (the row predates the stream).
-    NO_ROW = "no_row"
-    #: Applied, then overwritten by a later update of the same row (set when the audit closes).
-    SUPERSEDED = "superseded"
-    #: Applied, then removed by a later delete or truncate (set when the audit closes).
-    REMOVED = "removed"
-    #: Not applied: its transaction commits at or after the stop point.
-    AFTER_STOP = "after_stop"
+__all__ = ["AppliedChange", "AuditSink", "Outcome", "Txn", "at", "named", "stop_hint"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,12 @@ gives the audit the values of unchanged TOAST columns. A source transaction whos
 is pending (or that a cut capture may end inside) is guarded by a savepoint when the batch is
 flushed in its middle, so it can be taken back.
 
-How a change becomes SQL is in three overridable steps, so that a replay mode (an idempotent
-replay over a baseline: upsert instead of insert, an update of a missing row inserts it, a
-delete of a missing row is a no-op) is a subclass: :meth:`Applier._insert` (the inserts of a
-batch), :meth:`Applier._statement` (an update, delete or truncate, built by
-:mod:`.statements`) and :meth:`Applier._settle` (what the returned row of an update or delete
-means).
+How a change becomes SQL is in three overridable steps, so that a replay mode is a subclass
+(:class:`~.idempotent.IdempotentApplier`, the replay over a baseline whose point is not known:
+upsert instead of insert, an update of a missing row inserts it, a delete of a missing row is a
+no-op): :meth:`Applier._insert` (the inserts of a batch), :meth:`Applier._statement` (an
+update, delete or truncate, built by :mod:`.statements`) and :meth:`Applier._settle` (what the
+returned row of an update or delete means).
 """
 
 from __future__ import annotations
@@ -85,6 +85,10 @@ class _Batch:
 
 class Applier:
     """Buffers a table's changes and sends them to the target in batches."""
+
+    #: An update or delete that finds no row means the rebuilt table lacks a row the table had
+    #: (see :func:`.ending.no_row_reason`); a replay mode may expect them instead.
+    no_row_unproven = True
 
     def __init__(
         self,

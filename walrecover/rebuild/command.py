@@ -17,6 +17,7 @@ from ..errors import WalrecoverError
 from ..stream.model import StopPoint, TableName
 from ..stream.settings import CaptureSettings
 from ..stream.sources import CaptureSource
+from .baseline import BaselineOptions
 from .preflight import command_identity, database_identity, ddl_identity
 
 
@@ -44,6 +45,7 @@ def slot_command(
     stop: StopPoint,
     ddl: str | None,
     audit: str | None,
+    baseline: BaselineOptions | None = None,
 ) -> str:
     """The identity of a recovery from a slot (see :func:`.preflight.command_identity`)."""
     return command_identity(
@@ -55,11 +57,17 @@ def slot_command(
         stop=stop.describe(),
         ddl=ddl_identity(ddl),
         audit=audit,
+        baseline=baseline.identity() if baseline is not None else None,
     )
 
 
 def capture_command(
-    source: CaptureSource, table: TableName, stop: StopPoint, ddl: str | None, audit: str | None
+    source: CaptureSource,
+    table: TableName,
+    stop: StopPoint,
+    ddl: str | None,
+    audit: str | None,
+    baseline: BaselineOptions | None = None,
 ) -> str:
     """The identity of a recovery from a capture file."""
     return command_identity(
@@ -71,6 +79,7 @@ def capture_command(
         stop=stop.describe(),
         ddl=ddl_identity(ddl),
         audit=audit,
+        baseline=baseline.identity() if baseline is not None else None,
     )
 
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import psycopg
 
-from ..audit.writer import clear_published, manifest_path
+from ..audit.format import manifest_path
+from ..audit.workspace import clear_published
 from ..db import Connection, connect, redact, safe_dsn
 from ..errors import ReconcileFailed, TargetExists, WalrecoverError, first_line
 from ..ledger.reconcile import Reconciliation, reconcile_table
@@ -88,6 +89,7 @@ def record_result(
     audit: AuditSummary | None,
     unproven: tuple[str, ...],
     capture: Path | None,
+    baseline: dict[str, Any] | None = None,
 ) -> None:
     """Keep a finished recovery's result with its progress row, for a rerun's answer."""
     stopped = result.stopped_before
@@ -107,6 +109,7 @@ def record_result(
                     "audit": audit.to_dict() if audit is not None else None,
                     "unproven": list(unproven),
                     "capture_bytes": _size(capture) if capture is not None else None,
+                    "baseline": baseline,
                     "completed_at": datetime.now(UTC).isoformat(),
                 },
                 default=str,
@@ -237,6 +240,7 @@ def already_complete(
         audit=audit,
         unproven=tuple(stored.get("unproven") or ()),
         already_complete=True,
+        baseline=stored.get("baseline"),
     )
 
 

@@ -135,6 +135,7 @@ class ReplayResult(Counted):
 def replay_result(replayer: Replayer, resumed_from: Lsn | None, seconds: float) -> ReplayResult:
     """What ``replayer`` did, once it ran."""
     judge, table, into, counts = replayer.judge, replayer.table, replayer.into, replayer.counts
+    applier = replayer.applier
     return ReplayResult(
         into=str(into),
         relation=replayer.relation or Relation(table.schema, table.name, ()),
@@ -148,7 +149,8 @@ def replay_result(replayer: Replayer, resumed_from: Lsn | None, seconds: float) 
             *replayer.shape.unproven,
             *replayer.unproven,
             *(judge.unproven if judge is not None else ()),
-            *no_row_reason(counts.no_row, table, into),
+            # Over a baseline of unknown point, a missing row is expected (idempotent replay).
+            *(no_row_reason(counts.no_row, table, into) if applier.no_row_unproven else ()),
         ),
         warnings=(
             *replayer.warnings,

@@ -25,11 +25,12 @@ from ..errors import ConnectionFailed, PrivilegeError, WalrecoverError, first_li
 from ..ledger.reconcile import Reconciliation
 from ..stream.lsn import Lsn
 from ..stream.model import TableName
-from ..stream.settings import ServerRoundTrip, ValueChecker
 from ..stream.settings import apply as apply_settings
 from ..stream.settings import restore as restore_settings
 from ..stream.sources import CaptureSource, SlotSource
+from ..stream.value_check import ServerRoundTrip, ValueChecker
 from ..stream.walinspect import WalInspect
+from .baseline import Baseline
 from .command import table_exists
 from .complete import already_complete, finished_recovery, reconcile_complete, record_result
 from .preflight import (
@@ -73,6 +74,8 @@ class Recovery:
         self.wal: WalInspect | None = None
         self.judge: RecreationJudge | None = None
         self.audit: AuditWriter | None = None
+        #: The older copy the table starts from (``--baseline``), once opened.
+        self.base: Baseline | None = None
         self.notes: list[str] = []
         self.warnings: list[str] = []
         self.unproven: list[str] = []
@@ -159,6 +162,8 @@ class Recovery:
             if src.settings.date_output != "ISO":
                 self.roundtrip = ServerRoundTrip(ask.target_dsn, src.settings)
             self.checker = ValueChecker(src.settings, src.plugin, (ask.table,), self.roundtrip)
+        if ask.baseline is not None:
+            self.base = Baseline(ask.baseline, ask.table)
         return None
 
     def check_source(self) -> None:
@@ -242,6 +247,7 @@ class Recovery:
             batch_size=self.batch_size,
             wal_dsn=self.wal_dsn,
             began=self.began,
+            base=self.base,
         )
         result = reading.run()
         self.warnings += reading.warnings
@@ -275,6 +281,7 @@ class Recovery:
                 "stopped_before_lsn": lsn_text(result.stopped_before[1])
                 if result.stopped_before
                 else None,
+                **({"baseline": self.base.summary()} if self.base is not None else {}),
             }
         )
         self.audit = None
@@ -288,7 +295,9 @@ class Recovery:
 
     def reconcile(self, result: ReplayResult, audit: AuditSummary | None) -> Reconciliation | None:
         """Record the finished recovery's result (for a rerun), then reconcile, if asked."""
-        ask, src = self.ask, self.ask.src
+        ask, src, base = self.ask, self.ask.src, self.base
+        if base is not None and base.gap is not None:
+            self.unproven.append(base.gap)
         record_result(
             self.conn,
             ask.into,
@@ -298,6 +307,7 @@ class Recovery:
             audit=audit,
             unproven=(*self.unproven, *result.unproven),
             capture=src.path if isinstance(src, CaptureSource) else None,
+            baseline=base.summary() if base is not None else None,
         )
         if ask.ledger is None:
             return None
@@ -336,6 +346,7 @@ class Recovery:
             unproven=(*self.unproven, *result.unproven),
             capture=str(src.path) if isinstance(src, CaptureSource) else None,
             lsn_kind="end" if src.plugin == "test_decoding" else "commit",
+            baseline=self.base.summary() if self.base is not None else None,
         )
 
     def close(self) -> None:
@@ -350,7 +361,7 @@ class Recovery:
                     f"; the audit written so far is kept in {kept} (a resumed run continues it,"
                     " --force discards it)"
                 )
-        for held in (self.roundtrip, self.judge, self.wal):
+        for held in (self.roundtrip, self.judge, self.wal, self.base):
             if held is not None:
                 held.close()
         with contextlib.suppress(Exception):

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from ..audit.writer import AuditWriter
-from ..db import connect, redact, safe_dsn
+from ..db import Connection, connect, redact, safe_dsn
 from ..errors import StopPointError, SwapError, WalrecoverError, first_line
 from ..stream.decoders import decode_all, make_decoder
 from ..stream.lsn import Lsn
@@ -40,6 +40,7 @@ from .preflight import (
     ColumnTypes,
     TargetFacts,
     check_encoding,
+    check_into,
     check_key_amount,
     check_ledger_query,
     check_target,
@@ -231,7 +232,7 @@ class _Planner:
         self.facts: TargetFacts | None = None
         self.exists = False
         #: The target connection (rolled back after each check: the plan changes nothing).
-        self.conn: Any = None
+        self.conn: Connection | None = None
 
     def attempt(self, name: str, check: Callable[[], str]) -> bool:
         """Run one check; record what it found or the one-line error it raised."""
@@ -261,20 +262,17 @@ class _Planner:
         sample: int,
     ) -> Plan:
         into, table = self.into, self.table
-        conn: Any = None
+        conn: Connection | None = None
 
         def open_target() -> str:
             nonlocal conn
-            if into == table and self.target == self.dsn:
-                raise WalrecoverError(
-                    f"--into {into} is the table being recovered: build into a new table and "
-                    "swap it in"
-                )
+            check_into(into, table, self.target, self.dsn)
             conn = self.conn = connect(self.target, role="target")
             return f"connected to {safe_dsn(self.target)}"
 
         columns: ColumnTypes | None = None
         if self.attempt("target database", open_target):
+            assert conn is not None
             try:
                 self._target_checks(conn, command)
                 if ledger is not None and self.exists and not self.force:
@@ -341,7 +339,7 @@ class _Planner:
 
     # -- the target --------------------------------------------------------------------------
 
-    def _target_checks(self, conn: Any, command: str) -> None:
+    def _target_checks(self, conn: Connection, command: str) -> None:
         into = self.into
 
         def privileges() -> str:
@@ -414,7 +412,7 @@ class _Planner:
 
         self.attempt("target table", state)
 
-    def _ddl_columns(self, conn: Any) -> ColumnTypes | None:
+    def _ddl_columns(self, conn: Connection) -> ColumnTypes | None:
         assert self.ddl is not None
         try:
             definition = parse_ddl(self.ddl, self.into)
@@ -453,7 +451,7 @@ class _Planner:
     def _key_amount(
         self,
         ledger: LedgerCheck,
-        conn: Any,
+        conn: Connection | None,
         columns: ColumnTypes | None,
         relation: Relation | None,
     ) -> None:

@@ -27,8 +27,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from ..db import SECRETS, redact
-from ..errors import ConfigurationError, LedgerError, PrivilegeError
+from ..db import SECRETS, Connection, one, redact
+from ..errors import ConfigurationError, LedgerError, PrivilegeError, WalrecoverError
 from ..stream.model import TableName
 from .progress import _ADDED_COLUMNS
 from .target import PROGRESS_SCHEMA, PROGRESS_TABLE, Target
@@ -52,6 +52,7 @@ OPTION_NAMES = {
     "stop": "the stop point (--stop-before-*)",
     "ddl": "--ddl",
     "audit": "--audit/--audit-dir",
+    "baseline": "--baseline",
 }
 
 
@@ -117,7 +118,16 @@ def command_differences(stored: str | None, current: str | None) -> list[str]:
 _PLAIN = re.compile(r"[a-z_][a-z0-9_]*")
 
 
-def _ident(conn: Any, *names: str) -> str:
+def check_into(into: TableName, table: TableName, target: str | None, dsn: str | None) -> None:
+    """Refuse to build into the table being recovered (the same name in the same database):
+    the rebuilt table is new, and swapped in afterwards."""
+    if into == table and target == dsn:
+        raise WalrecoverError(
+            f"--into {into} is the table being recovered: build into a new table and swap it in"
+        )
+
+
+def _ident(conn: Connection, *names: str) -> str:
     """Names as SQL, quoted only where needed (so a GRANT reads as one would type it)."""
     return ".".join(
         name if _PLAIN.fullmatch(name) else sql.Identifier(name).as_string(conn) for name in names
@@ -135,14 +145,15 @@ class TargetFacts:
     creates: tuple[str, ...]
 
 
-def check_target(conn: Any, into: TableName, *, force: bool, exists: bool) -> TargetFacts:
+def check_target(conn: Connection, into: TableName, *, force: bool, exists: bool) -> TargetFacts:
     """Check the role can create ``into``, the ``walrecover`` schema and write its progress;
     raise :class:`PrivilegeError` naming the privilege and the object (schema, database or
     table) and the GRANT that gives it. Leaves the transaction open (the caller commits)."""
-    role, database, encoding = conn.execute(
+    role, database, encoding = one(
+        conn,
         "SELECT current_user::text, current_database()::text, pg_encoding_to_char(encoding)"
-        " FROM pg_database WHERE datname = current_database()"
-    ).fetchone()
+        " FROM pg_database WHERE datname = current_database()",
+    )
     who = _ident(conn, role)
 
     def refuse(what: str, grant: str) -> PrivilegeError:
@@ -184,12 +195,13 @@ def check_target(conn: Any, into: TableName, *, force: bool, exists: bool) -> Ta
                 f"{PROGRESS_TABLE} OWNER TO {who}",
             )
     if exists and not force:
-        rights = conn.execute(
+        rights = one(
+            conn,
             "SELECT has_table_privilege(oid, 'SELECT'), has_table_privilege(oid, 'INSERT'),"
             " has_table_privilege(oid, 'UPDATE'), has_table_privilege(oid, 'DELETE'),"
             " has_table_privilege(oid, 'TRUNCATE') FROM pg_class WHERE oid = %s::regclass",
             (_ident(conn, into.schema, into.name),),
-        ).fetchone()
+        )
         names = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
         missing = [name for name, held in zip(names, rights, strict=True) if not held]
         if missing:
@@ -223,7 +235,7 @@ def check_encoding(target_encoding: str, source_encoding: str | None, database: 
 # -- the ledger ------------------------------------------------------------------------------------
 
 
-def check_ledger_query(conn: Any, query: str, keys: int = 1) -> str:
+def check_ledger_query(conn: Connection, query: str, keys: int = 1) -> str:
     """Run ``query`` so that it returns no row (``SELECT * FROM (query) LIMIT 0``, read-only,
     rolled back) and check its shape: ``keys`` key columns and a total PostgreSQL sums exactly.
 
@@ -240,7 +252,7 @@ def check_ledger_query(conn: Any, query: str, keys: int = 1) -> str:
     except psycopg.Error as exc:
         primary = exc.diag.message_primary or str(exc)
         if exc.sqlstate == "42501":
-            (role,) = conn.execute("SELECT current_user::text").fetchone()
+            (role,) = one(conn, "SELECT current_user::text")
             raise LedgerError(
                 f"the ledger query cannot run as role {role!r} ({primary}): GRANT SELECT on that"
                 f" table TO {_ident(conn, role)}, or give --ledger-query a query the role may "
@@ -267,7 +279,7 @@ def check_ledger_query(conn: Any, query: str, keys: int = 1) -> str:
             "nothing was built"
         )
     if oid not in SUMMABLE_TYPES and oid not in TEXT_TYPES:
-        (shown,) = conn.execute("SELECT format_type(%s, NULL)", (oid,)).fetchone()
+        (shown,) = one(conn, "SELECT format_type(%s, NULL)", (oid,))
         raise LedgerError(
             f"the ledger query returns its total {names[-1]!r} as {shown}, not a number: "
             "return the total as numeric, integer or bigint; nothing was built"
@@ -282,7 +294,7 @@ def check_ledger_query(conn: Any, query: str, keys: int = 1) -> str:
 ColumnTypes = Mapping[str, tuple[int | None, str]]
 
 
-def table_column_types(conn: Any, table: TableName) -> dict[str, tuple[int | None, str]]:
+def table_column_types(conn: Connection, table: TableName) -> dict[str, tuple[int | None, str]]:
     """The columns of an existing table with their base type OIDs."""
     rows = conn.execute(
         "SELECT a.attname::text, coalesce(nullif(t.typbasetype, 0), t.oid)::int,"
@@ -295,7 +307,9 @@ def table_column_types(conn: Any, table: TableName) -> dict[str, tuple[int | Non
     return {str(name): (int(oid), str(shown)) for name, oid, shown in rows}
 
 
-def named_column_types(conn: Any, columns: Mapping[str, str]) -> dict[str, tuple[int | None, str]]:
+def named_column_types(
+    conn: Connection, columns: Mapping[str, str]
+) -> dict[str, tuple[int | None, str]]:
     """Columns given by type name (the stream's relation, a --ddl), resolved on ``conn``: the
     OID is None for a type that database does not know."""
     found: dict[str, tuple[int | None, str]] = {}

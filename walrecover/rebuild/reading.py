@@ -1,10 +1,11 @@
 """The replay phase of a recovery: the source's events decoded, checked and watched on their
 way into the target, then what the decoder, the source and the watches say about them.
 
-The source -> decoder -> events assembly lives here (:meth:`Reading._events`): the capture's
-value checks (:class:`~walrecover.stream.settings.ValueChecker`), the wal2json capture's
-identity watch, and a slot read's loss watch wrap the decoded events before :func:`.replay.replay`
-reads them.
+The source -> events assembly lives here (:meth:`Reading._events`): the source decodes its own
+stream (:meth:`~walrecover.stream.sources.Source.events`); the capture's value checks
+(:class:`~walrecover.stream.value_check.ValueChecker`), the wal2json capture's identity watch, a
+slot read's loss watch and a baseline's coverage check (:meth:`.baseline.Baseline.follow`) wrap
+its events before :func:`.replay.replay` reads them.
 """
 
 from __future__ import annotations
@@ -18,19 +19,13 @@ import psycopg
 from ..audit.writer import AuditWriter
 from ..db import Connection, connect
 from ..errors import DecodeError, StopPointError, TableNotInStream, WalrecoverError
-from ..stream.decoders import (
-    Decoder,
-    column_limits,
-    decode_all,
-    decoder_notes,
-    make_decoder,
-    warnings_for,
-)
+from ..stream.decoders import column_limits, warnings_for
 from ..stream.lsn import Lsn
 from ..stream.model import Change, Event, StopPoint, TableName
 from ..stream.notices import LossWatch
-from ..stream.settings import ValueChecker
 from ..stream.sources import CaptureSource, SlotSource
+from ..stream.value_check import ValueChecker
+from .baseline import Baseline
 from .identity import CaptureIdentityWatch
 from .preflight import check_key_amount, table_column_types
 from .recreation import RecreationJudge
@@ -57,10 +52,11 @@ class Reading:
         batch_size: int,
         wal_dsn: str | None,
         began: Lsn | None,
+        base: Baseline | None = None,
     ) -> None:
         self.ask, self.conn, self.stop, self.checker, self.judge = ask, conn, stop, checker, judge
         self.audit, self.audit_at, self.batch_size = audit, audit_at, batch_size
-        self.wal_dsn, self.began = wal_dsn, began
+        self.wal_dsn, self.began, self.base = wal_dsn, began, base
         #: What the user should know, and why the table may not be exact, from the reading.
         self.warnings: list[str] = []
         self.unproven: list[str] = []
@@ -69,14 +65,12 @@ class Reading:
 
     def run(self) -> ReplayResult:
         """Decode the source's events and replay them; then what the stream could not show."""
-        decoder, events, watch, identity = self._events()
+        events, watch, identity = self._events()
         result = self._replay(events)
-        self._verdicts(result, decoder, watch, identity)
+        self._verdicts(result, watch, identity)
         return result
 
-    def _events(
-        self,
-    ) -> tuple[Decoder, Iterable[Event], LossWatch | None, CaptureIdentityWatch | None]:
+    def _events(self) -> tuple[Iterable[Event], LossWatch | None, CaptureIdentityWatch | None]:
         """The source's events, decoded, checked and watched on their way to replay."""
         src, checker, table, stop, ddl = (
             self.ask.src,
@@ -85,18 +79,9 @@ class Reading:
             self.stop,
             self.ask.ddl,
         )
-        decoder = make_decoder(
-            src.plugin,
-            dict(src.options),
-            two_phase=isinstance(src, CaptureSource) and src.two_phase,
-        )
         warnings = list(warnings_for(src.plugin, dict(src.options)))
         unproven: list[str] = []
-        events = (
-            src.decoded(decoder)
-            if isinstance(src, CaptureSource)
-            else decode_all(decoder, src.messages())
-        )
+        events = src.events()
         if checker is not None:
             warnings.extend(checker.settings.warnings())
             events = checker.events(events)
@@ -113,12 +98,15 @@ class Reading:
         if ddl is None:
             version = src.server_version if isinstance(src, SlotSource) else None
             warnings.extend(column_limits(src.plugin, version))
+        if self.base is not None:
+            start = src.start_lsn if isinstance(src, SlotSource) else None
+            events = self.base.follow(events, start, stop)
         self.warnings += warnings
         self.unproven += unproven
-        return decoder, events, watch, identity
+        return events, watch, identity
 
     def _replay(self, events: Iterable[Event]) -> ReplayResult:
-        ask, src = self.ask, self.ask.src
+        ask, src, base = self.ask, self.ask.src, self.base
         try:
             return replay(
                 self.conn,
@@ -140,32 +128,33 @@ class Reading:
                 judge=self.judge,
                 cut_ok=isinstance(src, CaptureSource),
                 command=ask.command,
-                on_created=_column_check(ask.ledger, ask.ddl),
+                on_created=_on_created(_column_check(ask.ledger, ask.ddl), base),
+                idempotent=base is not None and base.idempotent,
             )
         except StopPointError as exc:
             if exc.facts.get("missing") and ask.stop.xid is not None:
                 raise xid_hint(exc, ask.stop, src) from None
             raise
         except TableNotInStream as exc:
+            if base is not None:
+                raise base.no_changes(exc) from None
             if isinstance(src, SlotSource) and not exc.facts.get("tables"):
                 raise _with_tables(exc, ask.dsn, src) from None
             raise
         except DecodeError as exc:
-            if isinstance(src, CaptureSource):
-                src.locate(exc)
+            src.locate(exc)
             raise
 
     def _verdicts(
         self,
         result: ReplayResult,
-        decoder: Decoder,
         watch: LossWatch | None,
         identity: CaptureIdentityWatch | None,
     ) -> None:
         """What the decoder, the source and the watches say about the replayed stream."""
         src, table, warnings, unproven = self.ask.src, self.ask.table, self.warnings, self.unproven
         self.swept = tuple(src.swept)
-        warnings.extend(decoder_notes(decoder))
+        warnings.extend(src.notes())
         if src.plugin == "pgoutput":
             began = self.began if self.began else src.end_lsn
             hidden, noted = _unseen(
@@ -243,6 +232,21 @@ def _column_check(ledger: LedgerCheck | None, ddl: str | None) -> Callable[[Targ
     return check
 
 
+def _on_created(
+    check: Callable[[Target], None] | None, base: Baseline | None
+) -> Callable[[Target], None] | None:
+    """What to do when replay has created the table: load the baseline, then check it."""
+    if base is None:
+        return check
+
+    def created(target: Target) -> None:
+        base.load(target)
+        if check is not None:
+            check(target)
+
+    return created
+
+
 def _with_tables(exc: TableNotInStream, dsn: str | None, src: SlotSource) -> TableNotInStream:
     """The same error, listing the tables the slot does carry (one more pass, no filter)."""
     seen: set[str] = set()
@@ -250,8 +254,7 @@ def _with_tables(exc: TableNotInStream, dsn: str | None, src: SlotSource) -> Tab
         contextlib.suppress(WalrecoverError, psycopg.Error),
         SlotSource(dsn, src.slot, options=src.user_options, via_plugin=src.via_plugin) as again,
     ):
-        decoder = make_decoder(again.plugin, dict(again.options))
-        for event in decode_all(decoder, again.messages()):
+        for event in again.events():
             if isinstance(event, Change):
                 seen.add(event.relation.qualified_name)
                 if len(seen) >= 20:

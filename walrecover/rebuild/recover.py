@@ -13,14 +13,15 @@ checks, audit setup, replay (:mod:`.reading`), audit close, reconcile.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
-from ..errors import (
-    WalrecoverError,
-)
+from ..errors import StopPointError, WalrecoverError
+from ..incident.inspect import resolve_stop_before, settled
 from ..stream.model import NO_STOP, StopPoint, TableName
 from ..stream.settings import CaptureSettings
 from ..stream.sources import CaptureSource, ProgressCallback, SlotSource
+from .baseline import BaselineOptions
 from .command import (
     audit_identity,
     capture_command,
@@ -29,6 +30,7 @@ from .command import (
     slot_command,
 )
 from .phases import Recovery
+from .preflight import check_into
 from .result import Asked, AuditSummary, LedgerCheck, RecoveryResult
 
 __all__ = [
@@ -58,12 +60,25 @@ def recover(
     options: Mapping[str, str] | None = None,
     audit_dir: str | Path | None = None,
     via_plugin: str | None = None,
+    baseline: BaselineOptions | None = None,
+    stop_before: str | None = None,
+    wal_dir: str | Path | None = None,
 ) -> RecoveryResult:
     """Rebuild ``table`` from ``slot`` on ``dsn`` into ``into`` on ``target`` (default ``dsn``).
 
     ``options`` are plugin options (``-o NAME=VALUE``) on top of walrecover's; ``via_plugin``
-    reads the slot through another output plugin (the copy is made with it).
+    reads the slot through another output plugin (the copy is made with it); ``baseline``
+    starts the table from an older copy of it (see :mod:`.baseline`). ``stop_before``
+    (``drop``, ``truncate``, ``auto``) finds that event of the table in the WAL (pg_walinspect,
+    or pg_waldump on ``wal_dir`` or the server's own pg_wal) and stops exactly before it.
     """
+    event = None
+    if stop_before is not None:
+        if stop.is_set:
+            raise StopPointError("give --stop-before or a --stop-before-lsn/-xid/-time, not both")
+        stop, event = resolve_stop_before(
+            dsn, slot, table, stop_before, wal_dir=wal_dir, options=options, via_plugin=via_plugin
+        )
     source = SlotSource(
         dsn,
         slot,
@@ -74,9 +89,10 @@ def recover(
         stop_lsn=stop.lsn,
     )
     command = slot_command(
-        dsn, slot, table, via_plugin, options, stop, ddl, audit_identity(audit_path, audit_dir)
-    )
-    return _recover(
+        dsn, slot, table, via_plugin, options, stop, ddl, audit_identity(audit_path, audit_dir),
+        baseline,
+    )  # fmt: skip
+    result = _recover(
         source,
         dsn,
         slot,
@@ -93,7 +109,11 @@ def recover(
         audit_dir=audit_dir,
         batch_size=batch_size,
         wal_dsn=dsn,
+        baseline=baseline,
     )
+    if event is None:
+        return result
+    return replace(result, stop_event=event, unproven=settled(result.unproven, table, event))
 
 
 def recover_capture(
@@ -114,6 +134,7 @@ def recover_capture(
     audit_dir: str | Path | None = None,
     capture_settings: CaptureSettings | Mapping[str, str] | None = None,
     wal_dsn: str | None = None,
+    baseline: BaselineOptions | None = None,
 ) -> RecoveryResult:
     """Rebuild ``table`` from a ``pg_recvlogical -f`` capture into ``into`` on ``target``.
 
@@ -130,8 +151,11 @@ def recover_capture(
         options=options,
         progress=progress,
         settings=capture_settings_of(capture_settings),
+        tables=[table],
     )
-    command = capture_command(source, table, stop, ddl, audit_identity(audit_path, audit_dir))
+    command = capture_command(
+        source, table, stop, ddl, audit_identity(audit_path, audit_dir), baseline
+    )
     return _recover(
         source,
         target,
@@ -149,6 +173,7 @@ def recover_capture(
         audit_dir=audit_dir,
         batch_size=batch_size,
         wal_dsn=wal_dsn,
+        baseline=baseline,
     )
 
 
@@ -170,14 +195,12 @@ def _recover(
     batch_size: int,
     audit_dir: str | Path | None = None,
     wal_dsn: str | None = None,
+    baseline: BaselineOptions | None = None,
 ) -> RecoveryResult:
     """The recovery proper, from any source."""
     into = into or default_into(table)
-    if into == table and target == dsn:
-        raise WalrecoverError(
-            f"--into {into} is the table being recovered: build into a new table and swap it in"
-        )
+    check_into(into, table, target, dsn)
     if audit_path is not None and audit_dir is not None:
         raise WalrecoverError("give --audit FILE or --audit-dir DIR, not both")
-    ask = Asked(src, dsn, slot, table, into, target, stop, ddl, force, ledger, command)
+    ask = Asked(src, dsn, slot, table, into, target, stop, ddl, force, ledger, command, baseline)
     return Recovery(ask, target_role, audit_path, audit_dir, batch_size, wal_dsn).run()

@@ -50,6 +50,7 @@ from .ending import (
     replay_result,
     xid_not_committed,
 )
+from .idempotent import IdempotentApplier
 from .progress import Counts
 from .recreation import RecreationJudge
 from .schema import Shape
@@ -78,6 +79,7 @@ class Replayer:
         cut_ok: bool = False,
         command: str | None = None,
         on_created: Callable[[Target], None] | None = None,
+        idempotent: bool = False,
     ) -> None:
         self.conn, self.table, self.into, self.stop = conn, table, into, stop
         self.batch_size, self.sink = batch_size, sink
@@ -89,7 +91,9 @@ class Replayer:
         # A run resumes only the same recovery: same source and same stop point.
         self.claimant = Claimant(f"{source} ({stop.describe()})", audit_id, command, stream_start)
         self.shape = Shape(self.target, table, ddl=ddl, on_created=on_created)
-        self.applier = Applier(conn, self.shape, table, batch_size=batch_size, sink=sink, ddl=ddl)
+        # Over a baseline of unknown point, every change is applied idempotently.
+        applier = IdempotentApplier if idempotent else Applier
+        self.applier = applier(conn, self.shape, table, batch_size=batch_size, sink=sink, ddl=ddl)
         self.after_stop = AfterStop(table, batch_size=batch_size, cut_ok=cut_ok)
         self.resume = Resume(None, str(into))
         #: The counts, the read position, and each batch's commit with its progress row.
@@ -367,6 +371,7 @@ class ReplayOptions(TypedDict, total=False):
     cut_ok: bool
     command: str | None
     on_created: Callable[[Target], None] | None
+    idempotent: bool
 
 
 def replay(
@@ -384,7 +389,8 @@ def replay(
     resume is refused when it lies past the point the unfinished recovery had read to (the
     user's slot moved). ``cut_ok``: the events are a capture's, which may end inside a
     transaction (:class:`StreamCutShort`); it is left out with a warning (not proven exact when
-    a stop point was given and not reached)."""
+    a stop point was given and not reached). ``idempotent``: the table starts from a baseline
+    whose point is not known exactly (see :mod:`.idempotent`)."""
     started = time.monotonic()
     replayer = Replayer(conn, table, into, **options)
     replayer.prepare(force=force)

@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..incident.events import DestructiveEvent
 from ..ledger.reconcile import Reconciliation
 from ..stream.lsn import Lsn
 from ..stream.model import StopPoint, TableName
 from ..stream.sources import CaptureSource, SlotSource
+from .baseline import BaselineOptions
 from .progress import Counted, Counts
 
 
@@ -30,6 +32,8 @@ class Asked:
     force: bool
     ledger: LedgerCheck | None
     command: str
+    #: The older copy the table starts from (``--baseline``), if any.
+    baseline: BaselineOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,10 @@ class RecoveryResult(Counted):
     #: An earlier run of the same command had finished this recovery: nothing was read or
     #: written, the result is the one it recorded (the reconciliation, if asked, is new).
     already_complete: bool = False
+    #: The baseline the table was started from (``--baseline``): source, point, rows, hash.
+    baseline: dict[str, Any] | None = None
+    #: The event ``--stop-before drop|truncate|auto`` found and stopped before, if given.
+    stop_event: DestructiveEvent | None = None
 
     @property
     def exact(self) -> bool:
@@ -133,6 +141,8 @@ class RecoveryResult(Counted):
             "capture": self.capture,
             "lsn_kind": self.lsn_kind,
             "already_complete": self.already_complete,
+            "baseline": self.baseline,
+            "stop_event": self.stop_event.to_dict() if self.stop_event else None,
         }
 
 

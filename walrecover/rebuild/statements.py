@@ -27,7 +27,7 @@ def statement(
     ident = shape.target.ident
     if change.op is Op.TRUNCATE:
         return sql.SQL("TRUNCATE {}").format(ident), []
-    where, params = _where(shape, change, txn)
+    where, params = row_condition(shape, change, txn)
     if change.op is Op.DELETE:
         return sql.SQL("DELETE FROM {} WHERE {} RETURNING 1").format(ident, where), params
     new = change.new or {}
@@ -51,7 +51,7 @@ def statement(
     return statement, [new[name] for name in assigned] + params
 
 
-def _where(
+def row_condition(
     shape: Shape, change: Change, txn: Txn | None
 ) -> tuple[sql.Composable, list[str | None]]:
     """Which row the change touches, as a condition and its parameters.

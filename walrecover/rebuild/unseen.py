@@ -26,10 +26,10 @@ DELETEs under a publication that publishes them, so any it had were left out.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from psycopg import sql
 
+from ..db import Connection
 from ..errors import WalUnavailable
 from ..stream.lsn import Lsn
 from ..stream.model import Relation, StopPoint, TableName
@@ -38,7 +38,7 @@ from ..stream.walinspect import CommitRecord, WalInspect
 
 
 def replaced(
-    conn: Any,
+    conn: Connection,
     wal: WalInspect | None,
     table: TableName,
     into: TableName,
@@ -134,7 +134,7 @@ def _before_stop_lsn(lsn: Lsn, stop: StopPoint, stopped_lsn: Lsn | None) -> bool
 
 
 def capture_publications(
-    conn: Any | None,
+    conn: Connection | None,
     options: Mapping[str, str],
     table: TableName,
     relation: Relation,
@@ -180,7 +180,7 @@ def capture_publications(
     return unproven, warnings
 
 
-def _another_relation(conn: Any, relfilenode: int, table: TableName) -> bool:
+def _another_relation(conn: Connection, relfilenode: int, table: TableName) -> bool:
     """The file belongs now to a relation that is not ``table`` (an index, another table, the
     rebuilt table): its creation did not re-create ``table``."""
     row = conn.execute(

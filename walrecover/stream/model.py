@@ -31,6 +31,26 @@ class Op(StrEnum):
     TRUNCATE = "truncate"
 
 
+class Outcome(StrEnum):
+    """What became of a recovered row change: the audit's ``outcome`` column.
+
+    Replay sets the first three when it applies a change; the audit sets ``superseded`` and
+    ``removed`` when it closes, once the later changes are known. It lives here, beside
+    :class:`Op`, because replay, the audit and the ledger all speak it (what each value means
+    to a reader: :mod:`walrecover.audit.outcomes`).
+    """
+
+    APPLIED = "applied"
+    #: An update or delete found no row with its key (the row predates the stream).
+    NO_ROW = "no_row"
+    #: Applied, then overwritten by a later update of the same row (set when the audit closes).
+    SUPERSEDED = "superseded"
+    #: Applied, then removed by a later delete or truncate (set when the audit closes).
+    REMOVED = "removed"
+    #: Not applied: its transaction commits at or after the stop point.
+    AFTER_STOP = "after_stop"
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     """One column of a relation as the stream describes it."""

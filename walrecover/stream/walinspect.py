@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ..db import Connection, one
 from ..errors import WalUnavailable, first_line
 from .lsn import Lsn
 
@@ -40,7 +41,7 @@ _RELPATH = re.compile(r"^(?:base/(\d+)/(\d+)|global/(\d+)|pg_tblspc/(\d+)/[^/]+/
 _BLOCK_REF = re.compile(r"rel (\d+)/(\d+)/(\d+)")
 _STAT = re.compile(r"^(\d+)/(\d+)/(\d+)$")
 _PREPARED = re.compile(r"^(\d+): ")
-_RELIDS = re.compile(r"relids ([0-9 ]+)")
+_RELIDS = re.compile(r"(?<![a-z])relids:? \[?([0-9 ,]+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,47 @@ class CommitRecord:
     def dropped_relfilenodes(self, database: int) -> frozenset[int]:
         """Relfilenodes of ``database`` whose files this commit dropped."""
         return frozenset(f.relfilenode for f in self.dropped_files if f.database == database)
+
+
+@dataclass(frozen=True, slots=True)
+class WalRecord:
+    """One WAL record as pg_walinspect describes it (pg_waldump's text is turned into the same).
+
+    ``record_type`` without the ``+INIT`` flag; ``description`` without the record type.
+    """
+
+    lsn: Lsn
+    end_lsn: Lsn
+    xid: int
+    resource_manager: str
+    record_type: str
+    description: str
+    block_ref: str
+
+    @property
+    def file(self) -> RelFile | None:
+        """The relation file of the record's first block reference (None if it has none)."""
+        return parse_block_ref(self.block_ref)
+
+
+#: The records :meth:`WalInspect.scan` and ``pg_waldump`` readers yield: transaction ends,
+#: created files, TRUNCATEs, and the row records (Heap/Heap2) of the files asked for.
+SCAN_TYPES = ("COMMIT", "COMMIT_PREPARED", "ABORT", "ABORT_PREPARED")
+
+
+def wanted(record: WalRecord, files: frozenset[int], lsns: frozenset[int]) -> bool:
+    """Whether a scan keeps ``record`` (the filter pg_walinspect runs on the server)."""
+    rm = record.resource_manager
+    if rm == "Transaction":
+        return record.record_type in SCAN_TYPES
+    if rm == "Storage":
+        return record.record_type == "CREATE"
+    if rm not in ("Heap", "Heap2"):
+        return False
+    if record.record_type == "TRUNCATE" or int(record.lsn) in lsns:
+        return True
+    found = record.file
+    return found is not None and found.relfilenode in files
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +188,13 @@ def _relpath(path: str) -> RelFile | None:
     return RelFile(int(g[3]), int(g[4]), int(g[5]))
 
 
+def parse_relids(description: str) -> tuple[int, ...]:
+    """The oids of a ``TRUNCATE`` record's description: ``nrelids 2 relids 16390 16400``
+    (PostgreSQL 15), ``nrelids: 2, relids: [16390, 16400]`` (later versions)."""
+    match = _RELIDS.search(description)
+    return tuple(int(x) for x in re.split(r"[ ,]+", match.group(1).strip()) if x) if match else ()
+
+
 def parse_block_ref(block_ref: str | None) -> RelFile | None:
     """The relation file of a record's first block reference, or None if it has none."""
     match = _BLOCK_REF.search(block_ref or "")
@@ -160,17 +209,17 @@ class WalInspect:
     WAL is cluster-wide: any database of the server with the extension reads the same records.
     """
 
-    def __init__(self, conn: Any, schema: str, database: int) -> None:
+    def __init__(self, conn: Connection, schema: str, database: int) -> None:
         self.conn = conn
         self.schema = schema
         #: The oid of the database this connection is in (relations are looked up here).
         self.database = database
 
     @classmethod
-    def open(cls, conn: Any) -> WalInspect:
+    def open(cls, conn: Connection) -> WalInspect:
         """Use pg_walinspect on ``conn`` (autocommit); :class:`WalUnavailable` says why not."""
         try:
-            version = int(conn.execute("SHOW server_version_num").fetchone()[0])
+            version = int(one(conn, "SHOW server_version_num")[0])
             if version < 150000:
                 raise WalUnavailable(
                     f"the server is PostgreSQL {version // 10000}, and pg_walinspect needs 15 "
@@ -184,7 +233,7 @@ class WalInspect:
                 " WHERE e.extname = 'pg_walinspect'"
             ).fetchone()
             if row is None:
-                (database,) = conn.execute("SELECT current_database()::text").fetchone()
+                (database,) = one(conn, "SELECT current_database()::text")
                 raise WalUnavailable(
                     f"pg_walinspect is not installed in database {database!r}, and walrecover "
                     "never installs it itself (CREATE EXTENSION is a write to the source)",
@@ -192,10 +241,11 @@ class WalInspect:
                 )
             schema, database, oid = row
             function = sql.Identifier(schema, "pg_get_wal_records_info").as_string(conn)
-            allowed = conn.execute(
+            allowed = one(
+                conn,
                 "SELECT has_function_privilege(%s, 'EXECUTE'), current_user::text",
                 (f"{function}(pg_lsn, pg_lsn)",),
-            ).fetchone()
+            )
         except psycopg.Error as exc:
             raise WalUnavailable(
                 f"cannot check for pg_walinspect ({first_line(exc)})", reason="error"
@@ -214,10 +264,11 @@ class WalInspect:
     def readable_end(self, end: Lsn | None = None) -> Lsn:
         """``end`` clamped to the WAL the server has flushed (or replayed, on a standby)."""
         try:
-            (flushed,) = self.conn.execute(
+            (flushed,) = one(
+                self.conn,
                 "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
-                " ELSE pg_current_wal_flush_lsn() END)::text"
-            ).fetchone()
+                " ELSE pg_current_wal_flush_lsn() END)::text",
+            )
         except psycopg.Error as exc:
             raise WalUnavailable(
                 f"cannot read the server's WAL position ({first_line(exc)})", reason="error"
@@ -283,6 +334,52 @@ class WalInspect:
         ):
             yield parse_commit(Lsn(lsn), Lsn(end_lsn), int(record_xid), record_type, description)
 
+    def scan(
+        self,
+        start: Lsn,
+        end: Lsn,
+        *,
+        files: frozenset[int] = frozenset(),
+        lsns: frozenset[int] = frozenset(),
+    ) -> Iterator[WalRecord]:
+        """The records :func:`wanted` keeps in [start, end), filtered on the server."""
+        rows = self._scan_filter(files, lsns)
+        for lsn, end_lsn, xid, rm, record_type, description, block_ref in self._records(
+            start, end, rows[0], rows[1]
+        ):
+            yield WalRecord(
+                Lsn(lsn),
+                Lsn(end_lsn),
+                int(xid),
+                str(rm),
+                str(record_type).removesuffix("+INIT"),
+                str(description or ""),
+                str(block_ref or ""),
+            )
+
+    @staticmethod
+    def _scan_filter(
+        files: frozenset[int], lsns: frozenset[int]
+    ) -> tuple[sql.Composable, tuple[Any, ...]]:
+        where = sql.SQL(
+            "(resource_manager = 'Transaction' AND record_type IN ({}))"
+            " OR (resource_manager = 'Storage' AND record_type = 'CREATE')"
+            " OR (resource_manager = 'Heap' AND record_type = 'TRUNCATE')"
+        ).format(sql.SQL(", ").join(map(sql.Literal, SCAN_TYPES)))
+        params: list[Any] = []
+        if files:
+            where = sql.SQL(
+                "{} OR (resource_manager IN ('Heap', 'Heap2') AND block_ref ~ %s)"
+            ).format(where)
+            numbers = "|".join(str(f) for f in sorted(files))
+            params.append(rf"rel \d+/\d+/({numbers})([^0-9]|$)")
+        if lsns:
+            where = sql.SQL("{} OR (start_lsn - '0/0'::pg_lsn)::bigint = ANY(%s::bigint[])").format(
+                where
+            )
+            params.append(sorted(lsns))
+        return sql.SQL("({})").format(where), tuple(params)
+
     def storage_created(self, start: Lsn, end: Lsn | None = None) -> Iterator[StorageCreated]:
         """Relation files created from ``start`` to ``end`` (``Storage/CREATE`` records)."""
         where = sql.SQL("resource_manager = 'Storage' AND record_type = 'CREATE'")
@@ -343,8 +440,7 @@ class WalInspect:
         record = self.record_at(lsn)
         if record is None or record[1] != "TRUNCATE":
             return ()
-        match = _RELIDS.search(record[2])
-        return tuple(int(x) for x in match.group(1).split()) if match else ()
+        return parse_relids(record[2])
 
     def first_write(self, file: RelFile, start: Lsn, end: Lsn) -> Lsn | None:
         """The first record in [start, end) that wrote to ``file``, or None if none did."""

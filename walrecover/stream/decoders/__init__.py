@@ -5,36 +5,39 @@ method, :meth:`Decoder.decode`, that takes a :class:`RawMessage` and returns the
 completes. Decoders never touch a database; they raise :class:`~walrecover.errors.DecodeError`
 and nothing else on bad input.
 
-This module is the registry: which plugins exist, which options walrecover asks the server for,
-and which decoder reads a stream produced with given options (``pg_recvlogical -o`` names).
+This module is the registry: one :class:`PluginSpec` per output plugin in :data:`SPECS` says
+which options walrecover asks the server for, which decoder reads a stream produced with given
+options (``pg_recvlogical -o`` names), and what the plugin's stream can carry.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from ...errors import DecodeError
 from ..model import Event, RawMessage, TableName
 from . import pgoutput, testdecoding, wal2json, wal2json_v1
+from .wal2json_auto import Wal2JsonAnyFormat
 
 __all__ = [
     "PLUGINS",
+    "SPECS",
     "Decoder",
+    "PluginSpec",
     "RawMessage",
+    "Wal2JsonAnyFormat",
     "column_limits",
     "decode_all",
     "decoder_notes",
     "is_binary",
     "make_decoder",
     "plugin_options",
+    "spec",
     "warnings_for",
     "without_streaming",
 ]
-
-#: The output plugins walrecover reads.
-PLUGINS = ("wal2json", "pgoutput", "test_decoding")
 
 
 class Decoder(Protocol):
@@ -52,18 +55,44 @@ class Decoder(Protocol):
         ...
 
 
-def _check(plugin: str) -> None:
-    if plugin not in PLUGINS:
-        raise DecodeError(
-            f"output plugin {plugin!r} is not supported: walrecover reads "
-            f"{', '.join(PLUGINS)} (read the slot through one of them with --via-plugin)",
-            plugin=plugin,
-        )
+@dataclass(frozen=True, slots=True)
+class DecoderSetup:
+    """What a decoder is built from besides the stream's options.
+
+    ``two_phase``: test_decoding output that holds ``PREPARE TRANSACTION`` rows (see
+    :mod:`.testdecoding`); ``tables``: the only tables whose rows the reader wants (empty:
+    every table), so a plugin that cannot filter on the server may skip the others' rows.
+    """
+
+    two_phase: bool = False
+    tables: tuple[TableName, ...] = ()
 
 
-def is_binary(plugin: str) -> bool:
-    """True for plugins whose messages are bytes (read with the ``_binary_`` SQL functions)."""
-    return plugin == "pgoutput"
+@dataclass(frozen=True, slots=True)
+class PluginSpec:
+    """One output plugin walrecover reads: how to ask for it, how to decode it, what it carries."""
+
+    #: The plugin's name as ``pg_replication_slots.plugin`` spells it.
+    name: str
+    #: ``server_options(tables, user)``: walrecover's options for the server; it takes out of
+    #: ``user`` the options it consumed (pgoutput's publication names and protocol version).
+    server_options: Callable[[Iterable[TableName | str], dict[str, str]], list[tuple[str, str]]]
+    #: ``decoder(options, setup)``: a fresh decoder for a stream produced with ``options``.
+    decoder: Callable[[Mapping[str, str], DecoderSetup], Decoder]
+    #: Messages are bytes (read with the ``_binary_`` SQL functions), not text.
+    binary: bool = False
+    #: The option that makes the plugin send a transaction in parts before it commits.
+    streaming_option: str | None = None
+    #: Changes carry the relation id (the table's oid), so replay can tell a re-created table.
+    relation_ids: bool = False
+    #: The Begin carries the commit LSN and time, so a stop point is decided before applying.
+    commit_at_begin: bool = True
+    #: The server can leave other tables' rows out (walrecover asks it to).
+    filters_tables: bool = False
+    #: ``warnings(options)``: what a user should know about reading it with these options.
+    warnings: Callable[[Mapping[str, str]], list[str]] = lambda options: []
+    #: ``column_limits(server_version)``: kinds of column it cannot carry from that server.
+    column_limits: Callable[[int | None], list[str]] = lambda server_version: []
 
 
 def _wal2json_version(options: Mapping[str, str]) -> str:
@@ -73,43 +102,138 @@ def _wal2json_version(options: Mapping[str, str]) -> str:
     return version
 
 
+def _wal2json_options(
+    tables: Iterable[TableName | str], user: dict[str, str]
+) -> list[tuple[str, str]]:
+    if _wal2json_version(user) == "1":
+        return wal2json_v1.server_options(tables)
+    return wal2json.server_options(tables)
+
+
+def _wal2json_decoder(options: Mapping[str, str], setup: DecoderSetup) -> Decoder:
+    """wal2json without ``format-version`` (a capture made with pg_recvlogical's defaults) is
+    read in the format its content shows."""
+    if "format-version" not in options:
+        return Wal2JsonAnyFormat()
+    return Wal2JsonAnyFormat(_wal2json_version(options))
+
+
+def _wal2json_warnings(options: Mapping[str, str]) -> list[str]:
+    return [wal2json_v1.LIMITATIONS] if _wal2json_version(options) == "1" else []
+
+
+def _pgoutput_options(
+    tables: Iterable[TableName | str], user: dict[str, str]
+) -> list[tuple[str, str]]:
+    publications = [p.strip() for p in user.pop("publication_names", "").split(",") if p.strip()]
+    if not publications:
+        raise DecodeError(
+            "a pgoutput slot is read through a publication: give -o publication_names=NAME "
+            "(a publication that existed before the changes), or --via-plugin test_decoding",
+            plugin="pgoutput",
+        )
+    return pgoutput.server_options(publications, int(user.pop("proto_version", "1")))
+
+
+def _pgoutput_decoder(options: Mapping[str, str], setup: DecoderSetup) -> Decoder:
+    try:
+        version = int(options.get("proto_version", "1"))
+    except ValueError:
+        raise DecodeError(
+            f"proto_version {options.get('proto_version')!r} is not a number: give 1 to "
+            f"{pgoutput.MAX_PROTO_VERSION}"
+        ) from None
+    return pgoutput.PgoutputDecoder(version, tables=setup.tables)
+
+
+def _pgoutput_column_limits(server_version: int | None) -> list[str]:
+    if server_version is not None and server_version >= 180000:
+        return []
+    server = (
+        f"PostgreSQL {server_version // 10000}"
+        if server_version is not None
+        else "a server before PostgreSQL 18"
+    )
+    return [
+        f"pgoutput on {server} does not send GENERATED ALWAYS ... STORED columns, and sends a "
+        "domain column as its base type: if the table had such a column, the rebuilt table "
+        "lacks it (or has the base type); give --ddl FILE with the table's definition (a "
+        "generated column is then computed by the server), or read the slot with --via-plugin "
+        "test_decoding or wal2json, which carry the generated values"
+    ]
+
+
+#: The output plugins walrecover reads, by name.
+SPECS: dict[str, PluginSpec] = {
+    spec.name: spec
+    for spec in (
+        PluginSpec(
+            name="wal2json",
+            server_options=_wal2json_options,
+            decoder=_wal2json_decoder,
+            filters_tables=True,
+            warnings=_wal2json_warnings,
+        ),
+        PluginSpec(
+            name="pgoutput",
+            server_options=_pgoutput_options,
+            decoder=_pgoutput_decoder,
+            binary=True,
+            streaming_option="streaming",
+            relation_ids=True,
+            column_limits=_pgoutput_column_limits,
+        ),
+        PluginSpec(
+            name="test_decoding",
+            server_options=lambda tables, user: testdecoding.server_options(tables),
+            decoder=lambda options, setup: testdecoding.TestDecodingDecoder(
+                two_phase=setup.two_phase
+            ),
+            streaming_option="stream-changes",
+            commit_at_begin=False,
+        ),
+    )
+}
+
+#: The output plugins walrecover reads.
+PLUGINS = tuple(SPECS)
+
+
+def spec(plugin: str) -> PluginSpec:
+    """The spec of ``plugin``; raise :class:`DecodeError` for a plugin walrecover cannot read."""
+    found = SPECS.get(plugin)
+    if found is None:
+        raise DecodeError(
+            f"output plugin {plugin!r} is not supported: walrecover reads "
+            f"{', '.join(PLUGINS)} (read the slot through one of them with --via-plugin)",
+            plugin=plugin,
+        )
+    return found
+
+
+def is_binary(plugin: str) -> bool:
+    """True for plugins whose messages are bytes (read with the ``_binary_`` SQL functions)."""
+    found = SPECS.get(plugin)
+    return found is not None and found.binary
+
+
 def plugin_options(
     plugin: str, tables: Iterable[TableName | str] = (), user: Mapping[str, str] | None = None
 ) -> list[tuple[str, str]]:
     """The options walrecover passes to the server for ``plugin``, merged with the user's.
 
     ``tables`` (TableName, or ``schema.table`` text) let plugins that can filter do it on the
-    server. The user's
-    ``-o NAME=VALUE`` options win over walrecover's defaults.
+    server. The user's ``-o NAME=VALUE`` options win over walrecover's defaults.
     """
-    _check(plugin)
+    found = spec(plugin)
     user = dict(user or {})
-    if plugin == "wal2json":
-        base = (
-            wal2json_v1.server_options(tables)
-            if _wal2json_version(user) == "1"
-            else wal2json.server_options(tables)
-        )
-    elif plugin == "test_decoding":
-        base = testdecoding.server_options(tables)
-    else:
-        publications = [p for p in user.pop("publication_names", "").split(",") if p.strip()]
-        if not publications:
-            raise DecodeError(
-                "a pgoutput slot is read through a publication: give -o publication_names=NAME "
-                "(a publication that existed before the changes), or --via-plugin test_decoding",
-                plugin=plugin,
-            )
-        base = pgoutput.server_options(
-            [p.strip() for p in publications], int(user.pop("proto_version", "1"))
-        )
-    merged = dict(base)
+    merged = dict(found.server_options(tables, user))
     merged.update(user)
     return list(merged.items())
 
 
 #: The option that makes each plugin send a transaction in parts before it commits.
-STREAMING_OPTIONS = {"pgoutput": "streaming", "test_decoding": "stream-changes"}
+STREAMING_OPTIONS = {s.name: s.streaming_option for s in SPECS.values() if s.streaming_option}
 
 _OFF = ("off", "false", "0", "no", "f", "n")
 
@@ -135,86 +259,8 @@ def without_streaming(
 def column_limits(plugin: str, server_version: int | None) -> list[str]:
     """What kinds of column ``plugin`` cannot carry on a server of ``server_version``
     (``server_version_num``; None: unknown, a capture), for a table rebuilt from the stream."""
-    if plugin != "pgoutput" or (server_version is not None and server_version >= 180000):
-        return []
-    server = (
-        f"PostgreSQL {server_version // 10000}"
-        if server_version is not None
-        else "a server before PostgreSQL 18"
-    )
-    return [
-        f"pgoutput on {server} does not send GENERATED ALWAYS ... STORED columns, and sends a "
-        "domain column as its base type: if the table had such a column, the rebuilt table "
-        "lacks it (or has the base type); give --ddl FILE with the table's definition (a "
-        "generated column is then computed by the server), or read the slot with --via-plugin "
-        "test_decoding or wal2json, which carry the generated values"
-    ]
-
-
-class Wal2JsonAnyFormat:
-    """wal2json output whose format-version was not given (``pg_recvlogical -P wal2json``
-    without ``-o format-version``, which writes wal2json's default, format 1): the first message
-    tells. Format 2 writes one object per line, each with an ``action``; format 1 writes one
-    document per transaction, which starts with ``{"xid"``, ``{"change"``, ``{"timestamp"`` or,
-    pretty-printed or written in chunks, with a line that is not a whole object.
-
-    ``stated`` is the format-version the user gave, if any: content of the other format is a
-    contradiction, refused on its first message.
-    """
-
-    plugin = "wal2json"
-
-    def __init__(self, stated: str | None = None) -> None:
-        self.stated = stated
-        self.version: str | None = None
-        self._inner: Decoder | None = None
-        self.notes: list[str] = []
-
-    def decode(self, message: RawMessage) -> Sequence[Event]:
-        if self._inner is None:
-            self.version = _wal2json_format(message.data)
-            if self.stated is not None and self.stated != self.version:
-                at = f" at LSN {message.lsn}" if message.lsn is not None else ""
-                raise DecodeError(
-                    f"the wal2json output{at} is format-version {self.version} (its first message "
-                    f"begins {_head(message.data)!r}), not format-version {self.stated} as "
-                    f"-o format-version={self.stated} says: give the options pg_recvlogical "
-                    "used (without -o format-version, wal2json writes format 1)",
-                    plugin="wal2json",
-                    lsn=message.lsn,
-                )
-            if self.version == "1":
-                self._inner = wal2json_v1.Wal2JsonV1Decoder()
-                if self.stated is None:
-                    self.notes.append(
-                        "the capture is wal2json format-version 1 (no -o format-version was "
-                        "given: wal2json's default). " + wal2json_v1.LIMITATIONS
-                    )
-            else:
-                self._inner = wal2json.Wal2JsonV2Decoder()
-        return self._inner.decode(message)
-
-    def finish(self) -> Sequence[Event]:
-        return self._inner.finish() if self._inner is not None else ()
-
-
-def _head(data: str | bytes) -> str:
-    text = data if isinstance(data, str) else data.decode("utf-8", "replace")
-    return text[:30]
-
-
-def _wal2json_format(data: str | bytes) -> str:
-    """``"2"`` when ``data`` is a whole JSON object with an ``action``, else ``"1"``."""
-    text = (data if isinstance(data, str) else data.decode("utf-8", "replace")).lstrip()
-    if text.startswith('{"action"'):
-        return "2"
-    if text.startswith("{") and '"action"' in text[:200]:
-        try:
-            obj = json.loads(text)
-        except ValueError:
-            return "1"
-        return "2" if isinstance(obj, dict) and "action" in obj else "1"
-    return "1"
+    found = SPECS.get(plugin)
+    return found.column_limits(server_version) if found is not None else []
 
 
 def decoder_notes(decoder: Decoder) -> list[str]:
@@ -225,38 +271,26 @@ def decoder_notes(decoder: Decoder) -> list[str]:
 
 
 def make_decoder(
-    plugin: str, options: Mapping[str, str] | None = None, *, two_phase: bool = False
+    plugin: str,
+    options: Mapping[str, str] | None = None,
+    *,
+    two_phase: bool = False,
+    tables: Iterable[TableName] = (),
 ) -> Decoder:
     """A fresh decoder for ``plugin`` with the options the stream was produced with.
 
     wal2json without ``format-version`` (a capture made with pg_recvlogical's defaults) is
     read in the format its content shows; ``two_phase``: test_decoding output that holds
-    ``PREPARE TRANSACTION`` rows (see :mod:`.testdecoding`)."""
-    _check(plugin)
-    options = options or {}
-    if plugin == "wal2json":
-        if "format-version" not in options:
-            return Wal2JsonAnyFormat()
-        return Wal2JsonAnyFormat(_wal2json_version(options))
-    if plugin == "test_decoding":
-        return testdecoding.TestDecodingDecoder(two_phase=two_phase)
-    try:
-        version = int(options.get("proto_version", "1"))
-    except ValueError:
-        raise DecodeError(
-            f"proto_version {options.get('proto_version')!r} is not a number: give 1 to "
-            f"{pgoutput.MAX_PROTO_VERSION}"
-        ) from None
-    return pgoutput.PgoutputDecoder(version)
+    ``PREPARE TRANSACTION`` rows (see :mod:`.testdecoding`); ``tables``: the only tables whose
+    rows are wanted (a decoder may leave the others' rows undecoded; empty: every table)."""
+    found = spec(plugin)
+    return found.decoder(options or {}, DecoderSetup(two_phase, tuple(tables)))
 
 
 def warnings_for(plugin: str, options: Mapping[str, str] | None = None) -> list[str]:
     """What a user should know about reading this plugin with these options."""
-    options = options or {}
-    found = []
-    if plugin == "wal2json" and _wal2json_version(options) == "1":
-        found.append(wal2json_v1.LIMITATIONS)
-    return found
+    found = SPECS.get(plugin)
+    return found.warnings(options or {}) if found is not None else []
 
 
 def decode_all(decoder: Decoder, messages: Iterable[RawMessage]) -> Iterator[Event]:

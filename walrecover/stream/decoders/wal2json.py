@@ -205,48 +205,14 @@ class Wal2JsonV2Decoder:
 
     def _decode(self, obj: dict[str, Any], message: RawMessage) -> Sequence[Event]:
         action = obj["action"]
-        lsn_text = obj.get("lsn")
         xid = int(obj["xid"]) if obj.get("xid") is not None else message.xid
         if message.lsn is not None:
             self._last_lsn = message.lsn
         if action == "B":
-            # B's lsn/nextlsn are the commit record's start and end (decoding happens at commit).
-            commit_lsn = Lsn.parse(lsn_text) if lsn_text else None
-            if self._open:
-                raise DecodeError(
-                    f"wal2json BEGIN of xid {xid}{_at(message.lsn)} inside transaction {self._xid}",
-                    lsn=message.lsn,
-                )
-            self._open, self._xid, self._begin_row_lsn = True, xid, message.lsn
-            begin = Begin(
-                xid=xid,
-                commit_lsn=commit_lsn,
-                end_lsn=Lsn.parse(obj["nextlsn"]) if obj.get("nextlsn") else None,
-                commit_time=_timestamp(obj.get("timestamp"), message.lsn),
-                lsn=message.lsn,
-            )
-            self._begin = (lsn_text, obj.get("nextlsn"), obj.get("timestamp"), begin)
-            return (begin,)
+            return self._on_begin(obj, xid, message)
         if action == "C":
-            if not self._open:
-                raise DecodeError(
-                    f"wal2json COMMIT{_at(message.lsn)} without BEGIN", lsn=message.lsn
-                )
-            self._open = False
-            seen, self._begin = self._begin, None
-            key = (lsn_text, obj.get("nextlsn"), obj.get("timestamp"))
-            if seen is not None and lsn_text and seen[:3] == key:
-                begin = seen[3]  # the commit repeats its begin: reuse what was parsed
-                return (Commit(xid, begin.commit_lsn, begin.end_lsn, begin.commit_time),)
-            return (
-                Commit(
-                    xid=xid,
-                    commit_lsn=Lsn.parse(lsn_text) if lsn_text else None,
-                    # Through SQL, the C row's own position is the end of the commit record.
-                    end_lsn=Lsn.parse(obj["nextlsn"]) if obj.get("nextlsn") else message.lsn,
-                    commit_time=_timestamp(obj.get("timestamp"), message.lsn),
-                ),
-            )
+            return self._on_commit(obj, xid, message)
+        lsn_text = obj.get("lsn")
         lsn = Lsn.parse(lsn_text) if lsn_text else message.lsn
         if action == "M":
             return ()
@@ -272,17 +238,47 @@ class Wal2JsonV2Decoder:
             if identity is not None
             else None
         )
-        return (
-            Change(
-                op=op,
-                relation=relation,
-                new=new,
-                old=old,
-                unchanged_toast=unchanged,
-                lsn=lsn,
-                xid=xid,
-            ),
+        return (Change(op, relation, new, old, unchanged, lsn, xid),)
+
+    def _on_begin(self, obj: dict[str, Any], xid: int | None, message: RawMessage) -> list[Event]:
+        # B's lsn/nextlsn are the commit record's start and end (decoding happens at commit).
+        lsn_text = obj.get("lsn")
+        commit_lsn = Lsn.parse(lsn_text) if lsn_text else None
+        if self._open:
+            raise DecodeError(
+                f"wal2json BEGIN of xid {xid}{_at(message.lsn)} inside transaction {self._xid}",
+                lsn=message.lsn,
+            )
+        self._open, self._xid, self._begin_row_lsn = True, xid, message.lsn
+        begin = Begin(
+            xid=xid,
+            commit_lsn=commit_lsn,
+            end_lsn=Lsn.parse(obj["nextlsn"]) if obj.get("nextlsn") else None,
+            commit_time=_timestamp(obj.get("timestamp"), message.lsn),
+            lsn=message.lsn,
         )
+        self._begin = (lsn_text, obj.get("nextlsn"), obj.get("timestamp"), begin)
+        return [begin]
+
+    def _on_commit(self, obj: dict[str, Any], xid: int | None, message: RawMessage) -> list[Event]:
+        if not self._open:
+            raise DecodeError(f"wal2json COMMIT{_at(message.lsn)} without BEGIN", lsn=message.lsn)
+        self._open = False
+        lsn_text = obj.get("lsn")
+        seen, self._begin = self._begin, None
+        key = (lsn_text, obj.get("nextlsn"), obj.get("timestamp"))
+        if seen is not None and lsn_text and seen[:3] == key:
+            begin = seen[3]  # the commit repeats its begin: reuse what was parsed
+            return [Commit(xid, begin.commit_lsn, begin.end_lsn, begin.commit_time)]
+        return [
+            Commit(
+                xid=xid,
+                commit_lsn=Lsn.parse(lsn_text) if lsn_text else None,
+                # Through SQL, the C row's own position is the end of the commit record.
+                end_lsn=Lsn.parse(obj["nextlsn"]) if obj.get("nextlsn") else message.lsn,
+                commit_time=_timestamp(obj.get("timestamp"), message.lsn),
+            )
+        ]
 
     def _relation(self, obj: dict[str, Any], op: Op) -> tuple[Relation, frozenset[str]]:
         schema, table = obj["schema"], obj["table"]

@@ -1,0 +1,230 @@
+"""What an audit is on disk: its columns, its hashes, its manifest, its constants.
+
+The writer, the reader and :mod:`walrecover.audit.verify` share this module, so an auditor's
+check depends on the format, not on the code that wrote it.
+
+Each row carries where the change came from (``seq``, commit LSN, change LSN, xid, commit time),
+what it was (op, relation, key), what became of it (``outcome``, see
+:mod:`walrecover.audit.outcomes`), the exact canonical text of both images as JSON (``new_values``,
+``old_values``: lossless, whatever the type), and both images again as typed Arrow columns
+(``new_<column>``, ``old_<column>``) for pandas, DuckDB and Spark:
+
+=================================  ============================================================
+PostgreSQL                         Arrow
+=================================  ============================================================
+smallint, integer, bigint, oid     int16, int32, int64, int64
+numeric(p, s), p <= 38, 0<=s<=p    decimal128(p, s)
+numeric, numeric(p > 38, s)        string: the exact text (no Arrow decimal holds every value)
+real, double precision             float32, float64
+boolean                            bool
+bytea                              binary
+date                               date32
+time                               time64[us]
+timestamp                          timestamp[us]
+timestamptz                        timestamp[us, UTC]
+interval                           struct<months int32, days int32, microseconds int64>
+X[] (one dimension)                list<the type of X>
+text, varchar, char, uuid, json,   string (uuid: Spark cannot read Parquet's UUID type; JSON is
+jsonb, timetz, inet, enums, ...    text anyway)
+=================================  ============================================================
+
+A value a typed column cannot hold (``infinity``, numeric ``NaN``, a year past 9999, a
+multi-dimensional array) is NULL there and exact in ``new_values``/``old_values``. Every typed
+field carries its PostgreSQL type in the field metadata (``walrecover.pg_type``).
+
+Tamper evidence: ``row_hash`` is the SHA-256 of the row's canonical content (the JSON array of
+the columns in :data:`HASHED`, see :func:`hash_rows`) and ``chain_hash`` chains them in ``seq``
+order from :data:`CHAIN_SEED`, so an edited, deleted or reordered row breaks the chain;
+:func:`~walrecover.audit.verify.verify_audit` recomputes everything, checks that every typed
+value is the one its exact text gives, and names the first bad row. A manifest (JSON) beside
+the audit records each file's SHA-256, the row count and the chain head.
+
+Layouts: a single file (``--audit PATH``, manifest ``PATH.manifest.json``), or a Hive-partitioned
+dataset by commit date (``--audit-dir DIR``: ``DIR/commit_date=2024-05-01/part-000000.parquet``,
+manifest ``DIR/_manifest.json``, ignored by readers as an underscore file) that pandas, pyarrow,
+DuckDB and Spark read as one table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow as pa
+
+from ..errors import AuditError
+from ..stream.model import Column, Relation, Values
+from .pgarrow import TypedField, arrow_type
+
+#: Rows per Parquet row group (and per batch in the merge and verify passes).
+ROW_GROUP_ROWS = 65_536
+#: Rows per file of a partitioned dataset, at most.
+DATASET_FILE_ROWS = 1_000_000
+#: What this module writes; kept in the metadata and the manifest.
+AUDIT_FORMAT: Final = "walrecover-audit/2"
+MANIFEST_FORMAT: Final = "walrecover-audit-manifest/1"
+#: The manifest of a partitioned dataset, inside it (underscore files are hidden from readers).
+DATASET_MANIFEST: Final = "_manifest.json"
+PARTITION: Final = "commit_date"
+#: The partition of rows without a commit time. Not Hive's ``__HIVE_DEFAULT_PARTITION__``:
+#: pandas cannot read a dataset whose partition column has NULLs in some files.
+NO_DATE: Final = "unknown"
+#: Rows per batch when verifying (each batch's values become Python objects).
+VERIFY_BATCH_ROWS = 16_384
+#: How many problems verify_audit reports word for word (it counts all of them).
+PROBLEM_LIMIT = 20
+
+META_COLUMNS: Final[tuple[tuple[str, pa.DataType], ...]] = (
+    ("seq", pa.int64()),
+    ("commit_lsn", pa.string()),
+    ("lsn", pa.string()),
+    ("xid", pa.int64()),
+    ("commit_time", pa.timestamp("us", tz="UTC")),
+    ("op", pa.string()),
+    ("relation", pa.string()),
+    ("key", pa.string()),
+    ("outcome", pa.string()),
+    ("new_values", pa.string()),
+    ("old_values", pa.string()),
+)
+#: Columns that only live in the part files: each row's identity before and after its change,
+#: for working out ``superseded`` and ``removed`` when the audit closes.
+PRIVATE_COLUMNS: Final = ("_before_identity", "_after_identity")
+HASH_COLUMNS: Final = ("row_hash", "chain_hash")
+
+
+def typed_fields(relation: Relation) -> list[TypedField]:
+    """The typed columns for a relation: ``new_<column>`` for each column, then ``old_``."""
+    taken = {name for name, _ in META_COLUMNS} | set(HASH_COLUMNS) | set(PRIVATE_COLUMNS)
+    fields: list[TypedField] = []
+    for image in ("new", "old"):
+        for column in relation.columns:
+            name = f"{image}_{column.name}"
+            while name in taken:  # a table column called "values" would clash with new_values
+                name += "_"
+            taken.add(name)
+            arrow, convert = arrow_type(column)
+            fields.append(TypedField(name, column.name, image, column.type_name, arrow, convert))
+    return fields
+
+
+def audit_schema(relation: Relation) -> pa.Schema:
+    """The audit's Arrow schema for one relation (without the two hash columns)."""
+    fields = [pa.field(name, type_) for name, type_ in META_COLUMNS]
+    fields += [f.field() for f in typed_fields(relation)]
+    return pa.schema(fields)
+
+
+#: The part files hold the exact text only; typed columns are derived when the audit closes,
+#: from every column the stream showed (so a truncate first, or an ALTER TABLE, loses none).
+PART_SCHEMA: Final = pa.schema(
+    [pa.field(name, type_) for name, type_ in META_COLUMNS]
+    + [pa.field(name, pa.string()) for name in PRIVATE_COLUMNS]
+)
+
+#: Encoders made once: ``json.dumps`` with options builds a new encoder on every call.
+encode = json.JSONEncoder(ensure_ascii=False).encode
+encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def values_json(values: Values | None) -> str | None:
+    """An image's exact text as the audit's ``new_values``/``old_values`` JSON."""
+    return None if values is None else encode(dict(values))
+
+
+def column_json(column: Column) -> list[Any]:
+    """A column as the audit's metadata records it: ``[name, type, is_key]``."""
+    return [column.name, column.type_name, column.is_key]
+
+
+def column_of(item: Any) -> Column:
+    """The column :func:`column_json` recorded."""
+    return Column(str(item[0]), str(item[1]), is_key=bool(item[2]))
+
+
+# -- hashing -------------------------------------------------------------------------------------
+
+#: The chain starts from a fixed value, so an empty audit has a known head.
+CHAIN_SEED = hashlib.sha256(b"walrecover audit v1").hexdigest()
+#: The columns a row's hash covers, in this order. They hold every value exactly; the typed
+#: columns are derived from ``new_values``/``old_values`` and verified against them.
+HASHED: Final = (
+    "seq",
+    "commit_lsn",
+    "lsn",
+    "xid",
+    "commit_time",
+    "op",
+    "relation",
+    "key",
+    "outcome",
+    "new_values",
+    "old_values",
+)
+
+
+def hash_rows(table: pa.Table, chain: str) -> tuple[list[str], list[str], str]:
+    """Each row's SHA-256 over its canonical content, and the chain continuing from ``chain``.
+
+    The canonical content is the compact JSON array (``separators=(",", ":")``, UTF-8, not
+    ASCII-escaped) of the columns in :data:`HASHED`, with ``commit_time`` in ISO form
+    (``2024-05-01T10:00:00.123456+00:00``). ``row_hash = sha256(content)``; ``chain_hash =
+    sha256(previous chain_hash + row_hash)`` as hex text, starting from :data:`CHAIN_SEED`.
+    """
+    columns = [table.column(name).to_pylist() for name in HASHED]
+    row_hashes: list[str] = []
+    chain_hashes: list[str] = []
+    sha256 = hashlib.sha256
+    times = columns[HASHED.index("commit_time")]
+    columns[HASHED.index("commit_time")] = [None if t is None else t.isoformat() for t in times]
+    for values in zip(*columns, strict=True):
+        content = encode_compact(values)
+        row_hash = sha256(content.encode()).hexdigest()
+        chain = sha256((chain + row_hash).encode()).hexdigest()
+        row_hashes.append(row_hash)
+        chain_hashes.append(chain)
+    return row_hashes, chain_hashes, chain
+
+
+# -- the manifest and the metadata ---------------------------------------------------------------
+
+
+def manifest_path(path: str | os.PathLike[str], partitioned: bool | None = None) -> Path:
+    """Where the manifest of the audit at ``path`` lives."""
+    path = Path(path)
+    if partitioned is None:
+        partitioned = path.is_dir()
+    return path / DATASET_MANIFEST if partitioned else path.with_name(path.name + ".manifest.json")
+
+
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file, as hex, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def kv_metadata(raw: Mapping[bytes, bytes] | None) -> dict[str, Any]:
+    """The ``walrecover.*`` key-value metadata of a Parquet file, decoded."""
+    return {
+        key.decode()[len("walrecover.") :]: json.loads(value)
+        for key, value in (raw or {}).items()
+        if key.startswith(b"walrecover.")
+    }
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    """A manifest's content; an :class:`AuditError` naming it if it is missing or unreadable."""
+    try:
+        content: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AuditError(f"the manifest {path} does not exist", path=str(path)) from None
+    except (OSError, ValueError) as exc:
+        raise AuditError(f"cannot read the manifest {path}: {exc}", path=str(path)) from None
+    return content

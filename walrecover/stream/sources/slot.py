@@ -1,0 +1,402 @@
+"""Sources yield a plugin's raw messages; a slot source never moves the user's slot.
+
+:class:`SlotSource` copies the user's slot into a permanent ``walrecover_<pid>_<token>`` slot with
+``pg_copy_logical_replication_slot`` and consumes the *copy* in pages with
+``pg_logical_slot_get_changes``. Consuming (not peeking) the copy is what keeps the work linear:
+each page starts where the previous one ended, while repeated peeks would re-decode from the
+start every time. Rows of a page are fetched through a server-side cursor, so client memory stays
+bounded even for one enormous transaction. The copy is permanent because a temporary slot vanishes
+on any error in its session; it is dropped when done, and a copy left by a crashed run (its
+backend pid, part of its name, no longer alive) is swept at the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
+from types import TracebackType
+
+import psycopg
+from psycopg import sql
+
+from ...db import Connection, connect, not_utf8, one, safe_dsn
+from ...errors import (
+    ConfigurationError,
+    DecodeError,
+    PrivilegeError,
+    SlotError,
+    WalrecoverError,
+    first_line,
+)
+from ..decoders import (
+    PLUGINS,
+    Decoder,
+    decode_all,
+    decoder_notes,
+    is_binary,
+    make_decoder,
+    plugin_options,
+    without_streaming,
+)
+from ..lsn import Lsn
+from ..model import Event, RawMessage, TableName
+from ..notices import NoticeLog
+from .base import ProgressCallback
+from .catalog import (
+    SlotInfo,
+    active_warning,
+    check_replication_privilege,
+    check_server,
+    read_slot,
+    sweep_copies,
+    wait_for_flush,
+    widen_xid,
+    xid_status,
+)
+from .publications import check_publications, publication_names
+
+COPY_PREFIX = "walrecover_"
+
+
+class SlotSource:
+    """Raw messages of a user's slot, read through a copy that is dropped afterwards.
+
+    Use as a context manager; :meth:`messages` yields :class:`RawMessage` in stream order.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None,
+        slot: str,
+        *,
+        tables: Iterable[TableName] = (),
+        options: Mapping[str, str] | None = None,
+        via_plugin: str | None = None,
+        page_size: int = 20_000,
+        fetch_size: int = 5_000,
+        progress: ProgressCallback | None = None,
+        stop_lsn: Lsn | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.slot = slot
+        self.tables = tuple(tables)
+        self.user_options = dict(options or {})
+        self.via_plugin = via_plugin
+        self.page_size = page_size
+        self.fetch_size = fetch_size
+        self.progress = progress
+        #: A page never reaches past this LSN (the stop point), so no page holds transactions
+        #: on both sides of it.
+        self.stop_lsn = stop_lsn
+        self.info: SlotInfo | None = None
+        self.copy_name: str | None = None
+        self.start_lsn: Lsn | None = None
+        self.end_lsn: Lsn | None = None
+        self.swept: list[str] = []
+        #: The source server's ``server_version_num`` and its database's encoding.
+        self.server_version: int | None = None
+        self.server_encoding: str | None = None
+        #: What the user should know about this read (active slot, options not used, ...).
+        self.warnings: list[str] = []
+        #: Why a table rebuilt from this read may differ from the truth (publication limits).
+        self.unproven: list[str] = []
+        #: Every notice and warning the server sent while the copy was read.
+        self.notices = NoticeLog()
+        self._conn: Connection | None = None
+        #: The decoder of the last :meth:`events` (its notes are :meth:`notes`).
+        self.decoder: Decoder | None = None
+
+    @property
+    def plugin(self) -> str:
+        """The plugin the copy is read through: ``--via-plugin``, else the slot's own."""
+        assert self.info is not None, "open the source first"
+        return self.via_plugin or self.info.plugin
+
+    @property
+    def options(self) -> list[tuple[str, str]]:
+        """The options sent to the server (walrecover's defaults, then the user's), without
+        streaming, which a read in pages cannot use (:func:`without_streaming`)."""
+        options, _ = without_streaming(
+            self.plugin, plugin_options(self.plugin, self.tables, self.user_options)
+        )
+        return options
+
+    def __enter__(self) -> SlotSource:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Check the slot and the server, sweep orphans, and make the copy."""
+        conn = connect(self.dsn, autocommit=True, role="source")
+        self._conn = conn
+        conn.add_notice_handler(self.notices.handler)
+        try:
+            check_server(conn)
+            self.server_version = int(conn.info.server_version)
+            self.server_encoding = conn.info.parameter_status("server_encoding")
+            info = read_slot(conn, self.slot)
+            plugin = self._check_slot(conn, info)
+            self._check_options(conn, plugin)
+            check_replication_privilege(conn, self.slot)
+            self.swept = sweep_copies(conn)
+            self.copy_name = self._copy(conn, plugin)
+            # The copy's own position: the user's slot may have moved since it was read.
+            copied = read_slot(conn, self.copy_name)
+            self.start_lsn = copied.confirmed_flush_lsn or copied.restart_lsn
+            if info.active:
+                self.warnings.append(active_warning(conn, info, self.start_lsn))
+            self.end_lsn = wait_for_flush(conn)
+            conn.autocommit = False
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_slot(self, conn: Connection, info: SlotInfo) -> str:
+        """Refuse a slot of another database or a plugin walrecover cannot decode; the plugin
+        the copy is read through."""
+        (database,) = one(conn, "SELECT current_database()::text")
+        if info.database != database:
+            raise SlotError(
+                f"slot {self.slot!r} belongs to database {info.database!r}, not "
+                f"{database!r}: connect with dbname={info.database}",
+                slot=self.slot,
+            )
+        plugin = self.via_plugin or info.plugin
+        if plugin not in PLUGINS:
+            raise SlotError(
+                f"slot {self.slot!r} uses output plugin {plugin!r}, which walrecover cannot"
+                f" decode: read it through another plugin with --via-plugin "
+                f"({', '.join(PLUGINS)})",
+                slot=self.slot,
+                plugin=plugin,
+            )
+        self.info = info
+        return plugin
+
+    def _check_options(self, conn: Connection, plugin: str) -> None:
+        """Refuse bad options early; say what streaming and the publications mean for the read."""
+        if plugin == "pgoutput" and "publication_names" not in self.user_options:
+            names = [r[0] for r in conn.execute("SELECT pubname::text FROM pg_publication")]
+            if names:
+                self.user_options["publication_names"] = ",".join(names)
+        _, streaming = without_streaming(
+            plugin, plugin_options(plugin, self.tables, self.user_options)
+        )
+        if streaming is not None:
+            self.warnings.append(
+                f"-o {streaming} is not used: walrecover reads the slot in pages, each a new "
+                "decoding session, and the server would stream a transaction still open at a "
+                "page's end again from its start; without streaming it sends each "
+                "transaction whole at its commit, which decodes to the same changes"
+            )
+        if plugin == "pgoutput":
+            unproven, warnings = check_publications(
+                conn, publication_names(self.user_options), self.tables, self.server_version
+            )
+            self.unproven.extend(unproven)
+            self.warnings.extend(warnings)
+
+    def _copy(self, conn: Connection, plugin: str) -> str:
+        """Copy the user's slot into ``walrecover_<pid>_<token>``, read through ``plugin``."""
+        (pid,) = one(conn, "SELECT pg_backend_pid()")
+        name = f"{COPY_PREFIX}{pid}_{secrets.token_hex(4)}"
+        try:
+            conn.execute(
+                "SELECT pg_copy_logical_replication_slot(%s, %s, false, %s)",
+                (self.slot, name, plugin),
+            )
+        except psycopg.errors.UndefinedFile as exc:
+            raise ConfigurationError(
+                f"output plugin {plugin!r} of slot {self.slot!r} is not installed on the "
+                f"source server ({exc.diag.message_primary}): install it (Debian: "
+                f"postgresql-<major>-{plugin}) or read the slot through another plugin "
+                "with --via-plugin",
+                slot=self.slot,
+            ) from None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise PrivilegeError(
+                f"cannot copy slot {self.slot!r}: {exc.diag.message_primary}; grant the "
+                "REPLICATION attribute to this role",
+                slot=self.slot,
+            ) from None
+        except psycopg.Error as exc:
+            raise SlotError(
+                f"cannot copy slot {self.slot!r}: {exc.diag.message_primary or exc}; "
+                "check max_replication_slots and that the slot is not invalidated",
+                slot=self.slot,
+            ) from None
+        return name
+
+    def messages(self) -> Iterator[RawMessage]:
+        """Every message up to the WAL position seen at open, page by page.
+
+        With a stop LSN inside the stream, pages first run up to it and then on to the end, so
+        the transactions of a page lie all before the stop point or all after it (the server
+        ends a call after the WAL record that reaches its ``upto_lsn``: a commit that starts
+        before the stop point is in, one that starts at it is not). Each page's notices are
+        kept in :attr:`notices`.
+        """
+        conn, copy = self._conn, self.copy_name
+        if conn is None or copy is None:
+            raise WalrecoverError("the slot source is not open: use it in a with block")
+        flat = [item for pair in self.options for item in pair]
+        start = int(self.start_lsn or 0)
+        total = max(int(self.end_lsn or 0) - start, 0)
+        function = (
+            "pg_logical_slot_get_binary_changes"
+            if is_binary(self.plugin)
+            else "pg_logical_slot_get_changes"
+        )
+        bounds = [self.end_lsn]
+        if self.stop_lsn is not None and start < self.stop_lsn < int(self.end_lsn or 0):
+            bounds.insert(0, self.stop_lsn)
+        done = 0
+        last: Lsn | None = self.start_lsn
+        for upto in bounds:
+            query = sql.SQL(
+                "SELECT (lsn - '0/0'::pg_lsn)::bigint, xid::text::bigint, data"
+                " FROM {}("
+                "{}, {}::pg_lsn, {}, VARIADIC {}::text[])"
+            ).format(
+                sql.Identifier(function),
+                sql.Literal(copy),
+                sql.Literal(str(upto)),
+                self.page_size,
+                sql.Literal(flat),
+            )
+            rows = self.page_size
+            while rows >= self.page_size:
+                rows = 0
+                self.notices.start_page(last)
+                try:
+                    with conn.transaction(), conn.cursor(name="walrecover_page") as cur:
+                        cur.itersize = self.fetch_size
+                        cur.execute(query)
+                        for position, xid, data in cur:
+                            rows += 1
+                            lsn = last = Lsn(position)
+                            if self.progress is not None and rows % 2000 == 0:
+                                done = min(max(int(lsn) - start, done), total)
+                                self.progress("read", done, total)
+                            yield RawMessage(data, lsn, xid)
+                    self.notices.end_page(last)
+                except psycopg.Error as exc:
+                    raise self._read_error(exc, conn, last) from None
+        if self.progress is not None:
+            self.progress("read", total, total)
+
+    def _read_error(
+        self, exc: psycopg.Error, conn: Connection, last: Lsn | None
+    ) -> WalrecoverError:
+        """What a failed page read means, and what to do about it."""
+        if isinstance(exc, psycopg.errors.UndefinedFile):
+            return ConfigurationError(
+                f"output plugin {self.plugin!r} is not installed on the source server "
+                f"({exc.diag.message_primary}): install it (Debian: "
+                f"postgresql-<major>-{self.plugin})",
+                slot=self.slot,
+            )
+        if isinstance(exc, psycopg.OperationalError):
+            return SlotError(
+                f"lost the source connection while reading slot {self.slot!r} "
+                f"({first_line(exc)}): "
+                "rerun the command to resume",
+                slot=self.slot,
+            )
+        primary = exc.diag.message_primary or str(exc)
+        if exc.sqlstate == "22021":  # invalid byte sequence for encoding "UTF8"
+            return SlotError(
+                f"slot {self.slot!r} holds text that is not UTF-8 in a change after "
+                f"LSN {last} ({primary}): {not_utf8(conn)}, so "
+                "those rows cannot be carried"
+                + (
+                    "; if they belong to another table, read the slot with "
+                    "--via-plugin wal2json, which leaves other tables out"
+                    if self.plugin != "wal2json"
+                    else ""
+                ),
+                slot=self.slot,
+            )
+        if "publication" in primary and "does not exist" in primary:
+            others = ", ".join(p for p in PLUGINS if p != "pgoutput")
+            return SlotError(
+                f"reading slot {self.slot!r} failed: {primary}. pgoutput looks "
+                "publications up as they were when each change was made, so one "
+                "created after the changes cannot serve: name an older publication "
+                "(-o publication_names=...), or read the slot through another plugin "
+                f"with --via-plugin ({others}); the slot itself is left untouched",
+                slot=self.slot,
+            )
+        if "could not access file" in primary or "could not load library" in primary:
+            return ConfigurationError(
+                f"output plugin {self.plugin!r} is not installed on the source server "
+                f"({primary}): install it (Debian: postgresql-<major>-{self.plugin}) "
+                "or choose another with --via-plugin",
+                slot=self.slot,
+            )
+        return SlotError(f"reading slot {self.slot!r} failed: {primary}", slot=self.slot)
+
+    def events(self) -> Iterator[Event]:
+        """:meth:`messages` decoded by a fresh decoder for the read's plugin and options (the
+        decoder may leave the rows of tables other than :attr:`tables` undecoded)."""
+        self.decoder = make_decoder(self.plugin, dict(self.options), tables=self.tables)
+        return decode_all(self.decoder, self.messages())
+
+    def notes(self) -> list[str]:
+        """What the decoder of :meth:`events` learnt that a user should know."""
+        return decoder_notes(self.decoder) if self.decoder is not None else []
+
+    def locate(self, exc: DecodeError) -> None:
+        """A slot's messages carry their LSN, which the decoder's errors already name."""
+
+    def widen_xid(self, xid: int) -> int | None:
+        """The xid8 (epoch and xid) the server means by the 32-bit ``xid`` now; None if unknown
+        (see :func:`.catalog.widen_xid`)."""
+        return widen_xid(self._conn, xid) if self._conn is not None else None
+
+    def xid_status(self, xid: int) -> str | None:
+        """``committed``, ``aborted`` or ``in progress``; None if unknown (see
+        :func:`.catalog.xid_status`)."""
+        return xid_status(self._conn, xid) if self._conn is not None else None
+
+    def close(self) -> None:
+        """Drop the copy (on a fresh connection if this one died) and disconnect."""
+        conn, self._conn = self._conn, None
+        name, self.copy_name = self.copy_name, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+                conn.autocommit = True
+        if name is not None:
+            try:
+                if conn is None or conn.closed or conn.broken:
+                    raise psycopg.OperationalError("connection gone")
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+                # A copy of a run killed just before this one may only now be orphaned.
+                self.swept.extend(sweep_copies(conn))
+            except psycopg.Error:
+                with (
+                    contextlib.suppress(WalrecoverError, psycopg.Error),
+                    connect(self.dsn, autocommit=True, role="source") as other,
+                ):
+                    other.execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                        " WHERE slot_name = %s AND NOT active",
+                        (name,),
+                    )
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def describe(self) -> str:
+        """The source for messages and audit metadata, without any password."""
+        return f"slot {self.slot} on {safe_dsn(self.dsn)}"

@@ -185,3 +185,29 @@ def test_check_takes_the_baseline(db: Database, protected: dict[str, str], tmp_p
     assert bad.exit_code == 1
     assert "check failed: baseline: cannot read the Parquet baseline" in bad.stderr
     assert not db.scalar("SELECT to_regclass('public.t_recovered') IS NOT NULL")
+
+
+@pytest.mark.parametrize("protected", ["wal2json"], indirect=True)
+def test_reconciling_an_audit_with_a_baseline_is_refused(
+    db: Database, protected: dict[str, str], tmp_path: Path
+) -> None:
+    """The audit of a recovery from a baseline holds the changes replayed on top of it, not
+    the baseline's rows: reconciling it alone matched nothing of the 300 older rows (a silent
+    mismatch, or a match against a ledger of the changes only). It is refused in one line
+    naming the baseline and what to reconcile instead; the table itself reconciles. The test
+    failed before the fix."""
+    p = protected
+    audit = tmp_path / "audit.parquet"
+    done = cli("recover", "-d", db.dsn, "--from-protect", p["dir"], "--table", "public.t",
+               "--stop-before-lsn", p["end"], "--audit", str(audit))  # fmt: skip
+    assert done.exit_code == 0, done.stderr
+    ledger = "SELECT id, amount FROM truth"
+    args = ["reconcile", "--key", "id", "--amount", "amount", "--ledger-query", ledger]
+    alone = cli(*args, "--audit", str(audit), "--ledger-dsn", db.dsn)
+    assert alone.exit_code == 1, alone.stdout + alone.stderr
+    line = alone.stderr.strip()
+    assert "\n" not in line
+    assert "starts from a baseline" in line and "300 rows" in line
+    assert "--table public.t_recovered" in line
+    table = cli(*args, "-d", db.dsn, "--table", "public.t_recovered", "--audit", str(audit))
+    assert table.exit_code == 0, table.stdout + table.stderr

@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 
 from ..audit import outcomes
 from ..audit.pgarrow import typed_column
-from ..audit.writer import audit_dataset
-from ..errors import LedgerError
+from ..audit.writer import audit_dataset, read_metadata
+from ..errors import AuditError, LedgerError
 from ..stream.model import TableName
 from .totals import (
     PERIOD_FORMAT,
@@ -664,6 +664,7 @@ def reconcile(
         )
     default_conn: Any = None
     if isinstance(recovered, RecoveredAudit):
+        _refuse_baseline(recovered.path)
         totals = audit_totals(recovered.path, keys, amount, period=period, time_column=time_column)
         audit = audit if audit is not None else recovered.path
         default_conn = None
@@ -708,6 +709,26 @@ def reconcile(
         )
         result = _with_explanations(result, explanations)
     return result
+
+
+def _refuse_baseline(path: str | Path) -> None:
+    """An audit of a recovery from a baseline holds the changes replayed on top of the
+    baseline, not the baseline's rows: its totals are not the table's, so it cannot be
+    reconciled alone (the rebuilt table can)."""
+    try:
+        metadata = read_metadata(path)
+    except AuditError:
+        return  # not a walrecover audit's metadata: the totals say what they can read
+    base = metadata.get("baseline")
+    if not isinstance(base, dict):
+        return
+    into = metadata.get("into") or "the rebuilt table"
+    raise LedgerError(
+        f"the audit {path} starts from a baseline ({base.get('source')}, {base.get('rows')} "
+        f"rows, rows sha256 {base.get('rows_sha256')}) whose rows it does not hold, only the "
+        "changes replayed on top of them, so its totals are not the table's: reconcile the "
+        f"rebuilt table (-d DATABASE --table {into}, with --audit to explain differences)"
+    )
 
 
 def _ledger_or_error(

@@ -21,7 +21,8 @@ from helpers import Database, cli, differences, drop_with_truth, run_script
 
 from walrecover.ready.points import load_recovery_points
 from walrecover.ready.protect import protect
-from walrecover.stream.model import TableName
+from walrecover.rebuild.from_protect import choose_point
+from walrecover.stream.model import StopPoint, TableName
 
 T = TableName("public", "t")
 LONG = "(SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 160))"
@@ -135,6 +136,13 @@ def test_no_point_covers_the_stop(db: Database, protected: dict[str, str]) -> No
     xid = cli(*base, "--table", "public.t", "--stop-before-xid", "1234")
     assert xid.exit_code == 1
     assert "--stop-before-lsn" in xid.stderr
+
+    # By time: a stop at a point's snapshot time is reachable from it, not a moment before.
+    first, second = load_recovery_points(p["dir"])
+    at = choose_point(p["dir"], db.dsn, T, StopPoint(time=second.snapshot_time))
+    assert at.slot == second.slot and at.baseline.lsn == second.consistent_lsn
+    just_before = second.snapshot_time - timedelta(microseconds=1)
+    assert choose_point(p["dir"], db.dsn, T, StopPoint(time=just_before)).slot == first.slot
 
     db.execute("SELECT pg_drop_replication_slot(%s)", (p["second"],))
     fallback = cli(*base, "--table", "public.t", "--stop-before-lsn", p["end"], "--json")

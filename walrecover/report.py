@@ -62,6 +62,12 @@ def recovery_text(result: RecoveryResult) -> str:
             f"  started from the baseline {base['source']} ({base['rows']} rows at {point}, "
             f"replayed {base['mode']}; rows sha256 {base['rows_sha256']})."
         )
+        made = base.get("recovery_point")
+        if made:
+            lines.append(
+                f"  recovery point: {made['slot']} of {made['directory']} (taken "
+                f"{made['snapshot_time']})."
+            )
     if result.no_row:
         lines.append(
             f"  {result.no_row} updates/deletes found no row (rows older than the slot): "

@@ -490,6 +490,8 @@ def _recover(
             checker = ValueChecker(src.settings, src.plugin, (table,), roundtrip)
         if baseline is not None:
             base = Baseline(baseline, table)
+            if isinstance(src, SlotSource) and base.point is not None:
+                src.split_lsns = (base.point,)  # pages on one side of it: see LossWatch
         with src:
             # Before any row: the grants the build needs (named per object), then the
             # publications (a table a publication names cannot be kept from it).
@@ -560,7 +562,9 @@ def _recover(
             if isinstance(src, SlotSource):
                 warnings.extend(src.warnings)
                 unproven.extend(src.unproven)
-                watch = LossWatch(src.notices, table, stop, src.plugin)
+                watch = LossWatch(
+                    src.notices, table, stop, src.plugin, base.point if base is not None else None
+                )
                 events = watch.follow(events)
             if ddl is None:
                 version = src.server_version if isinstance(src, SlotSource) else None

@@ -49,6 +49,7 @@ from .ledger.reconcile import (
 )
 from .ledger.result import Reconciliation
 from .rebuild.baseline import BaselineOptions
+from .rebuild.from_protect import choose_point
 from .rebuild.plan import plan_capture, plan_recovery
 from .rebuild.recover import LedgerCheck, RecoveryResult, recover, recover_capture
 from .rebuild.swap import swap
@@ -556,39 +557,60 @@ def recover_options(f: F) -> F:
     return f
 
 
+#: Where the table starts from when it is older than the slot (``recover`` and ``check``).
+_BASELINE_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option(
+        "--from-protect",
+        "from_protect",
+        type=click.Path(file_okay=False, exists=True, path_type=Path),
+        metavar="DIR",
+        help="Start from the newest recovery point walrecover protect keeps in DIR that lies "
+        "before the stop point (its baseline and its slot: no --slot).",
+    ),
+    click.option(
+        "--baseline",
+        "baseline_file",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="Start the table from this older copy of it: a pg_dump -t archive (custom or plain), "
+        "a CSV with a header, or a Parquet file; then replay the stream's changes on top.",
+    ),
+    click.option(
+        "--baseline-dsn",
+        metavar="CONNINFO",
+        help="Start the table from its copy in this database (a server restored from a backup, a "
+        "lagging replica).",
+    ),
+    click.option(
+        "--baseline-table",
+        metavar="SCHEMA.TABLE",
+        help="The table's name in the baseline. Default: --table.",
+    ),
+    click.option(
+        "--baseline-lsn",
+        metavar="LSN",
+        help="The LSN the baseline is consistent at: only changes committed after it are "
+        "replayed. Without it (and none recorded in the baseline) the whole stream is replayed "
+        "idempotently, which needs a primary key.",
+    ),
+    click.option(
+        "--accept-gap",
+        is_flag=True,
+        help="Rebuild even when walrecover cannot show the stream starts at or before the "
+        "baseline (recorded in the result and the audit; exit 4).",
+    ),
+]
+
+
+def baseline_options(f: F) -> F:
+    """Apply the baseline options (``recover`` and ``check``)."""
+    for option in reversed(_BASELINE_OPTIONS):
+        f = option(f)
+    return f
+
+
 @main.command("recover")
 @recover_options
-@click.option(
-    "--baseline",
-    "baseline_file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="Start the table from this older copy of it: a pg_dump -t archive (custom or plain), "
-    "a CSV with a header, or a Parquet file; then replay the stream's changes on top.",
-)
-@click.option(
-    "--baseline-dsn",
-    metavar="CONNINFO",
-    help="Start the table from its copy in this database (a server restored from a backup, a "
-    "lagging replica).",
-)
-@click.option(
-    "--baseline-table",
-    metavar="SCHEMA.TABLE",
-    help="The table's name in the baseline. Default: --table.",
-)
-@click.option(
-    "--baseline-lsn",
-    metavar="LSN",
-    help="The LSN the baseline is consistent at: only changes committed after it are "
-    "replayed. Without it (and none recorded in the baseline) the whole stream is replayed "
-    "idempotently, which needs a primary key.",
-)
-@click.option(
-    "--accept-gap",
-    is_flag=True,
-    help="Rebuild even when walrecover cannot show the stream starts at or before the "
-    "baseline (recorded in the result and the audit; exit 4).",
-)
+@baseline_options
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -617,6 +639,7 @@ def recover_command(
     ddl_file: Any,
     force: bool,
     batch_size: int,
+    from_protect: Path | None,
     baseline_file: Path | None,
     baseline_dsn: str | None,
     baseline_table: str | None,
@@ -642,16 +665,40 @@ def recover_command(
       walrecover recover -d "host=db dbname=bank" --slot cdc --table public.transactions \\
           --baseline-dsn "host=scratch dbname=bank" --baseline-lsn 16/A0000000 \\
           --stop-before-lsn 16/B374D848
+
+    \b
+    From the recovery points walrecover protect keeps (the newest one before the stop):
+      walrecover recover -d "host=db dbname=bank" --from-protect /var/lib/walrecover/bank \\
+          --table public.transactions --stop-before-lsn 16/B374D848
     """
+    table = _table(table_name, "--table")
+    stop = _stop_point(stop_before_lsn, stop_before_xid, stop_before_time)
+    baseline: BaselineOptions | None
+    if from_protect is not None:
+        if slot is not None or from_file is not None or baseline_file or baseline_dsn:
+            raise click.UsageError(
+                "--from-protect gives the slot and the baseline: leave out --slot, --from-file, "
+                "--baseline and --baseline-dsn"
+            )
+        if baseline_table or baseline_lsn:
+            raise click.UsageError("--from-protect records the baseline's table and LSN")
+        if stop_before is not None:
+            raise click.UsageError(
+                "--from-protect needs the stop point first: find the event's LSN with "
+                "walrecover inspect, then give --stop-before-lsn"
+            )
+        chosen = choose_point(
+            from_protect, dsn, table, stop, plugin_options=plugin_options, accept_gap=accept_gap
+        )
+        slot, plugin_options, baseline = chosen.slot, chosen.plugin_options, chosen.baseline
+    else:
+        baseline = _baseline_options(
+            baseline_file, baseline_dsn, baseline_table, baseline_lsn, accept_gap
+        )
     _check_source(slot, from_file, plugin, capture_settings)
-    baseline = _baseline_options(
-        baseline_file, baseline_dsn, baseline_table, baseline_lsn, accept_gap
-    )
     if from_file is not None and target is None and dsn is None:
         raise click.UsageError("recovering --from-file needs --target (or -d): where to build")
-    table = _table(table_name, "--table")
     into = _table(into_name, "--into") if into_name else None
-    stop = _stop_point(stop_before_lsn, stop_before_xid, stop_before_time)
     ledger_args = (key_column, amount_column, ledger_query)
     if any(ledger_args) and not all(ledger_args):
         raise click.UsageError("reconciliation needs all of --key, --amount and --ledger-query")
@@ -675,7 +722,7 @@ def recover_command(
     if dry_run:
         _plan(
             dsn, slot, from_file, plugin, plugin_options, via_plugin, capture_settings, table,
-            into, target, stop, ledger, audit_path, audit_dir, ddl, force, as_json,
+            into, target, stop, ledger, audit_path, audit_dir, ddl, force, as_json, baseline,
         )  # fmt: skip
         return
     progress = Progress()
@@ -792,6 +839,7 @@ def _plan(
     ddl: str | None,
     force: bool,
     as_json: bool,
+    baseline: BaselineOptions | None = None,
 ) -> None:
     """Run every check of the recovery and print the plan; :class:`Failed` (exit 1) unless
     every check passes."""
@@ -811,6 +859,7 @@ def _plan(
             audit_path=audit_path,
             audit_dir=audit_dir,
             capture_settings=capture_settings,
+            baseline=baseline,
         )
     else:
         assert slot is not None
@@ -828,6 +877,7 @@ def _plan(
             audit_dir=audit_dir,
             options=plugin_options,
             via_plugin=via_plugin,
+            baseline=baseline,
         )
     _warn(plan.warnings)
     if as_json:
@@ -840,6 +890,7 @@ def _plan(
 
 @main.command("check")
 @recover_options
+@baseline_options
 @json_option
 def check_command(
     dsn: str | None,
@@ -863,6 +914,12 @@ def check_command(
     ddl_file: Any,
     force: bool,
     batch_size: int,
+    from_protect: Path | None,
+    baseline_file: Path | None,
+    baseline_dsn: str | None,
+    baseline_table: str | None,
+    baseline_lsn: str | None,
+    accept_gap: bool,
     as_json: bool,
     stop_before: str | None = None,
     wal_dir: Path | None = None,
@@ -870,7 +927,8 @@ def check_command(
     """Check a recovery before running it (the same options as recover); change nothing.
 
     Runs every check recover makes before it writes a row (source, stop point, ledger query,
-    --key/--amount, target privileges, encoding, publications, audit paths) and prints the plan:
+    --key/--amount, target privileges, encoding, publications, audit paths, the baseline: readable,
+    its point known or --accept-gap, the slot covering it) and prints the plan:
     what would be read (LSN range, bytes, an estimate of changes and time from a sample) and
     what would be created. Exits 0 when every check passes, 1 naming each that fails. The same
     as recover --dry-run.

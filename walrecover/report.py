@@ -62,6 +62,12 @@ def recovery_text(result: RecoveryResult) -> str:
             f"  started from the baseline {base['source']} ({base['rows']} rows at {point}, "
             f"replayed {base['mode']}; rows sha256 {base['rows_sha256']})."
         )
+        made = base.get("recovery_point")
+        if made:
+            lines.append(
+                f"  recovery point: {made['slot']} of {made['directory']} (taken "
+                f"{made['snapshot_time']})."
+            )
     if result.no_row:
         lines.append(
             f"  {result.no_row} updates/deletes found no row (rows older than the slot): "
@@ -166,10 +172,12 @@ def rehearsal_text(result: RehearsalResult) -> str:
     if result.baseline is not None:
         lines.insert(
             2,
-            f"  baseline: {result.baseline.get('exported_rows')} rows exported at the slot's "
-            f"consistent point {result.baseline.get('slot_point')} "
-            f"({seconds.get('baseline_export', 0):.1f}s), before the other half of the workload.",
+            f"  recovery point (walrecover protect, {seconds.get('baseline_export', 0):.1f}s): "
+            f"{result.baseline.get('exported_rows')} rows at the slot's consistent point "
+            f"{result.baseline.get('slot_point')}, before the other half of the workload.",
         )
+        if result.baseline.get("found"):
+            lines.insert(3, f"  inspect found the {result.baseline['found']}; recovered up to it.")
         lines.append(f"  RTO (table gone -> back and reconciled): {seconds['rto']:.1f}s.")
     if result.kept_dsn:
         lines.append(f'  the cluster is still running: psql "{result.kept_dsn}"')

@@ -30,7 +30,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import LedgerError
+from ..audit.reader import read_metadata
+from ..errors import AuditError, LedgerError
 from ..stream.model import TableName
 from .explain import explain_keys
 from .result import (
@@ -165,6 +166,7 @@ def _totals(
     """The recovered side's totals, the ledger's and the opening balances'. A ledger query
     without a connection of its own runs on the rebuilt table's database (an audit has none)."""
     if isinstance(recovered, RecoveredAudit):
+        _refuse_baseline(recovered.path)
         totals = audit_totals(recovered.path, keys, amount, period=period, time_column=time_column)
         ledger_totals_ = _ledger_or_error(ledger, keys, period, None)
         opening_totals = (
@@ -180,6 +182,26 @@ def _totals(
             _ledger_or_error(opening, keys, None, conn, "opening") if opening is not None else None
         )
     return totals, ledger_totals_, opening_totals
+
+
+def _refuse_baseline(path: str | Path) -> None:
+    """An audit of a recovery from a baseline holds the changes replayed on top of the
+    baseline, not the baseline's rows: its totals are not the table's, so it cannot be
+    reconciled alone (the rebuilt table can)."""
+    try:
+        metadata = read_metadata(path)
+    except AuditError:
+        return  # not a walrecover audit's metadata: the totals say what they can read
+    base = metadata.get("baseline")
+    if not isinstance(base, dict):
+        return
+    into = metadata.get("into") or "the rebuilt table"
+    raise LedgerError(
+        f"the audit {path} starts from a baseline ({base.get('source')}, {base.get('rows')} "
+        f"rows, rows sha256 {base.get('rows_sha256')}) whose rows it does not hold, only the "
+        "changes replayed on top of them, so its totals are not the table's: reconcile the "
+        f"rebuilt table (-d DATABASE --table {into}, with --audit to explain differences)"
+    )
 
 
 def _ledger_or_error(

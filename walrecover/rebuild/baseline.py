@@ -24,7 +24,7 @@ exact (exit 4). The audit records the baseline: source, point, rows and a hash o
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,9 @@ class BaselineOptions:
     lsn: Lsn | None = None
     #: Accept a stream that cannot be shown to cover the baseline (exit 4, recorded).
     accept_gap: bool = False
+    #: The protect recovery point the baseline is (``recover --from-protect``): its directory,
+    #: slot and snapshot time, recorded in the result and the audit.
+    recovery_point: Mapping[str, str] | None = None
 
     def identity(self) -> str:
         """What decides the rebuilt rows, for the command's identity."""
@@ -265,6 +268,9 @@ class Baseline:
             "facts": dict(self.rows.facts),
             "gap": self.gap,
             "truncated_by_the_stream": self.truncated,
+            "recovery_point": (
+                dict(self.options.recovery_point) if self.options.recovery_point else None
+            ),
         }
 
     def close(self) -> None:

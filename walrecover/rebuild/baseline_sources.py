@@ -8,7 +8,8 @@ A baseline is an older copy of the table (see :mod:`.baseline`). Four kinds are 
   ``pg_dump`` SQL file: only the table's ``COPY ... FROM stdin`` data block is taken, no other
   SQL of the file is ever run;
 - a CSV file with a header (as ``COPY ... TO ... (FORMAT csv, HEADER)`` writes it);
-- a Parquet file (``walrecover protect`` writes its LSN in the key ``walrecover.lsn``).
+- a Parquet file (its LSN read from the key ``walrecover.lsn``, or from the
+  ``consistent_lsn`` of a ``walrecover protect`` baseline's ``walrecover.protect``).
 
 Every kind is loaded with COPY, as text: no value passes through a float.
 """
@@ -178,6 +179,9 @@ def _from_parquet(path: Path) -> BaselineRows:
     meta = parquet.schema_arrow.metadata or {}
     result = BaselineRows("parquet", str(path), tuple(parquet.schema_arrow.names), path=path)
     raw = meta.get(b"walrecover.lsn")
+    if raw is None and b"walrecover.protect" in meta:  # a walrecover protect baseline
+        with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+            raw = str(json.loads(meta[b"walrecover.protect"])["consistent_lsn"]).encode()
     if raw is not None:
         text = raw.decode()
         with contextlib.suppress(ValueError):

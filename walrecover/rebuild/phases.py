@@ -164,6 +164,8 @@ class Recovery:
             self.checker = ValueChecker(src.settings, src.plugin, (ask.table,), self.roundtrip)
         if ask.baseline is not None:
             self.base = Baseline(ask.baseline, ask.table)
+            if isinstance(src, SlotSource) and self.base.point is not None:
+                src.split_lsns = (self.base.point,)  # pages on one side of it: see LossWatch
         return None
 
     def check_source(self) -> None:

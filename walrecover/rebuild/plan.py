@@ -22,12 +22,13 @@ import psycopg
 
 from ..audit.writer import AuditWriter
 from ..db import Connection, connect, redact, safe_dsn
-from ..errors import StopPointError, SwapError, WalrecoverError, first_line
+from ..errors import BaselineError, StopPointError, SwapError, WalrecoverError, first_line
 from ..stream.decoders import decode_all, make_decoder
 from ..stream.lsn import Lsn
 from ..stream.model import NO_STOP, Change, RawMessage, Relation, StopPoint, TableName
 from ..stream.settings import CaptureSettings
 from ..stream.sources import CaptureSource, SlotSource
+from .baseline import Baseline, BaselineOptions
 from .command import (
     audit_identity,
     capture_command,
@@ -156,6 +157,7 @@ def plan_recovery(
     options: Mapping[str, str] | None = None,
     via_plugin: str | None = None,
     sample: int = SAMPLE_MESSAGES,
+    baseline: BaselineOptions | None = None,
 ) -> Plan:
     """Check a recovery from ``slot`` as :func:`walrecover.rebuild.recover.recover` would run it."""
     source = SlotSource(
@@ -168,11 +170,14 @@ def plan_recovery(
         stop_lsn=stop.lsn,
     )
     command = slot_command(
-        dsn, slot, table, via_plugin, options, stop, ddl, audit_identity(audit_path, audit_dir)
-    )
-    return _Planner(
+        dsn, slot, table, via_plugin, options, stop, ddl, audit_identity(audit_path, audit_dir),
+        baseline,
+    )  # fmt: skip
+    planner = _Planner(
         source, dsn, target if target is not None else dsn, table, into, stop, ddl, force
-    ).run(command, ledger, audit_path, audit_dir, sample)
+    )
+    planner.baseline = baseline
+    return planner.run(command, ledger, audit_path, audit_dir, sample)
 
 
 def plan_capture(
@@ -191,16 +196,19 @@ def plan_capture(
     audit_dir: str | Path | None = None,
     capture_settings: CaptureSettings | Mapping[str, str] | None = None,
     sample: int = SAMPLE_MESSAGES,
+    baseline: BaselineOptions | None = None,
 ) -> Plan:
     """Check a recovery from a capture file as
     :func:`walrecover.rebuild.recover.recover_capture`."""
     source = CaptureSource(
         path, plugin, options=options, settings=capture_settings_of(capture_settings)
     )
-    command = capture_command(source, table, stop, ddl, audit_identity(audit_path, audit_dir))
-    return _Planner(source, target, target, table, into, stop, ddl, force).run(
-        command, ledger, audit_path, audit_dir, sample
+    command = capture_command(
+        source, table, stop, ddl, audit_identity(audit_path, audit_dir), baseline
     )
+    planner = _Planner(source, target, target, table, into, stop, ddl, force)
+    planner.baseline = baseline
+    return planner.run(command, ledger, audit_path, audit_dir, sample)
 
 
 class _Planner:
@@ -233,6 +241,9 @@ class _Planner:
         self.exists = False
         #: The target connection (rolled back after each check: the plan changes nothing).
         self.conn: Connection | None = None
+        #: The baseline the table would start from (``--baseline``, ``--from-protect``).
+        self.baseline: BaselineOptions | None = None
+        self.warnings: list[str] = []
 
     def attempt(self, name: str, check: Callable[[], str]) -> bool:
         """Run one check; record what it found or the one-line error it raised."""
@@ -304,6 +315,9 @@ class _Planner:
                 )
             if opened:
                 self.attempt("stop point", self._stop)
+            if self.baseline is not None:
+                self.attempt("baseline", lambda: self._baseline(opened))
+            if opened:
                 self.attempt("sample", lambda: estimate.read(self.src, table, self.stop, sample))
                 relation = estimate.relation
             if ledger is not None:
@@ -334,7 +348,10 @@ class _Planner:
             creates=tuple(self.creates),
             publications=tuple(self.publications),
             checks=tuple(self.checks),
-            warnings=tuple(src.warnings) if isinstance(src, SlotSource) else (),
+            warnings=(
+                *(src.warnings if isinstance(src, SlotSource) else ()),
+                *self.warnings,
+            ),
         )
 
     # -- the target --------------------------------------------------------------------------
@@ -447,6 +464,32 @@ class _Planner:
                     xid=self.stop.xid,
                 )
         return self.stop.describe()
+
+    def _baseline(self, opened: bool) -> str:
+        """The baseline opens (file readable, its LSN consistent with --baseline-lsn) and the
+        stream covers it (or --accept-gap), as the run checks them before it creates anything."""
+        assert self.baseline is not None
+        base = Baseline(self.baseline, self.table)
+        try:
+            src = self.src
+            start = src.start_lsn if isinstance(src, SlotSource) and opened else None
+            if isinstance(src, SlotSource) and not opened:
+                raise BaselineError("the slot could not be read, so its coverage is unknown")
+            base.check_start(start, self.stop)
+            rows = base.rows
+            what = (
+                f"{rows.source} ({rows.kind}, {len(rows.columns)} columns) at "
+                f"{base.describe_point()}, replayed "
+                + ("idempotently (needs a primary key)" if base.idempotent else "after its point")
+            )
+            if base.gap is not None:
+                self.warnings.append(base.gap)
+                return f"{what}; NOT proven covered: {base.gap}"
+            if start is None:
+                return f"{what}; the capture's first transaction shows its coverage in the run"
+            return f"{what}; the slot's copy starts at LSN {start}, which covers it"
+        finally:
+            base.close()
 
     def _key_amount(
         self,

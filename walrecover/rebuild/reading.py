@@ -93,7 +93,8 @@ class Reading:
         if isinstance(src, SlotSource):
             warnings.extend(src.warnings)
             unproven.extend(src.unproven)
-            watch = LossWatch(src.notices, table, stop, src.plugin)
+            point = self.base.point if self.base is not None else None
+            watch = LossWatch(src.notices, table, stop, src.plugin, point)
             events = watch.follow(events)
         if ddl is None:
             version = src.server_version if isinstance(src, SlotSource) else None

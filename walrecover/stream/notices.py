@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import LostChanges
 from .lsn import Lsn
-from .model import Begin, Commit, Event, StopPoint, TableName
+from .model import Begin, Commit, Event, StartPoint, StopPoint, TableName
 
 #: Severities surfaced to the user; LOG and DEBUG reach a client only when its
 #: client_min_messages asks for them, and then they are chatter, not trouble.
@@ -151,8 +151,20 @@ class LossWatch:
     :class:`LostChanges` before replay sees the next page. :meth:`verdict` sorts the rest.
     """
 
-    def __init__(self, log: NoticeLog, table: TableName, stop: StopPoint, plugin: str) -> None:
+    def __init__(
+        self,
+        log: NoticeLog,
+        table: TableName,
+        stop: StopPoint,
+        plugin: str,
+        baseline: Lsn | None = None,
+    ) -> None:
         self.log = log
+        #: A baseline's point: a page whose transactions all committed before it holds only
+        #: changes the baseline already has, so what the plugin left out there is not lost.
+        self.baseline = baseline
+        self._in_baseline: set[int] = set()
+        self._after_baseline: set[int] = set()
         self.table = table
         self.stop = stop
         self.plugin = plugin
@@ -189,6 +201,7 @@ class LossWatch:
                 self._open, self._decided = event, stops is False
         elif isinstance(event, Commit):
             begin, self._open = self._open, None
+            self._place(begin, event, page)
             if not self._decided and begin is not None:
                 stops = self.stop.stops(
                     begin.xid if begin.xid is not None else event.xid,
@@ -201,6 +214,19 @@ class LossWatch:
                     return
             self._applied = True
 
+    def _place(self, begin: Begin | None, commit: Commit, page: int) -> None:
+        """Note whether the transaction committed before the baseline's point (unknown
+        counts as after it)."""
+        if self.baseline is None:
+            return
+        after = StartPoint(lsn=self.baseline).starts(
+            None,
+            commit.commit_lsn or (begin.commit_lsn if begin else None),
+            commit.end_lsn or (begin.end_lsn if begin else None),
+            None,
+        )
+        (self._in_baseline if after is False else self._after_baseline).add(page)
+
     def _stop_here(self, page: int) -> None:
         self.stopped = True
         self._stop_page = page
@@ -210,6 +236,8 @@ class LossWatch:
         lost = self.log.lost(page, self.table)
         if not lost:
             return
+        if page.number in self._in_baseline and page.number not in self._after_baseline:
+            return  # every transaction of the page is in the baseline
         stop_hint = (
             f", or keep only what committed before it with --stop-before-lsn {page.after}"
             if page.number > 1 and page.after is not None

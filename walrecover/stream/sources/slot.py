@@ -89,6 +89,9 @@ class SlotSource:
         #: A page never reaches past this LSN (the stop point), so no page holds transactions
         #: on both sides of it.
         self.stop_lsn = stop_lsn
+        #: Further LSNs no page reaches past (a baseline's point: the transactions on each
+        #: side of it are then in different pages, whose notices tell them apart).
+        self.split_lsns: tuple[Lsn, ...] = ()
         self.info: SlotInfo | None = None
         self.copy_name: str | None = None
         self.start_lsn: Lsn | None = None
@@ -256,9 +259,9 @@ class SlotSource:
             if is_binary(self.plugin)
             else "pg_logical_slot_get_changes"
         )
-        bounds = [self.end_lsn]
-        if self.stop_lsn is not None and start < self.stop_lsn < int(self.end_lsn or 0):
-            bounds.insert(0, self.stop_lsn)
+        cuts = {*self.split_lsns, *([self.stop_lsn] if self.stop_lsn is not None else [])}
+        inside = sorted(c for c in cuts if start < c < int(self.end_lsn or 0))
+        bounds: list[Lsn | None] = [*inside, self.end_lsn]
         done = 0
         last: Lsn | None = self.start_lsn
         for upto in bounds:

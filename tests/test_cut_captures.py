@@ -25,6 +25,7 @@ from click.testing import Result
 from helpers import Database, cli, differences, drop_with_truth, run_script
 
 from walrecover.drill.cluster import find_installation
+from walrecover.stream.decoders.pgoutput.capture import split_capture
 
 PLUGINS = ["wal2json", "test_decoding", "pgoutput"]
 #: A value only the last transaction writes: the file is cut inside it.
@@ -197,7 +198,15 @@ def test_pgoutput_damage_before_the_end_is_still_an_error(db: Database, workdir:
     _workload(db, "pgoutput")
     path = _capture(db, "pgoutput", workdir / "damaged.capture")
     data = bytearray(path.read_bytes())
-    data[data.find(b"\nI") + 1] = ord("?")  # an unknown message type in the middle
+    # An unknown message type in the middle: the first Insert's type byte. Found by cutting the
+    # capture into its messages, since b"\nI" also occurs inside a message (a commit time, an
+    # LSN), where changing it is not damage the capture's structure shows.
+    offset = 0
+    for message in split_capture(bytes(data)):
+        if message[:1] == b"I":
+            break
+        offset += len(message) + 1
+    data[offset] = ord("?")
     path.write_bytes(bytes(data))
 
     result = _recover(db, path, o_args("pgoutput"))

@@ -9,7 +9,10 @@ give the same row whichever state it meets:
   key when the key changed (deleted in the same statement), else the row under the key;
 - a delete of a missing row is a no-op (replay's own ``DELETE ... RETURNING`` already is).
 
-Only for tables with a primary key (``ON CONFLICT`` needs it); replay refuses the others.
+Only for tables with a primary key (``ON CONFLICT`` needs it); the baseline refuses the others
+when it loads. :class:`IdempotentApplier` is the batch applier of this mode (a subclass of
+:class:`~.apply.Applier`): its inserts and updates go through :func:`upsert`, and an update or
+delete that finds no row is expected, so it does not make the table unproven.
 """
 
 from __future__ import annotations
@@ -19,6 +22,30 @@ from collections.abc import Mapping, Sequence
 from psycopg import sql
 
 from ..stream.model import Change, Op
+from .apply import Applier, Pending
+from .statements import row_condition
+
+
+class IdempotentApplier(Applier):
+    """The batch applier of a replay over a baseline whose point is not known exactly."""
+
+    #: A change that finds no row is expected over such a baseline (it may hold it already).
+    no_row_unproven = False
+
+    def _insert(self, inserts: list[Pending]) -> None:
+        """Inserts are upserts, sent like the other statements (no COPY)."""
+        self._apply_others(inserts)
+
+    def _statement(self, change: Change) -> tuple[sql.Composed, list[str | None]]:
+        """An insert or update as an upsert (the row under the old key removed when the key
+        changed); a delete or truncate as the plain applier sends it."""
+        if change.op in (Op.DELETE, Op.TRUNCATE):
+            return super()._statement(change)
+        shape = self.shape
+        old, new = shape.key_values(change), change.new or {}
+        moved = change.old is not None and old != tuple(new.get(k) for k in shape.key)
+        row = row_condition(shape, change, self._txn) if moved else None
+        return upsert(shape.target.ident, shape.columns, shape.key, shape.types, change, row)
 
 
 def upsert(

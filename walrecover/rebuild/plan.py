@@ -29,6 +29,14 @@ from ..stream.model import NO_STOP, Change, RawMessage, Relation, StopPoint, Tab
 from ..stream.settings import CaptureSettings
 from ..stream.sources import CaptureSource, SlotSource
 from .baseline import Baseline, BaselineOptions
+from .command import (
+    audit_identity,
+    capture_command,
+    capture_settings_of,
+    default_into,
+    slot_command,
+    table_exists,
+)
 from .preflight import (
     ColumnTypes,
     TargetFacts,
@@ -41,16 +49,8 @@ from .preflight import (
     named_column_types,
     table_column_types,
 )
-from .recover import (
-    LedgerCheck,
-    _check_stop_range,
-    audit_identity,
-    capture_command,
-    capture_settings_of,
-    default_into,
-    slot_command,
-    table_exists,
-)
+from .result import LedgerCheck
+from .stoppoint import check_stop_range
 from .swap import parse_ddl
 from .target import PROGRESS_SCHEMA, PROGRESS_TABLE, read_progress, refuse_listed
 
@@ -454,7 +454,7 @@ class _Planner:
 
     def _stop(self) -> str:
         src = self.src
-        _check_stop_range(self.stop, src)
+        check_stop_range(self.stop, src)
         if self.stop.xid is not None and isinstance(src, SlotSource):
             status = src.xid_status(self.stop.xid)
             if status in ("aborted", "in progress"):

@@ -30,7 +30,8 @@ from psycopg.conninfo import conninfo_to_dict
 from ..db import SECRETS, Connection, one, redact
 from ..errors import ConfigurationError, LedgerError, PrivilegeError, WalrecoverError
 from ..stream.model import TableName
-from .target import _ADDED_COLUMNS, PROGRESS_SCHEMA, PROGRESS_TABLE, Target
+from .progress import _ADDED_COLUMNS
+from .target import PROGRESS_SCHEMA, PROGRESS_TABLE, Target
 
 #: Types whose values PostgreSQL and walrecover sum exactly (by OID, after domains).
 SUMMABLE_TYPES = {20: "bigint", 21: "smallint", 23: "integer", 1700: "numeric"}

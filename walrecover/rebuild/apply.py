@@ -1,0 +1,372 @@
+"""The batch applier: buffered row changes sent to the target by COPY and pipelined statements.
+
+A batch is sent as one COPY of its inserts followed by its updates, deletes and truncates in
+stream order (``executemany(..., returning=True)`` in pipeline mode, runs of the same statement
+grouped). That reordering is only correct if no buffered update or delete must run before a
+buffered insert, so :meth:`Applier.add` flushes first when an insert's row was touched by one
+(or when the identity of a touched row cannot be known), and sends a TRUNCATE alone. The
+returned row of an update or delete tells whether its row was found (``no_row`` otherwise) and
+gives the audit the values of unchanged TOAST columns. A source transaction whose stop decision
+is pending (or that a cut capture may end inside) is guarded by a savepoint when the batch is
+flushed in its middle, so it can be taken back.
+
+How a change becomes SQL is in three overridable steps, so that a replay mode is a subclass
+(:class:`~.idempotent.IdempotentApplier`, the replay over a baseline whose point is not known:
+upsert instead of insert, an update of a missing row inserts it, a delete of a missing row is a
+no-op): :meth:`Applier._insert` (the inserts of a batch), :meth:`Applier._statement` (an
+update, delete or truncate, built by :mod:`.statements`) and :meth:`Applier._settle` (what the
+returned row of an update or delete means).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..db import Connection, connection_lost
+from ..errors import ConnectionFailed, PrivilegeError, ReplayError, WalrecoverError, first_line
+from ..stream.model import Change, Op, TableName, Values
+from .applied import AuditSink, Outcome, Txn, at, stop_hint
+from .schema import Identity, Shape
+from .statements import statement
+
+
+@dataclass(slots=True)
+class Pending:
+    """A buffered change, its transaction, and (once sent) what became of it."""
+
+    change: Change
+    txn: Txn
+    outcome: Outcome = Outcome.APPLIED
+    after: Values | None = None
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Changes not yet sent, in stream order, with the indexes of inserts and other ops.
+
+    ``other_keys`` holds the identities of the rows the buffered updates and deletes touch;
+    ``unknown`` is set when one of them touches a row whose identity is not known (no key
+    yet, a partial old image): then no insert may be copied ahead of them.
+    """
+
+    pending: list[Pending] = field(default_factory=list)
+    inserts: list[int] = field(default_factory=list)
+    others: list[int] = field(default_factory=list)
+    other_keys: set[Identity] = field(default_factory=set)
+    unknown: bool = False
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def mark(self) -> tuple[int, int, int]:
+        return len(self.pending), len(self.inserts), len(self.others)
+
+    def truncate(self, mark: tuple[int, int, int]) -> None:
+        del self.pending[mark[0] :], self.inserts[mark[1] :], self.others[mark[2] :]
+
+    def split(self, mark: tuple[int, int, int]) -> tuple[_Batch, _Batch]:
+        """The part before ``mark``, and the rest re-indexed."""
+        head = _Batch(self.pending[: mark[0]], self.inserts[: mark[1]], self.others[: mark[2]])
+        rest = _Batch(
+            self.pending[mark[0] :],
+            [i - mark[0] for i in self.inserts[mark[1] :]],
+            [i - mark[0] for i in self.others[mark[2] :]],
+            self.other_keys,
+            self.unknown,
+        )
+        return head, rest
+
+
+class Applier:
+    """Buffers a table's changes and sends them to the target in batches."""
+
+    #: An update or delete that finds no row means the rebuilt table lacks a row the table had
+    #: (see :func:`.ending.no_row_reason`); a replay mode may expect them instead.
+    no_row_unproven = True
+
+    def __init__(
+        self,
+        conn: Connection,
+        shape: Shape,
+        table: TableName,
+        *,
+        batch_size: int,
+        sink: AuditSink | None,
+        ddl: str | None,
+    ) -> None:
+        self.conn = conn
+        self.shape = shape
+        self.target = shape.target
+        self.table = table
+        self.batch_size = batch_size
+        self.sink = sink
+        self.ddl = ddl
+        self._batch = _Batch()
+        #: The open source transaction, where it starts in the batch, and whether a flush in
+        #: its middle must guard it with a savepoint (and has).
+        self._txn: Txn | None = None
+        self._mark = (0, 0, 0)
+        self._guarded = False
+        self._savepoint = False
+        #: Updates and deletes that found no row since :meth:`take_no_row`.
+        self._no_row = 0
+        #: The change the target refused, when a send fails (for the error message).
+        self._failed: Pending | None = None
+
+    # -- transactions ------------------------------------------------------------------------
+
+    def begin(self, txn: Txn, *, guarded: bool) -> None:
+        """A source transaction opens; ``guarded``: it may yet be taken back."""
+        self._txn, self._guarded, self._savepoint = txn, guarded, False
+        self._mark = self._batch.mark()
+
+    def keep(self) -> None:
+        """The open transaction commits before the stop point: keep all of it."""
+        if self._savepoint:
+            self.conn.execute("RELEASE SAVEPOINT walrecover_txn")
+            if self.sink is not None:
+                self.sink.release_savepoint()
+            self._savepoint = False
+        self._txn = None
+
+    def take_back(self) -> list[Change]:
+        """Leave out the open transaction (past the stop point, or cut): its changes."""
+        left = [p.change for p in self._batch.pending[self._mark[0] :]]
+        self._batch.truncate(self._mark)
+        if self._savepoint:
+            self.conn.execute("ROLLBACK TO SAVEPOINT walrecover_txn")
+            if self.sink is not None:
+                self.sink.rollback_to_savepoint()
+            self._savepoint = False
+        self._txn = None
+        return left
+
+    def take_no_row(self) -> int:
+        """Updates and deletes that found no row since the last call."""
+        count, self._no_row = self._no_row, 0
+        return count
+
+    # -- buffering ---------------------------------------------------------------------------
+
+    def add(self, change: Change) -> None:
+        """Buffer a change of the open transaction, flushing first when order requires it."""
+        txn = self._txn
+        assert txn is not None
+        shape = self.shape
+        batch = self._batch
+        index = len(batch.pending)
+        batch.pending.append(Pending(change, txn))
+        if change.op is Op.INSERT:
+            # Copied ahead of the buffered updates and deletes only if none can touch its row.
+            if batch.others and (
+                batch.unknown
+                or (identity := shape.row_identity(change.new)) is None
+                or identity in batch.other_keys
+            ):
+                batch.pending.pop()
+                self.flush_midway()
+                batch = self._batch
+                batch.pending.append(Pending(change, txn))
+                index = 0
+            batch.inserts.append(index)
+        elif change.op is Op.TRUNCATE:
+            # Nothing may move across a truncate: send what is before it, then it alone.
+            batch.pending.pop()
+            self.flush_midway()
+            self._batch.pending.append(Pending(change, txn))
+            self._batch.others.append(0)
+            self.flush_midway()
+        else:
+            batch.others.append(index)
+            before = shape.old_identity(change)
+            if before is None:
+                batch.unknown = True
+            else:
+                batch.other_keys.add(before)
+            after = shape.row_identity(change.new)
+            if after is not None:
+                batch.other_keys.add(after)
+        if len(batch) >= self.batch_size * 4:
+            self.flush_midway()
+
+    def identity_changed(self) -> None:
+        """Identities of buffered updates and deletes were computed another way: let no insert
+        overtake them."""
+        if self._batch.others:
+            self._batch.unknown = True
+
+    def flush_midway(self) -> None:
+        """Flush inside an open source transaction, guarding it with a savepoint if needed."""
+        if self._txn is not None and self._guarded and not self._savepoint:
+            head, self._batch = self._batch.split(self._mark)
+            self._send(head)
+            self.conn.execute("SAVEPOINT walrecover_txn")
+            if self.sink is not None:
+                self.sink.savepoint()
+            self._savepoint = True
+        self.flush()
+        self._mark = (0, 0, 0)
+
+    def flush(self) -> None:
+        """Send everything buffered."""
+        batch, self._batch = self._batch, _Batch()
+        self._send(batch)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _send(self, batch: _Batch) -> None:
+        if not batch.pending:
+            return
+        inserts = [batch.pending[i] for i in batch.inserts]
+        self._failed = None
+        try:
+            if inserts:
+                self._insert(inserts)
+            if batch.others:
+                self._apply_others([batch.pending[i] for i in batch.others])
+        except psycopg.Error as exc:
+            raise self._failure(exc) from None
+        if self.sink is not None:
+            self.sink.write([p.txn.applied(p.change, p.outcome, p.after) for p in batch.pending])
+
+    def _insert(self, inserts: list[Pending]) -> None:
+        """Send a batch's inserts: one COPY."""
+        columns = self.shape.columns
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            self.target.ident, sql.SQL(", ").join(map(sql.Identifier, columns))
+        )
+        try:
+            with self.conn.cursor() as cur, cur.copy(statement) as copy:
+                for item in inserts:
+                    new = item.change.new
+                    assert new is not None
+                    copy.write_row(tuple(new.get(name) for name in columns))
+        except psycopg.Error as exc:
+            # COPY's error context names the line (1-based) it stopped at.
+            line = _COPY_LINE.search(getattr(exc.diag, "context", None) or "")
+            if line is not None and 0 < int(line.group(1)) <= len(inserts):
+                self._failed = inserts[int(line.group(1)) - 1]
+            raise
+
+    def _apply_others(self, items: list[Pending]) -> None:
+        """Run updates, deletes and truncates in order, grouping runs of the same statement."""
+        run: list[tuple[Pending, list[str | None]]] = []
+        run_sql: sql.Composed | None = None
+        for item in items:
+            statement, params = self._statement(item.change)
+            if run and statement != run_sql:
+                assert run_sql is not None
+                self._execute_run(run_sql, run)
+                run = []
+            run_sql = statement
+            run.append((item, params))
+        if run:
+            assert run_sql is not None
+            self._execute_run(run_sql, run)
+
+    def _execute_run(
+        self, statement: sql.Composed, run: list[tuple[Pending, list[str | None]]]
+    ) -> None:
+        with self.conn.cursor() as cur:
+            if run[0][0].change.op is Op.TRUNCATE:
+                for item, _ in run:
+                    self._failed = item
+                    cur.execute(statement)
+                return
+            try:
+                cur.executemany(statement, [params for _, params in run], returning=True)
+            except psycopg.Error:
+                # The results that came back before the error: the next statement failed.
+                done = _results(cur)
+                self._failed = run[done][0] if done < len(run) else run[0][0]
+                raise
+            for item, _ in run:
+                self._settle(item, cur.fetchone())
+                cur.nextset()
+
+    def _settle(self, item: Pending, row: tuple[Any, ...] | None) -> None:
+        """What the row an update or delete returned (None: it found no row) means."""
+        if row is None:
+            item.outcome = Outcome.NO_ROW
+            self._no_row += 1
+        elif item.change.unchanged_toast:
+            after = dict(item.change.new or {})
+            after.update(zip(sorted(item.change.unchanged_toast), row, strict=True))
+            item.after = after
+
+    # -- statements --------------------------------------------------------------------------
+
+    def _statement(self, change: Change) -> tuple[sql.Composed, list[str | None]]:
+        """The statement of an update, delete or truncate, and its parameters."""
+        return statement(self.shape, change, self._txn)
+
+    def _failure(self, exc: psycopg.Error) -> WalrecoverError:
+        """The error to raise when the target refused a batch: only a lost connection can be
+        cured by a rerun; anything else names the change it refused and what to do."""
+        into = self.target.into
+        if connection_lost(exc, self.conn):
+            return ConnectionFailed(
+                f"lost the target connection while applying changes to {into} "
+                f"({first_line(exc)}): what was committed is kept; rerun the same command to "
+                "resume",
+                table=str(into),
+            )
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            return PrivilegeError(
+                f"cannot write to {into}: {exc.diag.message_primary}; grant the role "
+                "INSERT, UPDATE, DELETE and TRUNCATE on it (or build it with another role)",
+                table=str(into),
+            )
+        failed = self._failed
+        what = "a change"
+        facts: dict[str, Any] = {"table": str(into)}
+        if failed is not None:
+            what = f"the {failed.change.op}{at(failed.change, failed.txn)}"
+            if failed.change.lsn is not None and failed.txn.xid is not None:
+                what += f" (transaction {failed.txn.xid})"
+            facts.update(lsn=failed.change.lsn, xid=failed.txn.xid)
+        reason = f"{exc.diag.message_primary or first_line(exc)}{_context(exc)}"
+        if isinstance(exc, psycopg.errors.UniqueViolation):
+            return ReplayError(
+                f"{what} cannot be applied to {into}: {reason}: a row came back twice, "
+                "which happens when the table was dropped and re-created within the stream; "
+                "stop before the DROP with --stop-before-lsn (with pg_walinspect in the source "
+                "database walrecover finds the DROP itself and rebuilds only the later table)",
+                **facts,
+            )
+        if self.ddl is not None:
+            advice = (
+                "check the --ddl file: its constraints, indexes and column types must accept "
+                "every row the table ever held"
+            )
+        else:
+            advice = "the rebuilt table cannot hold it; stop before it with " + stop_hint(
+                failed.txn if failed is not None else self._txn
+            )
+        return ReplayError(f"{what} cannot be applied to {into}: {reason}; {advice}", **facts)
+
+
+def _context(exc: psycopg.Error) -> str:
+    context = getattr(exc.diag, "context", None)
+    return f" ({context.splitlines()[0]})" if context else ""
+
+
+#: Where COPY stopped, in its error context: ``COPY t, line 5, column note: "..."``.
+_COPY_LINE = re.compile(r"^COPY .*?, line (\d+)")
+
+
+def _results(cur: psycopg.Cursor[Any]) -> int:
+    """How many statements of a failed ``executemany`` returned before the failing one."""
+    if cur.pgresult is None:
+        return 0
+    count = 1
+    with contextlib.suppress(psycopg.Error):
+        while cur.nextset():
+            count += 1
+    return count

@@ -28,7 +28,8 @@ from ..drill.cluster import find_program
 from ..errors import WalUnavailable, first_line
 from ..stream.lsn import Lsn
 from ..stream.sources import wait_for_flush
-from ..stream.walinspect import CommitRecord, WalInspect, WalRecord, parse_commit, parse_relids
+from ..stream.walinspect import WalInspect
+from ..stream.walrecords import CommitRecord, WalRecord, parse_commit, parse_relids
 from .waldump import WalDump
 
 _TUPLES = re.compile(r"(\d+) tuples|ntuples: (\d+)")
@@ -43,7 +44,7 @@ _ROW_OPS = {
 
 
 class WalReader(Protocol):
-    """pg_walinspect or pg_waldump: the records :func:`~walrecover.stream.walinspect.wanted`
+    """pg_walinspect or pg_waldump: the records :func:`~walrecover.stream.walrecords.wanted`
     keeps."""
 
     def scan(

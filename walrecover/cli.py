@@ -3,6 +3,11 @@
 Exit codes (also in the README): 0 done; 1 error (one line on stderr saying what to do);
 2 usage error; 3 differences (the reconciliation found some, or ``audit verify`` found a tampered
 audit); 4 rebuilt but not proven exact (warnings say why); 130 interrupted (Ctrl-C).
+
+It is the one module well over 400 lines, on purpose: every command's options and help text live
+here, the only module that imports click, so the library stays free of the command line; each
+command parses its options into the library's arguments (small helpers per option bundle), calls
+one library function and prints its result.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -673,36 +679,121 @@ def recover_command(
     """
     table = _table(table_name, "--table")
     stop = _stop_point(stop_before_lsn, stop_before_xid, stop_before_time)
-    baseline: BaselineOptions | None
-    if from_protect is not None:
-        if slot is not None or from_file is not None or baseline_file or baseline_dsn:
-            raise click.UsageError(
-                "--from-protect gives the slot and the baseline: leave out --slot, --from-file, "
-                "--baseline and --baseline-dsn"
-            )
-        if baseline_table or baseline_lsn:
-            raise click.UsageError("--from-protect records the baseline's table and LSN")
-        if stop_before is not None:
-            raise click.UsageError(
-                "--from-protect needs the stop point first: find the event's LSN with "
-                "walrecover inspect, then give --stop-before-lsn"
-            )
-        chosen = choose_point(
-            from_protect, dsn, table, stop, plugin_options=plugin_options, accept_gap=accept_gap
-        )
-        slot, plugin_options, baseline = chosen.slot, chosen.plugin_options, chosen.baseline
-    else:
-        baseline = _baseline_options(
-            baseline_file, baseline_dsn, baseline_table, baseline_lsn, accept_gap
-        )
+    slot, plugin_options, baseline = _start_from(
+        from_protect, dsn, table, stop, slot, from_file, plugin_options, baseline_file,
+        baseline_dsn, baseline_table, baseline_lsn, accept_gap, stop_before,
+    )  # fmt: skip
     _check_source(slot, from_file, plugin, capture_settings)
     if from_file is not None and target is None and dsn is None:
         raise click.UsageError("recovering --from-file needs --target (or -d): where to build")
     into = _table(into_name, "--into") if into_name else None
-    ledger_args = (key_column, amount_column, ledger_query)
-    if any(ledger_args) and not all(ledger_args):
-        raise click.UsageError("reconciliation needs all of --key, --amount and --ledger-query")
-    ledger = LedgerCheck(key_column, amount_column, ledger_query) if all(ledger_args) else None  # type: ignore[arg-type]
+    ledger = _ledger_check(key_column, amount_column, ledger_query)
+    ddl = _check_outputs(audit_path, audit_dir, ddl_file, stop_before, stop, from_file)
+    job = _Recovery(
+        dsn, slot, from_file, plugin, plugin_options, via_plugin, capture_settings, table, into,
+        target, stop, ledger, audit_path, audit_dir, ddl, force, baseline,
+    )  # fmt: skip
+    if dry_run:
+        if stop_before is not None:
+            job = _resolve_stop_before(job, stop_before, wal_dir, as_json)
+        _plan(job, as_json)
+        return
+    progress = Progress()
+    try:
+        result = _run_recovery(job, progress, batch_size, stop_before, wal_dir)
+    finally:
+        progress.close()
+    _report_recovery(result, as_json)
+
+
+@dataclass(frozen=True)
+class _Recovery:
+    """recover's (and check's) command line, parsed and checked: what to read (a slot or a
+    capture), what to build, where to stop, what to reconcile and audit, where to start from."""
+
+    dsn: str | None
+    slot: str | None
+    from_file: Path | None
+    plugin: str | None
+    plugin_options: dict[str, str]
+    via_plugin: str | None
+    capture_settings: CaptureSettings | None
+    table: TableName
+    into: TableName | None
+    target: str | None
+    stop: StopPoint
+    ledger: LedgerCheck | None
+    audit_path: Path | None
+    audit_dir: Path | None
+    ddl: str | None
+    force: bool
+    baseline: BaselineOptions | None
+
+
+def _check_from_protect(
+    slot: str | None,
+    from_file: Path | None,
+    baseline_file: Path | None,
+    baseline_dsn: str | None,
+    baseline_table: str | None,
+    baseline_lsn: str | None,
+    stop_before: str | None,
+) -> None:
+    """--from-protect gives the slot, the baseline and its point: refuse them given too."""
+    if slot is not None or from_file is not None or baseline_file or baseline_dsn:
+        raise click.UsageError(
+            "--from-protect gives the slot and the baseline: leave out --slot, --from-file, "
+            "--baseline and --baseline-dsn"
+        )
+    if baseline_table or baseline_lsn:
+        raise click.UsageError("--from-protect records the baseline's table and LSN")
+    if stop_before is not None:
+        raise click.UsageError(
+            "--from-protect needs the stop point first: find the event's LSN with "
+            "walrecover inspect, then give --stop-before-lsn"
+        )
+
+
+def _start_from(
+    from_protect: Path | None,
+    dsn: str | None,
+    table: TableName,
+    stop: StopPoint,
+    slot: str | None,
+    from_file: Path | None,
+    plugin_options: dict[str, str],
+    baseline_file: Path | None,
+    baseline_dsn: str | None,
+    baseline_table: str | None,
+    baseline_lsn: str | None,
+    accept_gap: bool,
+    stop_before: str | None,
+) -> tuple[str | None, dict[str, str], BaselineOptions | None]:
+    """Where the table starts from: the slot, its plugin options and the baseline, as given,
+    or with --from-protect those of the newest recovery point before the stop."""
+    if from_protect is None:
+        baseline = _baseline_options(
+            baseline_file, baseline_dsn, baseline_table, baseline_lsn, accept_gap
+        )
+        return slot, plugin_options, baseline
+    _check_from_protect(slot, from_file, baseline_file, baseline_dsn, baseline_table,
+                        baseline_lsn, stop_before)  # fmt: skip
+    chosen = choose_point(
+        from_protect, dsn, table, stop, plugin_options=plugin_options, accept_gap=accept_gap
+    )
+    return chosen.slot, chosen.plugin_options, chosen.baseline
+
+
+def _check_outputs(
+    audit_path: Path | None,
+    audit_dir: Path | None,
+    ddl_file: Any,
+    stop_before: str | None,
+    stop: StopPoint,
+    from_file: Path | None,
+) -> str | None:
+    """Refuse --audit with --audit-dir, and --stop-before with another stop or a capture;
+    return the --ddl file's text."""
     if audit_path is not None and audit_dir is not None:
         raise click.UsageError("give --audit FILE or --audit-dir DIR, not both")
     ddl = ddl_file.read() if ddl_file else None
@@ -711,68 +802,84 @@ def recover_command(
             "--stop-before finds the event in a slot's WAL: give --slot, and no --from-file or "
             "--stop-before-lsn/-xid/-time with it"
         )
-    if dry_run and stop_before is not None:
-        assert slot is not None
-        stop, event = resolve_stop_before(
-            dsn, slot, table, stop_before, wal_dir=wal_dir, options=plugin_options,
-            via_plugin=via_plugin,
-        )  # fmt: skip
-        if not as_json:
-            click.echo(f"walrecover: --stop-before {stop_before}: the {event.describe()}", err=True)
-    if dry_run:
-        _plan(
-            dsn, slot, from_file, plugin, plugin_options, via_plugin, capture_settings, table,
-            into, target, stop, ledger, audit_path, audit_dir, ddl, force, as_json, baseline,
-        )  # fmt: skip
-        return
-    progress = Progress()
-    try:
-        if from_file is not None:
-            assert plugin is not None
-            result = recover_capture(
-                from_file,
-                plugin,
-                table,
-                target=target if target is not None else dsn,
-                into=into,
-                options=plugin_options,
-                stop=stop,
-                ddl=ddl,
-                force=force,
-                ledger=ledger,
-                audit_path=audit_path,
-                audit_dir=audit_dir,
-                progress=progress,
-                batch_size=batch_size,
-                capture_settings=capture_settings,
-                wal_dsn=dsn,
-                baseline=baseline,
-            )
-        else:
-            assert slot is not None
-            result = recover(
-                dsn,
-                slot,
-                table,
-                into=into,
-                target=target,
-                stop=stop,
-                ddl=ddl,
-                force=force,
-                ledger=ledger,
-                audit_path=audit_path,
-                audit_dir=audit_dir,
-                progress=progress,
-                options=plugin_options,
-                via_plugin=via_plugin,
-                batch_size=batch_size,
-                baseline=baseline,
-                stop_before=stop_before,
-                wal_dir=wal_dir,
-            )
-    finally:
-        progress.close()
-    _report_recovery(result, as_json)
+    return str(ddl) if ddl is not None else None
+
+
+def _ledger_check(
+    key_column: str | None, amount_column: str | None, ledger_query: str | None
+) -> LedgerCheck | None:
+    """--key, --amount and --ledger-query as one reconciliation, or None when none is given."""
+    if not (key_column or amount_column or ledger_query):
+        return None
+    if not (key_column and amount_column and ledger_query):
+        raise click.UsageError("reconciliation needs all of --key, --amount and --ledger-query")
+    return LedgerCheck(key_column, amount_column, ledger_query)
+
+
+def _resolve_stop_before(
+    job: _Recovery, stop_before: str, wal_dir: Path | None, as_json: bool
+) -> _Recovery:
+    """For --dry-run: find the event --stop-before names, and plan with the stop before it."""
+    assert job.slot is not None
+    stop, event = resolve_stop_before(
+        job.dsn, job.slot, job.table, stop_before, wal_dir=wal_dir, options=job.plugin_options,
+        via_plugin=job.via_plugin,
+    )  # fmt: skip
+    if not as_json:
+        click.echo(f"walrecover: --stop-before {stop_before}: the {event.describe()}", err=True)
+    return replace(job, stop=stop)
+
+
+def _run_recovery(
+    job: _Recovery,
+    progress: Progress,
+    batch_size: int,
+    stop_before: str | None,
+    wal_dir: Path | None,
+) -> RecoveryResult:
+    """Run the recovery: from the capture files, or from the slot."""
+    if job.from_file is not None:
+        assert job.plugin is not None
+        return recover_capture(
+            job.from_file,
+            job.plugin,
+            job.table,
+            target=job.target if job.target is not None else job.dsn,
+            into=job.into,
+            options=job.plugin_options,
+            stop=job.stop,
+            ddl=job.ddl,
+            force=job.force,
+            ledger=job.ledger,
+            audit_path=job.audit_path,
+            audit_dir=job.audit_dir,
+            progress=progress,
+            batch_size=batch_size,
+            capture_settings=job.capture_settings,
+            wal_dsn=job.dsn,
+            baseline=job.baseline,
+        )
+    assert job.slot is not None
+    return recover(
+        job.dsn,
+        job.slot,
+        job.table,
+        into=job.into,
+        target=job.target,
+        stop=job.stop,
+        ddl=job.ddl,
+        force=job.force,
+        ledger=job.ledger,
+        audit_path=job.audit_path,
+        audit_dir=job.audit_dir,
+        progress=progress,
+        options=job.plugin_options,
+        via_plugin=job.via_plugin,
+        batch_size=batch_size,
+        baseline=job.baseline,
+        stop_before=stop_before,
+        wal_dir=wal_dir,
+    )
 
 
 def _report_recovery(result: RecoveryResult, as_json: bool) -> None:
@@ -821,63 +928,44 @@ def _baseline_options(
     )
 
 
-def _plan(
-    dsn: str | None,
-    slot: str | None,
-    from_file: Path | None,
-    plugin: str | None,
-    plugin_options: dict[str, str],
-    via_plugin: str | None,
-    capture_settings: CaptureSettings | None,
-    table: TableName,
-    into: TableName | None,
-    target: str | None,
-    stop: StopPoint,
-    ledger: LedgerCheck | None,
-    audit_path: Path | None,
-    audit_dir: Path | None,
-    ddl: str | None,
-    force: bool,
-    as_json: bool,
-    baseline: BaselineOptions | None = None,
-) -> None:
+def _plan(job: _Recovery, as_json: bool) -> None:
     """Run every check of the recovery and print the plan; :class:`Failed` (exit 1) unless
     every check passes."""
-    if from_file is not None:
-        assert plugin is not None
+    if job.from_file is not None:
+        assert job.plugin is not None
         plan = plan_capture(
-            from_file,
-            plugin,
-            table,
-            target=target if target is not None else dsn,
-            into=into,
-            options=plugin_options,
-            stop=stop,
-            ddl=ddl,
-            force=force,
-            ledger=ledger,
-            audit_path=audit_path,
-            audit_dir=audit_dir,
-            capture_settings=capture_settings,
-            baseline=baseline,
+            job.from_file,
+            job.plugin,
+            job.table,
+            target=job.target if job.target is not None else job.dsn,
+            into=job.into,
+            options=job.plugin_options,
+            stop=job.stop,
+            ddl=job.ddl,
+            force=job.force,
+            ledger=job.ledger,
+            audit_path=job.audit_path,
+            audit_dir=job.audit_dir,
+            capture_settings=job.capture_settings,
+            baseline=job.baseline,
         )
     else:
-        assert slot is not None
+        assert job.slot is not None
         plan = plan_recovery(
-            dsn,
-            slot,
-            table,
-            into=into,
-            target=target,
-            stop=stop,
-            ddl=ddl,
-            force=force,
-            ledger=ledger,
-            audit_path=audit_path,
-            audit_dir=audit_dir,
-            options=plugin_options,
-            via_plugin=via_plugin,
-            baseline=baseline,
+            job.dsn,
+            job.slot,
+            job.table,
+            into=job.into,
+            target=job.target,
+            stop=job.stop,
+            ddl=job.ddl,
+            force=job.force,
+            ledger=job.ledger,
+            audit_path=job.audit_path,
+            audit_dir=job.audit_dir,
+            options=job.plugin_options,
+            via_plugin=job.via_plugin,
+            baseline=job.baseline,
         )
     _warn(plan.warnings)
     if as_json:

@@ -8,7 +8,7 @@ The command line prints these; a notebook or a script can too (``Reconciliation.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .drill.rehearsal import RehearsalResult
     from .ledger.result import Reconciliation
     from .rebuild.plan import Plan
-    from .rebuild.recover import RecoveryResult
+    from .rebuild.recover import AuditSummary, RecoveryResult
     from .rebuild.swap import SwapResult
 
 #: The money columns of a reconciliation's differences, shown right-aligned and exact.
@@ -56,18 +56,7 @@ def recovery_text(result: RecoveryResult) -> str:
         one = "end LSN" if result.lsn_kind == "end" else "commit LSN"
         lines.append(f"  resumed after {one} {result.resumed_from}.")
     if result.baseline is not None:
-        base = result.baseline
-        point = f"LSN {base['lsn']}" if base.get("lsn") else "an unknown point"
-        lines.append(
-            f"  started from the baseline {base['source']} ({base['rows']} rows at {point}, "
-            f"replayed {base['mode']}; rows sha256 {base['rows_sha256']})."
-        )
-        made = base.get("recovery_point")
-        if made:
-            lines.append(
-                f"  recovery point: {made['slot']} of {made['directory']} (taken "
-                f"{made['snapshot_time']})."
-            )
+        lines.extend(_baseline(result.baseline))
     if result.no_row:
         lines.append(
             f"  {result.no_row} updates/deletes found no row (rows older than the slot): "
@@ -76,16 +65,38 @@ def recovery_text(result: RecoveryResult) -> str:
     if result.reconciliation is not None:
         lines.extend(_reconciled(result.reconciliation))
     if result.audit is not None:
-        lines.append(f"  audit: {result.audit.rows} rows in {result.audit.path}.")
-        if result.audit.chain_head:
-            lines.append(
-                f"  audit chain head {result.audit.chain_head} (record it; check with "
-                "walrecover audit verify --chain-head); manifest "
-                f"{result.audit.manifest}."
-            )
+        lines.extend(_audit(result.audit))
     seconds = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     lines.append(f"  time: {seconds}.")
     return "\n".join(lines)
+
+
+def _baseline(base: dict[str, Any]) -> list[str]:
+    """The baseline a recovery started from, and the recovery point that held it."""
+    point = f"LSN {base['lsn']}" if base.get("lsn") else "an unknown point"
+    lines = [
+        f"  started from the baseline {base['source']} ({base['rows']} rows at {point}, "
+        f"replayed {base['mode']}; rows sha256 {base['rows_sha256']})."
+    ]
+    made = base.get("recovery_point")
+    if made:
+        lines.append(
+            f"  recovery point: {made['slot']} of {made['directory']} (taken "
+            f"{made['snapshot_time']})."
+        )
+    return lines
+
+
+def _audit(audit: AuditSummary) -> list[str]:
+    """A recovery's audit: its rows and file, and the chain head to record."""
+    lines = [f"  audit: {audit.rows} rows in {audit.path}."]
+    if audit.chain_head:
+        lines.append(
+            f"  audit chain head {audit.chain_head} (record it; check with "
+            "walrecover audit verify --chain-head); manifest "
+            f"{audit.manifest}."
+        )
+    return lines
 
 
 def _reconciled(rec: Reconciliation) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,117 @@ def create_bank(conn: Connection, accounts: int) -> None:
     )
 
 
+#: The ledger the rebuilt table is reconciled against: each account's balance.
+LEDGER = LedgerCheck("account_id", "amount", "SELECT id, balance FROM accounts")
+
+
+def check_arguments(plugin: str, audit_path: str | Path | None) -> None:
+    """Refuse an unknown plugin or an audit path that exists, before any work is done."""
+    if plugin not in PLUGINS:
+        raise ClusterError(f"--plugin {plugin!r} is not one of {', '.join(PLUGINS)}")
+    if audit_path is not None and (Path(audit_path).exists() or Path(audit_path).is_symlink()):
+        # Said now, not after the workload: the recovery never replaces a file it did not write.
+        raise AuditError(
+            f"--audit {audit_path} already exists: give a new path (the rehearsal never "
+            "replaces a file)",
+            path=str(audit_path),
+        )
+
+
+@contextlib.contextmanager
+def throwaway_cluster(keep: bool, plugin: str) -> Iterator[tuple[str, Path]]:
+    """Start the drill's cluster; yield its DSN and the directory for the drill's files.
+
+    The directory is the kept cluster's own (``keep``), else a temporary one. On the way out
+    the cluster is stopped and removed, or with ``keep`` left running for the user.
+    """
+    cluster = Cluster(keep=keep, require_plugins=(plugin,))
+    cluster.start()
+    workdir = tempfile.TemporaryDirectory(prefix="walrecover-rehearsal-")
+    try:
+        keep_dir = cluster.directory if keep and cluster.directory else Path(workdir.name)
+        yield cluster.dsn(), keep_dir
+    finally:
+        if not keep:
+            cluster.stop()
+        else:
+            cluster.detach()
+        with contextlib.suppress(OSError):
+            workdir.cleanup()
+
+
+def plugin_options(plugin: str) -> dict[str, str] | None:
+    """The slot's plugin options the drill reads with: pgoutput's publication."""
+    return {"publication_names": "bank_pub"} if plugin == "pgoutput" else None
+
+
+def open_bank(conn: Connection, accounts: int, plugin: str) -> None:
+    """Create the bank and, for pgoutput, its publication for all tables."""
+    create_bank(conn, accounts)
+    if plugin == "pgoutput":
+        conn.execute("CREATE PUBLICATION bank_pub FOR ALL TABLES")
+
+
+def drop_with_truth(conn: Connection) -> tuple[Lsn, float]:
+    """Record the ground truth, DROP ``transactions``, and keep the application running.
+
+    Returns the insert position before the DROP (every commit so far is before it, the DROP
+    after it) and the monotonic time the table was gone.
+    """
+    conn.execute("CREATE UNLOGGED TABLE rehearsal_truth AS SELECT * FROM transactions")
+    (stop_text,) = one(conn, "SELECT pg_current_wal_insert_lsn()::text")
+    conn.execute("DROP TABLE transactions")
+    gone = time.monotonic()
+    for shard in range(5):  # the application keeps running
+        conn.execute("UPDATE accounts SET last_seen = now() WHERE id %% 5 = %s", (shard,))
+    return Lsn.parse(stop_text), gone
+
+
+def matches_truth(dsn: str) -> bool:
+    """Whether the rebuilt table equals the ground truth, row by row (duplicates count)."""
+    with connect(dsn, role="rehearsal") as conn:
+        return bool(
+            one(
+                conn,
+                "SELECT (SELECT count(*) FROM (SELECT * FROM rehearsal_truth EXCEPT ALL"
+                " SELECT * FROM transactions_recovered) a) = 0"
+                " AND (SELECT count(*) FROM (SELECT * FROM transactions_recovered EXCEPT ALL"
+                " SELECT * FROM rehearsal_truth) b) = 0",
+            )[0]
+        )
+
+
+def rehearsal_result(
+    result: RecoveryResult,
+    *,
+    transactions: int,
+    accounts: int,
+    identical: bool,
+    stop_lsn: Lsn | None,
+    seconds: dict[str, float],
+    kept_dsn: str | None,
+    audit_path: str | None,
+    baseline: dict[str, Any] | None = None,
+) -> RehearsalResult:
+    """The drill's result from the recovery's and what the drill measured around it."""
+    return RehearsalResult(
+        transactions=transactions,
+        accounts=accounts,
+        changes=result.changes,
+        rows=result.rows,
+        identical=identical,
+        reconciled=result.reconciliation is not None and result.reconciliation.matched,
+        audit_rows=result.audit.rows if result.audit else 0,
+        plugin=result.plugin,
+        stop_lsn=str(stop_lsn),
+        seconds=seconds,
+        recovery=result,
+        kept_dsn=kept_dsn,
+        audit_path=audit_path,
+        baseline=baseline,
+    )
+
+
 def rehearse(
     transactions: int = 5_000,
     accounts: int = 100,
@@ -230,37 +342,16 @@ def rehearse(
     """
     if transactions < 1 or accounts < 1:
         raise ClusterError("a rehearsal needs at least one transaction and one account")
-    if plugin not in PLUGINS:
-        raise ClusterError(f"--plugin {plugin!r} is not one of {', '.join(PLUGINS)}")
-    if audit_path is not None and (Path(audit_path).exists() or Path(audit_path).is_symlink()):
-        # Said now, not after the workload: the recovery never replaces a file it did not write.
-        raise AuditError(
-            f"--audit {audit_path} already exists: give a new path (the rehearsal never "
-            "replaces a file)",
-            path=str(audit_path),
-        )
+    check_arguments(plugin, audit_path)
     started = time.monotonic()
-    cluster = Cluster(keep=keep, require_plugins=(plugin,))
-    cluster.start()
-    workdir = tempfile.TemporaryDirectory(prefix="walrecover-rehearsal-")
-    try:
-        dsn = cluster.dsn()
+    with throwaway_cluster(keep, plugin) as (dsn, keep_dir):
         with connect(dsn, autocommit=True, role="rehearsal") as conn:
-            create_bank(conn, accounts)
-            if plugin == "pgoutput":
-                conn.execute("CREATE PUBLICATION bank_pub FOR ALL TABLES")
+            open_bank(conn, accounts, plugin)
             conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (SLOT, plugin))
             t0 = time.monotonic()
             run_workload(conn, transactions, accounts, progress=progress)
             workload = time.monotonic() - t0
-            conn.execute("CREATE UNLOGGED TABLE rehearsal_truth AS SELECT * FROM transactions")
-            # The insert position: every commit so far is before it, the DROP after it.
-            (stop_text,) = one(conn, "SELECT pg_current_wal_insert_lsn()::text")
-            conn.execute("DROP TABLE transactions")
-            for shard in range(5):  # the application keeps running
-                conn.execute("UPDATE accounts SET last_seen = now() WHERE id %% 5 = %s", (shard,))
-        stop_lsn = Lsn.parse(stop_text)
-        keep_dir = cluster.directory if keep and cluster.directory else Path(workdir.name)
+            stop_lsn, _ = drop_with_truth(conn)
         path = Path(audit_path) if audit_path else keep_dir / "transactions.parquet"
         t0 = time.monotonic()
         result = recover(
@@ -268,50 +359,28 @@ def rehearse(
             SLOT,
             TableName("public", "transactions"),
             stop=StopPoint(lsn=stop_lsn),
-            ledger=LedgerCheck("account_id", "amount", "SELECT id, balance FROM accounts"),
+            ledger=LEDGER,
             audit_path=path,
             progress=progress,
-            options={"publication_names": "bank_pub"} if plugin == "pgoutput" else None,
+            options=plugin_options(plugin),
             ddl=RECOVERED_DDL if plugin == "test_decoding" else None,
         )
         recovery = time.monotonic() - t0
         t0 = time.monotonic()
-        with connect(dsn, role="rehearsal") as conn:
-            identical = bool(
-                one(
-                    conn,
-                    "SELECT (SELECT count(*) FROM (SELECT * FROM rehearsal_truth EXCEPT ALL"
-                    " SELECT * FROM transactions_recovered) a) = 0"
-                    " AND (SELECT count(*) FROM (SELECT * FROM transactions_recovered EXCEPT ALL"
-                    " SELECT * FROM rehearsal_truth) b) = 0",
-                )[0]
-            )
+        identical = matches_truth(dsn)
         verify = time.monotonic() - t0
-        reconciled = result.reconciliation is not None and result.reconciliation.matched
-        return RehearsalResult(
+        return rehearsal_result(
+            result,
             transactions=transactions,
             accounts=accounts,
-            changes=result.changes,
-            rows=result.rows,
             identical=identical,
-            reconciled=reconciled,
-            audit_rows=result.audit.rows if result.audit else 0,
-            plugin=result.plugin,
-            stop_lsn=str(stop_lsn),
+            stop_lsn=stop_lsn,
             seconds={
                 "workload": workload,
                 "recover": recovery,
                 "verify": verify,
                 "total": time.monotonic() - started,
             },
-            recovery=result,
             kept_dsn=dsn if keep else None,
             audit_path=str(path) if audit_path or keep else None,
         )
-    finally:
-        if not keep:
-            cluster.stop()
-        else:
-            cluster.detach()
-        with contextlib.suppress(OSError):
-            workdir.cleanup()

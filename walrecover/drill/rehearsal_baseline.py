@@ -15,23 +15,33 @@ choosing the point, recovering and reconciling.
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
-from ..db import connect, one
-from ..errors import AuditError, ClusterError
+from ..db import connect
+from ..errors import ClusterError
+from ..incident.events import DestructiveEvent
 from ..incident.inspect import resolve_stop_before
+from ..ready.points import RecoveryPoint
 from ..ready.protect import protect
-from ..rebuild.from_protect import choose_point
-from ..rebuild.recover import LedgerCheck, recover
-from ..stream.decoders import PLUGINS
+from ..rebuild.from_protect import ProtectedStart, choose_point
+from ..rebuild.recover import RecoveryResult, recover
 from ..stream.model import TableName
 from ..stream.sources import ProgressCallback
-from .cluster import Cluster
-from .rehearsal import RECOVERED_DDL, RehearsalResult, create_bank, run_workload
+from .rehearsal import (
+    LEDGER,
+    RECOVERED_DDL,
+    RehearsalResult,
+    check_arguments,
+    drop_with_truth,
+    matches_truth,
+    open_bank,
+    plugin_options,
+    rehearsal_result,
+    run_workload,
+    throwaway_cluster,
+)
 
 TABLE = TableName("public", "transactions")
 
@@ -48,99 +58,44 @@ def rehearse_baseline(
     """The drill with half the workload before the slot: baseline + changes (see module)."""
     if transactions < 2 or accounts < 1:
         raise ClusterError("a baseline rehearsal needs two transactions and one account")
-    if plugin not in PLUGINS:
-        raise ClusterError(f"--plugin {plugin!r} is not one of {', '.join(PLUGINS)}")
-    if audit_path is not None and (Path(audit_path).exists() or Path(audit_path).is_symlink()):
-        raise AuditError(
-            f"--audit {audit_path} already exists: give a new path (the rehearsal never "
-            "replaces a file)",
-            path=str(audit_path),
-        )
+    check_arguments(plugin, audit_path)
     started = time.monotonic()
-    cluster = Cluster(keep=keep, require_plugins=(plugin,))
-    cluster.start()
-    workdir = tempfile.TemporaryDirectory(prefix="walrecover-rehearsal-")
-    try:
-        dsn = cluster.dsn()
-        keep_dir = cluster.directory if keep and cluster.directory else Path(workdir.name)
+    with throwaway_cluster(keep, plugin) as (dsn, keep_dir):
         points_dir = keep_dir / "recovery-points"
         before = transactions // 2
+        seconds: dict[str, float] = {}
         with connect(dsn, autocommit=True, role="rehearsal") as conn:
-            create_bank(conn, accounts)
-            if plugin == "pgoutput":
-                conn.execute("CREATE PUBLICATION bank_pub FOR ALL TABLES")
+            open_bank(conn, accounts, plugin)
             t0 = time.monotonic()
             run_workload(conn, before, accounts, progress=progress)
-            workload = time.monotonic() - t0
+            seconds["workload"] = time.monotonic() - t0
             t0 = time.monotonic()
-            made = protect(
-                dsn,
-                [TABLE],
-                points_dir,
-                retain=timedelta(hours=48),
-                every=timedelta(0),
-                plugin=plugin,
-            ).created
-            assert made is not None, "a first protect run always makes a recovery point"
-            exported = time.monotonic() - t0
+            made = _protect(dsn, points_dir, plugin)
+            seconds["baseline_export"] = time.monotonic() - t0
             t0 = time.monotonic()
             run_workload(conn, transactions - before, accounts, progress=progress, first=before)
-            workload += time.monotonic() - t0
-            conn.execute("CREATE UNLOGGED TABLE rehearsal_truth AS SELECT * FROM transactions")
-            conn.execute("DROP TABLE transactions")
-            gone = time.monotonic()
-            for shard in range(5):  # the application keeps running
-                conn.execute("UPDATE accounts SET last_seen = now() WHERE id %% 5 = %s", (shard,))
+            seconds["workload"] += time.monotonic() - t0
+            _, gone = drop_with_truth(conn)
         path = Path(audit_path) if audit_path else keep_dir / "transactions.parquet"
         t0 = time.monotonic()
-        # The runbook: find the DROP (inspect), the newest point before it, recover from both.
-        options = {"publication_names": "bank_pub"} if plugin == "pgoutput" else None
-        stop, event = resolve_stop_before(dsn, made.slot, TABLE, "drop", options=options)
-        chosen = choose_point(points_dir, dsn, TABLE, stop, plugin_options=options)
-        result = recover(
-            dsn,
-            chosen.slot,
-            TABLE,
-            stop=stop,
-            ledger=LedgerCheck("account_id", "amount", "SELECT id, balance FROM accounts"),
-            audit_path=path,
-            progress=progress,
-            options=chosen.plugin_options or None,
-            ddl=RECOVERED_DDL if plugin == "test_decoding" else None,
-            baseline=chosen.baseline,
+        result, chosen, event = _recover_by_runbook(
+            dsn, made.slot, points_dir, plugin, path, progress
         )
         back = time.monotonic()
-        with connect(dsn, role="rehearsal") as conn:
-            identical = bool(
-                one(
-                    conn,
-                    "SELECT (SELECT count(*) FROM (SELECT * FROM rehearsal_truth EXCEPT ALL"
-                    " SELECT * FROM transactions_recovered) a) = 0"
-                    " AND (SELECT count(*) FROM (SELECT * FROM transactions_recovered EXCEPT ALL"
-                    " SELECT * FROM rehearsal_truth) b) = 0",
-                )[0]
-            )
-        verify = time.monotonic() - back
-        reconciled = result.reconciliation is not None and result.reconciliation.matched
-        return RehearsalResult(
+        identical = matches_truth(dsn)
+        seconds |= {
+            "recover": back - t0,
+            "rto": back - gone,
+            "verify": time.monotonic() - back,
+            "total": time.monotonic() - started,
+        }
+        return rehearsal_result(
+            result,
             transactions=transactions,
             accounts=accounts,
-            changes=result.changes,
-            rows=result.rows,
             identical=identical and result.exact,
-            reconciled=reconciled,
-            audit_rows=result.audit.rows if result.audit else 0,
-            plugin=result.plugin,
-            stop_lsn=str(event.lsn),
-            seconds={
-                "workload": workload,
-                "baseline_export": exported,
-                "recover": back - t0,
-                "rto": back - gone,
-                "verify": verify,
-                "total": time.monotonic() - started,
-            },
-            recovery=result,
+            stop_lsn=event.lsn,
+            seconds=seconds,
             kept_dsn=dsn if keep else None,
             audit_path=str(path) if audit_path or keep else None,
             baseline={
@@ -150,10 +105,44 @@ def rehearse_baseline(
                 "found": event.describe(),
             },
         )
-    finally:
-        if not keep:
-            cluster.stop()
-        else:
-            cluster.detach()
-        with contextlib.suppress(OSError):
-            workdir.cleanup()
+
+
+def _protect(dsn: str, points_dir: Path, plugin: str) -> RecoveryPoint:
+    """Make the recovery point, as ``walrecover protect`` would on its first run."""
+    made = protect(
+        dsn,
+        [TABLE],
+        points_dir,
+        retain=timedelta(hours=48),
+        every=timedelta(0),
+        plugin=plugin,
+    ).created
+    assert made is not None, "a first protect run always makes a recovery point"
+    return made
+
+
+def _recover_by_runbook(
+    dsn: str,
+    slot: str,
+    points_dir: Path,
+    plugin: str,
+    path: Path,
+    progress: ProgressCallback | None,
+) -> tuple[RecoveryResult, ProtectedStart, DestructiveEvent]:
+    """The runbook: find the DROP (inspect), the newest point before it, recover from both."""
+    options = plugin_options(plugin)
+    stop, event = resolve_stop_before(dsn, slot, TABLE, "drop", options=options)
+    chosen = choose_point(points_dir, dsn, TABLE, stop, plugin_options=options)
+    result = recover(
+        dsn,
+        chosen.slot,
+        TABLE,
+        stop=stop,
+        ledger=LEDGER,
+        audit_path=path,
+        progress=progress,
+        options=chosen.plugin_options or None,
+        ddl=RECOVERED_DDL if plugin == "test_decoding" else None,
+        baseline=chosen.baseline,
+    )
+    return result, chosen, event

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..stream.lsn import Lsn
 from ..stream.model import StopPoint
-from ..stream.walinspect import CommitRecord
+from ..stream.walrecords import CommitRecord
 from .slotview import SlotView, StreamTransaction
 from .wal import WalFacts
 

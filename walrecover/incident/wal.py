@@ -28,7 +28,8 @@ from ..drill.cluster import find_program
 from ..errors import WalUnavailable, first_line
 from ..stream.lsn import Lsn
 from ..stream.sources import wait_for_flush
-from ..stream.walinspect import CommitRecord, WalInspect, WalRecord, parse_commit, parse_relids
+from ..stream.walinspect import WalInspect
+from ..stream.walrecords import CommitRecord, WalRecord, parse_commit, parse_relids
 from .waldump import WalDump
 
 _TUPLES = re.compile(r"(\d+) tuples|ntuples: (\d+)")
@@ -43,7 +44,7 @@ _ROW_OPS = {
 
 
 class WalReader(Protocol):
-    """pg_walinspect or pg_waldump: the records :func:`~walrecover.stream.walinspect.wanted`
+    """pg_walinspect or pg_waldump: the records :func:`~walrecover.stream.walrecords.wanted`
     keeps."""
 
     def scan(
@@ -219,35 +220,12 @@ def collect(
 ) -> WalFacts:
     """One pass over [start, end): the facts of :class:`WalFacts` for ``database``."""
     facts = WalFacts()
-    open_rows: dict[int, Counter[str]] = {}
-    open_files: dict[int, set[int]] = {}
-    open_truncates: dict[int, list[tuple[int, ...]]] = {}
-    open_created: dict[int, list[int]] = {}
+    pending = _Pending()
     for record in reader.scan(start, end, files=files, lsns=lsns):
         rm, kind = record.resource_manager, record.record_type
         if rm == "Transaction":
-            commit = kind in ("COMMIT", "COMMIT_PREPARED")
             info = parse_commit(record.lsn, record.end_lsn, record.xid, kind, record.description)
-            xids = (info.xid, *info.subxacts)
-            counts: Counter[str] = Counter()
-            touched: set[int] = set()
-            for xid in xids:
-                counts.update(open_rows.pop(xid, Counter()))
-                touched |= open_files.pop(xid, set())
-                for relids in open_truncates.pop(xid, []):
-                    if commit:
-                        facts.truncates.append(TruncateRecord(relids, info))
-                for created in open_created.pop(xid, []):
-                    if commit:
-                        facts.created[created] = (info.xid, info.lsn)
-            if not commit:
-                continue
-            if info.dropped_relations(database) or info.dropped_relfilenodes(database):
-                facts.drops.append(info)
-            if counts:
-                facts.rows.append(
-                    RowTransaction(info.xid, info.lsn, info.time, dict(counts), frozenset(touched))
-                )
+            pending.end(info, kind in ("COMMIT", "COMMIT_PREPARED"), database, facts)
         elif rm == "Storage":
             found = record.description.strip().split("/")
             if (
@@ -256,21 +234,52 @@ def collect(
                 and found[2].isdigit()
                 and int(found[1]) == database
             ):
-                open_created.setdefault(record.xid, []).append(int(found[2]))
+                pending.created.setdefault(record.xid, []).append(int(found[2]))
         elif kind == "TRUNCATE":
             relids = parse_relids(record.description)
-            open_truncates.setdefault(record.xid, []).append(relids)
+            pending.truncates.setdefault(record.xid, []).append(relids)
             facts.truncated_at[int(record.lsn)] = relids
         else:
-            _row(record, facts, open_rows, open_files, files, lsns)
+            _row(record, facts, pending, files, lsns)
     return facts
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What each running transaction did so far (by xid), kept until its commit or abort."""
+
+    rows: dict[int, Counter[str]] = field(default_factory=dict)
+    files: dict[int, set[int]] = field(default_factory=dict)
+    truncates: dict[int, list[tuple[int, ...]]] = field(default_factory=dict)
+    created: dict[int, list[int]] = field(default_factory=dict)
+
+    def end(self, info: CommitRecord, commit: bool, database: int, facts: WalFacts) -> None:
+        """A transaction (and its subtransactions) ended: what it did counts if it committed."""
+        counts: Counter[str] = Counter()
+        touched: set[int] = set()
+        for xid in (info.xid, *info.subxacts):
+            counts.update(self.rows.pop(xid, Counter()))
+            touched |= self.files.pop(xid, set())
+            for relids in self.truncates.pop(xid, []):
+                if commit:
+                    facts.truncates.append(TruncateRecord(relids, info))
+            for created in self.created.pop(xid, []):
+                if commit:
+                    facts.created[created] = (info.xid, info.lsn)
+        if not commit:
+            return
+        if info.dropped_relations(database) or info.dropped_relfilenodes(database):
+            facts.drops.append(info)
+        if counts:
+            facts.rows.append(
+                RowTransaction(info.xid, info.lsn, info.time, dict(counts), frozenset(touched))
+            )
 
 
 def _row(
     record: WalRecord,
     facts: WalFacts,
-    open_rows: dict[int, Counter[str]],
-    open_files: dict[int, set[int]],
+    pending: _Pending,
     files: frozenset[int],
     lsns: frozenset[int],
 ) -> None:
@@ -286,5 +295,5 @@ def _row(
     if record.record_type == "MULTI_INSERT":
         match = _TUPLES.search(record.description)
         number = int(match.group(1) or match.group(2)) if match else 1
-    open_rows.setdefault(record.xid, Counter())[op] += number
-    open_files.setdefault(record.xid, set()).add(found.relfilenode)
+    pending.rows.setdefault(record.xid, Counter())[op] += number
+    pending.files.setdefault(record.xid, set()).add(found.relfilenode)

@@ -7,7 +7,7 @@ host, or segment files copied from it (``--wal-dir``). ``pg_waldump`` prints one
     rmgr: Transaction len (rec/tot): 469/469, tx: 736, lsn: 0/01A3B2C8, prev 0/01A3B290,
     desc: COMMIT 2024-05-01 10:00:00.123456 UTC; rels: base/5/16384; dropped stats: 2/5/16384
 
-which :class:`WalDump` turns into :class:`~walrecover.stream.walinspect.WalRecord`: the
+which :class:`WalDump` turns into :class:`~walrecover.stream.walrecords.WalRecord`: the
 description loses its leading record type, the commit time is printed in UTC (``TZ=UTC``) and
 written as pg_walinspect writes it, and the record's end is computed from its length and the
 page headers it crosses. The program is found where the server's binaries are
@@ -25,7 +25,7 @@ from pathlib import Path
 from ..drill.cluster import find_program
 from ..errors import WalUnavailable
 from ..stream.lsn import Lsn
-from ..stream.walinspect import WalRecord, wanted
+from ..stream.walrecords import WalRecord, wanted
 
 _LINE = re.compile(
     r"^rmgr: (\S+)\s+len \(rec/tot\):\s*\d+/\s*(\d+), tx:\s*(\d+), lsn: ([0-9A-F]+/[0-9A-F]+), "
@@ -101,7 +101,7 @@ class WalDump:
         files: frozenset[int] = frozenset(),
         lsns: frozenset[int] = frozenset(),
     ) -> Iterator[WalRecord]:
-        """The records :func:`~walrecover.stream.walinspect.wanted` keeps in [start, end)."""
+        """The records :func:`~walrecover.stream.walrecords.wanted` keeps in [start, end)."""
         start = max(start, self.first_lsn)
         if start >= end:
             return

@@ -34,6 +34,13 @@ from ..audit.reader import read_metadata
 from ..errors import AuditError, LedgerError
 from ..stream.model import TableName
 from .explain import explain_keys
+from .ledger_totals import (
+    LedgerFile,
+    LedgerQuery,
+    LedgerSource,
+    ledger_source,
+    ledger_totals,
+)
 from .result import (
     MATCHED,
     MISMATCHED,
@@ -47,17 +54,12 @@ from .result import (
 from .totals import (
     PERIOD_FORMAT,
     Key,
-    LedgerFile,
-    LedgerQuery,
-    LedgerSource,
     Period,
     RecoveredAudit,
     RecoveredTable,
     audit_totals,
     connection,
     key_names,
-    ledger_source,
-    ledger_totals,
     plain,
     table_totals,
 )

@@ -279,17 +279,7 @@ def compare_totals(
     opn = {_as_key(k): v for k, v in (opening or {}).items()}
     names = tuple(key_columns)
     everything = sorted(set(rec) | set(led) | set(opn), key=_sort_key)
-    columns: dict[str, list[Any]] = {
-        "key": [],
-        **{name: [] for name in names if name != "key"},
-        **({"period": []} if period else {}),
-        "rows": [],
-        "recovered": [],
-        **({"opening": []} if opening is not None else {}),
-        "ledger": [],
-        "delta": [],
-        "status": [],
-    }
+    columns = _empty_columns(names, per_period=bool(period), with_opening=opening is not None)
     counts = dict.fromkeys(STATUSES, 0)
     total = Decimal(0)
     for key in everything:
@@ -327,6 +317,23 @@ def compare_totals(
         comparison=frame,
         source=source,
     )
+
+
+def _empty_columns(
+    names: Sequence[str], *, per_period: bool, with_opening: bool
+) -> dict[str, list[Any]]:
+    """The comparison frame's columns, in order, each an empty list to append to."""
+    return {
+        "key": [],
+        **{name: [] for name in names if name != "key"},
+        **({"period": []} if per_period else {}),
+        "rows": [],
+        "recovered": [],
+        **({"opening": []} if with_opening else {}),
+        "ledger": [],
+        "delta": [],
+        "status": [],
+    }
 
 
 def _status(delta: Decimal, tolerance: Decimal, *, in_recovered: bool, in_ledger: bool) -> str:

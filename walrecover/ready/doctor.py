@@ -21,17 +21,15 @@ from typing import Any
 from ..db import Connection, connect, one, safe_dsn
 from ..errors import EXIT_CRITICAL, EXIT_OK, EXIT_WARNING
 from ..stream.model import TableName
-from .facts import TableFacts, installed_plugins, table_facts, user_tables
+from .facts import installed_plugins, table_facts, user_tables
 from .points import RecoveryPoint, load_recovery_points
 from .slots import SlotState, human_bytes, server_version, slot_states
+from .verdict import SEVERITIES, Verdict, coverage, prerequisites, reach, slot_health
 
-SEVERITIES = ("ok", "warning", "critical")
 _EXIT = {"ok": EXIT_OK, "warning": EXIT_WARNING, "critical": EXIT_CRITICAL}
 #: A recovery's own copy of a slot (stream/sources.py), dropped when the recovery ends: it
 #: covers nothing for the future.
 _COPY = re.compile(r"walrecover_\d+_[0-9a-f]+")
-#: A catalog_xmin this many transactions old is reported (bloat; wraparound at about 2e9).
-OLD_CATALOG_XMIN = 500_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +189,7 @@ def _diagnose(
     dsn: str | None,
 ) -> TableDiagnosis:
     facts = table_facts(conn, table)
-    verdict = _Verdict()
+    verdict = Verdict()
     usable = [
         s
         for s in states
@@ -200,58 +198,21 @@ def _diagnose(
         and not s.temporary
         and not _COPY.fullmatch(s.name)
     ]
-    alive = {s.name for s in usable}
     baselines = [p for p in points if p.baseline(table) is not None]
     known = {p.slot: set(b.publications) for p in baselines if (b := p.baseline(table))}
-    covering, partial = _coverage(table, facts, usable, known, verdict)
+    covering, partial = coverage(table, facts, usable, known, verdict)
     good = [p for p in baselines if p.slot in covering and _on_disk(p, table)]
     protect = (
         f"walrecover protect -d {_shell(safe_dsn(dsn))} --table {_shell(str(table))} "
         "--retain 48h --every 6h --dir DIR"
     )
-    if not facts.exists:
-        verdict.critical(
-            f"it does not exist in database {conn.info.dbname!r}",
-            "check the name; if it was dropped, find the DROP with walrecover inspect and "
-            "rebuild it with walrecover recover",
-        )
-    if wal_level != "logical":
-        verdict.critical(
-            f"wal_level is {wal_level}, so no row change is logged for decoding",
-            "ALTER SYSTEM SET wal_level = logical, restart the server, then run " + protect,
-        )
-    if facts.exists and not facts.has_key:
-        _identity(table, facts, verdict)
-    for state in usable:
-        if state.name in covering and state.wal_status == "unreserved":
-            verdict.warning(
-                f"slot {state.name} keeps its WAL no longer than the next checkpoint "
-                "(wal_status unreserved): raise max_slot_wal_keep_size or read it now"
-            )
-        if (state.catalog_xmin_age or 0) > OLD_CATALOG_XMIN:
-            verdict.warning(
-                f"slot {state.name} holds catalog_xmin back {state.catalog_xmin_age} "
-                "transactions (catalog bloat; wraparound near 2 billion)"
-            )
+    prerequisites(conn, table, facts, wal_level, protect, verdict)
+    slot_health(usable, covering, verdict)
+    alive = {s.name for s in usable}
     lost = [p.slot for p in baselines if p.slot not in alive]
     if lost:
         verdict.note(f"baselines whose slot is gone or lost: {', '.join(lost)}")
-    since = min((p.snapshot_time for p in good), default=None)
-    if good:
-        verdict.recoverable(f"recoverable back to {since.isoformat() if since else '?'}")
-    elif covering or partial:
-        slots = ", ".join(sorted(covering or partial))
-        verdict.warning(
-            f"recoverable only for rows written after slot {slots} began (a slot holds no older "
-            f"row) — do: {protect} for a baseline",
-            headline=True,
-        )
-    else:
-        verdict.critical(
-            f"no usable logical slot of database {conn.info.dbname!r} holds its changes",
-            protect,
-        )
-    newest = max(good, key=lambda p: p.snapshot_time) if good else None
+    since = reach(conn, good, covering, partial, protect, verdict)
     return TableDiagnosis(
         table=table,
         exists=facts.exists,
@@ -264,117 +225,9 @@ def _diagnose(
         toast_columns=facts.toast,
         publications=tuple(name for name, _ in facts.publications),
         covering_slots=tuple(sorted(covering)),
-        newest_baseline=newest,
+        newest_baseline=max(good, key=lambda p: p.snapshot_time) if good else None,
         problems=tuple(verdict.problems),
     )
-
-
-class _Verdict:
-    """Collects what was found about a table and makes its one verdict line."""
-
-    def __init__(self) -> None:
-        self.severity = "ok"
-        self.problems: list[str] = []
-        self._critical: str | None = None
-        self._headline: str | None = None
-        self._good = "recoverable"
-
-    def _raise(self, severity: str) -> None:
-        if SEVERITIES.index(severity) > SEVERITIES.index(self.severity):
-            self.severity = severity
-
-    def critical(self, reason: str, action: str) -> None:
-        self._raise("critical")
-        text = f"not recoverable because {reason} — do: {action}"
-        if self._critical is None:
-            self._critical = text
-        else:
-            self.problems.append(text)
-
-    def warning(self, text: str, *, headline: bool = False) -> None:
-        self._raise("warning")
-        if headline and self._headline is None:
-            self._headline = text
-        else:
-            self.problems.append(text)
-
-    def note(self, text: str) -> None:
-        self.problems.append(text)
-
-    def recoverable(self, text: str) -> None:
-        self._good = text
-
-    def line(self) -> str:
-        return self._critical or self._headline or self._good
-
-
-def _coverage(
-    table: TableName,
-    facts: TableFacts,
-    usable: Sequence[SlotState],
-    known: dict[str, set[str]],
-    verdict: _Verdict,
-) -> tuple[set[str], set[str]]:
-    """The slots that hold every change of the table (wal2json and test_decoding slots hold
-    all tables; a pgoutput slot only what a publication publishes), and those that hold only
-    the changes after a publication younger than the slot.
-
-    A publication is older than a protect slot when the point's baseline recorded it (read in
-    the slot's snapshot); for other slots, when the catalog row that makes it publish the
-    table is older than the slot's catalog_xmin (an estimate: a transaction running when the
-    slot was created holds catalog_xmin further back)."""
-    covering: set[str] = set()
-    partial: set[str] = set()
-    for slot in usable:
-        if slot.plugin != "pgoutput":
-            covering.add(slot.name)
-            continue
-        if not facts.publications:
-            if facts.exists:
-                verdict.note(
-                    f"slot {slot.name} (pgoutput) does not hold its changes: no publication "
-                    f"publishes it (CREATE PUBLICATION ... FOR TABLE {table} covers what is "
-                    "written from then on)"
-                )
-            continue
-        horizon = slot.catalog_xmin_age
-        old = [
-            n
-            for n, age in facts.publications
-            if n in known.get(slot.name, ()) or horizon is None or age >= horizon
-        ]
-        if old:
-            covering.add(slot.name)
-            continue
-        partial.add(slot.name)
-        names = ", ".join(n for n, _ in facts.publications)
-        verdict.warning(
-            f"publication {names} is younger than slot {slot.name}'s oldest changes: pgoutput "
-            "reads each change with the catalog of its time, so the changes written before the "
-            "publication published the table cannot be read through it"
-        )
-    return covering, partial
-
-
-def _identity(table: TableName, facts: TableFacts, verdict: _Verdict) -> None:
-    what = f"REPLICA IDENTITY {(facts.identity or '?').upper()}"
-    if facts.identity == "default":
-        what += " without a primary key"
-    action = (
-        f"ALTER TABLE {table} REPLICA IDENTITY FULL (or add a primary key); the changes "
-        "written from then on can be rebuilt"
-    )
-    if facts.changed:
-        verdict.critical(
-            f"it has no replica identity ({what}): its {facts.changed} updates and deletes "
-            "carry no key to find their row by",
-            action,
-        )
-    else:
-        verdict.warning(
-            f"it has no replica identity ({what}): its inserts can be rebuilt, but an UPDATE "
-            f"or DELETE could not — do: {action}"
-        )
 
 
 def _on_disk(point: RecoveryPoint, table: TableName) -> bool:

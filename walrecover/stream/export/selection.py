@@ -38,46 +38,59 @@ def select(
     held: list[Begin | Change] = []
     holding = skipping = False
     for event in events:
-        if isinstance(event, Begin):
-            at = (event.xid, event.commit_lsn, event.end_lsn, event.commit_time)
-            stops = stop.stops(*at)
-            if stops:
-                break
-            begins = True if started else start.starts(*at)
-            skipping = begins is False and stops is False
-            if skipping:
-                continue
-            holding = stops is None or begins is None
-            if holding:
-                held = [event]
-            else:
-                started = True
-                yield event
-        elif isinstance(event, Change):
+        if isinstance(event, Change):
             if skipping or (wanted and (event.relation.schema, event.relation.name) not in wanted):
                 continue
             if holding:
                 held.append(event)
-            else:
-                yield event
-        else:
-            if skipping:
-                skipping = False
                 continue
-            if holding:
-                begins = _at_commit(event, held, stop, start, started)
-                if begins is None:
-                    break
-                events_held, held, holding = held, [], False
-                if not begins:
-                    continue
-                started = True
-                yield from events_held
             yield event
-            if start.only:
+        elif isinstance(event, Begin):
+            action = _at_begin(event, stop, start, started)
+            if action == "stop":
+                break
+            skipping, holding = action == "skip", action == "hold"
+            held = [event] if holding else held
+            if action == "pass":
+                started = True
+                yield event
+        elif skipping:  # the Commit of a transaction before the start
+            skipping = False
+        else:
+            release = _release(event, held, stop, start, started) if holding else [event]
+            if release is None:
+                break
+            started = started or (holding and bool(release))
+            held, holding = [], False
+            yield from release
+            if release and start.only:
                 return
     if not started:
         raise _never_started(start, stop, tuple(tables))
+
+
+def _at_begin(event: Begin, stop: StopPoint, start: StartPoint, started: bool) -> str:
+    """What to do with a transaction at its Begin: ``stop`` (at or past the stop point),
+    ``skip`` (before the start), ``hold`` until its Commit (which decides), or ``pass``."""
+    at = (event.xid, event.commit_lsn, event.end_lsn, event.commit_time)
+    stops = stop.stops(*at)
+    if stops:
+        return "stop"
+    begins = True if started else start.starts(*at)
+    if begins is False and stops is False:
+        return "skip"
+    return "hold" if stops is None or begins is None else "pass"
+
+
+def _release(
+    event: Commit, held: list[Begin | Change], stop: StopPoint, start: StartPoint, started: bool
+) -> list[Begin | Change | Commit] | None:
+    """A held transaction at its Commit: None when it is at or past the stop point, else its
+    events to yield (none when it lies before the start)."""
+    begins = _at_commit(event, held, stop, start, started)
+    if begins is None:
+        return None
+    return [*held, event] if begins else []
 
 
 def _at_commit(

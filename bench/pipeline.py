@@ -723,7 +723,7 @@ def report(run: Run) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 (the steps, in order)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=100_000, help="ledger transactions")
     parser.add_argument("--plugins", default="wal2json,pgoutput")

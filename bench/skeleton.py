@@ -108,7 +108,9 @@ def _tuple(buf: bytes, pos: int, keep: bool) -> tuple[list[bytes | None] | None,
     return (values if keep else None), pos
 
 
-def pgoutput_rows(stream: BinaryIO, table: str) -> Iterator[tuple[list[str], str]]:
+def pgoutput_rows(  # noqa: PLR0912, PLR0915 (the floor: one hand-written loop, on purpose)
+    stream: BinaryIO, table: str
+) -> Iterator[tuple[list[str], str]]:
     """(column names, COPY line) for each insert into ``schema.table`` of a pgoutput v1 stream.
 
     pg_recvlogical writes each message followed by a newline; messages are self-delimiting, so

@@ -967,7 +967,7 @@ class Runner:
             return sql.SQL("NULL")
         return sql.SQL("{}::{}").format(sql.Literal(value), sql.SQL(kind.type))
 
-    def _op(self, s: _Session, op: Op) -> None:
+    def _op(self, s: _Session, op: Op) -> None:  # noqa: PLR0911, PLR0912, PLR0915 (one case per op)
         key = self.history.shape.key_kind
         t = sql.Identifier(TABLE)
         if isinstance(op, OtherWrite):

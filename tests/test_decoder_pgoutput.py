@@ -515,7 +515,7 @@ def _tuple(values: TupleData) -> list[dict[str, Any]]:
     return cells
 
 
-def as_vector(message: Message) -> dict[str, Any]:
+def as_vector(message: Message) -> dict[str, Any]:  # noqa: PLR0911, PLR0912 (one case per message)
     """A parsed message in the vectors' normalised form (``expected`` minus ``byte1``)."""
     match message:
         case BeginMessage():

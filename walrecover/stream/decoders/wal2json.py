@@ -133,7 +133,7 @@ class _Fast:
     """A relation the fast path may reuse: messages of exactly this shape (names, types, OIDs)
     map to ``known`` while it is still the decoder's current knowledge of the table."""
 
-    shape: tuple[tuple[str, str, int | None], ...]
+    shape: list[tuple[str, str, int | None]]
     known: _Known
     bytea: bool
 

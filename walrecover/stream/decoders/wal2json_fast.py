@@ -57,9 +57,9 @@ class Slow(Exception):
     """The message needs the full path (a value the fast path does not carry)."""
 
 
-def shape(columns: list[Column]) -> tuple[tuple[str, str, int | None], ...]:
+def shape(columns: list[Column]) -> list[tuple[str, str, int | None]]:
     """What a relation's fast entry is matched on: each column's name, type and type OID."""
-    return tuple([(c.name, c.type, c.typeoid) for c in columns])
+    return [(c.name, c.type, c.typeoid) for c in columns]
 
 
 def text(value: Any, data: str | bytes) -> str | None:
@@ -82,19 +82,13 @@ def text(value: Any, data: str | bytes) -> str | None:
 
 
 def image(
-    columns: list[Column], known: tuple[tuple[str, str, int | None], ...], data: str | bytes
+    columns: list[Column], known: list[tuple[str, str, int | None]], data: str | bytes
 ) -> dict[str, str | None] | None:
     """A row image from columns none of which is bytea, or None when the columns' names, types
-    and type OIDs are not exactly ``known`` (one pass does both, this is the hot loop)."""
-    if len(columns) != len(known):
+    and type OIDs are not exactly ``known`` (this is the hot loop)."""
+    if [(c.name, c.type, c.typeoid) for c in columns] != known:
         return None
-    row: dict[str, str | None] = {}
-    for column, (name, type_name, oid) in zip(columns, known, strict=True):
-        if column.name != name or column.type != type_name or column.typeoid != oid:
-            return None
-        value = column.value
-        row[name] = value if type(value) is str else text(value, data)
-    return row
+    return {c.name: v if type(v := c.value) is str else text(v, data) for c in columns}
 
 
 def values(columns: list[Column], data: str | bytes) -> dict[str, str | None]:
@@ -114,7 +108,7 @@ def identity_values(columns: list[Column], data: str | bytes) -> dict[str, str |
     return values(columns, data)
 
 
-def bytea_columns(key: tuple[tuple[str, str, int | None], ...]) -> tuple[bool, ...]:
+def bytea_columns(key: list[tuple[str, str, int | None]]) -> tuple[bool, ...]:
     """Which columns of a relation shape are bytea (their text values need converting)."""
     return tuple(oid == _BYTEA_OID or type_name == "bytea" for _, type_name, oid in key)
 

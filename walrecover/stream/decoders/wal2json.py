@@ -21,6 +21,7 @@ from typing import Any
 from ...errors import DecodeError, StopPointError, StreamCutShort
 from ..lsn import Lsn
 from ..model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation, TableName
+from . import wal2json_fast as fast
 
 
 #: Numbers keep their literal text: never a float between the WAL and the table.
@@ -30,6 +31,7 @@ def _no_constant(name: str) -> Any:
 
 _JSON = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=_no_constant)
 _OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE, "T": Op.TRUNCATE}
+_ROW_OPS = frozenset("IUD")
 _BYTEA_OID = 17
 
 
@@ -126,6 +128,16 @@ class _Known:
     relation: Relation
 
 
+@dataclass(slots=True)
+class _Fast:
+    """A relation the fast path may reuse: messages of exactly this shape (names, types, OIDs)
+    map to ``known`` while it is still the decoder's current knowledge of the table."""
+
+    shape: list[tuple[str, str, int | None]]
+    known: _Known
+    bytea: bool
+
+
 class Wal2JsonV2Decoder:
     """Decoder for wal2json ``format-version`` 2 with xids, timestamps and LSNs included."""
 
@@ -133,6 +145,7 @@ class Wal2JsonV2Decoder:
 
     def __init__(self) -> None:
         self._relations: dict[tuple[str, str], _Known] = {}
+        self._fast: dict[tuple[str, str], _Fast] = {}
         self._xid: int | None = None
         self._open = False
         self._begin: tuple[Any, Any, Any, Begin] | None = None
@@ -140,6 +153,111 @@ class Wal2JsonV2Decoder:
         self._last_lsn: Lsn | None = None
 
     def decode(self, message: RawMessage) -> Sequence[Event]:
+        events = self._decode_fast(message)
+        return events if events is not None else self._decode_full(message)
+
+    def _decode_fast(self, message: RawMessage) -> Sequence[Event] | None:
+        """Begin, commit and changes of known tables through msgspec; None (and nothing
+        changed) for any other message, which :meth:`_decode_full` then reads."""
+        try:
+            msg = fast.DECODER.decode(message.data)
+        except fast.PARSE_ERRORS:
+            return None
+        xid = msg.xid if msg.xid is not None else message.xid
+        action = msg.action
+        events: Sequence[Event] | None
+        try:
+            if action == "B":
+                events = self._begin_fast(msg, xid, message)
+            elif action == "C":
+                events = self._commit_fast(msg, xid, message)
+            elif action in _ROW_OPS:
+                events = self._change_fast(msg, _OPS[action], xid, message)
+            else:
+                return None
+        except (fast.Slow, ValueError, StopPointError, DecodeError):
+            return None
+        if events is not None and message.lsn is not None:
+            self._last_lsn = message.lsn
+        return events
+
+    def _begin_fast(
+        self, msg: fast.Message, xid: int | None, message: RawMessage
+    ) -> list[Event] | None:
+        if self._open:
+            return None
+        begin = Begin(
+            xid=xid,
+            commit_lsn=Lsn.parse(msg.lsn) if msg.lsn else None,
+            end_lsn=Lsn.parse(msg.nextlsn) if msg.nextlsn else None,
+            commit_time=(
+                datetime.fromisoformat(msg.timestamp) if msg.timestamp is not None else None
+            ),
+            lsn=message.lsn,
+        )
+        self._open, self._xid, self._begin_row_lsn = True, xid, message.lsn
+        self._begin = (msg.lsn, msg.nextlsn, msg.timestamp, begin)
+        return [begin]
+
+    def _commit_fast(
+        self, msg: fast.Message, xid: int | None, message: RawMessage
+    ) -> list[Event] | None:
+        if not self._open:
+            return None
+        seen = self._begin
+        if seen is not None and msg.lsn and seen[:3] == (msg.lsn, msg.nextlsn, msg.timestamp):
+            begin = seen[3]
+            commit = Commit(xid, begin.commit_lsn, begin.end_lsn, begin.commit_time)
+        else:
+            commit = Commit(
+                xid=xid,
+                commit_lsn=Lsn.parse(msg.lsn) if msg.lsn else None,
+                end_lsn=Lsn.parse(msg.nextlsn) if msg.nextlsn else message.lsn,
+                commit_time=(
+                    datetime.fromisoformat(msg.timestamp) if msg.timestamp is not None else None
+                ),
+            )
+        self._open, self._begin = False, None
+        return [commit]
+
+    def _change_fast(
+        self, msg: fast.Message, op: Op, xid: int | None, message: RawMessage
+    ) -> tuple[Change] | None:
+        if not self._open or msg.schema is None or msg.table is None:
+            return None
+        lsn = Lsn.parse(msg.lsn) if msg.lsn else message.lsn
+        known = self._relations.get((msg.schema, msg.table))
+        if known is None or (msg.identity and not known.relation.key_columns):
+            return None
+        columns, identity, data = msg.columns, msg.identity, message.data
+        new = None
+        if columns is not None:
+            entry = self._fast.get((msg.schema, msg.table))
+            if entry is not None and entry.known is known and not entry.bytea:
+                new = fast.image(columns, entry.shape, data)
+            if new is None:
+                new = self._image_slow(msg.schema, msg.table, known, columns, data)
+                if new is None:
+                    return None
+        old = fast.identity_values(identity, data) if identity is not None else None
+        return (Change(op, known.relation, new, old, frozenset(), lsn, xid),)
+
+    def _image_slow(
+        self, schema: str, table: str, known: _Known, columns: list[fast.Column], data: str | bytes
+    ) -> dict[str, str | None] | None:
+        """The row image when the fast entry does not match: a new entry if the columns match
+        the known relation (by name and type), else None."""
+        shape = fast.shape(columns)
+        if known.signature != tuple([(name, type_name) for name, type_name, _ in shape]):
+            return None
+        bytea = fast.bytea_columns(shape)
+        self._fast[(schema, table)] = _Fast(shape, known, any(bytea))
+        if any(bytea):
+            return fast.values_with_bytea(columns, data, bytea, bytea_text)
+        return fast.values(columns, data)
+
+    def _decode_full(self, message: RawMessage) -> Sequence[Event]:
+        """Any message, with the stdlib parser: every error and rare shape is handled here."""
         data = message.data
         if isinstance(data, bytes):
             try:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..stream.model import Outcome
@@ -48,28 +50,28 @@ class FinalOutcomes:
             " op TEXT NOT NULL);"
         )
         self.truncates: list[int] = []
+        self._cursor: sqlite3.Cursor | None = None
+        self._pending: tuple[int, str, int] | None = None
+        if _nothing_later(parts):
+            return
         wanted = ["seq", "op", "outcome", *PRIVATE_COLUMNS]
         for part in parts:
             for batch in batches(part, columns=wanted):
-                events: list[tuple[str, int, int, str]] = []
-                data = batch.to_pydict()
-                for seq, op, outcome, before, after in zip(
-                    data["seq"],
-                    data["op"],
-                    data["outcome"],
-                    data["_before_identity"],
-                    data["_after_identity"],
-                    strict=True,
-                ):
-                    if outcome != Outcome.APPLIED:
-                        continue
-                    if op == "truncate":
-                        self.truncates.append(seq)
-                    if before is not None:
-                        events.append((before, seq, 0, op))
-                    if after is not None:
-                        events.append((after, seq, 1, op))
-                self.db.executemany("INSERT INTO ev VALUES (?, ?, ?, ?)", events)
+                table = pa.Table.from_batches([batch])
+                table = table.filter(pc.equal(table.column("outcome"), Outcome.APPLIED.value))
+                truncates = table.filter(pc.equal(table.column("op"), "truncate"))
+                self.truncates.extend(truncates.column("seq").to_pylist())
+                for role, name in enumerate(PRIVATE_COLUMNS):
+                    events = table.filter(pc.is_valid(table.column(name)))
+                    self.db.executemany(
+                        "INSERT INTO ev VALUES (?, ?, ?, ?)",
+                        zip(
+                            events.column(name).to_pylist(),
+                            events.column("seq").to_pylist(),
+                            itertools.repeat(role),
+                            events.column("op").to_pylist(),
+                        ),
+                    )
         self.db.executescript(
             "CREATE INDEX ev_k ON ev (k, seq, role);"
             "CREATE TABLE nxt (seq INTEGER PRIMARY KEY, next_op TEXT NOT NULL,"
@@ -83,7 +85,7 @@ class FinalOutcomes:
         self.db.commit()
         self.truncates.sort()
         self._cursor = self.db.execute("SELECT seq, next_op, next_seq FROM nxt ORDER BY seq")
-        self._pending: tuple[int, str, int] | None = self._cursor.fetchone()
+        self._pending = self._cursor.fetchone()
 
     def _next_truncate(self, seq: int) -> int | None:
         i = bisect.bisect_right(self.truncates, seq)
@@ -99,6 +101,7 @@ class FinalOutcomes:
         changed = False
         for i, seq in enumerate(seqs):
             while self._pending is not None and self._pending[0] < seq:
+                assert self._cursor is not None  # a pending answer came from it
                 self._pending = self._cursor.fetchone()
             if values[i] != Outcome.APPLIED or ops[i] not in outcomes.LIVE_OPS:
                 continue
@@ -126,6 +129,19 @@ class FinalOutcomes:
         with contextlib.suppress(sqlite3.Error):
             self.db.close()
         safefiles.remove_file(self.path)
+
+
+def _nothing_later(parts: Sequence[Path]) -> bool:
+    """True if no applied change updated, deleted or truncated anything: then nothing was
+    superseded or removed, and the index is not needed (an insert-only ledger, the common
+    case). Reads two small dictionary-encoded columns."""
+    for part in parts:
+        for batch in batches(part, columns=["op", "outcome"]):
+            applied = pc.equal(batch.column("outcome"), Outcome.APPLIED.value)
+            changing = pc.is_in(batch.column("op"), pa.array(["update", "delete", "truncate"]))
+            if pc.any(pc.and_(applied, changing)).as_py():
+                return False
+    return True
 
 
 # -- outputs -------------------------------------------------------------------------------------

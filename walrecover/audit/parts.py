@@ -10,11 +10,11 @@ from typing import Any
 
 from ..rebuild.replay import AppliedChange
 from ..stream.model import Op, Relation, Values
-from .format import encode, values_json
+from .format import list_json, pairs_json, values_json
 
 
 def _identity(change_key: tuple[str | None, ...] | None) -> str | None:
-    return None if change_key is None else encode(list(change_key))
+    return None if change_key is None else list_json(change_key)
 
 
 def _row_identity(values: Values | None, relation: Relation) -> str | None:
@@ -24,7 +24,7 @@ def _row_identity(values: Values | None, relation: Relation) -> str | None:
     names = relation.column_names
     if any(name not in values for name in names):
         return None
-    return encode([values[name] for name in names])
+    return list_json([values[name] for name in names])
 
 
 # -- the writer ----------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ def part_row(applied: AppliedChange, seq: int) -> tuple[Any, ...]:
         applied.commit_time,
         op.value,
         relation.qualified_name,
-        encode(dict(zip(relation.key_columns, key, strict=True))) if key is not None else None,
+        pairs_json(zip(relation.key_columns, key, strict=True)) if key is not None else None,
         str(applied.outcome.value),
         values_json(after),
         values_json(before),

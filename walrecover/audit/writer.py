@@ -103,7 +103,8 @@ class AuditWriter:
         self._writer_file: BinaryIO | None = None
         self._open_files: list[Path] = []
         self._savepoint: tuple[int, int] | None = None
-        self._columns: dict[str, list[Any]] = {name: [] for name in PART_SCHEMA.names}
+        #: The rows not yet written to the open part, each in the order of ``PART_SCHEMA``.
+        self._rows: list[tuple[Any, ...]] = []
         #: The columns of the latest relation that showed the table whole, and every column
         #: the stream showed (latest definition of each), for the typed columns.
         self._latest: tuple[Column, ...] = ()
@@ -167,8 +168,16 @@ class AuditWriter:
 
     def write(self, batch: Sequence[AppliedChange]) -> None:
         """Append a batch of applied changes to the open part."""
+        rows = self._rows
         for applied in batch:
-            self._append(applied)
+            relation = applied.change.relation
+            if relation is not self._relation:
+                self._see(relation)
+            rows.append(part_row(applied, self.rows))
+            self.rows += 1
+            if len(rows) >= ROW_GROUP_ROWS:
+                self._flush()
+                rows = self._rows
 
     def savepoint(self) -> None:
         """Rows from here on may be taken back (a transaction not yet known to be in)."""
@@ -181,7 +190,7 @@ class AuditWriter:
         if self._savepoint is None:
             return
         rows, files = self._savepoint
-        self._columns = {name: [] for name in PART_SCHEMA.names}
+        self._rows = []
         self._close_part_file()
         for tmp in self._open_files[files:]:
             safefiles.remove_file(tmp)
@@ -219,16 +228,8 @@ class AuditWriter:
         for column in relation.columns:
             self._seen[column.name] = column
 
-    def _append(self, applied: AppliedChange) -> None:
-        self._see(applied.change.relation)
-        for name, value in zip(PART_SCHEMA.names, part_row(applied, self.rows), strict=True):
-            self._columns[name].append(value)
-        self.rows += 1
-        if len(self._columns["seq"]) >= ROW_GROUP_ROWS:
-            self._flush()
-
     def _flush(self) -> None:
-        if not self._columns["seq"]:
+        if not self._rows:
             return
         if self._writer is None:
             tmp = self.parts / f"open-{self._part_index + len(self._open_files):06d}.tmp"
@@ -239,11 +240,16 @@ class AuditWriter:
                 raise AuditError(f"cannot write the audit under {self.parts}: {exc}") from None
             self._open_files.append(tmp)
         try:
-            table = pa.Table.from_pydict(self._columns, schema=PART_SCHEMA)
+            columns = zip(*self._rows, strict=True)
+            arrays = [
+                pa.array(values, field.type)
+                for field, values in zip(PART_SCHEMA, columns, strict=True)
+            ]
+            table = pa.Table.from_arrays(arrays, schema=PART_SCHEMA)
             self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         except (pa.ArrowException, OSError) as exc:
             raise AuditError(f"writing the audit under {self.parts} failed: {exc}") from None
-        self._columns = {name: [] for name in PART_SCHEMA.names}
+        self._rows = []
 
     def _close_part_file(self) -> None:
         if self._writer is not None:

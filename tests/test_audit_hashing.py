@@ -5,14 +5,19 @@ float appears on the way from an image's exact text to the hashed content or a m
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
+from walrecover.audit import supersede
 from walrecover.audit.format import (
     CHAIN_SEED,
     HASHED,
@@ -149,3 +154,86 @@ def test_no_float_between_the_exact_text_and_the_audit(tmp_path: Path) -> None:
     typed = [a.to_pylist()[0] for a in typed_arrays(table, fields)]
     assert typed == [1, "0.1", Decimal("0.20")]
     assert verify_audit(path).ok
+
+
+# -- superseded and removed, columnar ------------------------------------------------------------
+
+
+def reference_outcomes(rows: list[dict[str, Any]]) -> list[str]:
+    """What became of each change, by the definition (row by row, as the SQLite index did)."""
+    events = []
+    for row in rows:
+        if row["outcome"] != "applied":
+            continue
+        for role, name in enumerate(("_before_identity", "_after_identity")):
+            if row[name] is not None:
+                events.append((row[name], row["seq"], role, row["op"]))
+    events.sort()
+    following = {}
+    for (k, seq, role, _), nxt in itertools.pairwise(events):
+        if role == 1 and nxt[0] == k and nxt[2] == 0:
+            following[seq] = (nxt[3], nxt[1])
+    cuts = sorted(r["seq"] for r in rows if r["outcome"] == "applied" and r["op"] == "truncate")
+    finals = []
+    for row in rows:
+        final = row["outcome"]
+        if final == "applied" and row["op"] in ("insert", "update"):
+            cut = next((c for c in cuts if c > row["seq"]), None)
+            if row["seq"] in following:
+                op, seq = following[row["seq"]]
+                removed = op == "delete" or (cut is not None and cut < seq)
+                final = "removed" if removed else "superseded"
+            elif cut is not None:
+                final = "removed"
+        finals.append(final)
+    return finals
+
+
+def random_history(seed: int, n: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    rows = []
+    for seq in range(n):
+        op = rng.choice(["insert"] * 4 + ["update"] * 4 + ["delete"] * 2 + ["truncate"] * seed)
+        key, new_key = f'["{rng.randrange(12)}"]', f'["{rng.randrange(12)}"]'
+        if op == "update" and rng.random() < 0.7:
+            new_key = key
+        if rng.random() < 0.1:  # a keyless row whose image lacked a column: no identity
+            key = new_key = None  # type: ignore[assignment]
+        rows.append(
+            {
+                "seq": seq,
+                "op": op,
+                "outcome": rng.choice(["applied"] * 8 + ["no_row", "after_stop"]),
+                "_before_identity": key if op in ("update", "delete") else None,
+                "_after_identity": new_key if op in ("insert", "update") else None,
+            }
+        )
+    return rows
+
+
+@pytest.mark.parametrize("bucket_bytes", [1 << 30, 64])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_final_outcomes_are_the_definition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bucket_bytes: int, seed: int
+) -> None:
+    """Hash-partitioned into buckets (64 bytes: many) or not, the columnar answers are the
+    row-by-row definition's, over random histories with truncates, key changes, rows without
+    an identity and changes that were not applied; parts are split anywhere."""
+    monkeypatch.setattr(supersede, "BUCKET_BYTES", bucket_bytes)
+    rows = random_history(seed, 3000)
+    schema = pa.schema([PART_SCHEMA.field(n) for n in rows[0]])
+    parts = []
+    for number, start in enumerate(range(0, len(rows), 700)):
+        part = tmp_path / f"part-{number:06d}-{start:016X}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows[start : start + 700], schema), part)
+        parts.append(part)
+    finals = supersede.FinalOutcomes(parts, tmp_path)
+    try:
+        got = []
+        for start in range(0, len(rows), 1000):
+            batch = pa.Table.from_pylist(rows[start : start + 1000], schema)
+            got += finals.apply(batch).column("outcome").to_pylist()
+    finally:
+        finals.close()
+    assert got == reference_outcomes(rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in parts]

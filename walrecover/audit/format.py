@@ -197,17 +197,21 @@ HASHED: Final = (
 
 def iso_times(times: pa.ChunkedArray | pa.Array) -> list[str | None]:
     """UTC timestamps as ``datetime.isoformat`` writes them (``2024-05-01T10:00:00+00:00``,
-    ``.123456`` only when there are microseconds), computed over the column at once."""
+    ``.123456`` only when there are microseconds), computed over the column at once, each
+    distinct time once (the rows of a transaction share its commit time)."""
     if len(times) == 0:
         return []
-    years = pc.year(times)
+    distinct = pc.unique(times)
+    years = pc.year(distinct)
     low, high = pc.min(years).as_py(), pc.max(years).as_py()
     if low is None or (low >= 1000 and high <= 9999):
         # Arrow prints seconds with all six fractional digits; isoformat drops ".000000".
-        text = pc.strftime(times, format="%Y-%m-%dT%H:%M:%S", locale="C")
+        text = pc.strftime(distinct.cast(pa.timestamp("us")), format="%Y-%m-%dT%H:%M:%S")
         text = pc.replace_substring_regex(text, pattern=r"\.000000$", replacement="")
-        return pc.binary_join_element_wise(text, "+00:00", "").to_pylist()  # type: ignore[no-any-return]
-    return [None if t is None else t.isoformat() for t in times.to_pylist()]
+        text = pc.binary_join_element_wise(text, "+00:00", "")
+    else:
+        text = pa.array([None if t is None else t.isoformat() for t in distinct.to_pylist()])
+    return pc.take(text, pc.index_in(times, value_set=distinct)).to_pylist()  # type: ignore[no-any-return]
 
 
 def hash_rows(table: pa.Table, chain: str) -> tuple[list[str], list[str], str]:

@@ -6,9 +6,11 @@ works out ``superseded`` and ``removed`` when it closes (:mod:`walrecover.audit.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ..rebuild.replay import AppliedChange
+from ..stream.lsn import Lsn
 from ..stream.model import Op, Relation, Values
 from .format import list_json, pairs_json, values_json
 
@@ -25,6 +27,12 @@ def _row_identity(values: Values | None, relation: Relation) -> str | None:
     if any(name not in values for name in names):
         return None
     return list_json([values[name] for name in names])
+
+
+@functools.lru_cache(maxsize=16)
+def _commit_text(lsn: Lsn) -> str:
+    """A commit LSN's text, once per transaction rather than once per row."""
+    return str(lsn)
 
 
 # -- the writer ----------------------------------------------------------------------------------
@@ -48,7 +56,7 @@ def part_row(applied: AppliedChange, seq: int) -> tuple[Any, ...]:
         after_identity = _row_identity(after, relation) if leaves_row else None
     return (
         seq,
-        str(applied.commit_lsn) if applied.commit_lsn else None,
+        _commit_text(applied.commit_lsn) if applied.commit_lsn else None,
         str(change.lsn) if change.lsn is not None else None,
         applied.xid,
         applied.commit_time,

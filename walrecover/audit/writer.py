@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Final
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -53,6 +53,9 @@ from .workspace import (
     remove_dataset,
     remove_work,
 )
+
+#: The part files' columns worth a dictionary.
+PART_DICTIONARY: Final = ["commit_lsn", "xid", "commit_time", "op", "relation", "outcome"]
 
 
 class AuditWriter:
@@ -235,7 +238,14 @@ class AuditWriter:
             tmp = self.parts / f"open-{self._part_index + len(self._open_files):06d}.tmp"
             try:
                 self._writer_file = safefiles.create(tmp)
-                self._writer = pq.ParquetWriter(self._writer_file, PART_SCHEMA, compression="zstd")
+                self._writer = pq.ParquetWriter(
+                    self._writer_file,
+                    PART_SCHEMA,
+                    compression="zstd",
+                    # Per-transaction and few-valued columns only: dictionaries of unique
+                    # values (images, LSNs, identities) cost time and save nothing.
+                    use_dictionary=PART_DICTIONARY,
+                )
             except OSError as exc:
                 raise AuditError(f"cannot write the audit under {self.parts}: {exc}") from None
             self._open_files.append(tmp)
@@ -300,7 +310,7 @@ class AuditWriter:
             + [f.field() for f in fields]
             + [pa.field(name, pa.string()) for name in HASH_COLUMNS]
         )
-        finals = FinalOutcomes(parts, self.parts / "outcomes.sqlite")
+        finals = FinalOutcomes(parts, self.parts)
         meta: dict[str, Any] = {
             **self.metadata,
             **(metadata or {}),

@@ -67,7 +67,8 @@ class AuditWriter:
     never committed: :meth:`start` removes parts past the target's progress, so a resumed run
     continues exactly where the target did. Parts hold the exact text of each change; each part
     records the columns the stream had shown so far. :meth:`close` works out which applied
-    changes were later superseded or removed (an on-disk SQLite index, so memory stays bounded),
+    changes were later superseded or removed (columnar, in buckets on disk, so memory stays
+    bounded: :mod:`walrecover.audit.supersede`),
     then merges the parts in order into PATH (through ``PATH.partial``), adding the typed columns
     of every column the stream showed, each row's SHA-256 and the chained hash, and writes the
     manifest.

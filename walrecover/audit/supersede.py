@@ -87,19 +87,27 @@ def _identity_bytes(parts: Sequence[Path]) -> int:
 def _bucket_of(keys: pa.Array, buckets: int) -> np.ndarray[Any, Any]:
     """Each identity's bucket: a hash of its UTF-8 bytes, computed with numpy over the buffer."""
     keys = keys.cast(pa.large_string())
-    offsets = np.frombuffer(keys.buffers()[1], np.int64)[keys.offset : keys.offset + len(keys) + 1]
-    data = np.frombuffer(keys.buffers()[2], np.uint8)[offsets[0] : offsets[-1]].astype(np.uint64)
-    lengths = np.diff(offsets)
+    if len(keys) == 0:
+        return np.empty(0, np.int64)
+    _, offset_buffer, data_buffer = keys.buffers()
+    offsets = np.frombuffer(offset_buffer, np.int64)[keys.offset : keys.offset + len(keys) + 1]
+    raw = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.empty(0, np.uint8)
+    data = raw[offsets[0] : offsets[-1]].astype(np.uint64)
     starts = offsets[:-1] - offsets[0]
-    position = np.arange(len(data), dtype=np.uint64) - np.repeat(starts, lengths).astype(np.uint64)
+    ends = offsets[1:] - offsets[0]
+    position = np.arange(len(data), dtype=np.uint64)
+    position -= np.repeat(starts, ends - starts).astype(np.uint64)
     with np.errstate(over="ignore"):
         mixed = data * (position * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x632BE59BD9B4E019))
-        sums = np.add.reduceat(mixed, starts) if len(data) else np.zeros(len(keys), np.uint64)
-        sums[lengths == 0] = 0
+        # Sums of each string's bytes as differences of a running sum (modulo 2**64).
+        running = np.zeros(len(data) + 1, np.uint64)
+        np.cumsum(mixed, out=running[1:])
+        sums = running[ends] - running[starts]
         sums ^= sums >> np.uint64(29)
         sums *= np.uint64(0xBF58476D1CE4E5B9)
         sums ^= sums >> np.uint64(32)
-    return (sums % np.uint64(buckets)).astype(np.int64)
+    bucket: np.ndarray[Any, Any] = (sums % np.uint64(buckets)).astype(np.int64)
+    return bucket
 
 
 def _events(table: pa.Table) -> pa.Table:
@@ -180,6 +188,8 @@ class FinalOutcomes:
                     ops = table.column("op")
                     truncates += table.filter(pc.equal(ops, "truncate"))["seq"].to_pylist()
                     events = _events(table)
+                    if events.num_rows == 0:
+                        continue
                     if not writers:
                         tables.append(events)
                         continue

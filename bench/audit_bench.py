@@ -186,6 +186,8 @@ def child(phase: str, rows: int, path: Path, partitioned: bool) -> None:
     else:
         out = run_verify(path)
     out["seconds"] = time.monotonic() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
 
@@ -221,10 +223,13 @@ def main() -> None:
         audit = measure("audit", args.rows, audit_path, args.dir)
         verify = measure("verify", args.rows, audit_path, args.dir)
     print(f"rows: {args.rows:,}  layout: {'hive dataset' if args.dir else 'one file'}")
-    print(f"{'phase':<10}{'seconds':>10}{'peak RSS MB':>14}{'MB on disk':>12}")
+    print(f"{'phase':<10}{'seconds':>10}{'CPU s':>8}{'peak RSS MB':>14}{'MB on disk':>12}")
     for name, out in (("baseline", baseline), ("audit", audit), ("verify", verify)):
         size = f"{out['bytes'] / 1e6:.1f}" if "bytes" in out else "-"
-        print(f"{name:<10}{out['seconds']:>10.1f}{out['peak_rss_mb']:>14.0f}{size:>12}")
+        print(
+            f"{name:<10}{out['seconds']:>10.1f}{out['cpu_seconds']:>8.1f}"
+            f"{out['peak_rss_mb']:>14.0f}{size:>12}"
+        )
     print(f"audit/baseline time: {audit['seconds'] / baseline['seconds']:.2f}x")
     print(f"outcomes: {audit['outcomes']}")
     print(f"verify: {'ok' if verify['ok'] else 'FAILED ' + '; '.join(verify['problems'])}")

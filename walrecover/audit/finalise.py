@@ -2,145 +2,22 @@
 the typed columns and the hash chain, merged into the published file or dataset.
 
 Two outcomes are only known once later changes have been seen (``superseded``, ``removed``):
-:class:`FinalOutcomes` works them out in one pass over the parts with an on-disk SQLite index,
-so memory stays bounded whatever the size of the recovery.
+:class:`~walrecover.audit.supersede.FinalOutcomes` works them out columnar, in bounded memory.
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
-import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ..stream.model import Outcome
-from . import outcomes, safefiles
 from .format import CHAIN_SEED, PART_SCHEMA, PRIVATE_COLUMNS, ROW_GROUP_ROWS, hash_rows
 from .outputs import Output
 from .pgarrow import TypedField, typed_arrays
+from .supersede import FinalOutcomes, batches
 
-
-class FinalOutcomes:
-    """Which applied changes a later applied change superseded or removed.
-
-    Built in one pass over the sealed parts into an on-disk SQLite database: every applied
-    change leaves a *before* event on the identity it touched (update, delete) and an *after*
-    event on the identity it left (insert, update). For each after event, the next event on the
-    same identity (a window over identity, seq) says what happened to that version of the row:
-    an update superseded it, a delete removed it. A truncate removes every version still live.
-    :meth:`apply` then rewrites the outcome column batch by batch, reading the answers in seq
-    order, so memory holds one batch and the list of truncates.
-    """
-
-    def __init__(self, parts: Sequence[Path], path: Path) -> None:
-        safefiles.remove_file(path)
-        safefiles.create(path).close()  # exclusively, so SQLite never opens a planted link
-        self.path = path
-        self.db = sqlite3.connect(path)
-        self.db.executescript(
-            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA temp_store = FILE;"
-            "PRAGMA cache_size = -16000;"
-            "CREATE TABLE ev (k TEXT NOT NULL, seq INTEGER NOT NULL, role INTEGER NOT NULL,"
-            " op TEXT NOT NULL);"
-        )
-        self.truncates: list[int] = []
-        wanted = ["seq", "op", "outcome", *PRIVATE_COLUMNS]
-        for part in parts:
-            for batch in batches(part, columns=wanted):
-                events: list[tuple[str, int, int, str]] = []
-                data = batch.to_pydict()
-                for seq, op, outcome, before, after in zip(
-                    data["seq"],
-                    data["op"],
-                    data["outcome"],
-                    data["_before_identity"],
-                    data["_after_identity"],
-                    strict=True,
-                ):
-                    if outcome != Outcome.APPLIED:
-                        continue
-                    if op == "truncate":
-                        self.truncates.append(seq)
-                    if before is not None:
-                        events.append((before, seq, 0, op))
-                    if after is not None:
-                        events.append((after, seq, 1, op))
-                self.db.executemany("INSERT INTO ev VALUES (?, ?, ?, ?)", events)
-        self.db.executescript(
-            "CREATE INDEX ev_k ON ev (k, seq, role);"
-            "CREATE TABLE nxt (seq INTEGER PRIMARY KEY, next_op TEXT NOT NULL,"
-            " next_seq INTEGER NOT NULL);"
-            "INSERT INTO nxt SELECT seq, next_op, next_seq FROM ("
-            " SELECT seq, role, lead(op) OVER w AS next_op, lead(role) OVER w AS next_role,"
-            " lead(seq) OVER w AS next_seq FROM ev"
-            " WINDOW w AS (PARTITION BY k ORDER BY seq, role))"
-            " WHERE role = 1 AND next_role = 0;"
-        )
-        self.db.commit()
-        self.truncates.sort()
-        self._cursor = self.db.execute("SELECT seq, next_op, next_seq FROM nxt ORDER BY seq")
-        self._pending: tuple[int, str, int] | None = self._cursor.fetchone()
-
-    def _next_truncate(self, seq: int) -> int | None:
-        i = bisect.bisect_right(self.truncates, seq)
-        return self.truncates[i] if i < len(self.truncates) else None
-
-    def apply(self, table: pa.Table) -> pa.Table:
-        """The batch with each applied change's final outcome (batches come in seq order)."""
-        if self._pending is None and not self.truncates:
-            return table
-        seqs = table.column("seq").to_pylist()
-        ops = table.column("op").to_pylist()
-        values = table.column("outcome").to_pylist()
-        changed = False
-        for i, seq in enumerate(seqs):
-            while self._pending is not None and self._pending[0] < seq:
-                self._pending = self._cursor.fetchone()
-            if values[i] != Outcome.APPLIED or ops[i] not in outcomes.LIVE_OPS:
-                continue
-            cut = self._next_truncate(seq)
-            final = None
-            if self._pending is not None and self._pending[0] == seq:
-                _, next_op, next_seq = self._pending
-                if cut is not None and cut < next_seq:
-                    final = Outcome.REMOVED.value
-                else:
-                    final = (
-                        Outcome.REMOVED.value if next_op == "delete" else Outcome.SUPERSEDED.value
-                    )
-            elif cut is not None:
-                final = Outcome.REMOVED.value
-            if final is not None:
-                values[i] = final
-                changed = True
-        if not changed:
-            return table
-        index = table.schema.get_field_index("outcome")
-        return table.set_column(index, "outcome", pa.array(values, pa.string()))
-
-    def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self.db.close()
-        safefiles.remove_file(self.path)
-
-
-# -- outputs -------------------------------------------------------------------------------------
-
-
-def batches(path: Path, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
-    """A Parquet file's rows in batches, holding one row group at a time.
-
-    ``pre_buffer=False``: pre-buffering caches the column chunks it has read ahead until the
-    reader is done, which makes memory grow with the file.
-    """
-    parquet = pq.ParquetFile(path, pre_buffer=False)
-    yield from parquet.iter_batches(
-        batch_size=ROW_GROUP_ROWS, columns=list(columns) if columns is not None else None
-    )
+__all__ = ["FinalOutcomes", "batches", "merge", "row_groups"]
 
 
 def row_groups(parts: Sequence[Path]) -> Iterator[pa.Table]:

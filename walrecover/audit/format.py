@@ -50,11 +50,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import AuditError
 from ..stream.model import Column, Relation, Values
@@ -129,11 +131,37 @@ PART_SCHEMA: Final = pa.schema(
 #: Encoders made once: ``json.dumps`` with options builds a new encoder on every call.
 encode = json.JSONEncoder(ensure_ascii=False).encode
 encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: One string as JSON, the way both encoders above write it (the C function they call).
+_quote: Final = json.encoder.encode_basestring
+#: ``"name": `` for each column name seen, so an image's JSON is one join.
+_KEY_PREFIX: dict[str, str] = {}
+
+
+def pairs_json(items: Iterable[tuple[str, str | None]]) -> str:
+    """``{"a": "1", "b": null}``: exactly :data:`encode` of the dict, several times faster.
+
+    The audit's images and keys are dicts of text (or NULL) by column name; building their JSON
+    from the quoted pieces skips the encoder's per-call set-up, and the bytes are the same
+    (tests compare them with :data:`encode` over every code point).
+    """
+    prefix = _KEY_PREFIX
+    parts = []
+    for name, value in items:
+        head = prefix.get(name)
+        if head is None:
+            head = prefix[name] = _quote(name) + ": "
+        parts.append(head + ("null" if value is None else _quote(value)))
+    return "{" + ", ".join(parts) + "}"
+
+
+def list_json(values: Iterable[str | None]) -> str:
+    """``["1", null]``: exactly :data:`encode` of the list of texts."""
+    return "[" + ", ".join(["null" if v is None else _quote(v) for v in values]) + "]"
 
 
 def values_json(values: Values | None) -> str | None:
     """An image's exact text as the audit's ``new_values``/``old_values`` JSON."""
-    return None if values is None else encode(dict(values))
+    return None if values is None else pairs_json(values.items())
 
 
 def column_json(column: Column) -> list[Any]:
@@ -167,6 +195,25 @@ HASHED: Final = (
 )
 
 
+def iso_times(times: pa.ChunkedArray | pa.Array) -> list[str | None]:
+    """UTC timestamps as ``datetime.isoformat`` writes them (``2024-05-01T10:00:00+00:00``,
+    ``.123456`` only when there are microseconds), computed over the column at once, each
+    distinct time once (the rows of a transaction share its commit time)."""
+    if len(times) == 0:
+        return []
+    distinct = pc.unique(times)
+    years = pc.year(distinct)
+    low, high = pc.min(years).as_py(), pc.max(years).as_py()
+    if low is None or (low >= 1000 and high <= 9999):
+        # Arrow prints seconds with all six fractional digits; isoformat drops ".000000".
+        text = pc.strftime(distinct.cast(pa.timestamp("us")), format="%Y-%m-%dT%H:%M:%S")
+        text = pc.replace_substring_regex(text, pattern=r"\.000000$", replacement="")
+        text = pc.binary_join_element_wise(text, "+00:00", "")
+    else:
+        text = pa.array([None if t is None else t.isoformat() for t in distinct.to_pylist()])
+    return pc.take(text, pc.index_in(times, value_set=distinct)).to_pylist()  # type: ignore[no-any-return]
+
+
 def hash_rows(table: pa.Table, chain: str) -> tuple[list[str], list[str], str]:
     """Each row's SHA-256 over its canonical content, and the chain continuing from ``chain``.
 
@@ -174,19 +221,23 @@ def hash_rows(table: pa.Table, chain: str) -> tuple[list[str], list[str], str]:
     ASCII-escaped) of the columns in :data:`HASHED`, with ``commit_time`` in ISO form
     (``2024-05-01T10:00:00.123456+00:00``). ``row_hash = sha256(content)``; ``chain_hash =
     sha256(previous chain_hash + row_hash)`` as hex text, starting from :data:`CHAIN_SEED`.
+
+    orjson writes that array byte for byte as the stdlib's compact encoder does for these
+    values (int, text, null; tests check every code point), about ten times faster.
     """
-    columns = [table.column(name).to_pylist() for name in HASHED]
-    row_hashes: list[str] = []
-    chain_hashes: list[str] = []
+    columns = [table.column(name) for name in HASHED]
+    pylists: list[list[Any]] = [
+        iso_times(column) if name == "commit_time" else column.to_pylist()
+        for name, column in zip(HASHED, columns, strict=True)
+    ]
     sha256 = hashlib.sha256
-    times = columns[HASHED.index("commit_time")]
-    columns[HASHED.index("commit_time")] = [None if t is None else t.isoformat() for t in times]
-    for values in zip(*columns, strict=True):
-        content = encode_compact(values)
-        row_hash = sha256(content.encode()).hexdigest()
+    dumps = orjson.dumps
+    row_hashes = [sha256(dumps(values)).hexdigest() for values in zip(*pylists, strict=True)]
+    chain_hashes: list[str] = []
+    append = chain_hashes.append
+    for row_hash in row_hashes:
         chain = sha256((chain + row_hash).encode()).hexdigest()
-        row_hashes.append(row_hash)
-        chain_hashes.append(chain)
+        append(chain)
     return row_hashes, chain_hashes, chain
 
 

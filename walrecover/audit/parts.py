@@ -6,15 +6,17 @@ works out ``superseded`` and ``removed`` when it closes (:mod:`walrecover.audit.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ..rebuild.replay import AppliedChange
+from ..stream.lsn import Lsn
 from ..stream.model import Op, Relation, Values
-from .format import encode, values_json
+from .format import list_json, pairs_json, values_json
 
 
 def _identity(change_key: tuple[str | None, ...] | None) -> str | None:
-    return None if change_key is None else encode(list(change_key))
+    return None if change_key is None else list_json(change_key)
 
 
 def _row_identity(values: Values | None, relation: Relation) -> str | None:
@@ -24,7 +26,13 @@ def _row_identity(values: Values | None, relation: Relation) -> str | None:
     names = relation.column_names
     if any(name not in values for name in names):
         return None
-    return encode([values[name] for name in names])
+    return list_json([values[name] for name in names])
+
+
+@functools.lru_cache(maxsize=16)
+def _commit_text(lsn: Lsn) -> str:
+    """A commit LSN's text, once per transaction rather than once per row."""
+    return str(lsn)
 
 
 # -- the writer ----------------------------------------------------------------------------------
@@ -48,13 +56,13 @@ def part_row(applied: AppliedChange, seq: int) -> tuple[Any, ...]:
         after_identity = _row_identity(after, relation) if leaves_row else None
     return (
         seq,
-        str(applied.commit_lsn) if applied.commit_lsn else None,
+        _commit_text(applied.commit_lsn) if applied.commit_lsn else None,
         str(change.lsn) if change.lsn is not None else None,
         applied.xid,
         applied.commit_time,
         op.value,
         relation.qualified_name,
-        encode(dict(zip(relation.key_columns, key, strict=True))) if key is not None else None,
+        pairs_json(zip(relation.key_columns, key, strict=True)) if key is not None else None,
         str(applied.outcome.value),
         values_json(after),
         values_json(before),

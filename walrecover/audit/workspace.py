@@ -31,7 +31,8 @@ RUN_FORMAT: Final = "walrecover-audit-run/1"
 PART_FILES: Final = (
     re.compile(r"part-\d{6,}-[0-9A-F]{16}\.parquet"),
     re.compile(r"open-\d{6,}\.tmp"),
-    re.compile(r"outcomes\.sqlite"),
+    re.compile(r"outcomes\.sqlite"),  # before walrecover worked outcomes out columnar
+    re.compile(r"outcomes(-\d{4,}\.arrow|\.bin)"),
     re.compile(re.escape(RUN_FILE) + r"(\.tmp)?"),
 )
 #: The names walrecover gives the files and directories of a partitioned audit.

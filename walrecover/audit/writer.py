@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Final
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -54,6 +54,9 @@ from .workspace import (
     remove_work,
 )
 
+#: The part files' columns worth a dictionary.
+PART_DICTIONARY: Final = ["commit_lsn", "xid", "commit_time", "op", "relation", "outcome"]
+
 
 class AuditWriter:
     """Streams applied changes into Parquet, in step with the target's commits.
@@ -64,7 +67,8 @@ class AuditWriter:
     never committed: :meth:`start` removes parts past the target's progress, so a resumed run
     continues exactly where the target did. Parts hold the exact text of each change; each part
     records the columns the stream had shown so far. :meth:`close` works out which applied
-    changes were later superseded or removed (an on-disk SQLite index, so memory stays bounded),
+    changes were later superseded or removed (columnar, in buckets on disk, so memory stays
+    bounded: :mod:`walrecover.audit.supersede`),
     then merges the parts in order into PATH (through ``PATH.partial``), adding the typed columns
     of every column the stream showed, each row's SHA-256 and the chained hash, and writes the
     manifest.
@@ -103,7 +107,8 @@ class AuditWriter:
         self._writer_file: BinaryIO | None = None
         self._open_files: list[Path] = []
         self._savepoint: tuple[int, int] | None = None
-        self._columns: dict[str, list[Any]] = {name: [] for name in PART_SCHEMA.names}
+        #: The rows not yet written to the open part, each in the order of ``PART_SCHEMA``.
+        self._rows: list[tuple[Any, ...]] = []
         #: The columns of the latest relation that showed the table whole, and every column
         #: the stream showed (latest definition of each), for the typed columns.
         self._latest: tuple[Column, ...] = ()
@@ -167,8 +172,16 @@ class AuditWriter:
 
     def write(self, batch: Sequence[AppliedChange]) -> None:
         """Append a batch of applied changes to the open part."""
+        rows = self._rows
         for applied in batch:
-            self._append(applied)
+            relation = applied.change.relation
+            if relation is not self._relation:
+                self._see(relation)
+            rows.append(part_row(applied, self.rows))
+            self.rows += 1
+            if len(rows) >= ROW_GROUP_ROWS:
+                self._flush()
+                rows = self._rows
 
     def savepoint(self) -> None:
         """Rows from here on may be taken back (a transaction not yet known to be in)."""
@@ -181,7 +194,7 @@ class AuditWriter:
         if self._savepoint is None:
             return
         rows, files = self._savepoint
-        self._columns = {name: [] for name in PART_SCHEMA.names}
+        self._rows = []
         self._close_part_file()
         for tmp in self._open_files[files:]:
             safefiles.remove_file(tmp)
@@ -219,31 +232,35 @@ class AuditWriter:
         for column in relation.columns:
             self._seen[column.name] = column
 
-    def _append(self, applied: AppliedChange) -> None:
-        self._see(applied.change.relation)
-        for name, value in zip(PART_SCHEMA.names, part_row(applied, self.rows), strict=True):
-            self._columns[name].append(value)
-        self.rows += 1
-        if len(self._columns["seq"]) >= ROW_GROUP_ROWS:
-            self._flush()
-
     def _flush(self) -> None:
-        if not self._columns["seq"]:
+        if not self._rows:
             return
         if self._writer is None:
             tmp = self.parts / f"open-{self._part_index + len(self._open_files):06d}.tmp"
             try:
                 self._writer_file = safefiles.create(tmp)
-                self._writer = pq.ParquetWriter(self._writer_file, PART_SCHEMA, compression="zstd")
+                self._writer = pq.ParquetWriter(
+                    self._writer_file,
+                    PART_SCHEMA,
+                    compression="zstd",
+                    # Per-transaction and few-valued columns only: dictionaries of unique
+                    # values (images, LSNs, identities) cost time and save nothing.
+                    use_dictionary=PART_DICTIONARY,
+                )
             except OSError as exc:
                 raise AuditError(f"cannot write the audit under {self.parts}: {exc}") from None
             self._open_files.append(tmp)
         try:
-            table = pa.Table.from_pydict(self._columns, schema=PART_SCHEMA)
+            columns = zip(*self._rows, strict=True)
+            arrays = [
+                pa.array(values, field.type)
+                for field, values in zip(PART_SCHEMA, columns, strict=True)
+            ]
+            table = pa.Table.from_arrays(arrays, schema=PART_SCHEMA)
             self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         except (pa.ArrowException, OSError) as exc:
             raise AuditError(f"writing the audit under {self.parts} failed: {exc}") from None
-        self._columns = {name: [] for name in PART_SCHEMA.names}
+        self._rows = []
 
     def _close_part_file(self) -> None:
         if self._writer is not None:
@@ -294,7 +311,7 @@ class AuditWriter:
             + [f.field() for f in fields]
             + [pa.field(name, pa.string()) for name in HASH_COLUMNS]
         )
-        finals = FinalOutcomes(parts, self.parts / "outcomes.sqlite")
+        finals = FinalOutcomes(parts, self.parts)
         meta: dict[str, Any] = {
             **self.metadata,
             **(metadata or {}),

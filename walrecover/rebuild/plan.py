@@ -7,66 +7,43 @@ without creating anything: no table, no schema, no progress row, no audit file. 
 only through a copy, dropped at the end, and only a small sample of it, to estimate how many changes
 the recovery will apply and how long it will take. The result is a :class:`Plan`; the CLI only
 formats it.
+
+The checks themselves are in :mod:`walrecover.rebuild.plan_checks`, the estimate of the work
+in :mod:`walrecover.rebuild.plan_estimate`; this module runs them in order and builds the plan.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
-from ..audit.writer import AuditWriter
-from ..db import Connection, connect, redact, safe_dsn
-from ..errors import BaselineError, StopPointError, SwapError, WalrecoverError, first_line
-from ..stream.decoders import decode_all, make_decoder
+from ..db import Connection, connect, safe_dsn
 from ..stream.lsn import Lsn
-from ..stream.model import NO_STOP, Change, RawMessage, Relation, StopPoint, TableName
+from ..stream.model import NO_STOP, StopPoint, TableName
 from ..stream.settings import CaptureSettings
 from ..stream.sources import CaptureSource, SlotSource
-from .baseline import Baseline, BaselineOptions
+from .baseline import BaselineOptions
 from .command import (
     audit_identity,
     capture_command,
     capture_settings_of,
-    default_into,
     slot_command,
-    table_exists,
 )
+from .plan_checks import Check, PlanChecks
+from .plan_estimate import APPLY_RATE, SAMPLE_MESSAGES, Estimate
 from .preflight import (
     ColumnTypes,
-    TargetFacts,
     check_encoding,
     check_into,
-    check_key_amount,
     check_ledger_query,
-    check_target,
-    command_differences,
-    named_column_types,
     table_column_types,
 )
 from .result import LedgerCheck
-from .stoppoint import check_stop_range
-from .swap import parse_ddl
-from .target import PROGRESS_SCHEMA, PROGRESS_TABLE, read_progress, refuse_listed
 
-#: Messages read from the start of the stream to estimate the work (one page of a slot copy).
-SAMPLE_MESSAGES = 5_000
-#: The apply rate the estimate assumes (row changes per second into the target).
-APPLY_RATE = 20_000
-
-
-@dataclass(frozen=True)
-class Check:
-    """One check: its name, whether it passed, and what it found (or what is wrong)."""
-
-    name: str
-    ok: bool
-    detail: str
+__all__ = ["APPLY_RATE", "SAMPLE_MESSAGES", "Check", "Plan", "plan_capture", "plan_recovery"]
 
 
 @dataclass(frozen=True)
@@ -211,58 +188,8 @@ def plan_capture(
     return planner.run(command, ledger, audit_path, audit_dir, sample)
 
 
-class _Planner:
+class _Planner(PlanChecks):
     """Runs the checks in the order a recovery meets them, recording each."""
-
-    def __init__(
-        self,
-        src: SlotSource | CaptureSource,
-        dsn: str | None,
-        target: str | None,
-        table: TableName,
-        into: TableName | None,
-        stop: StopPoint,
-        ddl: str | None,
-        force: bool,
-    ) -> None:
-        self.src = src
-        self.dsn = dsn
-        self.target = target
-        self.table = table
-        self.into = into or default_into(table)
-        self.stop = stop
-        self.ddl = ddl
-        self.force = force
-        self.checks: list[Check] = []
-        self.creates: list[str] = []
-        self.publications: list[str] = []
-        self.state = "unknown (the target database could not be checked)"
-        self.facts: TargetFacts | None = None
-        self.exists = False
-        #: The target connection (rolled back after each check: the plan changes nothing).
-        self.conn: Connection | None = None
-        #: The baseline the table would start from (``--baseline``, ``--from-protect``).
-        self.baseline: BaselineOptions | None = None
-        self.warnings: list[str] = []
-
-    def attempt(self, name: str, check: Callable[[], str]) -> bool:
-        """Run one check; record what it found or the one-line error it raised."""
-        try:
-            detail = check()
-        except WalrecoverError as exc:
-            message = redact(redact(exc.message, self.dsn), self.target)
-            self.checks.append(Check(name, False, message))
-            return False
-        except psycopg.Error as exc:
-            message = redact(redact(first_line(exc), self.dsn), self.target)
-            self.checks.append(Check(name, False, message))
-            return False
-        finally:
-            if self.conn is not None:
-                with contextlib.suppress(psycopg.Error):
-                    self.conn.rollback()
-        self.checks.append(Check(name, True, detail))
-        return True
 
     def run(
         self,
@@ -272,6 +199,26 @@ class _Planner:
         audit_dir: str | Path | None,
         sample: int,
     ) -> Plan:
+        columns = self._check_target(command, ledger)
+        if ledger is not None:
+            self._check_ledger(ledger)
+        estimate = Estimate()
+        with contextlib.ExitStack() as stack:
+            opened = self.attempt("source", lambda: self.open(stack))
+            self._check_stream(opened, estimate, sample)
+            if ledger is not None:
+                self.key_amount(ledger, self.conn, columns, estimate.relation)
+            audit_at = audit_dir if audit_dir is not None else audit_path
+            if audit_at is not None:
+                partitioned = audit_dir is not None
+                self.attempt("audit", lambda: self.audit(audit_at, partitioned, opened))
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+        return self._plan(estimate)
+
+    def _check_target(self, command: str, ledger: LedgerCheck | None) -> ColumnTypes | None:
+        """Connect to the target and run its checks; the table's column types for the ledger."""
         into, table = self.into, self.table
         conn: Connection | None = None
 
@@ -285,53 +232,47 @@ class _Planner:
         if self.attempt("target database", open_target):
             assert conn is not None
             try:
-                self._target_checks(conn, command)
+                self.target_checks(conn, command)
                 if ledger is not None and self.exists and not self.force:
                     columns = table_column_types(conn, into)
                     conn.commit()
             finally:
                 with contextlib.suppress(Exception):
                     if columns is None and ledger is not None and self.ddl is not None:
-                        columns = self._ddl_columns(conn)
-        if ledger is not None:
-            query = ledger.query
+                        columns = self.ddl_columns(conn)
+        return columns
 
-            def ledger_check() -> str:
-                with connect(self.dsn, role="ledger") as ledger_conn:
-                    shape = check_ledger_query(ledger_conn, query)
-                return f"runs and returns ({shape})"
+    def _check_ledger(self, ledger: LedgerCheck) -> None:
+        query = ledger.query
 
-            self.attempt("ledger query", ledger_check)
-        estimate = _Estimate()
-        relation: Relation | None = None
-        with contextlib.ExitStack() as stack:
-            opened = self.attempt("source", lambda: self._open(stack))
-            if opened and self.facts is not None:
-                facts = self.facts
-                encoding = self.src.server_encoding if isinstance(self.src, SlotSource) else None
-                self.attempt(
-                    "encoding",
-                    lambda: check_encoding(facts.encoding, encoding, facts.database),
-                )
-            if opened:
-                self.attempt("stop point", self._stop)
-            if self.baseline is not None:
-                self.attempt("baseline", lambda: self._baseline(opened))
-            if opened:
-                self.attempt("sample", lambda: estimate.read(self.src, table, self.stop, sample))
-                relation = estimate.relation
-            if ledger is not None:
-                self._key_amount(ledger, conn, columns, relation)
-            audit_at = audit_dir if audit_dir is not None else audit_path
-            if audit_at is not None:
-                self.attempt("audit", lambda: self._audit(audit_at, audit_dir is not None, opened))
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        def ledger_check() -> str:
+            with connect(self.dsn, role="ledger") as ledger_conn:
+                shape = check_ledger_query(ledger_conn, query)
+            return f"runs and returns ({shape})"
+
+        self.attempt("ledger query", ledger_check)
+
+    def _check_stream(self, opened: bool, estimate: Estimate, sample: int) -> None:
+        """Encoding, stop point, baseline, and the sample the estimate reads."""
+        if opened and self.facts is not None:
+            facts = self.facts
+            encoding = self.src.server_encoding if isinstance(self.src, SlotSource) else None
+            self.attempt(
+                "encoding",
+                lambda: check_encoding(facts.encoding, encoding, facts.database),
+            )
+        if opened:
+            self.attempt("stop point", self.stop_point)
+        if self.baseline is not None:
+            self.attempt("baseline", lambda: self.baseline_check(opened))
+        if opened:
+            self.attempt("sample", lambda: estimate.read(self.src, self.table, self.stop, sample))
+
+    def _plan(self, estimate: Estimate) -> Plan:
         src = self.src
         return Plan(
-            table=str(table),
-            into=str(into),
+            table=str(self.table),
+            into=str(self.into),
             target=safe_dsn(self.target),
             source=src.describe(),
             slot=src.slot if isinstance(src, SlotSource) else None,
@@ -353,263 +294,3 @@ class _Planner:
                 *self.warnings,
             ),
         )
-
-    # -- the target --------------------------------------------------------------------------
-
-    def _target_checks(self, conn: Connection, command: str) -> None:
-        into = self.into
-
-        def privileges() -> str:
-            self.exists = table_exists(conn, into)
-            self.facts = check_target(conn, into, force=self.force, exists=self.exists)
-            conn.commit()
-            self.creates.extend(self.facts.creates)
-            return (
-                f"role {self.facts.role!r} may create {into} and keep walrecover's progress in "
-                f"database {self.facts.database!r}"
-            )
-
-        if not self.attempt("target privileges", privileges):
-            return
-
-        def publications() -> str:
-            found = refuse_listed(conn, into)
-            conn.commit()
-            self.publications = [str(p) for p in found]
-            if not found:
-                return f"no publication would publish {into} or {PROGRESS_SCHEMA}.{PROGRESS_TABLE}"
-            return (
-                f"{', '.join(self.publications)} would publish them: walrecover builds both "
-                "UNLOGGED (never published) and makes the finished table logged in its last "
-                "commit"
-            )
-
-        self.attempt("publications", publications)
-
-        def state() -> str:
-            unlogged = "UNLOGGED " if self.publications else ""
-            if not self.exists:
-                self.state = "new"
-                self.creates.insert(0, f"{unlogged}table {into}")
-                return f"{into} does not exist: the run creates it"
-            if self.force:
-                self.state = "rebuild (--force)"
-                self.creates.insert(0, f"{unlogged}table {into} (the existing one is dropped)")
-                return f"{into} exists: --force drops and rebuilds it"
-            previous = read_progress(conn, into)
-            conn.commit()
-            if previous is None:
-                self.state = "exists"
-                raise WalrecoverError(
-                    f"target table {into} already exists: choose another --into, or pass "
-                    "--force to drop and rebuild it"
-                )
-            differs = command_differences(previous.command, command)
-            if differs:
-                self.state = "made by another command"
-                kind = "a complete" if previous.complete else "an unfinished"
-                raise WalrecoverError(
-                    f"{into} holds {kind} recovery made by another command: "
-                    f"{'; '.join(differs)}: rerun that command, choose another --into, or pass "
-                    "--force to rebuild"
-                )
-            if previous.complete:
-                self.state = "already complete"
-                return (
-                    f"{into} holds the complete recovery of this command (commit LSNs "
-                    f"{previous.first_lsn or '-'} .. {previous.last_commit_lsn or '-'}): the run "
-                    "prints its result (and reconciles, if asked) without reading the source"
-                )
-            self.state = "resume"
-            return (
-                f"{into} holds an unfinished recovery of this command: the run resumes it after "
-                f"commit LSN {previous.last_commit_lsn or '-'} ({previous.transactions} "
-                "transactions done)"
-            )
-
-        self.attempt("target table", state)
-
-    def _ddl_columns(self, conn: Connection) -> ColumnTypes | None:
-        assert self.ddl is not None
-        try:
-            definition = parse_ddl(self.ddl, self.into)
-        except SwapError:
-            return None
-        named = {c.name: c.type_sql for c in definition.columns}
-        columns = named_column_types(conn, named)
-        conn.commit()
-        return columns
-
-    # -- the source ----------------------------------------------------------------------------
-
-    def _open(self, stack: contextlib.ExitStack) -> str:
-        stack.enter_context(self.src)
-        src = self.src
-        if isinstance(src, SlotSource):
-            return (
-                f"slot {src.slot} read through a copy with {src.plugin}, from LSN "
-                f"{src.start_lsn} to {src.end_lsn}; the slot itself is not moved"
-            )
-        return f"capture {src.path} ({src.plugin}), {src.path.stat().st_size} bytes"
-
-    def _stop(self) -> str:
-        src = self.src
-        check_stop_range(self.stop, src)
-        if self.stop.xid is not None and isinstance(src, SlotSource):
-            status = src.xid_status(self.stop.xid)
-            if status in ("aborted", "in progress"):
-                raise StopPointError(
-                    f"transaction {self.stop.xid} is {status} on the source, so it never "
-                    "commits in the stream: check --stop-before-xid",
-                    xid=self.stop.xid,
-                )
-        return self.stop.describe()
-
-    def _baseline(self, opened: bool) -> str:
-        """The baseline opens (file readable, its LSN consistent with --baseline-lsn) and the
-        stream covers it (or --accept-gap), as the run checks them before it creates anything."""
-        assert self.baseline is not None
-        base = Baseline(self.baseline, self.table)
-        try:
-            src = self.src
-            start = src.start_lsn if isinstance(src, SlotSource) and opened else None
-            if isinstance(src, SlotSource) and not opened:
-                raise BaselineError("the slot could not be read, so its coverage is unknown")
-            base.check_start(start, self.stop)
-            rows = base.rows
-            what = (
-                f"{rows.source} ({rows.kind}, {len(rows.columns)} columns) at "
-                f"{base.describe_point()}, replayed "
-                + ("idempotently (needs a primary key)" if base.idempotent else "after its point")
-            )
-            if base.gap is not None:
-                self.warnings.append(base.gap)
-                return f"{what}; NOT proven covered: {base.gap}"
-            if start is None:
-                return f"{what}; the capture's first transaction shows its coverage in the run"
-            return f"{what}; the slot's copy starts at LSN {start}, which covers it"
-        finally:
-            base.close()
-
-    def _key_amount(
-        self,
-        ledger: LedgerCheck,
-        conn: Connection | None,
-        columns: ColumnTypes | None,
-        relation: Relation | None,
-    ) -> None:
-        where = str(self.into)
-        if columns is None and relation is not None and relation.complete and conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                columns = named_column_types(conn, {c.name: c.type_name for c in relation.columns})
-                conn.commit()
-                where = f"{self.table} (its first change in the stream)"
-        elif columns is not None and self.ddl is not None and not self.exists:
-            where = f"{self.into} (the --ddl)"
-        if columns is None:
-            self.checks.append(
-                Check(
-                    "--key/--amount",
-                    True,
-                    f"{self.table} has no change in the sample: --key and --amount are checked "
-                    "when the run creates the table, before its first rows commit",
-                )
-            )
-            return
-        found = columns
-        self.attempt(
-            "--key/--amount", lambda: check_key_amount(found, ledger.key, ledger.amount, where)
-        )
-
-    def _audit(self, audit_at: str | Path, partitioned: bool, opened: bool) -> str:
-        src = self.src
-        writer = AuditWriter(
-            audit_at,
-            {"target": safe_dsn(self.target), "into": str(self.into)},
-            partitioned=partitioned,
-            force=self.force,
-            protect=(src.path,) if isinstance(src, CaptureSource) else (),
-        )
-        made = [str(writer.path), str(writer.manifest), f"{writer.parts}/ (work files)"]
-        if self.state != "already complete":
-            self.creates.extend(f"audit {name}" for name in made)
-        return f"{writer.path} can be written"
-
-
-class _Estimate:
-    """Changes of the table in a sample at the stream's start, extrapolated to the stream."""
-
-    def __init__(self) -> None:
-        self.total: int | None = None
-        self.changes: int | None = None
-        self.seconds: float | None = None
-        self.basis = "no estimate (the source could not be read)"
-        self.relation: Relation | None = None
-
-    def read(
-        self, src: SlotSource | CaptureSource, table: TableName, stop: StopPoint, sample: int
-    ) -> str:
-        if isinstance(src, SlotSource):
-            start = int(src.start_lsn or 0)
-            end = int(src.end_lsn or 0)
-            if stop.lsn is not None and int(stop.lsn) < end:
-                end = int(stop.lsn)
-            self.total = max(end - start, 0)
-        else:
-            start = 0
-            self.total = src.path.stat().st_size
-        read = 0
-        count = 0
-        last = start
-
-        def messages() -> Any:
-            nonlocal read, last
-            for message in src.messages():
-                read += 1
-                if isinstance(src, SlotSource) and message.lsn is not None:
-                    last = int(message.lsn)
-                elif isinstance(src, CaptureSource):
-                    last += len(_raw(message)) + 1
-                yield message
-                if read >= sample:
-                    return
-
-        began = time.monotonic()
-        decoder = make_decoder(src.plugin, dict(src.options))
-        events = decode_all(decoder, messages())
-        try:
-            for event in events:
-                if isinstance(event, Change) and event.relation.same_table(
-                    table.schema, table.name
-                ):
-                    count += 1
-                    if self.relation is None:
-                        self.relation = event.relation
-        finally:
-            with contextlib.suppress(Exception):
-                events.close()  # type: ignore[attr-defined]
-        spent = time.monotonic() - began
-        covered = max(last - start, 0)
-        whole = read < sample
-        if whole or covered >= self.total:
-            self.changes = count
-            self.seconds = spent + count / APPLY_RATE
-            self.basis = (
-                f"the whole stream was read ({read} messages): {count} changes of {table}; "
-                f"the time is an estimate (applying at about {APPLY_RATE} changes/s)"
-            )
-        else:
-            scale = self.total / covered if covered else 0.0
-            self.changes = round(count * scale)
-            self.seconds = spent * scale + self.changes / APPLY_RATE
-            self.basis = (
-                f"estimate: extrapolated from a sample of the first {read} messages ({covered} of "
-                f"{self.total} bytes, {count} changes of {table}, read in {spent:.1f}s), "
-                f"applying at about {APPLY_RATE} changes/s"
-            )
-        return self.basis
-
-
-def _raw(message: RawMessage) -> bytes:
-    data = message.data
-    return data.encode() if isinstance(data, str) else bytes(data)

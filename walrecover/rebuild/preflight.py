@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +168,17 @@ def check_target(conn: Connection, into: TableName, *, force: bool, exists: bool
     lacking = Target(conn, into).missing_privilege(force=force)
     if lacking is not None:
         raise lacking
+    creates = _progress_creates(conn, refuse, who)
+    if exists and not force:
+        _check_table_rights(conn, into, refuse, who)
+    return TargetFacts(str(role), str(database), str(encoding), tuple(creates))
+
+
+def _progress_creates(
+    conn: Connection, refuse: Callable[[str, str], PrivilegeError], who: str
+) -> list[str]:
+    """What the run would create for its progress (schema, table); refuse when the progress
+    table lacks columns this walrecover keeps and the role cannot add them."""
     creates: list[str] = []
     schema = conn.execute(
         "SELECT 1 FROM pg_namespace WHERE nspname = %s", (PROGRESS_SCHEMA,)
@@ -194,23 +205,27 @@ def check_target(conn: Connection, into: TableName, *, force: bool, exists: bool
                 f"run walrecover once as {table_owner!r}, or ALTER TABLE {PROGRESS_SCHEMA}."
                 f"{PROGRESS_TABLE} OWNER TO {who}",
             )
-    if exists and not force:
-        rights = one(
-            conn,
-            "SELECT has_table_privilege(oid, 'SELECT'), has_table_privilege(oid, 'INSERT'),"
-            " has_table_privilege(oid, 'UPDATE'), has_table_privilege(oid, 'DELETE'),"
-            " has_table_privilege(oid, 'TRUNCATE') FROM pg_class WHERE oid = %s::regclass",
-            (_ident(conn, into.schema, into.name),),
+    return creates
+
+
+def _check_table_rights(
+    conn: Connection, into: TableName, refuse: Callable[[str, str], PrivilegeError], who: str
+) -> None:
+    """The role may read and change the existing ``into`` (a resumed run writes it)."""
+    rights = one(
+        conn,
+        "SELECT has_table_privilege(oid, 'SELECT'), has_table_privilege(oid, 'INSERT'),"
+        " has_table_privilege(oid, 'UPDATE'), has_table_privilege(oid, 'DELETE'),"
+        " has_table_privilege(oid, 'TRUNCATE') FROM pg_class WHERE oid = %s::regclass",
+        (_ident(conn, into.schema, into.name),),
+    )
+    names = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
+    missing = [name for name, held in zip(names, rights, strict=True) if not held]
+    if missing:
+        raise refuse(
+            f"may not {', '.join(missing)} on the table {into}",
+            f"GRANT {', '.join(missing)} ON TABLE {_ident(conn, into.schema, into.name)} TO {who}",
         )
-        names = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
-        missing = [name for name, held in zip(names, rights, strict=True) if not held]
-        if missing:
-            raise refuse(
-                f"may not {', '.join(missing)} on the table {into}",
-                f"GRANT {', '.join(missing)} ON TABLE {_ident(conn, into.schema, into.name)} "
-                f"TO {who}",
-            )
-    return TargetFacts(str(role), str(database), str(encoding), tuple(creates))
 
 
 #: Target encodings that hold every character a UTF-8 stream carries (SQL_ASCII stores the

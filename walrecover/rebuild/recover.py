@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import StopPointError, WalrecoverError
+from ..incident.events import DestructiveEvent
 from ..incident.inspect import resolve_stop_before, settled
 from ..stream.model import NO_STOP, StopPoint, TableName
 from ..stream.settings import CaptureSettings
@@ -74,20 +75,13 @@ def recover(
     """
     event = None
     if stop_before is not None:
-        if stop.is_set:
-            raise StopPointError("give --stop-before or a --stop-before-lsn/-xid/-time, not both")
-        stop, event = resolve_stop_before(
-            dsn, slot, table, stop_before, wal_dir=wal_dir, options=options, via_plugin=via_plugin
+        stop, event = _stop_before(
+            dsn, slot, table, stop, stop_before, wal_dir, options, via_plugin
         )
     source = SlotSource(
-        dsn,
-        slot,
-        tables=[table],
-        options=options,
-        via_plugin=via_plugin,
-        progress=progress,
+        dsn, slot, tables=[table], options=options, via_plugin=via_plugin, progress=progress,
         stop_lsn=stop.lsn,
-    )
+    )  # fmt: skip
     command = slot_command(
         dsn, slot, table, via_plugin, options, stop, ddl, audit_identity(audit_path, audit_dir),
         baseline,
@@ -114,6 +108,24 @@ def recover(
     if event is None:
         return result
     return replace(result, stop_event=event, unproven=settled(result.unproven, table, event))
+
+
+def _stop_before(
+    dsn: str | None,
+    slot: str,
+    table: TableName,
+    stop: StopPoint,
+    stop_before: str,
+    wal_dir: str | Path | None,
+    options: Mapping[str, str] | None,
+    via_plugin: str | None,
+) -> tuple[StopPoint, DestructiveEvent]:
+    """The stop point just before the table's ``stop_before`` event (``--stop-before``)."""
+    if stop.is_set:
+        raise StopPointError("give --stop-before or a --stop-before-lsn/-xid/-time, not both")
+    return resolve_stop_before(
+        dsn, slot, table, stop_before, wal_dir=wal_dir, options=options, via_plugin=via_plugin
+    )
 
 
 def recover_capture(

@@ -25,28 +25,34 @@ is unproven.
 The judge notes the transactions that changed the catalog between two changes of the table
 (test_decoding: an empty transaction; wal2json: a transaction whose commit record is too large
 for a plain commit) and reports them as reasons the result is unproven, with what to do.
+
+The WAL's catalog history the judge reads is :mod:`~walrecover.rebuild.recreation_wal`; the
+wording of its findings is :mod:`~walrecover.rebuild.recreation_reasons`.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from ..errors import ReplayError, WalUnavailable
 from ..stream.lsn import Lsn
 from ..stream.model import Change, Op, TableName
-from ..stream.walinspect import CommitRecord, RelFile, StorageCreated, WalInspect, waldump_command
+from ..stream.walinspect import CommitRecord, RelFile, WalInspect
+from .recreation_reasons import (
+    Suspect,
+    blind_warning,
+    doubt_reason,
+    stream_reason,
+    truncate_reason,
+)
+from .recreation_wal import CatalogHistory
 
 #: A commit record at least this long carries catalog invalidations (measured on PostgreSQL 15:
 #: a plain commit is 48 bytes plus 4 per subtransaction; GRANT 104, TRUNCATE 208, ANALYZE of a
 #: 10-column table 264; CREATE TABLE of one column 408 and its DROP 472).
 SUSPECT_COMMIT_BYTES = 320
-
-#: How many rewrites in a row (with no change of the table between them) the judge follows.
-MAX_REWRITES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,29 +67,6 @@ class Recreated:
     xid: int
     time: datetime | None
     renamed: bool = False
-
-
-@dataclass(slots=True)
-class _Suspect:
-    xid: int | None
-    #: The commit record's start, or its end when the plugin gives only that (test_decoding).
-    lsn: Lsn | None
-    end: bool = False
-    #: The transaction also wrote the table (the catalog change may be among its changes).
-    own: bool = False
-
-
-@dataclass(slots=True)
-class _History:
-    """The catalog side of the WAL range, for one database."""
-
-    commits: list[CommitRecord] = field(default_factory=list)
-    lsns: list[int] = field(default_factory=list)
-    lsn_set: set[int] = field(default_factory=set)
-    by_xid: dict[int, CommitRecord] = field(default_factory=dict)
-    ends: dict[int, CommitRecord] = field(default_factory=dict)
-    created: dict[int, StorageCreated] = field(default_factory=dict)
-    created_by_xid: dict[int, set[int]] = field(default_factory=dict)
 
 
 class RecreationJudge:
@@ -116,7 +99,7 @@ class RecreationJudge:
         self.notes: list[str] = []
         #: An error found in a transaction that may yet turn out past the stop point.
         self._error: ReplayError | None = None
-        self._mark: tuple[int, int, int, tuple[_Suspect, Lsn | None, Lsn | None] | None] = (
+        self._mark: tuple[int, int, int, tuple[Suspect, Lsn | None, Lsn | None] | None] = (
             0,
             0,
             0,
@@ -135,12 +118,12 @@ class RecreationJudge:
         #: of whether they also changed the catalog (test_decoding, or no commit LSNs).
         self._blind = 0
         self._first_blind: int | None = None
-        self._suspects: list[_Suspect] = []
+        self._suspects: list[Suspect] = []
         self._stream_doubts = 0
-        self._first_stream_doubt: tuple[_Suspect, Lsn | None, Lsn | None] | None = None
+        self._first_stream_doubt: tuple[Suspect, Lsn | None, Lsn | None] | None = None
         self._last_change_lsn: Lsn | None = None
         # Exact (WAL) state.
-        self._history: _History | None = None
+        self._history: CatalogHistory | None = None
         self._database: int | None = None
         self._relfilenode: int | None = None
         self._oid: int | None = None
@@ -153,7 +136,13 @@ class RecreationJudge:
         """Why the rebuilt table may hold rows of an earlier table of the same name."""
         reasons = list(self._doubts)
         if self._first_stream_doubt is not None:
-            reasons.append(self._stream_reason())
+            assert self._first_stream_doubt is not None
+            suspect, before, after = self._first_stream_doubt
+            reasons.append(
+                stream_reason(
+                    self.table, suspect, before, after, self._stream_doubts - 1, self.wal_problem
+                )
+            )
             if self.format1:
                 reasons.append(self._truncate_reason())
         return reasons
@@ -163,16 +152,9 @@ class RecreationJudge:
         """What the user should know: re-creations found, and what the stream could not show."""
         if not self._blind:
             return list(self.notes)
-        more = self._blind - 1
-        others = f" and {more} more" if more else ""
         return [
             *self.notes,
-            f"not checked: whether {_transaction(self._first_blind)}{others}, which wrote "
-            f"{self.table} after earlier transactions had, also dropped and re-created it: a "
-            "DROP TABLE and CREATE TABLE inside a transaction that writes the table leave no "
-            "trace in this stream (test_decoding, or a capture without commit LSNs), and the WAL "
-            f"could not be read: {self.wal_problem or 'unknown reason'}. With pg_walinspect "
-            "installed in the source database walrecover checks it",
+            blind_warning(self.table, self._first_blind, self._blind, self.wal_problem),
         ]
 
     def close(self) -> None:
@@ -230,13 +212,13 @@ class RecreationJudge:
         suspect = suspect or (self.format1 and events == 0)
         if not ours:
             if suspect:
-                self._suspects.append(_Suspect(xid, commit_lsn or end_lsn, commit_lsn is None))
+                self._suspects.append(Suspect(xid, commit_lsn or end_lsn, commit_lsn is None))
         elif suspect:
             # The table's own transaction changed the catalog: it may have dropped the table
             # and re-created it before its later changes.
             self._stream_doubts += 1
             if self._first_stream_doubt is None:
-                self._first_stream_doubt = (_Suspect(xid, commit_lsn, own=True), None, None)
+                self._first_stream_doubt = (Suspect(xid, commit_lsn, own=True), None, None)
         elif size is None:
             self._blind += 1
             self._first_blind = self._first_blind if self._first_blind is not None else xid
@@ -294,14 +276,7 @@ class RecreationJudge:
         wal = self.wal
         assert wal is not None
         if self._relfilenode is None:
-            found = wal.relfile_at(lsn)
-            if found is None:
-                raise WalUnavailable(f"the WAL record at {lsn} names no relation file")
-            self._database = found.database
-            self._relfilenode = found.relfilenode
-            self._history = self._load(min(lsn, self.start) if self.start is not None else lsn)
-            self._oid = wal.relation_of(found) or self._fresh_oid(found.relfilenode, None)
-            self._prev = lsn
+            self._first_exact(wal, lsn)
             return None
         if not self._needs_lookup(lsn, xid, commit_lsn):
             self._prev = lsn
@@ -313,7 +288,8 @@ class RecreationJudge:
         if new == old:
             self._prev = lsn
             return None
-        verdict, commit = self._classify(old, new, lsn, xid, commit_lsn)
+        assert self._history is not None
+        verdict, commit = self._history.classify(old, new, lsn, xid, commit_lsn, self._oid)
         previous, self._prev = self._prev, lsn
         self._relfilenode = new
         if verdict == "same":
@@ -323,20 +299,33 @@ class RecreationJudge:
         if verdict == "doubt":
             assert commit is not None
             self._oid = None
-            self._doubts.append(
-                f"{self.table} may have been dropped and re-created in transaction "
-                f"{commit.xid} (commit LSN {commit.lsn}): it replaced the relation file the "
-                f"earlier changes were written to and dropped a relation whose oid the WAL does "
-                f"not tie to {self.table}, so walrecover cannot tell a rewrite from a DROP; if it"
-                f" was a DROP, recover the earlier table with --stop-before-lsn {commit.lsn}, "
-                f"else {self.into} is exact"
-            )
+            self._doubts.append(doubt_reason(self.table, self.into, commit))
             return None
         renamed = commit is None
         if commit is None:
-            commit = self._last_catalog_commit(previous, lsn, xid, commit_lsn)
+            commit = self._history.last_catalog_commit(previous, lsn, xid, commit_lsn)
         if commit is None:  # the file changed without a catalog commit: cannot be
             raise WalUnavailable(f"the WAL shows nothing that replaced the table before {lsn}")
+        return self._replaced(found, lsn, commit, renamed)
+
+    def _first_exact(self, wal: WalInspect, lsn: Lsn) -> None:
+        """The table's first change judged from the WAL: its file, oid and the catalog history."""
+        found = wal.relfile_at(lsn)
+        if found is None:
+            raise WalUnavailable(f"the WAL record at {lsn} names no relation file")
+        self._database = found.database
+        self._relfilenode = found.relfilenode
+        start = min(lsn, self.start) if self.start is not None else lsn
+        self._history = CatalogHistory.load(wal, found.database, start, self.end)
+        self._oid = wal.relation_of(found) or self._fresh_oid(found.relfilenode, None)
+        self._prev = lsn
+
+    def _replaced(
+        self, found: RelFile, lsn: Lsn, commit: CommitRecord, renamed: bool
+    ) -> Recreated | None:
+        """The table's file at ``lsn`` belongs to a table that took the name at ``commit``:
+        a :class:`Recreated` when its whole life is in the stream, else an error to raise if
+        the transaction commits before the stop point."""
         when = f", {commit.time.isoformat()}" if commit.time else ""
         how = (
             f"the earlier table was renamed away no later than transaction {commit.xid} (commit"
@@ -356,7 +345,7 @@ class RecreationJudge:
                 lsn=commit.lsn,
             )
             return None
-        self._oid = self._fresh_oid(new, commit)
+        self._oid = self._fresh_oid(found.relfilenode, commit)
         self.notes.append(
             f"{self.table} was re-created under the same name: {how}, and the later changes "
             f"belong to a new table. {self.into} holds only that later table, which is what "
@@ -383,8 +372,7 @@ class RecreationJudge:
         history, database = self._history, self._database
         if history is None or database is None or self._prev is None or xid is None:
             return
-        i = bisect.bisect_right(history.lsns, int(self._prev))
-        if i < len(history.lsns) and history.lsns[i] < int(lsn):
+        if history.commit_between(self._prev, lsn):
             return
         own = history.by_xid.get(xid)
         if own is None:
@@ -397,187 +385,22 @@ class RecreationJudge:
         if len(truncated) == 1:
             self._oid = truncated[0]
 
-    def _load(self, start: Lsn) -> _History:
-        wal, database = self.wal, self._database
-        assert wal is not None and database is not None
-        commits, created = wal.catalog_history(start, self.end)
-        history = _History()
-        for record in commits:
-            history.commits.append(record)
-            history.lsns.append(int(record.lsn))
-            history.lsn_set.add(int(record.lsn))
-            history.by_xid[record.xid] = record
-            for relfilenode in record.dropped_relfilenodes(database):
-                history.ends.setdefault(relfilenode, record)
-        for item in created:
-            if item.file.database == database:
-                history.created.setdefault(item.file.relfilenode, item)
-                history.created_by_xid.setdefault(item.xid, set()).add(item.file.relfilenode)
-        return history
-
     def _needs_lookup(self, lsn: Lsn, xid: int | None, commit_lsn: Lsn | None) -> bool:
-        """Could the table's relation have changed since the previous change?
-
-        Only a catalog-changing commit between the two changes, or in the change's own
-        transaction, can switch it (every such DDL takes a lock the writers wait for).
-        """
+        """Could the table's relation have changed since the previous change?"""
         history = self._history
         assert history is not None and self._prev is not None
-        if xid is None and commit_lsn is None:
-            return True
-        i = bisect.bisect_right(history.lsns, int(self._prev))
-        if i < len(history.lsns) and history.lsns[i] < int(lsn):
-            return True
-        if xid is not None and xid in history.by_xid:
-            return True
-        return commit_lsn is not None and int(commit_lsn) in history.lsn_set
-
-    def _classify(
-        self, old: int, new: int, lsn: Lsn, xid: int | None, commit_lsn: Lsn | None
-    ) -> tuple[str, CommitRecord | None]:
-        """``same``, ``recreated`` or ``doubt`` for the table's file moving from old to new,
-        with the commit that decided it (None: the old file never ended, a rename)."""
-        history, database = self._history, self._database
-        assert history is not None and database is not None
-
-        def before(record: CommitRecord) -> bool:
-            return (
-                record.lsn < lsn
-                or (xid is not None and record.xid == xid)
-                or (commit_lsn is not None and record.lsn == commit_lsn)
-            )
-
-        first_end = history.ends.get(old)
-        if first_end is None or not before(first_end):
-            return "recreated", None  # the old relation still exists: another took the name
-        dropped_at: CommitRecord | None = None
-        doubtful_hit: CommitRecord | None = None
-        queue: deque[tuple[int, bool, int]] = deque([(old, False, 0)])
-        seen = {old}
-        while queue:
-            current, doubtful, depth = queue.popleft()
-            end = history.ends.get(current)
-            if end is None or not before(end) or depth > MAX_REWRITES:
-                continue
-            transient = history.created_by_xid.get(end.xid, set())
-            dropped = end.dropped_relations(database) - transient
-            if self._oid is not None:
-                status = "dropped" if self._oid in dropped else "kept"
-            elif current in dropped:
-                status = "dropped" if current == old else "other"
-            elif dropped <= end.dropped_relfilenodes(database):
-                # A dropped relation whose oid is still its file was never rewritten; ours was
-                # (its file is not its oid), so it is not among them.
-                status = "kept"
-            else:
-                status = "unknown"
-            if status == "dropped":
-                dropped_at = dropped_at or end
-                continue
-            if status == "other":
-                continue
-            successors = transient - end.dropped_relfilenodes(database) - {current}
-            unsure = doubtful or status == "unknown"
-            if new in successors:
-                if not unsure:
-                    return "same", end
-                doubtful_hit = doubtful_hit or end
-            for successor in successors - seen:
-                seen.add(successor)
-                queue.append((successor, unsure, depth + 1))
-        if doubtful_hit is not None:
-            return "doubt", doubtful_hit
-        return "recreated", dropped_at or first_end
-
-    def _last_catalog_commit(
-        self, previous: Lsn | None, lsn: Lsn, xid: int | None, commit_lsn: Lsn | None
-    ) -> CommitRecord | None:
-        """The latest catalog-changing commit after ``previous`` and before the change at
-        ``lsn`` (or the change's own transaction): the one that renamed a table into place."""
-        history = self._history
-        assert history is not None
-        if xid is not None and xid in history.by_xid:
-            return history.by_xid[xid]
-        i = bisect.bisect_left(history.lsns, int(lsn)) - 1
-        if commit_lsn is not None and int(commit_lsn) in history.lsn_set:
-            return history.commits[bisect.bisect_left(history.lsns, int(commit_lsn))]
-        if i >= 0 and (previous is None or history.lsns[i] > int(previous)):
-            return history.commits[i]
-        return None
+        return history.changed(self._prev, lsn, xid, commit_lsn)
 
     def _fresh_oid(self, relfilenode: int, recreated_by: CommitRecord | None) -> int | None:
         """The oid of the relation whose file is ``relfilenode``, when the WAL shows it was made
-        by ``CREATE TABLE`` (a new relation's first file is numbered like its oid)."""
-        history, database = self._history, self._database
-        if history is None or database is None:
+        by ``CREATE TABLE`` (see :meth:`CatalogHistory.fresh_oid`)."""
+        if self._history is None:
             return None
-        made = history.created.get(relfilenode)
-        if made is None:
-            return None
-        commit = history.by_xid.get(made.xid)
-        if commit is None:
-            return None
-        fresh = not commit.dropped_files or (recreated_by is not None and commit is recreated_by)
-        if fresh and relfilenode not in commit.dropped_relations(database):
-            return relfilenode
-        return None
+        return self._history.fresh_oid(relfilenode, recreated_by)
 
     def _truncate_reason(self, xid: int | None = None, lsn: Lsn | None = None) -> str:
         """Why a format 1 stream cannot show that the table was emptied (issue 8, D1)."""
         if lsn is None and xid is None and self._first_stream_doubt is not None:
             suspect = self._first_stream_doubt[0]
             xid, lsn = suspect.xid, suspect.lsn
-        which = _transaction(xid) + (f" (commit LSN {lsn})" if lsn is not None else "")
-        return (
-            f"{self.table} may have been emptied by a TRUNCATE in {which} between its changes: "
-            "wal2json format-version 1 prints a TRUNCATE as a transaction without change, so "
-            f"rows it removed may be back in {self.into}; read the slot with -o "
-            "format-version=2 or --via-plugin test_decoding|pgoutput (a capture: capture again "
-            "with -o format-version=2), which carry TRUNCATE"
-        )
-
-    # -- without the WAL -----------------------------------------------------------------------
-
-    def _stream_reason(self) -> str:
-        assert self._first_stream_doubt is not None
-        suspect, before, after = self._first_stream_doubt
-        where = (
-            "no LSN in the stream"
-            if suspect.lsn is None
-            else f"commit ending at LSN {suspect.lsn}"
-            if suspect.end
-            else f"commit LSN {suspect.lsn}"
-        )
-        between = (
-            " while writing it"
-            if suspect.own
-            else f" between its changes at LSN {before} and {after}"
-            if before is not None and after is not None
-            else " between two of its changes"
-        )
-        more = self._stream_doubts - 1
-        others = f" ({more} more such transaction{'s' if more != 1 else ''})" if more else ""
-        stop = (
-            f"recover the earlier table with --stop-before-lsn {suspect.lsn}"
-            if suspect.lsn is not None
-            else f"recover the earlier table with --stop-before-xid {suspect.xid}"
-            if suspect.xid is not None
-            else "the stream gives neither its LSN nor its xid to stop before: capture again"
-            " with them (wal2json: -o include-xids=1 -o include-lsn=1)"
-        )
-        check = waldump_command(
-            suspect.lsn if suspect.own else before, after, "dropped stats|rels:"
-        )
-        return (
-            f"{self.table} may have been dropped and re-created under the same name: "
-            f"{_transaction(suspect.xid)} ({where}) changed the catalog{between}{others}, and "
-            "the stream cannot tell a DROP TABLE from ANALYZE or other DDL; the WAL could not "
-            f"be read: {self.wal_problem or 'unknown reason'}. If it was a DROP, {stop}. To let "
-            "walrecover judge it exactly, CREATE EXTENSION pg_walinspect in the source database "
-            f"(PostgreSQL 15+) and rerun with --force; or check on the server: {check}"
-        )
-
-
-def _transaction(xid: int | None) -> str:
-    """A transaction for messages, also where the stream gives no xid (wal2json format 1)."""
-    return f"transaction {xid}" if xid is not None else "a transaction (the stream has no xids)"
+        return truncate_reason(self.table, self.into, xid, lsn)

@@ -60,29 +60,12 @@ def replaced(
     drop: CommitRecord | None = None
     created: Lsn | None = None
     if wal is not None and last_lsn is not None:
-        database = wal.database
-        try:
-            commits, files = wal.catalog_history(last_lsn)
-        except WalUnavailable:
-            commits, files = [], []
-            wal = None
-        drop = next((c for c in commits if oid in c.dropped_relations(database)), None)
-        if drop is not None and not _before_stop(drop, stop, stopped_lsn):
+        found = _wal_drop(conn, wal, table, oid, last_lsn, stop, stopped_lsn, until)
+        if found is None:
             return []  # the stream's table still held the name at the stop point
-        if drop is not None:
-            rewrites = {c.xid for c in commits if c.dropped_files and c is not drop}
-            created = next(
-                (
-                    f.lsn
-                    for f in files
-                    if f.lsn >= drop.lsn or f.xid == drop.xid
-                    if f.xid not in rewrites
-                    and _before_stop_lsn(f.lsn, stop, stopped_lsn)
-                    and (until is None or f.lsn < until)
-                    and not _another_relation(conn, f.file.relfilenode, table)
-                ),
-                None,
-            )
+        drop, created, usable = found
+        if not usable:
+            wal = None
     other = now is not None and now != oid
     if not other and created is None:
         return []
@@ -117,6 +100,47 @@ def replaced(
         "(PostgreSQL 15+) and rerun with --force to let walrecover find the DROP and the stop "
         "point that rebuilds the earlier table"
     ]
+
+
+def _wal_drop(
+    conn: Connection,
+    wal: WalInspect,
+    table: TableName,
+    oid: int,
+    last_lsn: Lsn,
+    stop: StopPoint,
+    stopped_lsn: Lsn | None,
+    until: Lsn | None,
+) -> tuple[CommitRecord | None, Lsn | None, bool] | None:
+    """What the WAL after ``last_lsn`` shows: (the commit that dropped ``oid``, where a table was
+    created after it, whether pg_walinspect could be used); None when that drop comes after the
+    stop point (the stream's table still held the name there)."""
+    database = wal.database
+    usable = True
+    try:
+        commits, files = wal.catalog_history(last_lsn)
+    except WalUnavailable:
+        commits, files = [], []
+        usable = False
+    drop = next((c for c in commits if oid in c.dropped_relations(database)), None)
+    if drop is None:
+        return None, None, usable
+    if not _before_stop(drop, stop, stopped_lsn):
+        return None
+    rewrites = {c.xid for c in commits if c.dropped_files and c is not drop}
+    created = next(
+        (
+            f.lsn
+            for f in files
+            if f.lsn >= drop.lsn or f.xid == drop.xid
+            if f.xid not in rewrites
+            and _before_stop_lsn(f.lsn, stop, stopped_lsn)
+            and (until is None or f.lsn < until)
+            and not _another_relation(conn, f.file.relfilenode, table)
+        ),
+        None,
+    )
+    return drop, created, usable
 
 
 def _before_stop(commit: CommitRecord, stop: StopPoint, stopped_lsn: Lsn | None) -> bool:

@@ -7,6 +7,10 @@ a limit of the plugin (documented in the README), not something a decoder can un
 
 An UPDATE whose TOASTed column did not change omits that column; the decoder reports it in
 ``Change.unchanged_toast`` so replay keeps the previous value instead of writing NULL.
+
+At about 470 lines it is over the modules' usual 400: one concept, format 2's grammar with its
+exactness checks (numbers as literal text, the shapes the fast path in :mod:`.wal2json_fast`
+shares), which read wrong apart.
 """
 
 from __future__ import annotations

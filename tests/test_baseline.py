@@ -381,8 +381,9 @@ def test_rehearse_with_a_baseline(plugin: str) -> None:
 # -- reruns ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("plugin", ["wal2json", "pgoutput"])
 def test_a_killed_baseline_recovery_resumes_without_loading_it_twice(
-    db: Database, tmp_path: Path
+    db: Database, tmp_path: Path, plugin: str
 ) -> None:
     """Keyless, so a baseline loaded twice would show as duplicates: killed after some batches,
     the same command resumes past its own last commit."""
@@ -390,7 +391,7 @@ def test_a_killed_baseline_recovery_resumes_without_loading_it_twice(
     db.execute("CREATE TABLE t (n integer, note text)")
     db.execute("ALTER TABLE t REPLICA IDENTITY FULL")
     db.execute("INSERT INTO t SELECT g, 'before the slot' FROM generate_series(1, 5000) g")
-    slot = create_source(db, "wal2json", "t")
+    slot = create_source(db, plugin, "t")
     db.execute("INSERT INTO t VALUES (0, 'in the slot, in the baseline')")
     export_csv(db, path)
     point = db.lsn()
@@ -401,7 +402,7 @@ def test_a_killed_baseline_recovery_resumes_without_loading_it_twice(
             " DELETE FROM t WHERE n = i; COMMIT; END LOOP; END $$"
         )
     drop_with_truth(db)
-    args = recover_args(db, "wal2json", slot, "--baseline", str(path), "--baseline-lsn", point)
+    args = recover_args(db, plugin, slot, "--baseline", str(path), "--baseline-lsn", point)
     args += ["--batch-size", "2000"]
     running = start(args)
     kept = wait_for_progress(db.dsn, "public.t_recovered", running, transactions=10)

@@ -7,26 +7,8 @@ Each row carries where the change came from (``seq``, commit LSN, change LSN, xi
 what it was (op, relation, key), what became of it (``outcome``, see
 :mod:`walrecover.audit.outcomes`), the exact canonical text of both images as JSON (``new_values``,
 ``old_values``: lossless, whatever the type), and both images again as typed Arrow columns
-(``new_<column>``, ``old_<column>``) for pandas, DuckDB and Spark:
-
-=================================  ============================================================
-PostgreSQL                         Arrow
-=================================  ============================================================
-smallint, integer, bigint, oid     int16, int32, int64, int64
-numeric(p, s), p <= 38, 0<=s<=p    decimal128(p, s)
-numeric, numeric(p > 38, s)        string: the exact text (no Arrow decimal holds every value)
-real, double precision             float32, float64
-boolean                            bool
-bytea                              binary
-date                               date32
-time                               time64[us]
-timestamp                          timestamp[us]
-timestamptz                        timestamp[us, UTC]
-interval                           struct<months int32, days int32, microseconds int64>
-X[] (one dimension)                list<the type of X>
-text, varchar, char, uuid, json,   string (uuid: Spark cannot read Parquet's UUID type; JSON is
-jsonb, timetz, inet, enums, ...    text anyway)
-=================================  ============================================================
+(``new_<column>``, ``old_<column>``) for pandas, DuckDB and Spark, typed by the table in
+:mod:`walrecover.audit.pgarrow` (numeric as ``decimal128`` or its exact text, never a float).
 
 A value a typed column cannot hold (``infinity``, numeric ``NaN``, a year past 9999, a
 multi-dimensional array) is NULL there and exact in ``new_values``/``old_values``. Every typed

@@ -114,7 +114,8 @@ def pgoutput_rows(  # noqa: PLR0912, PLR0915 (the floor: one hand-written loop, 
     """(column names, COPY line) for each insert into ``schema.table`` of a pgoutput v1 stream.
 
     pg_recvlogical writes each message followed by a newline; messages are self-delimiting, so
-    the newline is checked and skipped.
+    the newline is checked and skipped. A row is yielded only once its message is whole, since
+    a message cut by a read's end is parsed again after the next read.
     """
     schema, name = table.encode().split(b".", 1)
     relid: int | None = None
@@ -130,6 +131,7 @@ def pgoutput_rows(  # noqa: PLR0912, PLR0915 (the floor: one hand-written loop, 
         pos = 0
         while pos < len(buf):
             start = pos
+            line: str | None = None
             try:
                 kind = buf[pos]
                 pos += 1
@@ -147,7 +149,6 @@ def pgoutput_rows(  # noqa: PLR0912, PLR0915 (the floor: one hand-written loop, 
                             else v.decode()
                             for v in values
                         )
-                        yield names, line + "\n"
                 elif kind in (0x55, 0x44):  # 'U', 'D'
                     if pos + 5 > len(buf):
                         raise _Incomplete
@@ -208,6 +209,10 @@ def pgoutput_rows(  # noqa: PLR0912, PLR0915 (the floor: one hand-written loop, 
             except (_Incomplete, IndexError):
                 pos = start
                 break
+            # Only a whole message (its newline read) yields: a message cut by the read's end
+            # is parsed again from its start once more bytes arrive.
+            if line is not None:
+                yield names, line + "\n"
         buf = buf[pos:]
 
 

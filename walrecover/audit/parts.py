@@ -78,19 +78,21 @@ class PartRows:
                     key = tuple([image[name] for name in key_columns])
                 except KeyError:
                     key = None
+            key_identity = None
             if key is not None:
                 texts = ["null" if v is None else _quote(v) for v in key]
                 key_json = "{" + ", ".join(map(operator.add, self._key_heads, texts)) + "}"
+                key_identity = "[" + ", ".join(texts) + "]"
                 if op in _CHANGES_ROW:
-                    before_identity = "[" + ", ".join(texts) + "]"
+                    before_identity = key_identity
             if op in _LEAVES_ROW and new is not None:
-                after_key = key if image is new else None
-                if after_key is None:
+                if image is new:  # the key was read from the new image: the same identity
+                    after_identity = key_identity
+                else:
                     try:
-                        after_key = tuple([new[name] for name in key_columns])
+                        after_identity = _identity(tuple([new[name] for name in key_columns]))
                     except KeyError:
-                        after_key = key
-                after_identity = _identity(after_key)
+                        after_identity = key_identity
         else:
             if op in _CHANGES_ROW:
                 before_identity = _row_identity(before, relation)

@@ -7,10 +7,14 @@ they replaced (kept here as the reference).
 
 from __future__ import annotations
 
+import gzip
+import json
 import struct
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,10 +22,20 @@ from walrecover.audit.format import list_json, pairs_json, values_json
 from walrecover.audit.parts import PartRows
 from walrecover.errors import DecodeError
 from walrecover.rebuild.applied import AppliedChange
+from walrecover.stream.decoders.pgoutput import PgoutputDecoder
 from walrecover.stream.decoders.pgoutput.messages import UNCHANGED, Datum
-from walrecover.stream.decoders.pgoutput.reader import Reader, _tuple_fast
+from walrecover.stream.decoders.pgoutput.reader import Reader, tuple_fast
 from walrecover.stream.lsn import Lsn
-from walrecover.stream.model import Change, Column, Op, Outcome, Relation, Values
+from walrecover.stream.model import (
+    Change,
+    Column,
+    Op,
+    Outcome,
+    RawMessage,
+    Relation,
+    TableName,
+    Values,
+)
 
 _texts = st.text(max_size=12)
 _datum = st.one_of(st.none(), _texts, st.just(UNCHANGED))
@@ -65,7 +79,7 @@ def test_pgoutput_tuple_fast_path_matches_the_checked_reader(
             data[where] = byte
     raw = bytes(data[: len(data) - cut] if cut else data)
     checked = _checked(raw)
-    fast = _tuple_fast(raw, 1)
+    fast = tuple_fast(raw, 1)
     if isinstance(checked, DecodeError):
         assert fast is None
     else:
@@ -186,3 +200,43 @@ def test_part_rows_match_the_row_by_row_definition(batch: list[AppliedChange]) -
     maker = PartRows()
     for seq, applied in enumerate(batch):
         assert maker.row(applied, seq) == _reference_row(applied, seq)
+
+
+# -- pgoutput's Insert fast path ----------------------------------------------------------------
+
+_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pgoutput"
+
+
+def _recorded(read: str) -> list[RawMessage]:
+    with gzip.open(_FIXTURES / f"{read}.jsonl.gz", "rt", encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return [RawMessage(bytes.fromhex(r["hex"]), Lsn.parse(r["lsn"]), int(r["xid"])) for r in rows]
+
+
+def _events(decoder: PgoutputDecoder, messages: list[RawMessage]) -> list[Any]:
+    events: list[Any] = []
+    for message in messages:
+        try:
+            events.extend(decoder.decode(message))
+        except DecodeError as exc:
+            events.append(("error", str(exc)))
+    events.extend(decoder.finish())
+    return events
+
+
+@pytest.mark.parametrize(("read", "version"), [("v1", 1), ("v2", 2), ("v3", 3)])
+@pytest.mark.parametrize("tables", [(), (TableName("public", "accounts"),)])
+def test_pgoutput_insert_fast_path_gives_the_parsed_events(
+    read: str, version: int, tables: tuple[TableName, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recorded streams (and each message cut short by a byte) decode to the same events and
+    errors with the Insert fast path as through the message parser alone."""
+    messages = _recorded(read)
+    cut = [RawMessage(m.data[:-1], m.lsn, m.xid) for m in messages if m.data[:1] == b"I"][:50]
+    fast = [_events(PgoutputDecoder(version, tables=tables), messages)]
+    fast += [_events(PgoutputDecoder(version, tables=tables), [*messages[:40], m]) for m in cut]
+    monkeypatch.setattr(PgoutputDecoder, "_insert", lambda self, data, lsn: None)
+    parsed = [_events(PgoutputDecoder(version, tables=tables), messages)]
+    parsed += [_events(PgoutputDecoder(version, tables=tables), [*messages[:40], m]) for m in cut]
+    assert any(isinstance(e, Change) and e.op is Op.INSERT for e in fast[0])
+    assert fast == parsed

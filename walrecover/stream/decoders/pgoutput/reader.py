@@ -145,10 +145,10 @@ class Reader:
     def tuple_data(self) -> TupleData:
         """A TupleData: its column count, then each column's kind and text.
 
-        Read in one loop over the bytes (:func:`_tuple_fast`); anything it does not accept
+        Read in one loop over the bytes (:func:`tuple_fast`); anything it does not accept
         (a short message, a bad length, non-UTF-8, a binary or unknown kind) is read again by
         the checked reader, which names the problem and its byte."""
-        fast = _tuple_fast(self.data, self.pos)
+        fast = tuple_fast(self.data, self.pos)
         if fast is not None:
             values, self.pos = fast
             return values
@@ -181,7 +181,7 @@ class Reader:
             raise self.fail(f"has {len(self.data) - self.pos} unexpected trailing bytes")
 
 
-def _tuple_fast(data: bytes, pos: int) -> tuple[TupleData, int] | None:
+def tuple_fast(data: bytes, pos: int) -> tuple[TupleData, int] | None:
     """A TupleData at ``pos`` and the position after it, or None when anything is off (the
     checked reader then says what): the per-change hot path of pgoutput, so no method calls."""
     size = len(data)

@@ -115,6 +115,8 @@ encode = json.JSONEncoder(ensure_ascii=False).encode
 encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 #: One string as JSON, the way both encoders above write it (the C function they call).
 _quote: Final = json.encoder.encode_basestring
+#: A text as a JSON string, the way the stdlib encoder writes it (non-ASCII kept).
+quote_text: Final = _quote
 #: ``"name": `` for each column name seen, so an image's JSON is one join.
 _KEY_PREFIX: dict[str, str] = {}
 
@@ -141,9 +143,33 @@ def list_json(values: Iterable[str | None]) -> str:
     return "[" + ", ".join(["null" if v is None else _quote(v) for v in values]) + "]"
 
 
+#: ``"name": `` for each key set an image showed, so an image's JSON is one comprehension.
+_HEADS: dict[tuple[str, ...], list[str]] = {}
+
+
 def values_json(values: Values | None) -> str | None:
-    """An image's exact text as the audit's ``new_values``/``old_values`` JSON."""
-    return None if values is None else pairs_json(values.items())
+    """An image's exact text as the audit's ``new_values``/``old_values`` JSON: the bytes of
+    :func:`pairs_json` over its items, with each key set's quoted names made once (an image
+    per change is the audit's hot path)."""
+    if values is None:
+        return None
+    keys = tuple(values)
+    heads = _HEADS.get(keys)
+    if heads is None:
+        if len(_HEADS) >= 1024:
+            _HEADS.clear()  # a stream of ever new column sets: keep memory bounded
+        heads = _HEADS[keys] = [_quote(name) + ": " for name in keys]
+    quote = _quote
+    return (
+        "{"
+        + ", ".join(
+            [
+                head + ("null" if value is None else quote(value))
+                for head, value in zip(heads, values.values(), strict=True)
+            ]
+        )
+        + "}"
+    )
 
 
 def column_json(column: Column) -> list[Any]:

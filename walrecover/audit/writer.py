@@ -41,7 +41,7 @@ from .format import (
     typed_fields,
 )
 from .outputs import DatasetOutput, FileOutput, Output, write_manifest
-from .parts import part_row
+from .parts import PartRows
 from .workspace import (
     PART_FILES,
     RUN_FILE,
@@ -109,6 +109,7 @@ class AuditWriter:
         self._savepoint: tuple[int, int] | None = None
         #: The rows not yet written to the open part, each in the order of ``PART_SCHEMA``.
         self._rows: list[tuple[Any, ...]] = []
+        self._maker = PartRows()
         #: The columns of the latest relation that showed the table whole, and every column
         #: the stream showed (latest definition of each), for the typed columns.
         self._latest: tuple[Column, ...] = ()
@@ -173,11 +174,12 @@ class AuditWriter:
     def write(self, batch: Sequence[AppliedChange]) -> None:
         """Append a batch of applied changes to the open part."""
         rows = self._rows
+        make = self._maker.row
         for applied in batch:
             relation = applied.change.relation
             if relation is not self._relation:
                 self._see(relation)
-            rows.append(part_row(applied, self.rows))
+            rows.append(make(applied, self.rows))
             self.rows += 1
             if len(rows) >= ROW_GROUP_ROWS:
                 self._flush()

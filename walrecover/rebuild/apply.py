@@ -31,7 +31,7 @@ from psycopg import sql
 from ..db import Connection, connection_lost
 from ..errors import ConnectionFailed, PrivilegeError, ReplayError, WalrecoverError, first_line
 from ..stream.model import Change, Op, TableName, Values
-from .applied import AuditSink, Outcome, Txn, at, stop_hint
+from .applied import AppliedChange, AuditSink, Outcome, Txn, at, stop_hint
 from .schema import Identity, Shape
 from .statements import statement
 
@@ -233,7 +233,20 @@ class Applier:
         except psycopg.Error as exc:
             raise self._failure(exc) from None
         if self.sink is not None:
-            self.sink.write([p.txn.applied(p.change, p.outcome, p.after) for p in batch.pending])
+            self.sink.write(
+                [
+                    AppliedChange(
+                        p.change,
+                        (txn := p.txn).xid,
+                        txn.commit_lsn,
+                        txn.end_lsn,
+                        txn.commit_time,
+                        p.outcome,
+                        p.after,
+                    )
+                    for p in batch.pending
+                ]
+            )
 
     def _insert(self, inserts: list[Pending]) -> None:
         """Send a batch's inserts: one COPY."""
@@ -243,10 +256,11 @@ class Applier:
         )
         try:
             with self.conn.cursor() as cur, cur.copy(statement) as copy:
+                write_row = copy.write_row
                 for item in inserts:
                     new = item.change.new
                     assert new is not None
-                    copy.write_row(tuple(new.get(name) for name in columns))
+                    write_row(tuple(map(new.get, columns)))
         except psycopg.Error as exc:
             # COPY's error context names the line (1-based) it stopped at.
             line = _COPY_LINE.search(getattr(exc.diag, "context", None) or "")

@@ -115,6 +115,8 @@ class Replayer:
         self._left_out: list[Change] = []
         #: The table's definition at its last change skipped as applied by an earlier run.
         self._applied_relation: Relation | None = None
+        #: The last relation :meth:`_ours` found to be the table's.
+        self._ours_last: Relation | None = None
 
     @property
     def relation(self) -> Relation | None:
@@ -233,7 +235,13 @@ class Replayer:
         self.after_stop.audit(self.sink, txn, left_out, stream)
 
     def _ours(self, change: Change) -> bool:
-        return change.relation.same_table(self.table.schema, self.table.name)
+        relation = change.relation
+        if relation is self._ours_last:
+            return True  # the relation object of the table's last change (the common case)
+        if relation.same_table(self.table.schema, self.table.name):
+            self._ours_last = relation
+            return True
+        return False
 
     def _other(self, change: Change) -> None:
         """Note another table of the stream (a few), for the message when ours is absent."""

@@ -8,6 +8,8 @@ from ..errors import StopPointError
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 _LSN_RE = re.compile(r"^\s*([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})\s*$")
+#: ``int.__new__``, called directly on the per-change path (no ``super()`` look-up).
+_new = int.__new__
 
 
 class Lsn(int):
@@ -34,7 +36,7 @@ class Lsn(int):
             and _HEX.issuperset(low_text)
         ):
             try:
-                return super().__new__(cls, (int(high_text, 16) << 32) | int(low_text, 16))
+                return _new(cls, (int(high_text, 16) << 32) | int(low_text, 16))
             except ValueError:
                 pass
         match = _LSN_RE.match(text)
@@ -46,7 +48,7 @@ class Lsn(int):
         return super().__new__(cls, (high << 32) | low)
 
     def __str__(self) -> str:
-        return f"{int(self) >> 32:X}/{int(self) & 0xFFFFFFFF:X}"
+        return f"{self >> 32:X}/{self & 0xFFFFFFFF:X}"
 
     def __repr__(self) -> str:
         return f"Lsn('{self}')"

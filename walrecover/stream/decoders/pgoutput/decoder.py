@@ -36,13 +36,15 @@ from .messages import (
     TypeMessage,
     UpdateMessage,
 )
-from .reader import where
+from .reader import tuple_fast, where
 from .rows import Row, image
 from .typenames import custom_type_name, format_type
 from .wire import parse_message
 
 #: The type bytes of Insert, Update and Delete, and the operation each is.
 _ROW_OPS: Final[dict[int, Op]] = {ord("I"): Op.INSERT, ord("U"): Op.UPDATE, ord("D"): Op.DELETE}
+_INSERT: Final = ord("I")
+_NEW_TUPLE: Final = ord("N")
 
 
 class PgoutputDecoder(HeldTransactions):
@@ -113,6 +115,10 @@ class PgoutputDecoder(HeldTransactions):
             skipped = self._skip(data, message.lsn)
             if skipped is not None:
                 return skipped
+        if data and data[0] == _INSERT:
+            inserted = self._insert(data, message.lsn)
+            if inserted is not None:
+                return inserted
         parsed = parse_message(
             data, self.proto_version, in_stream=self._stream is not None, lsn=message.lsn
         )
@@ -145,6 +151,24 @@ class PgoutputDecoder(HeldTransactions):
         if self._open is not None:
             return (Change(op, relation, lsn=lsn, xid=self._open.xid),)
         return None
+
+    def _insert(self, data: bytes, lsn: Lsn | None) -> Sequence[Event] | None:
+        """An Insert of a plain transaction read without the message objects (the per-change
+        hot path); None for anything else (a stream or prepare block, an unknown relation, any
+        byte out of place), which parsing then decodes or names."""
+        open_ = self._open
+        if open_ is None or self._stream is not None or self._preparing is not None:
+            return None
+        if len(data) < 6 or data[5] != _NEW_TUPLE:
+            return None
+        relation = self._relations.get(int.from_bytes(data[1:5], "big"))
+        if relation is None:
+            return None
+        fast = tuple_fast(data, 6)
+        if fast is None or fast[1] != len(data) or len(fast[0]) != len(relation.columns):
+            return None
+        new, unchanged = image(relation, fast[0], key_only=False, what="Insert", lsn=lsn)
+        return (Change(Op.INSERT, relation, new, None, unchanged, lsn, open_.xid),)
 
     def finish(self) -> Sequence[Event]:
         """End of stream: raise if it stops inside a transaction or a stream block.

@@ -143,6 +143,18 @@ class Reader:
         return self.u32() if self.in_stream else None
 
     def tuple_data(self) -> TupleData:
+        """A TupleData: its column count, then each column's kind and text.
+
+        Read in one loop over the bytes (:func:`tuple_fast`); anything it does not accept
+        (a short message, a bad length, non-UTF-8, a binary or unknown kind) is read again by
+        the checked reader, which names the problem and its byte."""
+        fast = tuple_fast(self.data, self.pos)
+        if fast is not None:
+            values, self.pos = fast
+            return values
+        return self._tuple_data_checked()
+
+    def _tuple_data_checked(self) -> TupleData:
         count = self.count(2, "column count")
         values: list[Datum] = []
         for _ in range(count):
@@ -167,3 +179,39 @@ class Reader:
     def end(self) -> None:
         if self.pos != len(self.data):
             raise self.fail(f"has {len(self.data) - self.pos} unexpected trailing bytes")
+
+
+def tuple_fast(data: bytes, pos: int) -> tuple[TupleData, int] | None:
+    """A TupleData at ``pos`` and the position after it, or None when anything is off (the
+    checked reader then says what): the per-change hot path of pgoutput, so no method calls."""
+    size = len(data)
+    if pos + 2 > size:
+        return None
+    count = _I16.unpack_from(data, pos)[0]
+    pos += 2
+    if count < 0 or count > size - pos:
+        return None
+    values: list[Datum] = []
+    append = values.append
+    unpack = _I32.unpack_from
+    try:
+        for _ in range(count):
+            kind = data[pos]
+            if kind == 0x74:  # 't'
+                length = unpack(data, pos + 1)[0]
+                start = pos + 5
+                pos = start + length
+                if length < 0 or pos > size:
+                    return None
+                append(data[start:pos].decode("utf-8"))
+            elif kind == 0x6E:  # 'n'
+                append(None)
+                pos += 1
+            elif kind == 0x75:  # 'u'
+                append(UNCHANGED)
+                pos += 1
+            else:
+                return None
+    except (IndexError, struct.error, UnicodeDecodeError):
+        return None
+    return tuple(values), pos

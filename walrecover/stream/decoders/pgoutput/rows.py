@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from ....errors import DecodeError
 from ...lsn import Lsn
 from ...model import Relation
-from .messages import TupleData, Unchanged
+from .messages import UNCHANGED, TupleData, Unchanged
 from .reader import where
 
 Row = dict[str, str | None]
+
+_NONE: frozenset[str] = frozenset()
 
 
 def image(
@@ -28,6 +32,11 @@ def image(
             lsn=lsn,
             relation_id=relation.relation_id,
         )
+    if UNCHANGED not in values:
+        names = relation.column_names
+        if not key_only:
+            return cast(Row, dict(zip(names, values, strict=True))), _NONE
+        return cast(Row, {n: v for n, v in zip(names, values, strict=True) if v is not None}), _NONE
     image: Row = {}
     unchanged: list[str] = []
     for column, value in zip(columns, values, strict=True):

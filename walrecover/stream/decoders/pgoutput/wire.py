@@ -222,6 +222,9 @@ PARSERS: Final[dict[int, tuple[str, int, Callable[[Reader], Message]]]] = {
     ord("p"): ("Stream Prepare", 3, _parse_stream_prepare),
 }
 
+#: Each message's name as errors give it (made once, not per message).
+_WHAT: Final = {name: f"{name} message" for name, _, _ in PARSERS.values()}
+
 
 def parse_message(
     data: bytes, proto_version: int = 1, in_stream: bool = False, lsn: Lsn | None = None
@@ -253,9 +256,7 @@ def parse_message(
             lsn=lsn,
             offset=0,
         )
-    reader = Reader(
-        data, what=f"{name} message", lsn=lsn, version=proto_version, in_stream=in_stream
-    )
+    reader = Reader(data, what=_WHAT[name], lsn=lsn, version=proto_version, in_stream=in_stream)
     message = parse(reader)
     reader.end()
     return message

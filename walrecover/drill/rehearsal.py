@@ -1,12 +1,13 @@
 """The recovery drill on a throwaway database, end to end.
 
 :func:`rehearse` starts a throwaway cluster, creates a small bank (``accounts``, ``transactions``),
-creates a logical slot, runs a ledger workload in many small commits (corrections by UPDATE, voids
-by DELETE, long TOASTed notes, a rolled-back savepoint and an aborted transaction now and then),
-records the ground truth, runs ``DROP TABLE transactions``, keeps writing to ``accounts``, then
-recovers through :func:`~walrecover.rebuild.recover.recover`, reconciles against
-``accounts.balance``, writes the audit, and checks the rebuilt table row by row against the ground
-truth.
+creates a logical slot, runs a ledger workload (:mod:`.workload`: payments in commits of
+``per_commit``, corrections by UPDATE, voids by DELETE, long TOASTed notes, a rolled-back savepoint
+and an aborted transaction now and then), records the ground truth, runs ``DROP TABLE
+transactions``, keeps writing to ``accounts``, then recovers through
+:func:`~walrecover.rebuild.recover.recover`, reconciles against ``accounts.balance``, writes the
+audit, and checks the rebuilt table row by row against the ground truth. Each phase is timed
+(:mod:`.clock`), wall and CPU seconds.
 """
 
 from __future__ import annotations

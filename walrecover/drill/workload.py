@@ -14,6 +14,10 @@ decoded like any other.
 
 from __future__ import annotations
 
+import contextlib
+
+import psycopg
+
 from ..db import Connection
 from ..stream.sources import ProgressCallback
 
@@ -178,5 +182,6 @@ def run_workload(
             if progress is not None:
                 progress("workload", done, transactions)
     finally:
-        conn.execute("RESET plan_cache_mode")
-        conn.execute("RESET enable_seqscan")
+        with contextlib.suppress(psycopg.Error):  # a broken session's error is the one to see
+            conn.execute("RESET plan_cache_mode")
+            conn.execute("RESET enable_seqscan")

@@ -14,8 +14,11 @@ from walrecover.drill.rehearsal import matches_truth
 from walrecover.drill.workload import create_bank, run_workload
 from walrecover.incident import inspect
 from walrecover.incident.inspect import drop_of_relation, inspect_table
+from walrecover.incident.waldump import WalDump
 from walrecover.stream.lsn import Lsn
 from walrecover.stream.model import TableName
+from walrecover.stream.sources import wait_for_flush
+from walrecover.stream.walrecords import wanted
 
 T = TableName("public", "t")
 PHASES = {"cluster_start", "setup", "workload", "drop", "recover", "verify", "teardown"}
@@ -141,3 +144,34 @@ def test_rehearse_refuses_a_group_of_no_transactions() -> None:
     result = cli("rehearse", "--transactions", "10", "--per-commit", "0")
     assert result.exit_code == 2
     assert "--per-commit" in result.stderr
+
+
+def test_waldump_without_files_or_lsns_keeps_what_the_full_scan_keeps(db: Database) -> None:
+    """The scan inspect makes to find a DROP skips the row records before parsing them: it
+    yields exactly the records the full scan's filter keeps."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    file = int(db.scalar("SELECT pg_relation_filenode('t')::bigint"))
+    start = Lsn.parse(db.lsn())
+    run_script(
+        db,
+        [
+            "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 500) g",
+            "UPDATE t SET v = 'y' WHERE id < 10",
+            "TRUNCATE t",
+            "COPY t (id) FROM PROGRAM 'seq 1 50'",
+            "DROP TABLE t",
+        ],
+    )
+    with db.connect() as conn:
+        end = wait_for_flush(conn)
+    dump = WalDump(db.cluster.data / "pg_wal")
+    full = list(dump.scan(start, end, files=frozenset({file})))
+    assert {r.record_type for r in full} >= {"INSERT", "UPDATE", "TRUNCATE", "COMMIT"}
+    nothing: frozenset[int] = frozenset()
+    kept = [
+        r for r in dump.scan(start, end, files=frozenset({file})) if wanted(r, nothing, nothing)
+    ]
+    found = list(dump.scan(start, end))
+    assert found == kept
+    assert [r.record_type for r in found if r.resource_manager == "Heap"] == ["TRUNCATE"]
+    assert any(r.resource_manager == "Transaction" for r in found)

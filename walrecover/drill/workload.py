@@ -46,7 +46,8 @@ CREATE TABLE transactions (
 """
 
 #: The workload: payments in groups, corrections, voids, a rolled-back savepoint, an aborted
-#: transaction. ``nth(x, r, m)`` counts the ledger transactions x' <= x with x' % m = r.
+#: transaction. ``bank_nth(x, r, m)`` counts the ledger transactions x' in 0..x with x' % m = r
+#: (a group lo..hi holds one when bank_nth(hi) > bank_nth(lo - 1)).
 WORKLOAD_SQL = """
 CREATE FUNCTION bank_nth(x bigint, r integer, m integer) RETURNS bigint
 LANGUAGE sql IMMUTABLE AS $$ SELECT (x + m - r) / m $$;

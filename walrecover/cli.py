@@ -1164,6 +1164,13 @@ def decode_command(
     help="The real case: half the workload before the slot exists, a Parquet baseline taken "
     "in the slot's exported snapshot, recovered with recover --baseline; prints the RTO.",
 )
+@click.option(
+    "--per-commit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Ledger transactions per commit in the workload (1: each one commits on its own).",
+)
 @json_option
 def rehearse_command(
     transactions: int,
@@ -1172,12 +1179,14 @@ def rehearse_command(
     plugin: str,
     keep: bool,
     with_baseline: bool,
+    per_commit: int,
     as_json: bool,
 ) -> None:
     """Practise the whole recovery on a throwaway PostgreSQL.
 
     Starts a cluster, runs a banking workload, drops the transactions table, recovers it,
-    reconciles it against accounts.balance, writes the audit, and checks every row.
+    reconciles it against accounts.balance, writes the audit, and checks every row. Prints
+    where the time went, phase by phase (--json: wall and CPU seconds per phase).
 
     \b
     Example:
@@ -1193,6 +1202,7 @@ def rehearse_command(
             audit_path=audit_path,
             progress=progress,
             plugin=plugin,
+            per_commit=per_commit,
         )
     finally:
         progress.close()

@@ -177,8 +177,7 @@ def rehearsal_text(result: RehearsalResult) -> str:
         f"  identical to the dropped table: {'yes' if result.identical else 'NO'}; "
         f"reconciled with accounts.balance: {'yes' if result.reconciled else 'NO'}; "
         f"audit rows: {result.audit_rows}.",
-        f"  time: workload {seconds['workload']:.1f}s, recover {seconds['recover']:.1f}s, "
-        f"verify {seconds['verify']:.1f}s, total {seconds['total']:.1f}s.",
+        f"  time: {_phases(result)}.",
     ]
     if result.baseline is not None:
         lines.insert(
@@ -195,6 +194,36 @@ def rehearsal_text(result: RehearsalResult) -> str:
     if result.audit_path:
         lines.append(f"  audit: {result.audit_path}")
     return "\n".join(lines)
+
+
+#: The rehearsal's phases as its text names them, in order.
+_PHASES = (
+    ("cluster_start", "cluster start"),
+    ("setup", "setup"),
+    ("workload", "workload"),
+    ("baseline_export", "recovery point"),
+    ("drop", "DROP"),
+    ("inspect", "find the DROP"),
+    ("recover", "recover"),
+    ("verify", "verify"),
+    ("teardown", "teardown"),
+)
+
+
+def _phases(result: RehearsalResult) -> str:
+    """Seconds per phase, the recovery's own split in brackets, and the total."""
+    seconds, parts = result.seconds, []
+    for key, name in _PHASES:
+        if key not in seconds:
+            continue
+        part = f"{name} {seconds[key]:.1f}s"
+        inner = result.recovery.seconds
+        if key == "recover" and "replay" in inner and "reconcile" in inner:
+            part += (
+                f" (replay {inner['replay']:.1f}s, audit and reconcile {inner['reconcile']:.1f}s)"
+            )
+        parts.append(part)
+    return f"{', '.join(parts)}; total {seconds['total']:.1f}s"
 
 
 def swap_text(result: SwapResult) -> str:

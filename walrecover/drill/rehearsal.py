@@ -1,12 +1,13 @@
 """The recovery drill on a throwaway database, end to end.
 
 :func:`rehearse` starts a throwaway cluster, creates a small bank (``accounts``, ``transactions``),
-creates a logical slot, runs a ledger workload in many small commits (corrections by UPDATE, voids
-by DELETE, long TOASTed notes, a rolled-back savepoint and an aborted transaction now and then),
-records the ground truth, runs ``DROP TABLE transactions``, keeps writing to ``accounts``, then
-recovers through :func:`~walrecover.rebuild.recover.recover`, reconciles against
-``accounts.balance``, writes the audit, and checks the rebuilt table row by row against the ground
-truth.
+creates a logical slot, runs a ledger workload (:mod:`.workload`: payments in commits of
+``per_commit``, corrections by UPDATE, voids by DELETE, long TOASTed notes, a rolled-back savepoint
+and an aborted transaction now and then), records the ground truth, runs ``DROP TABLE
+transactions``, keeps writing to ``accounts``, then recovers through
+:func:`~walrecover.rebuild.recover.recover`, reconciles against ``accounts.balance``, writes the
+audit, and checks the rebuilt table row by row against the ground truth. Each phase is timed
+(:mod:`.clock`), wall and CPU seconds.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,100 +27,20 @@ from ..stream.decoders import PLUGINS
 from ..stream.lsn import Lsn
 from ..stream.model import StopPoint, TableName
 from ..stream.sources import ProgressCallback
+from .clock import PhaseClock
 from .cluster import Cluster
+from .workload import PER_COMMIT, TABLES_SQL, create_bank, run_workload
+
+__all__ = [
+    "LEDGER",
+    "TABLES_SQL",
+    "RehearsalResult",
+    "create_bank",
+    "rehearse",
+    "run_workload",
+]
 
 SLOT = "bank_cdc"
-CHUNK = 5_000
-
-#: The bank's two tables (the benchmark builds the same ones).
-TABLES_SQL = """
-CREATE TABLE accounts (
-    id integer PRIMARY KEY,
-    owner text NOT NULL,
-    balance numeric(14,2) NOT NULL DEFAULT 0,
-    last_seen timestamptz
-);
-CREATE TABLE transactions (
-    id bigserial PRIMARY KEY,
-    account_id integer NOT NULL REFERENCES accounts (id),
-    amount numeric(12,2) NOT NULL,
-    kind text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    note text,
-    meta jsonb
-);
-"""
-
-#: The workload: payments, corrections, voids, a rolled-back savepoint, an aborted transaction.
-WORKLOAD_SQL = """
-CREATE PROCEDURE bank_workload(first bigint, n integer, accounts integer, seed float8)
-LANGUAGE plpgsql AS $$
-DECLARE
-    i bigint;
-    acc integer;
-    amt numeric(12,2);
-    tid bigint;
-    victim record;
-    note text;
-BEGIN
-    PERFORM setseed(seed);
-    FOR i IN first .. first + n - 1 LOOP
-        acc := 1 + floor(random() * accounts)::integer;
-        amt := round((random() * 2000 - 1000)::numeric, 2);
-        IF i % 500 = 0 THEN
-            -- Random hex does not compress: stored out of line (TOAST).
-            SELECT string_agg(md5(random()::text), '') INTO note FROM generate_series(1, 160);
-        ELSE
-            note := 'payment ' || i;
-        END IF;
-        INSERT INTO transactions (account_id, amount, kind, note, meta)
-        VALUES (acc, amt, CASE WHEN amt < 0 THEN 'debit' ELSE 'credit' END, note,
-                jsonb_build_object('channel', (ARRAY['card', 'wire', 'cash'])[1 + i % 3],
-                                   'fee', 0.25, 'seq', i))
-        RETURNING id INTO tid;
-        UPDATE accounts SET balance = balance + amt WHERE id = acc;
-        COMMIT;
-        -- Corrections: an UPDATE that leaves the long note alone (unchanged TOAST).
-        IF i % 20 = 0 OR i % 500 = 7 THEN
-            UPDATE transactions SET amount = amount + 1.11, kind = 'corrected'
-            WHERE id = tid - (CASE WHEN i % 500 = 7 THEN 7 ELSE 3 END)
-            RETURNING account_id INTO victim;
-            IF FOUND THEN
-                UPDATE accounts SET balance = balance + 1.11 WHERE id = victim.account_id;
-            END IF;
-            COMMIT;
-        END IF;
-        -- Voids: a DELETE that reverses the balance.
-        IF i % 50 = 25 THEN
-            DELETE FROM transactions WHERE id = tid - 11 RETURNING account_id, amount INTO victim;
-            IF FOUND THEN
-                UPDATE accounts SET balance = balance - victim.amount WHERE id = victim.account_id;
-            END IF;
-            COMMIT;
-        END IF;
-        -- A rolled-back savepoint inside a committed transaction.
-        IF i % 1000 = 333 THEN
-            INSERT INTO transactions (account_id, amount, kind, note)
-            VALUES (acc, 0.01, 'fee', 'kept');
-            UPDATE accounts SET balance = balance + 0.01 WHERE id = acc;
-            BEGIN
-                INSERT INTO transactions (account_id, amount, kind, note)
-                VALUES (acc, 999.99, 'bogus', 'rolled back');
-                RAISE EXCEPTION 'rollback to savepoint';
-            EXCEPTION WHEN raise_exception THEN
-                NULL;
-            END;
-            COMMIT;
-        END IF;
-        -- An aborted transaction: its rows must not come back.
-        IF i % 1000 = 666 THEN
-            INSERT INTO transactions (account_id, amount, kind, note)
-            VALUES (acc, 123.45, 'aborted', 'never committed');
-            ROLLBACK;
-        END IF;
-    END LOOP;
-END $$;
-"""
 
 
 #: The definition an engineer would pass with --ddl (test_decoding carries no key or typmods).
@@ -138,7 +59,10 @@ CREATE TABLE public.transactions_recovered (
 
 @dataclass(frozen=True)
 class RehearsalResult:
-    """What the drill did and whether the recovery matched the ground truth."""
+    """What the drill did, whether the recovery matched the ground truth, and where the time
+    went: ``seconds`` per phase (cluster start, setup, workload, drop, recover, verify,
+    teardown, total; ``rto`` with a baseline) and ``cpu`` seconds per phase, the client's and
+    the throwaway server's (None where they cannot be read)."""
 
     transactions: int
     accounts: int
@@ -158,11 +82,15 @@ class RehearsalResult:
     audit_path: str | None = None
     #: The baseline the table was started from (``rehearse --baseline``), as the result has it.
     baseline: dict[str, Any] | None = None
+    #: Ledger transactions per commit in the workload.
+    per_commit: int = PER_COMMIT
+    cpu: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "transactions": self.transactions,
             "accounts": self.accounts,
+            "per_commit": self.per_commit,
             "changes": self.changes,
             "rows": self.rows,
             "identical": self.identical,
@@ -171,45 +99,15 @@ class RehearsalResult:
             "plugin": self.plugin,
             "stop_lsn": self.stop_lsn,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "recovery_seconds": {k: round(v, 3) for k, v in self.recovery.seconds.items()},
+            "cpu": {
+                phase: {k: None if v is None else round(v, 3) for k, v in spent.items()}
+                for phase, spent in self.cpu.items()
+            },
             "kept_dsn": self.kept_dsn,
             "audit_path": self.audit_path,
             "baseline": self.baseline,
         }
-
-
-def run_workload(
-    conn: Connection,
-    transactions: int,
-    accounts: int,
-    *,
-    seed: float = 0.42,
-    progress: ProgressCallback | None = None,
-    first: int = 0,
-) -> None:
-    """Run the banking workload (schema must exist) in chunks, committing as it goes;
-    ``first`` ledger transactions were run before (the workload goes on from there)."""
-    conn.autocommit = True
-    done = 0
-    while done < transactions:
-        n = min(CHUNK, transactions - done)
-        chunk_seed = ((seed * 1000 + (first + done) // CHUNK) % 1000) / 1000.0
-        conn.execute(
-            "CALL bank_workload(%s, %s, %s, %s)", (first + done + 1, n, accounts, chunk_seed)
-        )
-        done += n
-        if progress is not None:
-            progress("workload", done, transactions)
-
-
-def create_bank(conn: Connection, accounts: int) -> None:
-    """Create the bank's schema and its accounts with zero balances."""
-    conn.autocommit = True
-    conn.execute(TABLES_SQL)
-    conn.execute(WORKLOAD_SQL)
-    conn.execute(
-        "INSERT INTO accounts (id, owner) SELECT g, 'owner ' || g FROM generate_series(1, %s) g",
-        (accounts,),
-    )
 
 
 #: The ledger the rebuilt table is reconciled against: each account's balance.
@@ -230,25 +128,33 @@ def check_arguments(plugin: str, audit_path: str | Path | None) -> None:
 
 
 @contextlib.contextmanager
-def throwaway_cluster(keep: bool, plugin: str) -> Iterator[tuple[str, Path]]:
+def throwaway_cluster(
+    keep: bool, plugin: str, clock: PhaseClock | None = None
+) -> Iterator[tuple[str, Path]]:
     """Start the drill's cluster; yield its DSN and the directory for the drill's files.
 
     The directory is the kept cluster's own (``keep``), else a temporary one. On the way out
-    the cluster is stopped and removed, or with ``keep`` left running for the user.
+    the cluster is stopped and removed, or with ``keep`` left running for the user. ``clock``
+    times the start (``cluster_start``) and the way out (``teardown``).
     """
+    clock = clock or PhaseClock()
     cluster = Cluster(keep=keep, require_plugins=(plugin,))
-    cluster.start()
+    with clock.phase("cluster_start"):
+        cluster.start()
+    clock.data = cluster.data
     workdir = tempfile.TemporaryDirectory(prefix="walrecover-rehearsal-")
     try:
         keep_dir = cluster.directory if keep and cluster.directory else Path(workdir.name)
         yield cluster.dsn(), keep_dir
     finally:
-        if not keep:
-            cluster.stop()
-        else:
-            cluster.detach()
-        with contextlib.suppress(OSError):
-            workdir.cleanup()
+        with clock.phase("teardown"):
+            clock.data = None
+            if not keep:
+                cluster.stop()
+            else:
+                cluster.detach()
+            with contextlib.suppress(OSError):
+                workdir.cleanup()
 
 
 def plugin_options(plugin: str) -> dict[str, str] | None:
@@ -279,48 +185,67 @@ def drop_with_truth(conn: Connection) -> tuple[Lsn, float]:
 
 
 def matches_truth(dsn: str) -> bool:
-    """Whether the rebuilt table equals the ground truth, row by row (duplicates count)."""
+    """Whether the rebuilt table equals the ground truth, row by row (duplicates count): both
+    ``EXCEPT ALL`` directions are empty. Given the memory to hash both tables (a throwaway
+    cluster's), the server compares them without sorting either."""
     with connect(dsn, role="rehearsal") as conn:
+        conn.execute("SET LOCAL work_mem = '1GB'")
         return bool(
             one(
                 conn,
-                "SELECT (SELECT count(*) FROM (SELECT * FROM rehearsal_truth EXCEPT ALL"
-                " SELECT * FROM transactions_recovered) a) = 0"
-                " AND (SELECT count(*) FROM (SELECT * FROM transactions_recovered EXCEPT ALL"
-                " SELECT * FROM rehearsal_truth) b) = 0",
+                "SELECT NOT EXISTS (SELECT * FROM rehearsal_truth EXCEPT ALL"
+                " SELECT * FROM transactions_recovered)"
+                " AND NOT EXISTS (SELECT * FROM transactions_recovered EXCEPT ALL"
+                " SELECT * FROM rehearsal_truth)",
             )[0]
         )
 
 
+@dataclass(frozen=True)
+class Drilled:
+    """What a drill measured around its recovery, for :func:`rehearsal_result`."""
+
+    transactions: int
+    accounts: int
+    per_commit: int
+    identical: bool
+    stop_lsn: Lsn | None
+    kept_dsn: str | None
+    audit_path: str | None
+    baseline: dict[str, Any] | None = None
+
+
 def rehearsal_result(
-    result: RecoveryResult,
-    *,
-    transactions: int,
-    accounts: int,
-    identical: bool,
-    stop_lsn: Lsn | None,
-    seconds: dict[str, float],
-    kept_dsn: str | None,
-    audit_path: str | None,
-    baseline: dict[str, Any] | None = None,
+    result: RecoveryResult, drilled: Drilled, clock: PhaseClock
 ) -> RehearsalResult:
-    """The drill's result from the recovery's and what the drill measured around it."""
+    """The drill's result from the recovery's, what the drill saw, and its clock."""
     return RehearsalResult(
-        transactions=transactions,
-        accounts=accounts,
+        transactions=drilled.transactions,
+        accounts=drilled.accounts,
+        per_commit=drilled.per_commit,
         changes=result.changes,
         rows=result.rows,
-        identical=identical,
+        identical=drilled.identical,
         reconciled=result.reconciliation is not None and result.reconciliation.matched,
         audit_rows=result.audit.rows if result.audit else 0,
         plugin=result.plugin,
-        stop_lsn=str(stop_lsn),
-        seconds=seconds,
+        stop_lsn=str(drilled.stop_lsn),
+        seconds=clock.total(),
+        cpu=dict(clock.cpu),
         recovery=result,
-        kept_dsn=kept_dsn,
-        audit_path=audit_path,
-        baseline=baseline,
+        kept_dsn=drilled.kept_dsn,
+        audit_path=drilled.audit_path,
+        baseline=drilled.baseline,
     )
+
+
+def check_counts(transactions: int, accounts: int, per_commit: int, least: int = 1) -> None:
+    """Refuse a workload too small to rehearse."""
+    if transactions < least or accounts < 1 or per_commit < 1:
+        raise ClusterError(
+            f"a rehearsal needs at least {least} transaction{'s' if least > 1 else ''}, one "
+            "account and one transaction per commit"
+        )
 
 
 def rehearse(
@@ -331,56 +256,52 @@ def rehearse(
     audit_path: str | Path | None = None,
     progress: ProgressCallback | None = None,
     plugin: str = "pgoutput",
+    per_commit: int = PER_COMMIT,
 ) -> RehearsalResult:
-    """Run the whole drill on a throwaway cluster and report what happened and how long.
+    """Run the whole drill on a throwaway cluster and report what happened and where the
+    time went (:class:`RehearsalResult`).
 
     ``plugin`` is the slot's output plugin: pgoutput by default, because it is built into
     PostgreSQL (and is what managed services offer), so the drill needs nothing installed
     beyond the server. With pgoutput the bank has a publication for all tables; with
     test_decoding, which never says which columns form the key, the recovery is given the
-    table's definition (as an engineer would give ``--ddl``).
+    table's definition (as an engineer would give ``--ddl``). ``per_commit`` ledger
+    transactions go into each commit of the workload.
     """
-    if transactions < 1 or accounts < 1:
-        raise ClusterError("a rehearsal needs at least one transaction and one account")
+    check_counts(transactions, accounts, per_commit)
     check_arguments(plugin, audit_path)
-    started = time.monotonic()
-    with throwaway_cluster(keep, plugin) as (dsn, keep_dir):
+    clock = PhaseClock()
+    with throwaway_cluster(keep, plugin, clock) as (dsn, keep_dir):
         with connect(dsn, autocommit=True, role="rehearsal") as conn:
-            open_bank(conn, accounts, plugin)
-            conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (SLOT, plugin))
-            t0 = time.monotonic()
-            run_workload(conn, transactions, accounts, progress=progress)
-            workload = time.monotonic() - t0
-            stop_lsn, _ = drop_with_truth(conn)
+            with clock.phase("setup"):
+                open_bank(conn, accounts, plugin)
+                conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (SLOT, plugin))
+            with clock.phase("workload"):
+                run_workload(conn, transactions, accounts, progress=progress, per_commit=per_commit)
+            with clock.phase("drop"):
+                stop_lsn, _ = drop_with_truth(conn)
         path = Path(audit_path) if audit_path else keep_dir / "transactions.parquet"
-        t0 = time.monotonic()
-        result = recover(
-            dsn,
-            SLOT,
-            TableName("public", "transactions"),
-            stop=StopPoint(lsn=stop_lsn),
-            ledger=LEDGER,
-            audit_path=path,
-            progress=progress,
-            options=plugin_options(plugin),
-            ddl=RECOVERED_DDL if plugin == "test_decoding" else None,
-        )
-        recovery = time.monotonic() - t0
-        t0 = time.monotonic()
-        identical = matches_truth(dsn)
-        verify = time.monotonic() - t0
-        return rehearsal_result(
-            result,
-            transactions=transactions,
-            accounts=accounts,
-            identical=identical,
-            stop_lsn=stop_lsn,
-            seconds={
-                "workload": workload,
-                "recover": recovery,
-                "verify": verify,
-                "total": time.monotonic() - started,
-            },
-            kept_dsn=dsn if keep else None,
-            audit_path=str(path) if audit_path or keep else None,
-        )
+        with clock.phase("recover"):
+            result = recover(
+                dsn,
+                SLOT,
+                TableName("public", "transactions"),
+                stop=StopPoint(lsn=stop_lsn),
+                ledger=LEDGER,
+                audit_path=path,
+                progress=progress,
+                options=plugin_options(plugin),
+                ddl=RECOVERED_DDL if plugin == "test_decoding" else None,
+            )
+        with clock.phase("verify"):
+            identical = matches_truth(dsn)
+    drilled = Drilled(
+        transactions,
+        accounts,
+        per_commit,
+        identical,
+        stop_lsn,
+        kept_dsn=dsn if keep else None,
+        audit_path=str(path) if audit_path or keep else None,
+    )
+    return rehearsal_result(result, drilled, clock)

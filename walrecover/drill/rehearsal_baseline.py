@@ -4,8 +4,10 @@
 server. The bank's ``transactions`` is filled *before* any slot exists (half the workload); then
 ``walrecover protect`` makes a recovery point (a slot created with an exported snapshot and, in
 that snapshot, a Parquet baseline of the table carrying the slot's consistent point). The rest of
-the workload runs and the table is dropped. Then, as in the README's runbook: ``inspect`` finds
-the DROP in the WAL (pg_walinspect or pg_waldump: no plugin shows it), the protect directory
+the workload runs and the table is dropped. Then, as in the README's runbook, the DROP is found
+in the WAL (pg_walinspect or pg_waldump: no plugin shows it): by the relation id the recovery
+point recorded (PostgreSQL 15 on, one pass over the WAL), else as ``walrecover inspect --slot``
+finds it, tying the name to the relation through the slot's changes; the protect directory
 gives the newest recovery point before it (``recover --from-protect``), and ``recover`` rebuilds
 the table from that baseline plus the slot's changes after its point, stopping exactly before the
 DROP, reconciles it, and the result is checked row by row against the real table. The RTO runs
@@ -20,28 +22,30 @@ from datetime import timedelta
 from pathlib import Path
 
 from ..db import connect
-from ..errors import ClusterError
 from ..incident.events import DestructiveEvent
-from ..incident.inspect import resolve_stop_before
-from ..ready.points import RecoveryPoint
+from ..incident.inspect import drop_of_relation, resolve_stop_before
+from ..ready.points import RecoveryPoint, load_recovery_points
 from ..ready.protect import protect
 from ..rebuild.from_protect import ProtectedStart, choose_point
 from ..rebuild.recover import RecoveryResult, recover
 from ..stream.model import TableName
 from ..stream.sources import ProgressCallback
+from .clock import PhaseClock
 from .rehearsal import (
     LEDGER,
     RECOVERED_DDL,
+    Drilled,
     RehearsalResult,
     check_arguments,
+    check_counts,
     drop_with_truth,
     matches_truth,
     open_bank,
     plugin_options,
     rehearsal_result,
-    run_workload,
     throwaway_cluster,
 )
+from .workload import PER_COMMIT, run_workload
 
 TABLE = TableName("public", "transactions")
 
@@ -54,57 +58,50 @@ def rehearse_baseline(
     audit_path: str | Path | None = None,
     progress: ProgressCallback | None = None,
     plugin: str = "pgoutput",
+    per_commit: int = PER_COMMIT,
 ) -> RehearsalResult:
     """The drill with half the workload before the slot: baseline + changes (see module)."""
-    if transactions < 2 or accounts < 1:
-        raise ClusterError("a baseline rehearsal needs two transactions and one account")
+    check_counts(transactions, accounts, per_commit, least=2)
     check_arguments(plugin, audit_path)
-    started = time.monotonic()
-    with throwaway_cluster(keep, plugin) as (dsn, keep_dir):
+    clock = PhaseClock()
+    with throwaway_cluster(keep, plugin, clock) as (dsn, keep_dir):
         points_dir = keep_dir / "recovery-points"
         before = transactions // 2
-        seconds: dict[str, float] = {}
         with connect(dsn, autocommit=True, role="rehearsal") as conn:
-            open_bank(conn, accounts, plugin)
-            t0 = time.monotonic()
-            run_workload(conn, before, accounts, progress=progress)
-            seconds["workload"] = time.monotonic() - t0
-            t0 = time.monotonic()
-            made = _protect(dsn, points_dir, plugin)
-            seconds["baseline_export"] = time.monotonic() - t0
-            t0 = time.monotonic()
-            run_workload(conn, transactions - before, accounts, progress=progress, first=before)
-            seconds["workload"] += time.monotonic() - t0
-            _, gone = drop_with_truth(conn)
+            with clock.phase("setup"):
+                open_bank(conn, accounts, plugin)
+            with clock.phase("workload"):
+                run_workload(conn, before, accounts, progress=progress, per_commit=per_commit)
+            with clock.phase("baseline_export"):
+                made = _protect(dsn, points_dir, plugin)
+            with clock.phase("workload"):
+                run_workload(
+                    conn, transactions - before, accounts, progress=progress, first=before,
+                    per_commit=per_commit,
+                )  # fmt: skip
+            with clock.phase("drop"):
+                _, gone = drop_with_truth(conn)
         path = Path(audit_path) if audit_path else keep_dir / "transactions.parquet"
-        t0 = time.monotonic()
-        result, chosen, event = _recover_by_runbook(
-            dsn, made.slot, points_dir, plugin, path, progress
-        )
-        back = time.monotonic()
-        identical = matches_truth(dsn)
-        seconds |= {
-            "recover": back - t0,
-            "rto": back - gone,
-            "verify": time.monotonic() - back,
-            "total": time.monotonic() - started,
-        }
-        return rehearsal_result(
-            result,
-            transactions=transactions,
-            accounts=accounts,
-            identical=identical and result.exact,
-            stop_lsn=event.lsn,
-            seconds=seconds,
-            kept_dsn=dsn if keep else None,
-            audit_path=str(path) if audit_path or keep else None,
-            baseline={
-                **(result.baseline or {}),
-                "slot_point": str(made.consistent_lsn),
-                "exported_rows": chosen.table.rows,
-                "found": event.describe(),
-            },
-        )
+        result, chosen, event = _recover_by_runbook(dsn, points_dir, plugin, path, progress, clock)
+        clock.seconds["rto"] = time.monotonic() - gone
+        with clock.phase("verify"):
+            identical = matches_truth(dsn)
+    drilled = Drilled(
+        transactions,
+        accounts,
+        per_commit,
+        identical and result.exact,
+        event.lsn,
+        kept_dsn=dsn if keep else None,
+        audit_path=str(path) if audit_path or keep else None,
+        baseline={
+            **(result.baseline or {}),
+            "slot_point": str(made.consistent_lsn),
+            "exported_rows": chosen.table.rows,
+            "found": event.describe(),
+        },
+    )
+    return rehearsal_result(result, drilled, clock)
 
 
 def _protect(dsn: str, points_dir: Path, plugin: str) -> RecoveryPoint:
@@ -121,28 +118,44 @@ def _protect(dsn: str, points_dir: Path, plugin: str) -> RecoveryPoint:
     return made
 
 
+def _find_drop(dsn: str, points_dir: Path, plugin: str) -> DestructiveEvent:
+    """The runbook's first step: find the DROP in the WAL. The recovery point recorded the
+    table's relation id, so the WAL alone tells its DROP (PostgreSQL 15 on); otherwise it is
+    found as ``walrecover inspect --slot`` finds it, through the point's slot."""
+    point = load_recovery_points(points_dir)[-1]
+    protected = point.baseline(TABLE)
+    assert protected is not None, "the rehearsal's recovery point protects its table"
+    event = drop_of_relation(dsn, TABLE, protected.relation_id, point.consistent_lsn)
+    if event is not None:
+        return event
+    _, event = resolve_stop_before(dsn, point.slot, TABLE, "drop", options=plugin_options(plugin))
+    return event
+
+
 def _recover_by_runbook(
     dsn: str,
-    slot: str,
     points_dir: Path,
     plugin: str,
     path: Path,
     progress: ProgressCallback | None,
+    clock: PhaseClock,
 ) -> tuple[RecoveryResult, ProtectedStart, DestructiveEvent]:
-    """The runbook: find the DROP (inspect), the newest point before it, recover from both."""
-    options = plugin_options(plugin)
-    stop, event = resolve_stop_before(dsn, slot, TABLE, "drop", options=options)
-    chosen = choose_point(points_dir, dsn, TABLE, stop, plugin_options=options)
-    result = recover(
-        dsn,
-        chosen.slot,
-        TABLE,
-        stop=stop,
-        ledger=LEDGER,
-        audit_path=path,
-        progress=progress,
-        options=chosen.plugin_options or None,
-        ddl=RECOVERED_DDL if plugin == "test_decoding" else None,
-        baseline=chosen.baseline,
-    )
+    """The runbook: find the DROP, the newest point before it, recover from both."""
+    with clock.phase("inspect"):
+        event = _find_drop(dsn, points_dir, plugin)
+    stop = event.stop_point()
+    with clock.phase("recover"):
+        chosen = choose_point(points_dir, dsn, TABLE, stop, plugin_options=plugin_options(plugin))
+        result = recover(
+            dsn,
+            chosen.slot,
+            TABLE,
+            stop=stop,
+            ledger=LEDGER,
+            audit_path=path,
+            progress=progress,
+            options=chosen.plugin_options or None,
+            ddl=RECOVERED_DDL if plugin == "test_decoding" else None,
+            baseline=chosen.baseline,
+        )
     return result, chosen, event

@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_MASS",
     "STOP_KINDS",
     "Inspection",
+    "drop_of_relation",
     "inspect_table",
     "resolve_stop_before",
     "settled",
@@ -222,6 +223,41 @@ def resolve_stop_before(
     )
     event = found.choose(kind)
     return event.stop_point(), event
+
+
+def drop_of_relation(
+    dsn: str | None, table: TableName, relation_id: int, after: Lsn
+) -> DestructiveEvent | None:
+    """The DROP of ``table``'s relation ``relation_id``, committed at or after ``after``,
+    found in one pass over the server's WAL without reading any slot.
+
+    For a relation whose oid is already known (a recovery point of ``walrecover protect``
+    records the table's oid and its consistent LSN), so the name need not be tied to the
+    relation through a slot's changes as :func:`inspect_table` does. None when the WAL cannot
+    tell: no WAL reader, or a server before PostgreSQL 15, whose commit records do not list the
+    oids of the relations they dropped; then :func:`resolve_stop_before` finds it.
+    """
+    conn = connect(dsn, autocommit=True, role="source")
+    try:
+        database, _ = _catalog(conn, table)
+        opened, _ = open_wal(conn, dsn, wal_dir=None, install=False)
+        if opened is None:
+            return None
+        try:
+            start, end = wal_range(conn, opened, after)
+            facts = collect(opened.reader, start, end, database)
+        finally:
+            close = getattr(opened.reader, "close", None)
+            if close is not None:
+                close()
+    finally:
+        conn.close()
+    for drop in facts.drops:
+        if relation_id in drop.dropped_relations(database):
+            return DestructiveEvent(
+                "drop", drop.lsn, drop.xid, drop.time, relation_id, end_lsn=drop.end_lsn
+            )
+    return None
 
 
 def settled(reasons: tuple[str, ...], table: TableName, event: DestructiveEvent) -> tuple[str, ...]:

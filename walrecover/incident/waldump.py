@@ -114,14 +114,20 @@ class WalDump:
             "--rmgr=Transaction",
             "--rmgr=Storage",
             "--rmgr=Heap",
-            "--rmgr=Heap2",
         ]
+        # Without files or LSNs to look for, a row record is wanted only if it is a TRUNCATE
+        # (see wanted): the others, most of the WAL, are skipped before they are parsed.
+        rows = bool(files or lsns)
+        if rows:
+            command.append("--rmgr=Heap2")
         env = {**os.environ, "TZ": "UTC", "LC_ALL": "C"}
         with subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         ) as process:
             assert process.stdout is not None and process.stderr is not None
             for line in process.stdout:
+                if not rows and line.startswith("rmgr: Heap ") and "desc: TRUNCATE" not in line:
+                    continue
                 record = self._parse(line.rstrip("\n"))
                 if record is not None and wanted(record, files, lsns):
                     yield record

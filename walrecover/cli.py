@@ -33,6 +33,7 @@ from .audit.verify import verify_audit
 from .db import redact
 from .drill.rehearsal import rehearse
 from .drill.rehearsal_baseline import rehearse_baseline
+from .drill.workload import PER_COMMIT
 from .errors import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -1166,7 +1167,7 @@ def decode_command(
 )
 @click.option(
     "--per-commit",
-    default=100,
+    default=PER_COMMIT,
     show_default=True,
     type=click.IntRange(1),
     help="Ledger transactions per commit in the workload (1: each one commits on its own).",

@@ -51,6 +51,8 @@ STATUS_INTERVAL = 10.0
 IDLE_PING = 0.5
 _XLOGDATA = struct.Struct(">QQq")
 _KEEPALIVE = struct.Struct(">QQB")
+_U64 = struct.Struct(">Q")
+_W, _K = ord("w"), ord("k")
 _PGOUTPUT_BEGIN = struct.Struct(">QqI")
 #: Longest WAL page header (a segment's first page): a record "starts" after it.
 _LONG_PAGE_HEADER = 40
@@ -233,32 +235,36 @@ class ReplicationStream:
         return wal_end % self.block_size == 0 and end - wal_end <= _LONG_PAGE_HEADER
 
     def _frames(self) -> Iterator[tuple[str, int, bytes]]:
-        """(``w``, dataStart, data) and (``k``, walEnd, b"") frames; answers keepalives."""
+        """(``w``, dataStart, data) and (``k``, walEnd, b"") frames; answers keepalives, sends
+        a status update now and then, and asks for a keepalive when the server goes quiet."""
         pgconn = self.conn.pgconn
-        idle_since = time.monotonic()
-        pinged = False
+        idle_since: float | None = None
+        frames = 0
         while True:
             size, buffer = pgconn.get_copy_data(1)
             if size > 0:
-                frame = bytes(buffer)
-                kind = frame[:1]
-                if kind == b"w":
-                    start, _, _ = _XLOGDATA.unpack_from(frame, 1)
+                idle_since = None
+                kind = buffer[0]
+                if kind == _W:
+                    start = _U64.unpack_from(buffer, 1)[0]
                     self.received = max(self.received, start)
-                    idle_since, pinged = time.monotonic(), False
-                    yield "w", start, frame[_XLOGDATA.size + 1 :]
-                elif kind == b"k":
-                    wal_end, _, reply = _KEEPALIVE.unpack_from(frame, 1)
+                    yield "w", start, bytes(buffer[_XLOGDATA.size + 1 :])
+                elif kind == _K:
+                    wal_end, _, reply = _KEEPALIVE.unpack_from(buffer, 1)
                     if reply:
                         self._status(force=True)
                     yield "k", wal_end, b""
-                self._status()
+                frames += 1
+                if frames & 0xFF == 0:
+                    self._status()
                 continue
             if size == 0:
                 now = time.monotonic()
-                if not pinged and now - idle_since > IDLE_PING:
+                if idle_since is None:
+                    idle_since = now
+                elif now - idle_since > IDLE_PING:
                     self._status(force=True, reply=True)
-                    pinged = True
+                    idle_since = now
                 self._wait(pgconn)
                 continue
             raise self._error(pgconn.get_result())

@@ -21,14 +21,13 @@ from types import TracebackType
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from ...db import Connection, connect, not_utf8, one, safe_dsn
+from ...db import Connection, connect, one, safe_dsn
 from ...errors import (
     ConfigurationError,
     DecodeError,
     PrivilegeError,
     SlotError,
     WalrecoverError,
-    first_line,
 )
 from ..decoders import (
     PLUGINS,
@@ -58,6 +57,7 @@ from .catalog import (
 )
 from .pages import read_pages
 from .publications import check_publications, publication_names
+from .read_errors import read_error
 from .replication import ReplicationStream, streamable
 
 COPY_PREFIX = "walrecover_"
@@ -242,10 +242,11 @@ class SlotSource:
         )
         if streaming is not None:
             self.warnings.append(
-                f"-o {streaming} is not used: walrecover reads the slot in pages, each a new "
-                "decoding session, and the server would stream a transaction still open at a "
-                "page's end again from its start; without streaming it sends each "
-                "transaction whole at its commit, which decodes to the same changes"
+                f"-o {streaming} is not used: walrecover reads each transaction whole, once "
+                "its commit says on which side of the read's end it falls (and a read in pages "
+                "would stream a transaction open at a page's end again from its start); "
+                "without streaming the server sends each transaction whole at its commit, "
+                "which decodes to the same changes"
             )
         if plugin == "pgoutput":
             unproven, warnings = check_publications(
@@ -345,52 +346,7 @@ class SlotSource:
 
     def read_error(self, exc: psycopg.Error, conn: Connection, last: Lsn | None) -> WalrecoverError:
         """What a failed read (a page or the stream) means, and what to do about it."""
-        if isinstance(exc, psycopg.errors.UndefinedFile):
-            return ConfigurationError(
-                f"output plugin {self.plugin!r} is not installed on the source server "
-                f"({exc.diag.message_primary}): install it (Debian: "
-                f"postgresql-<major>-{self.plugin})",
-                slot=self.slot,
-            )
-        if isinstance(exc, psycopg.OperationalError):
-            return SlotError(
-                f"lost the source connection while reading slot {self.slot!r} "
-                f"({first_line(exc)}): "
-                "rerun the command to resume",
-                slot=self.slot,
-            )
-        primary = exc.diag.message_primary or str(exc)
-        if exc.sqlstate == "22021":  # invalid byte sequence for encoding "UTF8"
-            return SlotError(
-                f"slot {self.slot!r} holds text that is not UTF-8 in a change after "
-                f"LSN {last} ({primary}): {not_utf8(conn)}, so "
-                "those rows cannot be carried"
-                + (
-                    "; if they belong to another table, read the slot with "
-                    "--via-plugin wal2json, which leaves other tables out"
-                    if self.plugin != "wal2json"
-                    else ""
-                ),
-                slot=self.slot,
-            )
-        if "publication" in primary and "does not exist" in primary:
-            others = ", ".join(p for p in PLUGINS if p != "pgoutput")
-            return SlotError(
-                f"reading slot {self.slot!r} failed: {primary}. pgoutput looks "
-                "publications up as they were when each change was made, so one "
-                "created after the changes cannot serve: name an older publication "
-                "(-o publication_names=...), or read the slot through another plugin "
-                f"with --via-plugin ({others}); the slot itself is left untouched",
-                slot=self.slot,
-            )
-        if "could not access file" in primary or "could not load library" in primary:
-            return ConfigurationError(
-                f"output plugin {self.plugin!r} is not installed on the source server "
-                f"({primary}): install it (Debian: postgresql-<major>-{self.plugin}) "
-                "or choose another with --via-plugin",
-                slot=self.slot,
-            )
-        return SlotError(f"reading slot {self.slot!r} failed: {primary}", slot=self.slot)
+        return read_error(exc, conn, self.slot, self.plugin, last)
 
     def events(self) -> Iterator[Event]:
         """:meth:`messages` decoded by a fresh decoder for the read's plugin and options (the

@@ -28,6 +28,7 @@ the page reader's, and :class:`~..notices.LossWatch` decides exactly as it does 
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 import struct
 import time
@@ -52,7 +53,13 @@ IDLE_PING = 0.5
 _XLOGDATA = struct.Struct(">QQq")
 _KEEPALIVE = struct.Struct(">QQB")
 _U64 = struct.Struct(">Q")
-_W, _K = ord("w"), ord("k")
+_W, _K, _B, _C = ord("w"), ord("k"), ord("B"), ord("C")
+#: Where an XLogData's payload starts (after 'w', dataStart, walEnd, sendTime).
+_DATA_AT = 1 + _XLOGDATA.size
+#: At most this many frames are taken from libpq at a time.
+_BATCH = 512
+#: How long an idle reader naps before it waits on the socket, seconds.
+_NAP = 0.0005
 _PGOUTPUT_BEGIN = struct.Struct(">QqI")
 #: Longest WAL page header (a segment's first page): a record "starts" after it.
 _LONG_PAGE_HEADER = 40
@@ -90,29 +97,39 @@ def replication_command(slot: str, start: Lsn, options: Sequence[tuple[str, str]
     )
 
 
-def _begin_of(plugin: str, data: bytes) -> tuple[int, int] | None:
-    """(commit record start, xid) if ``data`` is a transaction's Begin, else None."""
-    if plugin == "pgoutput":
-        if data[:1] != b"B":
+#: wal2json's one-line Begin with include-xids and include-lsn.
+_W2J_BEGIN = re.compile(r'"xid":(\d+).*?"lsn":"([0-9A-Fa-f]+)/([0-9A-Fa-f]+)"')
+_new_lsn = int.__new__  # a dataStart is a uint64: no range check needed
+
+
+class _Kinds:
+    """Which messages begin and commit a transaction, for one plugin."""
+
+    def __init__(self, binary: bool) -> None:
+        self.pgoutput = binary
+        # pgoutput's kind is its first byte; wal2json's is at {"action":"B".
+        self.at = 0 if binary else 11
+
+    def of(self, data: bytes | str) -> str | None:
+        """``B``, ``C`` or None (any other message)."""
+        if len(data) <= self.at:
             return None
-        final_lsn, _, xid = _PGOUTPUT_BEGIN.unpack_from(data, 1)
-        return final_lsn, xid
-    if not data.startswith(b'{"action":"B"'):
+        kind = data[self.at]
+        if self.pgoutput:
+            return "B" if kind == _B else "C" if kind == _C else None
+        if kind in ("B", "C") and isinstance(data, str) and data.startswith('{"action":"'):
+            return str(kind)
         return None
-    return int(_field(data, b'"lsn":"', b'"', hexlsn=True)), int(_field(data, b'"xid":', b","))
 
-
-def _field(data: bytes, key: bytes, stop: bytes, *, hexlsn: bool = False) -> int:
-    at = data.index(key) + len(key)
-    end = data.find(stop, at)
-    text = data[at : end if end >= 0 else len(data)].rstrip(b"}")
-    return int(Lsn.parse(text.decode())) if hexlsn else int(text)
-
-
-def _is_commit(plugin: str, data: bytes) -> bool:
-    if plugin == "pgoutput":
-        return data[:1] == b"C"
-    return data.startswith(b'{"action":"C"')
+    def begin(self, data: bytes | str) -> tuple[int, int]:
+        """(where the commit record starts, xid) of a transaction's Begin."""
+        if isinstance(data, bytes):
+            final_lsn, _, xid = _PGOUTPUT_BEGIN.unpack_from(data, 1)
+            return int(final_lsn), int(xid)
+        match = _W2J_BEGIN.search(data)
+        if match is None:
+            raise StreamEnded(f"wal2json Begin without its xid and lsn: {data[:200]}")
+        return (int(match[2], 16) << 32) | int(match[3], 16), int(match[1])
 
 
 class StreamEnded(psycopg.OperationalError):
@@ -159,6 +176,7 @@ class ReplicationStream:
         self._open_xid: int | None = None
         self._last_status = 0.0
         self._page_rows = 0
+        self._failed: psycopg.Error | None = None
         conn.add_notice_handler(notices.handler)
 
     def messages(self) -> Iterator[RawMessage]:
@@ -169,46 +187,54 @@ class ReplicationStream:
         if result is None or result.status != pq.ExecStatus.COPY_BOTH:
             raise self._error(result)
         self.notices.start_page(self.start)
-        total = max(int(self.end) - int(self.start), 0)
+        start, end = int(self.start), int(self.end)
+        total = max(end - start, 0)
         count = 0
-        end = int(self.end)
+        kinds = _Kinds(self.binary)
         # A message the walsender sends before the last of a callback's (pgoutput's Relation
         # and Type) has no LSN of its own; a page gives it the LSN of the message it precedes.
-        held: list[tuple[bytes, int | None]] = []
-        for kind, lsn, data in self._frames():
-            if kind == "k":
-                if self._open_xid is None and self._reached(lsn):
-                    break
-                continue
-            begin = _begin_of(self.plugin, data)
-            if begin is not None:
-                if begin[0] >= end:
-                    break
-                self._open_xid = begin[1]
-                if self.cuts and begin[0] >= self.cuts[0]:
-                    while self.cuts and begin[0] >= self.cuts[0]:
-                        self.cuts.pop(0)
-                    self._new_page()
-            elif self._open_xid is None and lsn > end:
-                break
-            if lsn == 0:
-                held.append((data, self._open_xid))
-                continue
-            count += 1
-            self._page_rows += 1 + len(held)
-            if self.progress is not None and count % 2000 == 0:
-                self.progress("read", min(max(lsn - int(self.start), 0), total), total)
-            at = Lsn(lsn)
-            for early, xid in held:
-                yield RawMessage(early if self.binary else early.decode("utf-8"), at, xid)
-            held.clear()
-            message = RawMessage(data if self.binary else data.decode("utf-8"), at, self._open_xid)
-            if self._open_xid is not None and _is_commit(self.plugin, data):
-                self._open_xid = None
-                yield message
-                self._committed(at)
-            else:
-                yield message
+        held: list[tuple[bytes | str, int | None]] = []
+        while True:
+            for lsn, data in self._batch():
+                if data is None:  # a keepalive: lsn is the walsender's walEnd
+                    if self._open_xid is None and self._reached(lsn):
+                        return self._end(total)
+                    continue
+                kind = kinds.of(data)
+                if kind == "B":
+                    commit, begun = kinds.begin(data)
+                    if commit >= end:
+                        return self._end(total)
+                    self._open_xid = begun
+                    if self.cuts and commit >= self.cuts[0]:
+                        self._cut(commit)
+                elif self._open_xid is None and lsn > end:
+                    return self._end(total)
+                if lsn == 0:
+                    held.append((data, self._open_xid))
+                    continue
+                count += 1
+                if self.progress is not None and count % 2000 == 0:
+                    self.progress("read", min(max(lsn - start, 0), total), total)
+                position: Lsn = _new_lsn(Lsn, lsn)
+                if held:
+                    self._page_rows += len(held)
+                    yield from (RawMessage(early, position, its) for early, its in held)
+                    held.clear()
+                self._page_rows += 1
+                xid = self._open_xid
+                yield RawMessage(data, position, xid)
+                if kind == "C" and xid is not None:
+                    self._open_xid = None
+                    self._committed(position)
+
+    def _cut(self, commit: int) -> None:
+        """A transaction whose commit is at or past a cut LSN starts a page of notices."""
+        while self.cuts and commit >= self.cuts[0]:
+            self.cuts.pop(0)
+        self._new_page()
+
+    def _end(self, total: int) -> None:
         self._finish()
         self.notices.end_page(self.last_commit)
         if self.progress is not None:
@@ -234,42 +260,61 @@ class ReplicationStream:
             return True
         return wal_end % self.block_size == 0 and end - wal_end <= _LONG_PAGE_HEADER
 
-    def _frames(self) -> Iterator[tuple[str, int, bytes]]:
-        """(``w``, dataStart, data) and (``k``, walEnd, b"") frames; answers keepalives, sends
-        a status update now and then, and asks for a keepalive when the server goes quiet."""
-        pgconn = self.conn.pgconn
+    def _batch(self) -> list[tuple[int, bytes | str | None]]:
+        """The frames libpq holds now, waiting for some if it holds none: (dataStart, data) for
+        XLogData (bytes for a binary plugin, else text), (walEnd, None) for a keepalive
+        (answered at once when it asks for a reply).
+        While the server is quiet, a status update asking for a reply now and then makes it
+        say how far it has read."""
+        if self._failed is not None:
+            raise self._failed
+        get, binary = self.conn.pgconn.get_copy_data, self.binary
+        frames: list[tuple[int, bytes | str | None]] = []
         idle_since: float | None = None
-        frames = 0
-        while True:
-            size, buffer = pgconn.get_copy_data(1)
+        while len(frames) < _BATCH:
+            size, buffer = get(1)
             if size > 0:
-                idle_since = None
                 kind = buffer[0]
                 if kind == _W:
-                    start = _U64.unpack_from(buffer, 1)[0]
-                    self.received = max(self.received, start)
-                    yield "w", start, bytes(buffer[_XLOGDATA.size + 1 :])
+                    payload = buffer[_DATA_AT:]
+                    frames.append(
+                        (
+                            _U64.unpack_from(buffer, 1)[0],
+                            bytes(payload) if binary else str(payload, "utf-8"),
+                        )
+                    )
                 elif kind == _K:
                     wal_end, _, reply = _KEEPALIVE.unpack_from(buffer, 1)
                     if reply:
                         self._status(force=True)
-                    yield "k", wal_end, b""
-                frames += 1
-                if frames & 0xFF == 0:
-                    self._status()
+                    frames.append((wal_end, None))
                 continue
-            if size == 0:
-                now = time.monotonic()
-                if idle_since is None:
-                    idle_since = now
-                elif now - idle_since > IDLE_PING:
-                    self._status(force=True, reply=True)
-                    idle_since = now
-                self._wait(pgconn)
-                continue
-            raise self._error(pgconn.get_result())
+            if size < 0:
+                error = self._error(self.conn.pgconn.get_result())
+                if not frames:
+                    raise error
+                self._failed = error  # after what came before it
+                break
+            if frames:
+                break
+            now = time.monotonic()
+            if idle_since is None:
+                idle_since = now
+            elif now - idle_since > IDLE_PING:
+                self._status(force=True, reply=True)
+                idle_since = now
+            self._wait()
+        if frames:
+            self.received = max(self.received, *(f[0] for f in frames))
+        self._status()
+        return frames
 
-    def _wait(self, pgconn: pq.abc.PGconn) -> None:
+    def _wait(self) -> None:
+        """Until the socket has data (or a while), then take it into libpq's buffer; a short
+        nap first lets a few messages gather, so a client faster than the server does not wake
+        once per message."""
+        pgconn = self.conn.pgconn
+        time.sleep(_NAP)
         ready, _, _ = select.select([pgconn.socket], [], [], IDLE_PING)
         if ready:
             pgconn.consume_input()

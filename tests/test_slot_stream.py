@@ -26,6 +26,7 @@ from helpers import (
 from walrecover.drill.cluster import Cluster
 from walrecover.errors import SlotError
 from walrecover.stream.decoders import decode_all, make_decoder
+from walrecover.stream.lsn import Lsn
 from walrecover.stream.model import Begin, Change, Commit, Event, TableName
 from walrecover.stream.sources.slot import SlotSource
 
@@ -196,3 +197,26 @@ def test_reading_twice_streams_on_a_new_connection(db: Database) -> None:
 def test_read_mode_is_checked() -> None:
     with pytest.raises(ValueError, match="read must be one of"):
         SlotSource(None, SLOT, read="fast")
+
+
+def test_notices_land_in_the_same_pages_as_in_a_paged_read(db: Database) -> None:
+    """wal2json's warnings about changes it left out arrive between the stream's messages; the
+    stream files them in pages cut where the page reader cuts (the stop point, the page size),
+    so the log of notices is the page reader's, page for page."""
+    db.execute("CREATE TABLE t (id integer, v text)")  # no key: updates and deletes left out
+    db.create_slot(SLOT, "wal2json")
+    run_script(db, [f"INSERT INTO t VALUES ({i}, 'a')" for i in range(1, 13)])
+    run_script(db, ["UPDATE t SET v = 'b' WHERE id = 1"])
+    stop = Lsn.parse(db.lsn())
+    run_script(db, [f"INSERT INTO t VALUES ({i}, 'c')" for i in range(20, 26)])
+    run_script(db, ["UPDATE t SET v = 'd' WHERE id = 2", "DELETE FROM t WHERE id = 3",
+                    "INSERT INTO t VALUES (30, 'e')", "DELETE FROM t WHERE id = 4"])  # fmt: skip
+    logs = {}
+    with source_untouched(db):
+        for mode in ("stream", "pages"):
+            with SlotSource(db.dsn, SLOT, tables=[T], stop_lsn=stop, page_size=9, read=mode) as src:
+                assert src.reading == mode
+                list(src.messages())
+                logs[mode] = [(p.after, p.last, dict(p.notices)) for p in src.notices.pages]
+    assert logs["stream"] == logs["pages"]
+    assert sum(len(notices) > 0 for _, _, notices in logs["stream"]) >= 2

@@ -33,7 +33,9 @@ import select
 import struct
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 from psycopg import pq
@@ -132,6 +134,15 @@ class _Kinds:
         return (int(match[2], 16) << 32) | int(match[3], 16), int(match[1])
 
 
+@dataclass(frozen=True, slots=True)
+class _Notice:
+    """What :meth:`NoticeLog.handler` reads of a notice."""
+
+    severity_nonlocalized: str | None
+    severity: str | None
+    message_primary: str | None
+
+
 class StreamEnded(psycopg.OperationalError):
     """The server ended the replication stream before the end LSN."""
 
@@ -177,7 +188,10 @@ class ReplicationStream:
         self._last_status = 0.0
         self._page_rows = 0
         self._failed: psycopg.Error | None = None
-        conn.add_notice_handler(notices.handler)
+        self._carry: tuple[int, bytes | str | None] | None = None
+        self._notices: list[_Notice] = []
+        self._noticed = False
+        conn.add_notice_handler(self._on_notice)
 
     def messages(self) -> Iterator[RawMessage]:
         """The copy's messages up to the end LSN, whole transactions only."""
@@ -235,7 +249,9 @@ class ReplicationStream:
         self._new_page()
 
     def _end(self, total: int) -> None:
+        self._deliver()
         self._finish()
+        self._deliver()
         self.notices.end_page(self.last_commit)
         if self.progress is not None:
             self.progress("read", total, total)
@@ -263,31 +279,32 @@ class ReplicationStream:
     def _batch(self) -> list[tuple[int, bytes | str | None]]:
         """The frames libpq holds now, waiting for some if it holds none: (dataStart, data) for
         XLogData (bytes for a binary plugin, else text), (walEnd, None) for a keepalive
-        (answered at once when it asks for a reply).
-        While the server is quiet, a status update asking for a reply now and then makes it
-        say how far it has read."""
+        (answered at once when it asks for a reply). While the server is quiet, a status update
+        asking for a reply now and then makes it say how far it has read.
+
+        A batch ends at a notice: libpq reports it while taking the frame that follows it, and
+        it is filed (:meth:`_deliver`) only once the frames before it were consumed, so it
+        lands in the page it arrived in."""
+        self._deliver()
         if self._failed is not None:
             raise self._failed
-        get, binary = self.conn.pgconn.get_copy_data, self.binary
+        get = self.conn.pgconn.get_copy_data
         frames: list[tuple[int, bytes | str | None]] = []
+        if self._carry is not None:
+            frames.append(self._carry)
+            self._carry = None
         idle_since: float | None = None
         while len(frames) < _BATCH:
             size, buffer = get(1)
+            if self._noticed and frames:
+                if size > 0:
+                    self._carry = self._frame(buffer)
+                elif size < 0:
+                    self._failed = self._error(self.conn.pgconn.get_result())
+                break
+            self._deliver()
             if size > 0:
-                kind = buffer[0]
-                if kind == _W:
-                    payload = buffer[_DATA_AT:]
-                    frames.append(
-                        (
-                            _U64.unpack_from(buffer, 1)[0],
-                            bytes(payload) if binary else str(payload, "utf-8"),
-                        )
-                    )
-                elif kind == _K:
-                    wal_end, _, reply = _KEEPALIVE.unpack_from(buffer, 1)
-                    if reply:
-                        self._status(force=True)
-                    frames.append((wal_end, None))
+                frames.append(self._frame(buffer))
                 continue
             if size < 0:
                 error = self._error(self.conn.pgconn.get_result())
@@ -308,6 +325,34 @@ class ReplicationStream:
             self.received = max(self.received, *(f[0] for f in frames))
         self._status()
         return frames
+
+    def _frame(self, buffer: memoryview) -> tuple[int, bytes | str | None]:
+        if buffer[0] == _W:
+            payload = buffer[_DATA_AT:]
+            return (
+                _U64.unpack_from(buffer, 1)[0],
+                bytes(payload) if self.binary else str(payload, "utf-8"),
+            )
+        wal_end, _, reply = _KEEPALIVE.unpack_from(buffer, 1)  # 'k', the only other kind
+        if reply:
+            self._status(force=True)
+        return wal_end, None
+
+    def _on_notice(self, diag: Any) -> None:
+        """Keep a notice until the frames before it were consumed (libpq's result behind
+        ``diag`` is gone once this returns: copy what the log reads)."""
+        self._notices.append(
+            _Notice(diag.severity_nonlocalized, diag.severity, diag.message_primary)
+        )
+        self._noticed = True
+
+    def _deliver(self) -> None:
+        """File the notices kept so far in the current page."""
+        if self._noticed:
+            for notice in self._notices:
+                self.notices.handler(notice)
+            self._notices.clear()
+            self._noticed = False
 
     def _wait(self) -> None:
         """Until the socket has data (or a while), then take it into libpq's buffer; a short

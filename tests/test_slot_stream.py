@@ -28,6 +28,7 @@ from walrecover.errors import SlotError
 from walrecover.stream.decoders import decode_all, make_decoder
 from walrecover.stream.lsn import Lsn
 from walrecover.stream.model import Begin, Change, Commit, Event, TableName
+from walrecover.stream.sources.replication import streamable
 from walrecover.stream.sources.slot import SlotSource
 
 T = TableName("public", "t")
@@ -220,3 +221,16 @@ def test_notices_land_in_the_same_pages_as_in_a_paged_read(db: Database) -> None
                 logs[mode] = [(p.after, p.last, dict(p.notices)) for p in src.notices.pages]
     assert logs["stream"] == logs["pages"]
     assert sum(len(notices) > 0 for _, _, notices in logs["stream"]) >= 2
+
+
+def test_only_what_carries_the_commit_position_is_streamed() -> None:
+    """A Begin must say where its commit record starts (pgoutput's final_lsn, wal2json's lsn)
+    and the xid must be in the messages; everything else is read in pages."""
+    assert streamable("pgoutput", [("proto_version", "1"), ("publication_names", "p")])
+    assert not streamable("pgoutput", [("two_phase", "on")])
+    w2j = [("format-version", "2"), ("include-xids", "1"), ("include-lsn", "1"),
+           ("include-transaction", "1")]  # fmt: skip
+    assert streamable("wal2json", w2j)
+    assert not streamable("wal2json", [*w2j, ("include-lsn", "0")])
+    assert not streamable("wal2json", [*w2j, ("format-version", "1")])
+    assert not streamable("test_decoding", [("include-xids", "1")])

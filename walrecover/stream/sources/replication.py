@@ -68,12 +68,13 @@ _TRUE = ("1", "true", "on", "yes", "t", "y")
 
 def streamable(plugin: str, options: Sequence[tuple[str, str]]) -> bool:
     """Whether ``plugin`` with ``options`` can be streamed with the same result as pages: its
-    Begin must say where the commit record starts, and the xid must be in the messages."""
+    Begin must say where the commit record starts, and the xid must be in the messages (a
+    prepared transaction's Begin Prepare says neither where nor whether it commits)."""
+    given = dict(options)
     if plugin == "pgoutput":
-        return True
+        return given.get("two_phase", "off").strip().lower() not in _TRUE
     if plugin != "wal2json":
         return False
-    given = dict(options)
     if given.get("format-version", "1") != "2":
         return False
     return all(

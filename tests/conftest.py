@@ -27,6 +27,7 @@ import pytest
 from helpers import Database
 
 from walrecover.drill.cluster import Cluster, find_installation
+from walrecover.stream.sources.slot import SlotSource
 
 _counter = itertools.count(1)
 
@@ -116,3 +117,17 @@ def db(cluster: Cluster) -> Iterator[Database]:
             (name,),
         )
         conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["stream", "pages"])
+def read_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test once per way of reading a slot copy (``SlotSource(read=...)``): streamed
+    through a replication connection, and in SQL pages. In-process runs only (the CLI helper)."""
+    defaults = SlotSource.__init__.__kwdefaults__
+    assert defaults is not None and "read" in defaults
+    before = defaults["read"]
+    defaults["read"] = request.param
+    try:
+        yield str(request.param)
+    finally:
+        defaults["read"] = before

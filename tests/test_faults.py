@@ -334,7 +334,11 @@ CUT_POINTS = (0.2, 0.75)
 
 
 def _source_backend(dsn: str, database: str) -> int | None:
+    """The session reading the slot copy: its walsender (the copy streamed), or the backend
+    of its SQL pages."""
     for pid, _state, query in walrecover_backends(dsn, database):
+        if "START_REPLICATION" in query:
+            return pid
         if "pg_logical_slot_get" in query or "walrecover_page" in query:
             return pid
     return None
@@ -349,9 +353,9 @@ def _target_backend(dsn: str, database: str) -> int | None:
 def test_terminated_backend_is_a_one_line_error_and_rerun_completes(
     ledger: Ledger, which: str
 ) -> None:
-    """``pg_terminate_backend`` on walrecover's source session (the one reading the slot copy
-    with pg_logical_slot_get_changes) or on its target session (COPY/UPDATE into the rebuilt
-    table, in a separate --target database) at several points of the run."""
+    """``pg_terminate_backend`` on walrecover's source session (the one reading the slot copy:
+    its walsender, or the backend of its SQL pages) or on its target session (COPY/UPDATE into
+    the rebuilt table, in a separate --target database) at several points of the run."""
     db = ledger.db
     target_db = f"{db.name}_target"
     target_dsn = db.cluster.dsn(target_db)

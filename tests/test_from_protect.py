@@ -224,7 +224,7 @@ def test_reconciling_an_audit_with_a_baseline_is_refused(
 
 
 def test_changes_a_plugin_left_out_before_the_baseline_are_not_lost(
-    db: Database, tmp_path: Path
+    db: Database, tmp_path: Path, read_mode: str
 ) -> None:
     """wal2json leaves the updates of a keyless table out of the stream (and warns). Those
     committed before the baseline's point are in the baseline, so nothing is lost; the run
@@ -256,7 +256,7 @@ def test_changes_a_plugin_left_out_before_the_baseline_are_not_lost(
 
 
 def test_changes_left_out_after_the_baseline_are_still_refused(
-    db: Database, tmp_path: Path
+    db: Database, tmp_path: Path, read_mode: str
 ) -> None:
     """The same keyless table with an update after the baseline's point: still refused."""
     db.execute("CREATE TABLE t (id integer, v text)")

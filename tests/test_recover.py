@@ -252,7 +252,9 @@ def test_toasted_values_survive_updates_of_other_columns(db: Database, batch_siz
 
 
 @pytest.mark.parametrize("kind", ["lsn", "xid", "time"])
-def test_stop_point_leaves_out_the_stop_transaction_and_later(db: Database, kind: str) -> None:
+def test_stop_point_leaves_out_the_stop_transaction_and_later(
+    db: Database, kind: str, read_mode: str
+) -> None:
     work = stop_workload(db)
     stop = {
         "lsn": StopPoint(lsn=work.lsn),
@@ -280,7 +282,7 @@ def test_stop_point_leaves_out_the_stop_transaction_and_later(db: Database, kind
     ids=["lsn-at-commit", "lsn-after-commit", "time-at-commit", "time-after-commit"],
 )
 def test_stop_point_boundary_is_the_commit_record(
-    db: Database, kind: str, offset: int, expected: str
+    db: Database, kind: str, offset: int, expected: str, read_mode: str
 ) -> None:
     """A stop exactly at a transaction's commit (LSN or time) leaves it out; one unit later
     lets it in."""
@@ -514,7 +516,9 @@ def test_table_names_that_need_quoting(db: Database, schema: str, name: str) -> 
     assert differences(db, "truth", into) == (0, 0)
 
 
-def test_damaged_table_with_recent_asynchronous_commits_is_complete(db: Database) -> None:
+def test_damaged_table_with_recent_asynchronous_commits_is_complete(
+    db: Database, read_mode: str
+) -> None:
     """A damaged (not dropped) table: no DROP forces a WAL flush, commits are asynchronous
     (synchronous_commit = off), and the run starts right after them. Every transaction committed
     before the run started must be in the rebuilt table."""

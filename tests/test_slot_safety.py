@@ -64,7 +64,9 @@ def recover_cli(db: Database, *extra: str, slot: str = SLOT) -> tuple[int, str, 
 
 
 @pytest.mark.parametrize("kind", list(UNIDENTIFIABLE))
-def test_wal2json_changes_it_cannot_identify_are_lost_data(db: Database, kind: str) -> None:
+def test_wal2json_changes_it_cannot_identify_are_lost_data(
+    db: Database, kind: str, read_mode: str
+) -> None:
     db.execute(UNIDENTIFIABLE[kind])
     db.create_slot()
     run_script(db, HISTORY)
@@ -114,7 +116,9 @@ def _lost_after_the_stop(db: Database) -> tuple[Lsn, str]:
     return lsn, moment
 
 
-def test_a_lost_change_after_an_lsn_stop_point_is_only_a_warning(db: Database) -> None:
+def test_a_lost_change_after_an_lsn_stop_point_is_only_a_warning(
+    db: Database, read_mode: str
+) -> None:
     """The read pages never cross an LSN stop point, so a change left out after it is known not
     to matter: exit 0, the table exact, and a warning."""
     lsn, _ = _lost_after_the_stop(db)
@@ -125,7 +129,7 @@ def test_a_lost_change_after_an_lsn_stop_point_is_only_a_warning(db: Database) -
     assert "wal2json left 2 UPDATEs, 1 DELETE of public.t" in stderr
 
 
-def test_a_lost_change_beside_a_time_stop_point_is_not_proven(db: Database) -> None:
+def test_a_lost_change_beside_a_time_stop_point_is_not_proven(db: Database, read_mode: str) -> None:
     """The same stop given as a time falls in the one page that holds the lost changes: the
     table may be right, but walrecover cannot prove it, so exit 4 saying how to decide."""
     _, moment = _lost_after_the_stop(db)
@@ -138,7 +142,7 @@ def test_a_lost_change_beside_a_time_stop_point_is_not_proven(db: Database) -> N
     assert "--stop-before-lsn" in reasons[0]
 
 
-def test_notices_about_other_tables_are_warnings(db: Database) -> None:
+def test_notices_about_other_tables_are_warnings(db: Database, read_mode: str) -> None:
     db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text); CREATE TABLE u (n integer)")
     db.create_slot()
     run_script(
@@ -160,7 +164,7 @@ def test_notices_about_other_tables_are_warnings(db: Database) -> None:
     assert "left that change out" in warned[0]
 
 
-def test_decode_surfaces_the_server_warnings(db: Database) -> None:
+def test_decode_surfaces_the_server_warnings(db: Database, read_mode: str) -> None:
     db.execute(UNIDENTIFIABLE["replica_identity_nothing"])
     db.create_slot()
     run_script(db, HISTORY)

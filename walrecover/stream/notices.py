@@ -20,7 +20,7 @@ each transaction lies in exactly one page, once streaming is off (see ``sources`
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,15 @@ class NoticeLog:
     def __init__(self) -> None:
         #: Page 0 holds what arrived before reading (while copying the slot).
         self.pages: list[Page] = [Page(0, None)]
+        #: Set by a source whose notices arrive while a page is read (a stream, not SQL pages):
+        #: reads the current page to its end, so its notices are all known (see :meth:`settle`).
+        self.complete: Callable[[], None] | None = None
+
+    def settle(self) -> None:
+        """Make the current page's notices complete, as a page read's are once it started
+        (a reader that stopped early, at the stop point, has not heard the rest)."""
+        if self.complete is not None:
+            self.complete()
 
     @property
     def current(self) -> Page:
@@ -262,6 +271,7 @@ class LossWatch:
         warnings: list[str] = []
         if not self.stopped:
             return unproven, warnings
+        self.log.settle()
         for page in self.log.pages[self._stop_page :]:
             lost = self.log.lost(page, self.table)
             if not lost:

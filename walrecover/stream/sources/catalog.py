@@ -115,6 +115,19 @@ def wait_for_flush(conn: Connection, timeout: float = 30.0) -> Lsn:
         time.sleep(0.05)
 
 
+def wait_released(conn: Connection, slot: str, timeout: float = 10.0) -> None:
+    """Wait until no walsender holds ``slot`` (one whose connection just closed may take a
+    moment to exit), so it can be dropped; give up quietly after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = conn.execute(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ).fetchone()
+        if row is None or not row[0]:
+            return
+        time.sleep(0.02)
+
+
 def check_server(conn: Connection) -> None:
     """Raise :class:`ConfigurationError` unless the server can do logical decoding."""
     (level,) = one(conn, "SHOW wal_level")

@@ -1,13 +1,14 @@
 """Sources yield a plugin's raw messages; a slot source never moves the user's slot.
 
 :class:`SlotSource` copies the user's slot into a permanent ``walrecover_<pid>_<token>`` slot with
-``pg_copy_logical_replication_slot`` and consumes the *copy* in pages with
-``pg_logical_slot_get_changes``. Consuming (not peeking) the copy is what keeps the work linear:
-each page starts where the previous one ended, while repeated peeks would re-decode from the
-start every time. Rows of a page are fetched through a server-side cursor, so client memory stays
-bounded even for one enormous transaction. The copy is permanent because a temporary slot vanishes
-on any error in its session; it is dropped when done, and a copy left by a crashed run (its
-backend pid, part of its name, no longer alive) is swept at the next start.
+``pg_copy_logical_replication_slot`` and consumes the *copy*: streamed by a walsender on a
+``replication=database`` connection (:mod:`.replication`, the default: half the server's CPU of
+SQL pages, and the server decodes while the client applies), or in SQL pages with
+``pg_logical_slot_get_changes`` (:mod:`.pages`) where a replication connection is refused
+(``pg_hba.conf`` has no ``replication`` line) or ``read="pages"`` asks for it. Both yield the
+same messages. The copy is permanent because a temporary slot vanishes on any error in its
+session; it is dropped when done, and a copy left by a crashed run (its backend pid, part of its
+name, no longer alive) is swept at the next start.
 """
 
 from __future__ import annotations
@@ -18,16 +19,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 
 import psycopg
-from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
-from ...db import Connection, connect, not_utf8, one, safe_dsn
+from ...db import Connection, connect, one, safe_dsn
 from ...errors import (
     ConfigurationError,
     DecodeError,
     PrivilegeError,
     SlotError,
     WalrecoverError,
-    first_line,
 )
 from ..decoders import (
     PLUGINS,
@@ -51,18 +51,26 @@ from .catalog import (
     read_slot,
     sweep_copies,
     wait_for_flush,
+    wait_released,
     widen_xid,
     xid_status,
 )
+from .pages import read_pages
 from .publications import check_publications, publication_names
+from .read_errors import read_error
+from .replication import ReplicationStream, streamable
 
 COPY_PREFIX = "walrecover_"
+#: How the copy is read: streamed through a replication connection, or in SQL pages.
+READ_MODES = ("stream", "pages")
 
 
 class SlotSource:
     """Raw messages of a user's slot, read through a copy that is dropped afterwards.
 
     Use as a context manager; :meth:`messages` yields :class:`RawMessage` in stream order.
+    ``read``: ``stream`` (the default; falls back to pages when the server refuses a
+    replication connection or the options cannot be streamed) or ``pages``.
     """
 
     def __init__(
@@ -77,7 +85,10 @@ class SlotSource:
         fetch_size: int = 5_000,
         progress: ProgressCallback | None = None,
         stop_lsn: Lsn | None = None,
+        read: str = "stream",
     ) -> None:
+        if read not in READ_MODES:
+            raise ValueError(f"read must be one of {READ_MODES}, not {read!r}")
         self.dsn = dsn
         self.slot = slot
         self.tables = tuple(tables)
@@ -107,6 +118,14 @@ class SlotSource:
         #: Every notice and warning the server sent while the copy was read.
         self.notices = NoticeLog()
         self._conn: Connection | None = None
+        #: How the copy is asked to be read, and how it is read (known once open).
+        self.read = read
+        self.reading: str | None = None
+        #: Why a stream was asked for but the copy is read in pages (None: it was not).
+        self.stream_refused: str | None = None
+        self._replication: Connection | None = None
+        self._streamed = False
+        self._block_size = 8192
         #: The decoder of the last :meth:`events` (its notes are :meth:`notes`).
         self.decoder: Decoder | None = None
 
@@ -158,10 +177,37 @@ class SlotSource:
             if info.active:
                 self.warnings.append(active_warning(conn, info, self.start_lsn))
             self.end_lsn = wait_for_flush(conn)
+            self._open_stream(conn, plugin)
             conn.autocommit = False
         except BaseException:
             self.close()
             raise
+
+    def _open_stream(self, conn: Connection, plugin: str) -> None:
+        """Open the replication connection the copy is streamed on; read in pages if the
+        server refuses it or the read cannot be streamed exactly."""
+        self.reading = "pages"
+        if self.read != "stream":
+            return
+        if not streamable(plugin, self.options):
+            self.stream_refused = f"{plugin} with these options is read in pages"
+            return
+        if not is_binary(plugin) and self.server_encoding != "UTF8":
+            self.stream_refused = f"the database encoding is {self.server_encoding}"
+            return
+        (block,) = one(conn, "SELECT current_setting('wal_block_size')::int")
+        self._block_size = int(block)
+        try:
+            self._replication = self._connect_replication()
+        except WalrecoverError as exc:
+            self.stream_refused = str(exc)
+            return
+        self.reading = "stream"
+
+    def _connect_replication(self) -> Connection:
+        return connect(
+            make_conninfo(self.dsn or "", replication="database"), autocommit=True, role="source"
+        )
 
     def _check_slot(self, conn: Connection, info: SlotInfo) -> str:
         """Refuse a slot of another database or a plugin walrecover cannot decode; the plugin
@@ -196,10 +242,11 @@ class SlotSource:
         )
         if streaming is not None:
             self.warnings.append(
-                f"-o {streaming} is not used: walrecover reads the slot in pages, each a new "
-                "decoding session, and the server would stream a transaction still open at a "
-                "page's end again from its start; without streaming it sends each "
-                "transaction whole at its commit, which decodes to the same changes"
+                f"-o {streaming} is not used: walrecover reads each transaction whole, once "
+                "its commit says on which side of the read's end it falls (and a read in pages "
+                "would stream a transaction open at a page's end again from its start); "
+                "without streaming the server sends each transaction whole at its commit, "
+                "which decodes to the same changes"
             )
         if plugin == "pgoutput":
             unproven, warnings = check_publications(
@@ -240,113 +287,66 @@ class SlotSource:
         return name
 
     def messages(self) -> Iterator[RawMessage]:
-        """Every message up to the WAL position seen at open, page by page.
-
-        With a stop LSN inside the stream, pages first run up to it and then on to the end, so
-        the transactions of a page lie all before the stop point or all after it (the server
-        ends a call after the WAL record that reaches its ``upto_lsn``: a commit that starts
-        before the stop point is in, one that starts at it is not). Each page's notices are
-        kept in :attr:`notices`.
-        """
+        """Every message up to the WAL position seen at open: streamed through the replication
+        connection when it could be opened, else read in SQL pages (:mod:`.pages`)."""
         conn, copy = self._conn, self.copy_name
         if conn is None or copy is None:
             raise WalrecoverError("the slot source is not open: use it in a with block")
-        flat = [item for pair in self.options for item in pair]
-        start = int(self.start_lsn or 0)
-        total = max(int(self.end_lsn or 0) - start, 0)
-        function = (
-            "pg_logical_slot_get_binary_changes"
-            if is_binary(self.plugin)
-            else "pg_logical_slot_get_changes"
+        if self._replication is None:
+            yield from read_pages(self, conn, copy)
+            return
+        if self._streamed:
+            # A walsender serves one logical START_REPLICATION: a second read needs a new one.
+            with contextlib.suppress(psycopg.Error):
+                self._replication.close()
+            self._replication = self._connect_replication()
+        self._streamed = True
+        stream = ReplicationStream(
+            self._replication,
+            copy,
+            plugin=self.plugin,
+            options=self.options,
+            start=self.start_lsn or Lsn(0),
+            end=self.end_lsn or Lsn(0),
+            notices=self.notices,
+            binary=is_binary(self.plugin),
+            block_size=self._block_size,
+            cuts=[*self.split_lsns, *([self.stop_lsn] if self.stop_lsn is not None else [])],
+            page_size=self.page_size,
+            progress=self.progress,
         )
-        cuts = {*self.split_lsns, *([self.stop_lsn] if self.stop_lsn is not None else [])}
-        inside = sorted(c for c in cuts if start < c < int(self.end_lsn or 0))
-        bounds: list[Lsn | None] = [*inside, self.end_lsn]
-        done = 0
         last: Lsn | None = self.start_lsn
-        for upto in bounds:
-            query = sql.SQL(
-                "SELECT (lsn - '0/0'::pg_lsn)::bigint, xid::text::bigint, data"
-                " FROM {}("
-                "{}, {}::pg_lsn, {}, VARIADIC {}::text[])"
-            ).format(
-                sql.Identifier(function),
-                sql.Literal(copy),
-                sql.Literal(str(upto)),
-                self.page_size,
-                sql.Literal(flat),
-            )
-            rows = self.page_size
-            while rows >= self.page_size:
-                rows = 0
-                self.notices.start_page(last)
-                try:
-                    with conn.transaction(), conn.cursor(name="walrecover_page") as cur:
-                        cur.itersize = self.fetch_size
-                        cur.execute(query)
-                        for position, xid, data in cur:
-                            rows += 1
-                            lsn = last = Lsn(position)
-                            if self.progress is not None and rows % 2000 == 0:
-                                done = min(max(int(lsn) - start, done), total)
-                                self.progress("read", done, total)
-                            yield RawMessage(data, lsn, xid)
-                    self.notices.end_page(last)
-                except psycopg.Error as exc:
-                    raise self._read_error(exc, conn, last) from None
-        if self.progress is not None:
-            self.progress("read", total, total)
+        reading = stream.messages()
+        self.notices.complete = lambda: self._settle(reading, conn)
+        try:
+            for message in reading:
+                last = message.lsn
+                yield message
+        except psycopg.Error as exc:
+            raise self.read_error(exc, conn, last) from None
+        except UnicodeDecodeError as exc:
+            raise SlotError(
+                f"slot {self.slot!r} holds text that is not UTF-8 in a change after LSN "
+                f"{last} ({exc.reason}): those rows cannot be carried",
+                slot=self.slot,
+            ) from None
 
-    def _read_error(
-        self, exc: psycopg.Error, conn: Connection, last: Lsn | None
-    ) -> WalrecoverError:
-        """What a failed page read means, and what to do about it."""
-        if isinstance(exc, psycopg.errors.UndefinedFile):
-            return ConfigurationError(
-                f"output plugin {self.plugin!r} is not installed on the source server "
-                f"({exc.diag.message_primary}): install it (Debian: "
-                f"postgresql-<major>-{self.plugin})",
-                slot=self.slot,
-            )
-        if isinstance(exc, psycopg.OperationalError):
-            return SlotError(
-                f"lost the source connection while reading slot {self.slot!r} "
-                f"({first_line(exc)}): "
-                "rerun the command to resume",
-                slot=self.slot,
-            )
-        primary = exc.diag.message_primary or str(exc)
-        if exc.sqlstate == "22021":  # invalid byte sequence for encoding "UTF8"
-            return SlotError(
-                f"slot {self.slot!r} holds text that is not UTF-8 in a change after "
-                f"LSN {last} ({primary}): {not_utf8(conn)}, so "
-                "those rows cannot be carried"
-                + (
-                    "; if they belong to another table, read the slot with "
-                    "--via-plugin wal2json, which leaves other tables out"
-                    if self.plugin != "wal2json"
-                    else ""
-                ),
-                slot=self.slot,
-            )
-        if "publication" in primary and "does not exist" in primary:
-            others = ", ".join(p for p in PLUGINS if p != "pgoutput")
-            return SlotError(
-                f"reading slot {self.slot!r} failed: {primary}. pgoutput looks "
-                "publications up as they were when each change was made, so one "
-                "created after the changes cannot serve: name an older publication "
-                "(-o publication_names=...), or read the slot through another plugin "
-                f"with --via-plugin ({others}); the slot itself is left untouched",
-                slot=self.slot,
-            )
-        if "could not access file" in primary or "could not load library" in primary:
-            return ConfigurationError(
-                f"output plugin {self.plugin!r} is not installed on the source server "
-                f"({primary}): install it (Debian: postgresql-<major>-{self.plugin}) "
-                "or choose another with --via-plugin",
-                slot=self.slot,
-            )
-        return SlotError(f"reading slot {self.slot!r} failed: {primary}", slot=self.slot)
+    def _settle(self, reading: Iterator[RawMessage], conn: Connection) -> None:
+        """Read the stream on to the end of the current page of notices (its messages are not
+        wanted: the reader stopped early), so the page's notices are complete."""
+        page = self.notices.current.number
+        last: Lsn | None = None
+        try:
+            for message in reading:
+                last = message.lsn
+                if self.notices.current.number != page:
+                    break
+        except psycopg.Error as exc:
+            raise self.read_error(exc, conn, last) from None
+
+    def read_error(self, exc: psycopg.Error, conn: Connection, last: Lsn | None) -> WalrecoverError:
+        """What a failed read (a page or the stream) means, and what to do about it."""
+        return read_error(exc, conn, self.slot, self.plugin, last)
 
     def events(self) -> Iterator[Event]:
         """:meth:`messages` decoded by a fresh decoder for the read's plugin and options (the
@@ -375,6 +375,10 @@ class SlotSource:
         """Drop the copy (on a fresh connection if this one died) and disconnect."""
         conn, self._conn = self._conn, None
         name, self.copy_name = self.copy_name, None
+        replication, self._replication = self._replication, None
+        if replication is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                replication.close()
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
@@ -383,6 +387,8 @@ class SlotSource:
             try:
                 if conn is None or conn.closed or conn.broken:
                     raise psycopg.OperationalError("connection gone")
+                if replication is not None:
+                    wait_released(conn, name)
                 conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
                 # A copy of a run killed just before this one may only now be orphaned.
                 self.swept.extend(sweep_copies(conn))

@@ -22,17 +22,14 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import psycopg
 from tqdm import tqdm
 
 from . import __version__
-from .audit.verify import verify_audit
 from .db import redact
-from .drill.rehearsal import rehearse
-from .drill.rehearsal_baseline import rehearse_baseline
 from .errors import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -44,34 +41,23 @@ from .errors import (
     WalrecoverError,
     first_line,
 )
-from .incident.inspect import DEFAULT_MASS, Inspection, inspect_table, resolve_stop_before
-from .ledger.reconcile import (
-    LedgerFile,
-    LedgerQuery,
-    LedgerSource,
-    RecoveredAudit,
-    RecoveredTable,
-    reconcile,
-)
-from .ledger.result import Reconciliation
+from .incident.inspect import DEFAULT_MASS, inspect_table, resolve_stop_before
 from .rebuild.baseline import BaselineOptions
-from .rebuild.from_protect import choose_point
-from .rebuild.plan import plan_capture, plan_recovery
 from .rebuild.recover import LedgerCheck, RecoveryResult, recover, recover_capture
-from .rebuild.swap import swap
-from .report import (
-    plan_text,
-    reconciliation_text,
-    recovery_text,
-    rehearsal_text,
-    swap_text,
-    verification_text,
-)
 from .stream.decoders import PLUGINS
-from .stream.export import FORMATS, decode_to
+from .stream.export import FORMATS
 from .stream.lsn import Lsn
 from .stream.model import StartPoint, StopPoint, TableName
 from .stream.settings import CaptureSettings
+
+if TYPE_CHECKING:
+    from .incident.inspect import Inspection
+    from .ledger.reconcile import LedgerSource
+    from .ledger.result import Reconciliation
+
+# The commands' heavier modules (pandas, pyarrow, pglast: about 100 MB of RSS and a second of
+# start-up together) are imported inside the commands that use them, so ``walrecover recover``
+# loads only what a recovery needs (tests/test_memory.py keeps it so).
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -778,6 +764,8 @@ def _start_from(
         return slot, plugin_options, baseline
     _check_from_protect(slot, from_file, baseline_file, baseline_dsn, baseline_table,
                         baseline_lsn, stop_before)  # fmt: skip
+    from .rebuild.from_protect import choose_point  # noqa: PLC0415
+
     chosen = choose_point(
         from_protect, dsn, table, stop, plugin_options=plugin_options, accept_gap=accept_gap
     )
@@ -888,6 +876,8 @@ def _report_recovery(result: RecoveryResult, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
+        from .report import recovery_text  # noqa: PLC0415
+
         click.echo(recovery_text(result))
     for reason in result.unproven:
         click.echo(f"walrecover: WARNING: not proven exact: {reason}", err=True)
@@ -931,6 +921,9 @@ def _baseline_options(
 def _plan(job: _Recovery, as_json: bool) -> None:
     """Run every check of the recovery and print the plan; :class:`Failed` (exit 1) unless
     every check passes."""
+    from .rebuild.plan import plan_capture, plan_recovery  # noqa: PLC0415
+    from .report import plan_text  # noqa: PLC0415
+
     if job.from_file is not None:
         assert job.plugin is not None
         plan = plan_capture(
@@ -1103,6 +1096,8 @@ def decode_command(
         )
     progress = Progress()
     try:
+        from .stream.export import decode_to  # noqa: PLC0415
+
         result = decode_to(
             sys.stdout,
             dsn=dsn,
@@ -1186,6 +1181,9 @@ def rehearse_command(
     """
     progress = Progress()
     try:
+        from .drill.rehearsal import rehearse  # noqa: PLC0415
+        from .drill.rehearsal_baseline import rehearse_baseline  # noqa: PLC0415
+
         result = (rehearse_baseline if with_baseline else rehearse)(
             transactions,
             accounts,
@@ -1199,6 +1197,8 @@ def rehearse_command(
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
+        from .report import rehearsal_text  # noqa: PLC0415
+
         click.echo(rehearsal_text(result))
     if not (result.identical and result.reconciled):
         raise Failed(*(() if as_json else ("the rehearsal's recovery did not match",)))
@@ -1322,6 +1322,8 @@ def reconcile_command(
         if opening_query or opening_file
         else None
     )
+    from .ledger.reconcile import RecoveredAudit, RecoveredTable, reconcile  # noqa: PLC0415
+
     recovered = (
         RecoveredTable(dsn, _table(table_name, "--table"))
         if table_name is not None
@@ -1350,6 +1352,8 @@ def _report_reconciliation(result: Reconciliation, out: Path | None, as_json: bo
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "out": str(out) if out else None}))
     else:
+        from .report import reconciliation_text  # noqa: PLC0415
+
         click.echo(reconciliation_text(result))
         if out is not None:
             click.echo(f"  differences written to {out}.")
@@ -1359,6 +1363,8 @@ def _report_reconciliation(result: Reconciliation, out: Path | None, as_json: bo
 
 def _ledger_source(query: str | None, file: Path | None, dsn: str | None) -> LedgerSource:
     """A query (on ``dsn``) if given, else the file."""
+    from .ledger.reconcile import LedgerFile, LedgerQuery  # noqa: PLC0415
+
     return LedgerQuery(query, dsn) if query else LedgerFile(file)  # type: ignore[arg-type]
 
 
@@ -1431,6 +1437,8 @@ def swap_command(
         ddl = ddl_path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise click.BadParameter(f"{ddl_path} is not UTF-8 text", param_hint="--ddl") from None
+    from .rebuild.swap import swap  # noqa: PLC0415
+
     result = swap(
         dsn, table, ddl, source=source, dry_run=dry_run, move_existing_to=move_existing_to
     )
@@ -1447,6 +1455,8 @@ def swap_command(
             click.echo(f"-- note: {note}")
         click.echo(result.script(), nl=False)
     else:
+        from .report import swap_text  # noqa: PLC0415
+
         click.echo(swap_text(result))
     _warn(list(result.warnings))
 
@@ -1484,12 +1494,16 @@ def audit_verify_command(
     """
     if manifest is not None and no_manifest:
         raise click.UsageError("give --manifest or --no-manifest, not both")
+    from .audit.verify import verify_audit  # noqa: PLC0415
+
     result = verify_audit(
         path, manifest=manifest, use_manifest=not no_manifest, chain_head=chain_head
     )
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
+        from .report import verification_text  # noqa: PLC0415
+
         click.echo(verification_text(result))
     if not result.ok:
         raise Differences(
@@ -1501,7 +1515,6 @@ def audit_verify_command(
 # A self-contained block: its imports are here so merges with the rest of cli.py stay easy.
 
 from .ready.doctor import doctor as _doctor  # noqa: E402
-from .ready.guard import guard as _guard  # noqa: E402
 from .ready.points import parse_duration as _parse_duration  # noqa: E402
 from .ready.protect import PLUGINS as _PROTECT_PLUGINS  # noqa: E402
 from .ready.protect import ProtectResult as _ProtectResult  # noqa: E402
@@ -1663,6 +1676,8 @@ def guard_command(
         raise click.BadParameter(f"{migration} is not UTF-8 text", param_hint="MIGRATION") from None
     if protect_dir is not None and dsn is None:
         raise click.UsageError("--protect-dir needs -d (the database the points are of)")
+    from .ready.guard import guard as _guard  # noqa: PLC0415 - pglast for guard only
+
     result = _guard(migration, text, dsn, protect_dir)
     click.echo(json.dumps(result.to_dict()) if as_json else result.report())
     if result.exit_code:

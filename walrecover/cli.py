@@ -12,6 +12,7 @@ one library function and prints its result.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -180,6 +181,28 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _fixed_mmap_threshold() -> None:
+    """Keep glibc's mmap threshold at 128 KiB for this process, so the audit's large Arrow
+    buffers are mapped and given back to the system when freed.
+
+    glibc raises the threshold each time a mapped block is freed; after that, those buffers
+    come from the heap, where the Python objects between them keep the freed space from being
+    returned: the close of a 1M-change ``recover+`` grew to 362 MiB that way, 297 MiB with the
+    threshold fixed. Linux with glibc only; ``MALLOC_MMAP_THRESHOLD_`` set by the user wins.
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+
+
+#: glibc's mallopt() parameter for the mmap threshold (malloc.h).
+_M_MMAP_THRESHOLD = -3
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="walrecover")
 def main() -> None:
@@ -200,6 +223,7 @@ def main() -> None:
     # to Python and to the OS. Set for this process only, before pyarrow picks its pool (the
     # library leaves a notebook's pool alone); an explicit setting wins.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    _fixed_mmap_threshold()
     # psycopg logs its own multi-line warnings when a connection dies mid-pipeline; walrecover
     # reports the failure itself, in one line.
     logging.getLogger("psycopg").setLevel(logging.CRITICAL)

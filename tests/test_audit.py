@@ -59,7 +59,6 @@ import walrecover.audit.format
 import walrecover.audit.outputs
 import walrecover.audit.writer
 from walrecover.audit.format import CHAIN_SEED, DATASET_MANIFEST
-from walrecover.audit.pgarrow import parse_array, parse_interval
 from walrecover.audit.reader import read_metadata
 from walrecover.audit.verify import verify_audit
 from walrecover.audit.writer import AuditWriter
@@ -82,6 +81,7 @@ from walrecover.stream.model import (
     StopPoint,
     TableName,
 )
+from walrecover.stream.pgtext import parse_array, parse_interval
 
 META_COLUMNS = [
     ("seq", pa.int64()),

@@ -12,8 +12,10 @@ one library function and prints its result.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -22,17 +24,14 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import psycopg
 from tqdm import tqdm
 
 from . import __version__
-from .audit.verify import verify_audit
 from .db import redact
-from .drill.rehearsal import rehearse
-from .drill.rehearsal_baseline import rehearse_baseline
 from .drill.workload import PER_COMMIT
 from .errors import (
     EXIT_ERROR,
@@ -45,34 +44,23 @@ from .errors import (
     WalrecoverError,
     first_line,
 )
-from .incident.inspect import DEFAULT_MASS, Inspection, inspect_table, resolve_stop_before
-from .ledger.reconcile import (
-    LedgerFile,
-    LedgerQuery,
-    LedgerSource,
-    RecoveredAudit,
-    RecoveredTable,
-    reconcile,
-)
-from .ledger.result import Reconciliation
+from .incident.inspect import DEFAULT_MASS, inspect_table, resolve_stop_before
 from .rebuild.baseline import BaselineOptions
-from .rebuild.from_protect import choose_point
-from .rebuild.plan import plan_capture, plan_recovery
 from .rebuild.recover import LedgerCheck, RecoveryResult, recover, recover_capture
-from .rebuild.swap import swap
-from .report import (
-    plan_text,
-    reconciliation_text,
-    recovery_text,
-    rehearsal_text,
-    swap_text,
-    verification_text,
-)
 from .stream.decoders import PLUGINS
-from .stream.export import FORMATS, decode_to
+from .stream.export import FORMATS
 from .stream.lsn import Lsn
 from .stream.model import StartPoint, StopPoint, TableName
 from .stream.settings import CaptureSettings
+
+if TYPE_CHECKING:
+    from .incident.inspect import Inspection
+    from .ledger.reconcile import LedgerSource
+    from .ledger.result import Reconciliation
+
+# The commands' heavier modules (pandas, pyarrow, pglast: about 100 MB of RSS and a second of
+# start-up together) are imported inside the commands that use them, so ``walrecover recover``
+# loads only what a recovery needs (tests/test_memory.py keeps it so).
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -194,6 +182,28 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _fixed_mmap_threshold() -> None:
+    """Keep glibc's mmap threshold at 128 KiB for this process, so the audit's large Arrow
+    buffers are mapped and given back to the system when freed.
+
+    glibc raises the threshold each time a mapped block is freed; after that, those buffers
+    come from the heap, where the Python objects between them keep the freed space from being
+    returned: the close of a 1M-change ``recover+`` grew to 362 MiB that way, 297 MiB with the
+    threshold fixed. Linux with glibc only; ``MALLOC_MMAP_THRESHOLD_`` set by the user wins.
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+
+
+#: glibc's mallopt() parameter for the mmap threshold (malloc.h).
+_M_MMAP_THRESHOLD = -3
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="walrecover")
 def main() -> None:
@@ -209,6 +219,12 @@ def main() -> None:
     tampered audit), 4 rebuilt but not proven exact, 130 interrupted.
     """
     signal.signal(signal.SIGTERM, _sigterm)
+    # pyarrow's default pool (mimalloc) keeps what the audit freed for reuse by pyarrow alone:
+    # about 45 MB of a recovery's peak RSS at 100k changes. The system allocator gives it back
+    # to Python and to the OS. Set for this process only, before pyarrow picks its pool (the
+    # library leaves a notebook's pool alone); an explicit setting wins.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    _fixed_mmap_threshold()
     # psycopg logs its own multi-line warnings when a connection dies mid-pipeline; walrecover
     # reports the failure itself, in one line.
     logging.getLogger("psycopg").setLevel(logging.CRITICAL)
@@ -779,6 +795,8 @@ def _start_from(
         return slot, plugin_options, baseline
     _check_from_protect(slot, from_file, baseline_file, baseline_dsn, baseline_table,
                         baseline_lsn, stop_before)  # fmt: skip
+    from .rebuild.from_protect import choose_point  # noqa: PLC0415
+
     chosen = choose_point(
         from_protect, dsn, table, stop, plugin_options=plugin_options, accept_gap=accept_gap
     )
@@ -889,6 +907,8 @@ def _report_recovery(result: RecoveryResult, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
+        from .report import recovery_text  # noqa: PLC0415
+
         click.echo(recovery_text(result))
     for reason in result.unproven:
         click.echo(f"walrecover: WARNING: not proven exact: {reason}", err=True)
@@ -932,6 +952,9 @@ def _baseline_options(
 def _plan(job: _Recovery, as_json: bool) -> None:
     """Run every check of the recovery and print the plan; :class:`Failed` (exit 1) unless
     every check passes."""
+    from .rebuild.plan import plan_capture, plan_recovery  # noqa: PLC0415
+    from .report import plan_text  # noqa: PLC0415
+
     if job.from_file is not None:
         assert job.plugin is not None
         plan = plan_capture(
@@ -1104,6 +1127,8 @@ def decode_command(
         )
     progress = Progress()
     try:
+        from .stream.export import decode_to  # noqa: PLC0415
+
         result = decode_to(
             sys.stdout,
             dsn=dsn,
@@ -1196,6 +1221,9 @@ def rehearse_command(
     """
     progress = Progress()
     try:
+        from .drill.rehearsal import rehearse  # noqa: PLC0415
+        from .drill.rehearsal_baseline import rehearse_baseline  # noqa: PLC0415
+
         result = (rehearse_baseline if with_baseline else rehearse)(
             transactions,
             accounts,
@@ -1210,6 +1238,8 @@ def rehearse_command(
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
+        from .report import rehearsal_text  # noqa: PLC0415
+
         click.echo(rehearsal_text(result))
     if not (result.identical and result.reconciled):
         raise Failed(*(() if as_json else ("the rehearsal's recovery did not match",)))
@@ -1333,6 +1363,8 @@ def reconcile_command(
         if opening_query or opening_file
         else None
     )
+    from .ledger.reconcile import RecoveredAudit, RecoveredTable, reconcile  # noqa: PLC0415
+
     recovered = (
         RecoveredTable(dsn, _table(table_name, "--table"))
         if table_name is not None
@@ -1361,6 +1393,8 @@ def _report_reconciliation(result: Reconciliation, out: Path | None, as_json: bo
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "out": str(out) if out else None}))
     else:
+        from .report import reconciliation_text  # noqa: PLC0415
+
         click.echo(reconciliation_text(result))
         if out is not None:
             click.echo(f"  differences written to {out}.")
@@ -1370,6 +1404,8 @@ def _report_reconciliation(result: Reconciliation, out: Path | None, as_json: bo
 
 def _ledger_source(query: str | None, file: Path | None, dsn: str | None) -> LedgerSource:
     """A query (on ``dsn``) if given, else the file."""
+    from .ledger.reconcile import LedgerFile, LedgerQuery  # noqa: PLC0415
+
     return LedgerQuery(query, dsn) if query else LedgerFile(file)  # type: ignore[arg-type]
 
 
@@ -1442,6 +1478,8 @@ def swap_command(
         ddl = ddl_path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise click.BadParameter(f"{ddl_path} is not UTF-8 text", param_hint="--ddl") from None
+    from .rebuild.swap import swap  # noqa: PLC0415
+
     result = swap(
         dsn, table, ddl, source=source, dry_run=dry_run, move_existing_to=move_existing_to
     )
@@ -1458,6 +1496,8 @@ def swap_command(
             click.echo(f"-- note: {note}")
         click.echo(result.script(), nl=False)
     else:
+        from .report import swap_text  # noqa: PLC0415
+
         click.echo(swap_text(result))
     _warn(list(result.warnings))
 
@@ -1495,12 +1535,16 @@ def audit_verify_command(
     """
     if manifest is not None and no_manifest:
         raise click.UsageError("give --manifest or --no-manifest, not both")
+    from .audit.verify import verify_audit  # noqa: PLC0415
+
     result = verify_audit(
         path, manifest=manifest, use_manifest=not no_manifest, chain_head=chain_head
     )
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
+        from .report import verification_text  # noqa: PLC0415
+
         click.echo(verification_text(result))
     if not result.ok:
         raise Differences(
@@ -1512,7 +1556,6 @@ def audit_verify_command(
 # A self-contained block: its imports are here so merges with the rest of cli.py stay easy.
 
 from .ready.doctor import doctor as _doctor  # noqa: E402
-from .ready.guard import guard as _guard  # noqa: E402
 from .ready.points import parse_duration as _parse_duration  # noqa: E402
 from .ready.protect import PLUGINS as _PROTECT_PLUGINS  # noqa: E402
 from .ready.protect import ProtectResult as _ProtectResult  # noqa: E402
@@ -1674,6 +1717,8 @@ def guard_command(
         raise click.BadParameter(f"{migration} is not UTF-8 text", param_hint="MIGRATION") from None
     if protect_dir is not None and dsn is None:
         raise click.UsageError("--protect-dir needs -d (the database the points are of)")
+    from .ready.guard import guard as _guard  # noqa: PLC0415 - pglast for guard only
+
     result = _guard(migration, text, dsn, protect_dir)
     click.echo(json.dumps(result.to_dict()) if as_json else result.report())
     if result.exit_code:

@@ -10,9 +10,6 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from .ledger.totals import plain, show_key
 from .stream.lsn import Lsn
 
 if TYPE_CHECKING:
@@ -101,6 +98,8 @@ def _audit(audit: AuditSummary) -> list[str]:
 
 def _reconciled(rec: Reconciliation) -> list[str]:
     """A recovery's reconciliation in a few lines: matched, or the first differences."""
+    from .ledger.totals import plain  # noqa: PLC0415 - a recovery's text needs no pyarrow otherwise
+
     if rec.matched:
         return [f"  reconciled: all {rec.keys} keys match the ledger exactly."]
     lines = [
@@ -254,6 +253,10 @@ def swap_text(result: SwapResult) -> str:
 
 def reconciliation_text(rec: Reconciliation, limit: int = 20) -> str:
     """The result for a person: counts, totals, the first differences and why."""
+    import pandas as pd  # noqa: PLC0415 - loaded only with a reconciliation
+
+    from .ledger.totals import plain, show_key  # noqa: PLC0415
+
     what = ", ".join(rec.key_columns) + (f" per {rec.period}" if rec.period else "")
     lines = [f"Reconciled the {rec.source} against the ledger, per {what}."]
     if rec.matched:

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .format import CHAIN_SEED, PART_SCHEMA, PRIVATE_COLUMNS, ROW_GROUP_ROWS, hash_rows
+from .format import (
+    BUFFER_ROWS,
+    CHAIN_SEED,
+    PART_SCHEMA,
+    PRIVATE_COLUMNS,
+    ROW_GROUP_ROWS,
+    hash_rows,
+)
 from .outputs import Output
 from .pgarrow import TypedField, typed_arrays
 from .supersede import FinalOutcomes, batches
@@ -56,11 +63,22 @@ def merge(
     counts: dict[str, int] = {}
     for group in row_groups(parts):
         table = finals.apply(group).drop_columns(list(PRIVATE_COLUMNS))
-        for typed, array in zip(fields, typed_arrays(table, fields), strict=True):
-            table = table.append_column(typed.field(), array)
-        row_hashes, chain_hashes, chain = hash_rows(table, chain)
-        table = table.append_column("row_hash", pa.array(row_hashes, pa.string()))
-        table = table.append_column("chain_hash", pa.array(chain_hashes, pa.string()))
+        # Typed columns and hashes slice by slice (:data:`BUFFER_ROWS`): the Python objects
+        # they are made from stay small; the row group is written whole.
+        typed: list[list[pa.Array]] = [[] for _ in fields]
+        row_hashes: list[pa.Array] = []
+        chain_hashes: list[pa.Array] = []
+        for start in range(0, table.num_rows, BUFFER_ROWS):
+            piece = table.slice(start, BUFFER_ROWS)
+            for arrays, array in zip(typed, typed_arrays(piece, fields), strict=True):
+                arrays.append(array)
+            rows_of, chains_of, chain = hash_rows(piece, chain)
+            row_hashes.append(pa.array(rows_of, pa.string()))
+            chain_hashes.append(pa.array(chains_of, pa.string()))
+        for field, arrays in zip(fields, typed, strict=True):
+            table = table.append_column(field.field(), pa.chunked_array(arrays, field.arrow))
+        table = table.append_column("row_hash", pa.chunked_array(row_hashes, pa.string()))
+        table = table.append_column("chain_hash", pa.chunked_array(chain_hashes, pa.string()))
         sink.write(table)
         rows += table.num_rows
         for value in table.column("outcome").to_pylist():

@@ -46,6 +46,11 @@ from .pgarrow import TypedField, arrow_type
 
 #: Rows per Parquet row group (and per batch in the merge and verify passes).
 ROW_GROUP_ROWS = 65_536
+#: Rows held as Python objects at a time: the writer's buffer before it writes them to its part
+#: file, and the slice of a row group the close converts to typed columns and hashes. A whole
+#: row group of Python row tuples or parsed images was about 100 MB of a recovery's peak RSS;
+#: the published row groups stay :data:`ROW_GROUP_ROWS` (the close regroups the parts).
+BUFFER_ROWS = 8_192
 #: Rows per file of a partitioned dataset, at most.
 DATASET_FILE_ROWS = 1_000_000
 #: What this module writes; kept in the metadata and the manifest.

@@ -28,6 +28,7 @@ from . import safefiles
 from .finalise import FinalOutcomes, merge
 from .format import (
     AUDIT_FORMAT,
+    BUFFER_ROWS,
     CHAIN_SEED,
     DATASET_MANIFEST,
     HASH_COLUMNS,
@@ -181,7 +182,7 @@ class AuditWriter:
                 self._see(relation)
             rows.append(make(applied, self.rows))
             self.rows += 1
-            if len(rows) >= ROW_GROUP_ROWS:
+            if len(rows) >= BUFFER_ROWS:
                 self._flush()
                 rows = self._rows
 

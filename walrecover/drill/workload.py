@@ -15,11 +15,14 @@ decoded like any other.
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from ..db import Connection
-from ..stream.sources import ProgressCallback
+
+if TYPE_CHECKING:  # the CLI imports this module for its default; keep it light
+    from ..stream.sources import ProgressCallback
 
 #: Ledger transactions per ``CALL`` of the procedure (a progress report after each).
 CHUNK = 5_000

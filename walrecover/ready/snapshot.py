@@ -16,11 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-import pyarrow as pa
-import pyarrow.parquet as pq
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -38,6 +36,9 @@ from .points import (
     TableBaseline,
 )
 from .slots import server_version
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 #: Rows per Parquet row group (and per batch kept in memory).
 BATCH_ROWS = 50_000
@@ -167,6 +168,9 @@ def write_baseline(
     point: dict[str, Any],
 ) -> TableBaseline:
     """Copy ``facts.table`` (in the imported snapshot) to a new Parquet file at ``path``."""
+    import pyarrow as pa  # noqa: PLC0415 - loaded by the commands that write Parquet only
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
     names = [c.name for c in facts.columns]
     metadata = {
         "format_version": VERSION,
@@ -216,6 +220,8 @@ def write_baseline(
 
 
 def _table(batch: Sequence[tuple[Any, ...]], names: list[str], schema: pa.Schema) -> pa.Table:
+    import pyarrow as pa  # noqa: PLC0415
+
     columns = [pa.array([r[i] for r in batch], type=pa.string()) for i in range(len(names))]
     return pa.Table.from_arrays(columns, schema=schema)
 

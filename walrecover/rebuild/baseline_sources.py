@@ -26,10 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from psycopg import sql
 
 from ..db import Connection, connect, safe_dsn
@@ -37,6 +35,9 @@ from ..drill.cluster import find_installation
 from ..errors import BaselineError, ClusterError, WalrecoverError
 from ..stream.lsn import Lsn
 from ..stream.model import TableName
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 #: The ``COPY name (columns) FROM stdin;`` line that opens a table's data in a dump.
 _COPY_LINE = re.compile(rb"^COPY (.+?) \((.*)\) FROM stdin;\n?$")
@@ -172,6 +173,9 @@ def _replay_lsn(conn: Connection) -> Lsn | None:
 
 
 def _from_parquet(path: Path) -> BaselineRows:
+    import pyarrow as pa  # noqa: PLC0415 - pyarrow only for a Parquet baseline
+    import pyarrow.parquet as pq  # noqa: PLC0415 - pyarrow only for a Parquet baseline
+
     try:
         parquet = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:
@@ -334,6 +338,8 @@ def _identifiers(text: str) -> list[str]:
 
 
 def _check_arrow_type(path: Path, name: str, kind: pa.DataType) -> None:
+    import pyarrow as pa  # noqa: PLC0415 - pyarrow only for a Parquet baseline
+
     ok = (
         pa.types.is_string(kind)
         or pa.types.is_large_string(kind)
@@ -373,6 +379,8 @@ def _text(value: Any) -> str | None:
 
 
 def _parquet_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[str | None, ...]]:
+    import pyarrow.parquet as pq  # noqa: PLC0415 - pyarrow only for a Parquet baseline
+
     parquet = pq.ParquetFile(path)
     for batch in parquet.iter_batches(batch_size=50_000, columns=list(columns)):
         values = [batch.column(i).to_pylist() for i in range(batch.num_columns)]

@@ -17,15 +17,12 @@ import shlex
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ..audit.format import manifest_path
-from ..audit.workspace import clear_published
 from ..db import Connection, connect, redact, safe_dsn
 from ..errors import ReconcileFailed, TargetExists, WalrecoverError, first_line
-from ..ledger.reconcile import Reconciliation, reconcile_table
 from ..stream.lsn import Lsn
 from ..stream.model import StopPoint, TableName
 from .preflight import command_differences
@@ -33,6 +30,9 @@ from .progress import Counts, Progress, read_progress
 from .replay import ReplayResult
 from .result import AuditSummary, LedgerCheck, RecoveryResult
 from .target import Target
+
+if TYPE_CHECKING:
+    from ..ledger.reconcile import Reconciliation
 
 
 def finished_recovery(
@@ -123,6 +123,9 @@ def _audit_published(audit_at: str | Path | None, partitioned: bool, into: Table
     finishes it). Raise :class:`TargetExists` if it is gone."""
     if audit_at is None:
         return True
+    from ..audit.format import manifest_path  # noqa: PLC0415 - pyarrow with an audit
+    from ..audit.workspace import clear_published  # noqa: PLC0415
+
     path = Path(audit_at)
     parts = path.with_name(path.name + ".parts")
     if parts.exists() and not clear_published(parts):
@@ -174,6 +177,8 @@ def _check_capture_unchanged(previous: Progress, capture: Path, into: TableName)
 
 def _audit_from_manifest(path: str) -> AuditSummary | None:
     """The audit summary from the manifest of a published audit (None if unreadable)."""
+    from ..audit.format import manifest_path  # noqa: PLC0415 - pyarrow with an audit
+
     for partitioned in (False, True):
         manifest = manifest_path(path, partitioned)
         try:
@@ -273,6 +278,8 @@ def reconcile_complete(
 ) -> Reconciliation:
     """Reconcile the finished table; when that fails, say the table (with ``counts``) and
     audit are complete and give the exact ``walrecover reconcile`` command to run it alone."""
+    from ..ledger.reconcile import reconcile_table  # noqa: PLC0415 - pandas when reconciling
+
     try:
         with connect(dsn, role="ledger") as ledger_conn:
             return reconcile_table(

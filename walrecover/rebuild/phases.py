@@ -15,14 +15,13 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from .. import __version__
-from ..audit.writer import AuditWriter
 from ..db import connect, connection_lost, redact, safe_dsn
 from ..errors import ConnectionFailed, PrivilegeError, WalrecoverError, first_line
-from ..ledger.reconcile import Reconciliation
 from ..stream.lsn import Lsn
 from ..stream.model import TableName
 from ..stream.settings import apply as apply_settings
@@ -46,6 +45,10 @@ from .replay import ReplayResult
 from .result import Asked, AuditSummary, RecoveryResult, lsn_text
 from .stoppoint import check_stop_range, open_wal, resolve_stop_xid
 from .target import lock_target, refuse_listed
+
+if TYPE_CHECKING:
+    from ..audit.writer import AuditWriter
+    from ..ledger.reconcile import Reconciliation
 
 
 class Recovery:
@@ -208,6 +211,8 @@ class Recovery:
         """Make the audit's writer (it checks its files before replay touches the target)."""
         if self.audit_at is None:
             return
+        from ..audit.writer import AuditWriter  # noqa: PLC0415 - pyarrow only with --audit
+
         ask, src = self.ask, self.ask.src
         self.audit = AuditWriter(
             self.audit_at,

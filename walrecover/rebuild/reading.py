@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 
-from ..audit.writer import AuditWriter
 from ..db import Connection, connect
 from ..errors import DecodeError, StopPointError, TableNotInStream, WalrecoverError
 from ..stream.decoders import column_limits, warnings_for
@@ -34,6 +34,9 @@ from .result import Asked, LedgerCheck
 from .stoppoint import open_wal, xid_hint
 from .target import Target
 from .unseen import capture_publications, replaced
+
+if TYPE_CHECKING:
+    from ..audit.writer import AuditWriter
 
 
 class Reading:

@@ -4,15 +4,17 @@ it) and what it is asked to reconcile against (:class:`LedgerCheck`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..incident.events import DestructiveEvent
-from ..ledger.reconcile import Reconciliation
 from ..stream.lsn import Lsn
 from ..stream.model import StopPoint, TableName
 from ..stream.sources import CaptureSource, SlotSource
 from .baseline import BaselineOptions
 from .progress import Counted, Counts
+
+if TYPE_CHECKING:
+    from ..ledger.reconcile import Reconciliation
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from ..audit.pgarrow import parse_array
 from ..db import Connection, connect, one
 from ..errors import CaptureSettingError, first_line
 from .model import Change, Event, Relation, TableName
+from .pgtext import parse_array
 from .settings import CaptureSettings, apply
 from .value_shapes import (
     ESCAPE,

@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from enum import Enum
 
-from ..audit.pgarrow import parse_interval
 from .model import Column
+from .pgtext import parse_interval
 
 
 class Kind(Enum):

@@ -163,7 +163,7 @@ class ServerClock:
     live children, and (through the postmasters' children times) every backend that exited.
 
     :meth:`stop` first waits (up to 5 s) until the backends and walsenders that served the step
-    have exited and been reaped, so their time is counted.
+    have exited and been reaped, and two reads agree, so their time is counted.
     """
 
     def __init__(self, *clusters: Cluster) -> None:
@@ -189,11 +189,15 @@ class ServerClock:
 
     def stop(self) -> float:
         deadline = time.monotonic() + 5
+        settled: float | None = None
         while True:
             used, pids = self._read()
-            if pids <= self.before or time.monotonic() > deadline:
+            # A backend can leave the process list a moment before its time reaches the
+            # postmaster's children times: only two equal reads with no new child count.
+            if (pids <= self.before and used == settled) or time.monotonic() > deadline:
                 return used - self.used
-            time.sleep(0.05)
+            settled = used if pids <= self.before else None
+            time.sleep(0.1)
 
 
 class PeakRss:

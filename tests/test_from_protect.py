@@ -273,3 +273,42 @@ def test_changes_left_out_after_the_baseline_are_still_refused(
                  "--baseline", str(path))  # fmt: skip
     assert result.exit_code == 1, result.stderr
     assert "left 10 UPDATEs of public.t out of the stream" in result.stderr
+
+
+@pytest.mark.parametrize("protected", ["pgoutput", "wal2json"], indirect=True)
+def test_stop_before_drop_from_the_points(db: Database, protected: dict[str, str]) -> None:
+    """--from-protect with --stop-before drop: the DROP is found from the relation id the
+    newest point recorded (one pass over the WAL, no slot read), the point before it is chosen,
+    and the rebuilt table equals the table the DROP removed; later writes to a re-created table
+    are left out, and the protect slots do not move. (Refused as a usage error before.)"""
+    p = protected
+    run_script(
+        db,
+        [
+            "CREATE TABLE t (id integer PRIMARY KEY, amount numeric(14,2), note text)",
+            "INSERT INTO t VALUES (1, 0.00, 'after the drop')",
+        ],
+    )
+    slots = [p["first"], p["second"]]
+    before = _positions(db, slots)
+    base = ["recover", "-d", db.dsn, "--from-protect", p["dir"], "--table", "public.t"]
+
+    result = cli(*base, "--stop-before", "drop", "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["slot"] == p["second"]
+    assert out["stop_event"]["kind"] == "drop"
+    assert out["stop"] == f"before LSN {out['stop_event']['commit_lsn']}"
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+
+    text = cli(*base, "--stop-before", "drop", "--into", "public.t_text")
+    assert text.exit_code == 0, text.stderr
+    assert "walrecover: --stop-before drop: the DROP" in text.stderr
+    assert "stopped before the DROP" in text.stdout
+    assert differences(db, "truth", "t_text") == (0, 0)
+
+    both = cli(*base, "--stop-before", "drop", "--stop-before-lsn", p["end"])
+    assert both.exit_code == 2
+    assert "--stop-before finds the event itself" in both.stderr
+    assert _positions(db, slots) == before
+    assert db.leftover_copies() == []

@@ -44,6 +44,7 @@ from .errors import (
     WalrecoverError,
     first_line,
 )
+from .incident.events import DestructiveEvent
 from .incident.inspect import DEFAULT_MASS, inspect_table, resolve_stop_before
 from .rebuild.baseline import BaselineOptions
 from .rebuild.recover import LedgerCheck, RecoveryResult, recover, recover_capture
@@ -692,13 +693,21 @@ def recover_command(
     \b
     From the recovery points walrecover protect keeps (the newest one before the stop):
       walrecover recover -d "host=db dbname=bank" --from-protect /var/lib/walrecover/bank \\
-          --table public.transactions --stop-before-lsn 16/B374D848
+          --table public.transactions --stop-before drop
     """
     table = _table(table_name, "--table")
     stop = _stop_point(stop_before_lsn, stop_before_xid, stop_before_time)
+    event = None
+    if from_protect is not None and stop_before is not None:
+        _check_from_protect(slot, from_file, baseline_file, baseline_dsn, baseline_table,
+                            baseline_lsn)  # fmt: skip
+        event = _protected_event(
+            from_protect, dsn, table, stop, stop_before, plugin_options, wal_dir, as_json
+        )
+        stop, stop_before = event.stop_point(), None
     slot, plugin_options, baseline = _start_from(
         from_protect, dsn, table, stop, slot, from_file, plugin_options, baseline_file,
-        baseline_dsn, baseline_table, baseline_lsn, accept_gap, stop_before,
+        baseline_dsn, baseline_table, baseline_lsn, accept_gap,
     )  # fmt: skip
     _check_source(slot, from_file, plugin, capture_settings)
     if from_file is not None and target is None and dsn is None:
@@ -717,7 +726,7 @@ def recover_command(
         return
     progress = Progress()
     try:
-        result = _run_recovery(job, progress, batch_size, stop_before, wal_dir)
+        result = _run_recovery(job, progress, batch_size, stop_before, wal_dir, event)
     finally:
         progress.close()
     _report_recovery(result, as_json)
@@ -754,7 +763,6 @@ def _check_from_protect(
     baseline_dsn: str | None,
     baseline_table: str | None,
     baseline_lsn: str | None,
-    stop_before: str | None,
 ) -> None:
     """--from-protect gives the slot, the baseline and its point: refuse them given too."""
     if slot is not None or from_file is not None or baseline_file or baseline_dsn:
@@ -764,11 +772,32 @@ def _check_from_protect(
         )
     if baseline_table or baseline_lsn:
         raise click.UsageError("--from-protect records the baseline's table and LSN")
-    if stop_before is not None:
+
+
+def _protected_event(
+    from_protect: Path,
+    dsn: str | None,
+    table: TableName,
+    stop: StopPoint,
+    stop_before: str,
+    plugin_options: dict[str, str],
+    wal_dir: Path | None,
+    as_json: bool,
+) -> DestructiveEvent:
+    """--from-protect with --stop-before: the event, found from the recovery points first, so
+    that the point before it can be chosen."""
+    if stop.is_set:
         raise click.UsageError(
-            "--from-protect needs the stop point first: find the event's LSN with "
-            "walrecover inspect, then give --stop-before-lsn"
+            "--stop-before finds the event itself: give no --stop-before-lsn/-xid/-time with it"
         )
+    from .rebuild.from_protect import find_event  # noqa: PLC0415
+
+    event = find_event(
+        from_protect, dsn, table, stop_before, plugin_options=plugin_options, wal_dir=wal_dir
+    )
+    if not as_json:
+        click.echo(f"walrecover: --stop-before {stop_before}: the {event.describe()}", err=True)
+    return event
 
 
 def _start_from(
@@ -784,7 +813,6 @@ def _start_from(
     baseline_table: str | None,
     baseline_lsn: str | None,
     accept_gap: bool,
-    stop_before: str | None,
 ) -> tuple[str | None, dict[str, str], BaselineOptions | None]:
     """Where the table starts from: the slot, its plugin options and the baseline, as given,
     or with --from-protect those of the newest recovery point before the stop."""
@@ -794,7 +822,7 @@ def _start_from(
         )
         return slot, plugin_options, baseline
     _check_from_protect(slot, from_file, baseline_file, baseline_dsn, baseline_table,
-                        baseline_lsn, stop_before)  # fmt: skip
+                        baseline_lsn)  # fmt: skip
     from .rebuild.from_protect import choose_point  # noqa: PLC0415
 
     chosen = choose_point(
@@ -855,8 +883,10 @@ def _run_recovery(
     batch_size: int,
     stop_before: str | None,
     wal_dir: Path | None,
+    event: DestructiveEvent | None = None,
 ) -> RecoveryResult:
-    """Run the recovery: from the capture files, or from the slot."""
+    """Run the recovery: from the capture files, or from the slot (``event``: the one
+    --stop-before found from --from-protect's points)."""
     if job.from_file is not None:
         assert job.plugin is not None
         return recover_capture(
@@ -898,6 +928,7 @@ def _run_recovery(
         baseline=job.baseline,
         stop_before=stop_before,
         wal_dir=wal_dir,
+        stop_event=event,
     )
 
 

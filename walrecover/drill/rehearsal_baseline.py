@@ -23,10 +23,9 @@ from pathlib import Path
 
 from ..db import connect
 from ..incident.events import DestructiveEvent
-from ..incident.inspect import drop_of_relation, resolve_stop_before
-from ..ready.points import RecoveryPoint, load_recovery_points
+from ..ready.points import RecoveryPoint
 from ..ready.protect import protect
-from ..rebuild.from_protect import ProtectedStart, choose_point
+from ..rebuild.from_protect import ProtectedStart, choose_point, find_event
 from ..rebuild.recover import RecoveryResult, recover
 from ..stream.model import TableName
 from ..stream.sources import ProgressCallback
@@ -119,17 +118,10 @@ def _protect(dsn: str, points_dir: Path, plugin: str) -> RecoveryPoint:
 
 
 def _find_drop(dsn: str, points_dir: Path, plugin: str) -> DestructiveEvent:
-    """The runbook's first step: find the DROP in the WAL. The recovery point recorded the
-    table's relation id, so the WAL alone tells its DROP (PostgreSQL 15 on); otherwise it is
-    found as ``walrecover inspect --slot`` finds it, through the point's slot."""
-    point = load_recovery_points(points_dir)[-1]
-    protected = point.baseline(TABLE)
-    assert protected is not None, "the rehearsal's recovery point protects its table"
-    event = drop_of_relation(dsn, TABLE, protected.relation_id, point.consistent_lsn)
-    if event is not None:
-        return event
-    _, event = resolve_stop_before(dsn, point.slot, TABLE, "drop", options=plugin_options(plugin))
-    return event
+    """The runbook's first step, as ``recover --from-protect DIR --stop-before drop`` takes it:
+    the DROP found from the relation id the recovery point recorded, in one pass over the WAL
+    (PostgreSQL 15 on), or else through the point's slot (see :func:`find_event`)."""
+    return find_event(points_dir, dsn, TABLE, "drop", plugin_options=plugin_options(plugin))
 
 
 def _recover_by_runbook(

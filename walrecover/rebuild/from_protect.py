@@ -6,7 +6,9 @@ holds exactly the transactions committed before the slot's consistent LSN. A rec
 point starts from the newest point that lies before the stop point and whose slot still exists:
 its baseline (known point: the consistent LSN) and its slot. :func:`choose_point` makes that
 choice, or says in one line why no point serves; the recovery itself is the ordinary
-``recover`` with the returned slot and :class:`~.baseline.BaselineOptions`.
+``recover`` with the returned slot and :class:`~.baseline.BaselineOptions`. With
+``--stop-before drop|truncate|auto`` the event comes first: :func:`find_event` finds it from the
+points, then the point before it is chosen.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 
 from ..db import connect
 from ..errors import ProtectError
+from ..incident.events import DestructiveEvent
+from ..incident.inspect import drop_of_relation, resolve_stop_before
 from ..ready.points import RecoveryPoint, TableBaseline, load_recovery_points
 from ..stream.model import StopPoint, TableName
 from .baseline import BaselineOptions
@@ -106,6 +110,55 @@ def choose_point(
     )
 
 
+def find_event(
+    directory: str | Path,
+    dsn: str | None,
+    table: TableName,
+    kind: str,
+    *,
+    plugin_options: Mapping[str, str] | None = None,
+    wal_dir: str | Path | None = None,
+) -> DestructiveEvent:
+    """``table``'s ``kind`` event (``drop``, ``truncate`` or ``auto``, as ``recover
+    --stop-before``), found from ``directory``'s recovery points so that the point before it
+    can then be chosen.
+
+    A DROP is found from the relation id that the newest point holding the table recorded, in
+    one pass over the WAL from that point's consistent LSN (PostgreSQL 15 on: a commit record
+    lists the oids it dropped), without reading any slot. Otherwise the event is found as
+    ``--stop-before`` finds it, through the slot of the oldest point whose slot is alive: its
+    stream reaches furthest back."""
+    points = load_recovery_points(directory)
+    holding = [p for p in points if p.baseline(table) is not None]
+    if not holding:
+        raise ProtectError(
+            f"no recovery point of {directory} protects {table} (they protect "
+            f"{_tables(points)}): recover it from another baseline (--baseline)",
+            table=str(table),
+            directory=str(directory),
+        )
+    if kind == "drop":
+        newest = holding[-1]
+        found = newest.baseline(table)
+        assert found is not None
+        event = drop_of_relation(dsn, table, found.relation_id, newest.consistent_lsn)
+        if event is not None:
+            return event
+    slots = _live_slots(dsn, [p.slot for p in holding])
+    live = [p for p in holding if p.slot in slots]
+    if not live:
+        raise ProtectError(
+            f"no recovery point of {directory} that protects {table} has its slot any more, so "
+            f"its {kind} cannot be looked for in a stream: find it with walrecover inspect, "
+            "then give --stop-before-lsn",
+            table=str(table),
+            directory=str(directory),
+        )
+    options = _point_options(live[0], table, plugin_options)
+    _, event = resolve_stop_before(dsn, live[0].slot, table, kind, wal_dir=wal_dir, options=options)
+    return event
+
+
 def _before(point: RecoveryPoint, stop: StopPoint) -> bool:
     """Whether the stop point lies after the point (its changes start at its consistent LSN;
     a stop time at or after its snapshot time is reachable from it)."""
@@ -126,15 +179,7 @@ def _start(
     found = point.baseline(table)
     assert found is not None
     _check_file(found)
-    options = dict(plugin_options or {})
-    if point.plugin == "pgoutput" and "publication_names" not in options:
-        if not found.publications:
-            raise ProtectError(
-                f"{_describe(point)} is a pgoutput slot, and no publication published {table} "
-                "when it was made: its slot holds no change of it",
-                table=str(table),
-            )
-        options["publication_names"] = found.publications[0]
+    options = _point_options(point, table, plugin_options)
     recorded = {
         "directory": str(found.path.parent.parent),
         "slot": point.slot,
@@ -152,6 +197,25 @@ def _start(
         plugin_options=options,
         passed_over=passed,
     )
+
+
+def _point_options(
+    point: RecoveryPoint, table: TableName, plugin_options: Mapping[str, str] | None
+) -> dict[str, str]:
+    """The plugin options ``point``'s slot is read with: the user's, and for pgoutput the
+    publication that published ``table`` when the point was made."""
+    found = point.baseline(table)
+    assert found is not None
+    options = dict(plugin_options or {})
+    if point.plugin == "pgoutput" and "publication_names" not in options:
+        if not found.publications:
+            raise ProtectError(
+                f"{_describe(point)} is a pgoutput slot, and no publication published {table} "
+                "when it was made: its slot holds no change of it",
+                table=str(table),
+            )
+        options["publication_names"] = found.publications[0]
+    return options
 
 
 def _check_file(baseline: TableBaseline) -> None:

@@ -64,6 +64,7 @@ def recover(
     baseline: BaselineOptions | None = None,
     stop_before: str | None = None,
     wal_dir: str | Path | None = None,
+    stop_event: DestructiveEvent | None = None,
 ) -> RecoveryResult:
     """Rebuild ``table`` from ``slot`` on ``dsn`` into ``into`` on ``target`` (default ``dsn``).
 
@@ -71,10 +72,15 @@ def recover(
     reads the slot through another output plugin (the copy is made with it); ``baseline``
     starts the table from an older copy of it (see :mod:`.baseline`). ``stop_before``
     (``drop``, ``truncate``, ``auto``) finds that event of the table in the WAL (pg_walinspect,
-    or pg_waldump on ``wal_dir`` or the server's own pg_wal) and stops exactly before it.
+    or pg_waldump on ``wal_dir`` or the server's own pg_wal) and stops exactly before it;
+    ``stop_event`` is such an event found already (:func:`.from_protect.find_event`).
     """
-    event = None
-    if stop_before is not None:
+    event = stop_event
+    if event is not None:
+        if (stop.is_set and stop != event.stop_point()) or stop_before is not None:
+            raise StopPointError("give --stop-before or a --stop-before-lsn/-xid/-time, not both")
+        stop = event.stop_point()
+    elif stop_before is not None:
         stop, event = _stop_before(
             dsn, slot, table, stop, stop_before, wal_dir, options, via_plugin
         )

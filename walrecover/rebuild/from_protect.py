@@ -78,20 +78,7 @@ def choose_point(
             "LSN) or --stop-before-time",
             xid=stop.xid,
         )
-    points = load_recovery_points(directory)
-    if not points:
-        raise ProtectError(
-            f"{directory} holds no recovery point yet: run walrecover protect first",
-            directory=str(directory),
-        )
-    holding = [p for p in points if p.baseline(table) is not None]
-    if not holding:
-        raise ProtectError(
-            f"no recovery point of {directory} protects {table} (they protect "
-            f"{_tables(points)}): recover it from another baseline (--baseline)",
-            table=str(table),
-            directory=str(directory),
-        )
+    holding = _holding(directory, table)
     slots = _live_slots(dsn, [p.slot for p in holding])
     passed: list[str] = []
     for point in reversed(holding):
@@ -128,15 +115,7 @@ def find_event(
     lists the oids it dropped), without reading any slot. Otherwise the event is found as
     ``--stop-before`` finds it, through the slot of the oldest point whose slot is alive: its
     stream reaches furthest back."""
-    points = load_recovery_points(directory)
-    holding = [p for p in points if p.baseline(table) is not None]
-    if not holding:
-        raise ProtectError(
-            f"no recovery point of {directory} protects {table} (they protect "
-            f"{_tables(points)}): recover it from another baseline (--baseline)",
-            table=str(table),
-            directory=str(directory),
-        )
+    holding = _holding(directory, table)
     if kind == "drop":
         newest = holding[-1]
         found = newest.baseline(table)
@@ -157,6 +136,26 @@ def find_event(
     options = _point_options(live[0], table, plugin_options)
     _, event = resolve_stop_before(dsn, live[0].slot, table, kind, wal_dir=wal_dir, options=options)
     return event
+
+
+def _holding(directory: str | Path, table: TableName) -> list[RecoveryPoint]:
+    """The recovery points of ``directory`` that protect ``table``, oldest first; raise
+    :class:`ProtectError` when there are none."""
+    points = load_recovery_points(directory)
+    if not points:
+        raise ProtectError(
+            f"{directory} holds no recovery point yet: run walrecover protect first",
+            directory=str(directory),
+        )
+    holding = [p for p in points if p.baseline(table) is not None]
+    if not holding:
+        raise ProtectError(
+            f"no recovery point of {directory} protects {table} (they protect "
+            f"{_tables(points)}): recover it from another baseline (--baseline)",
+            table=str(table),
+            directory=str(directory),
+        )
+    return holding
 
 
 def _before(point: RecoveryPoint, stop: StopPoint) -> bool:

@@ -99,8 +99,11 @@ def bytea_text(value: str, column: str) -> str:
     return "\\x" + value
 
 
-def _text(value: Any, type_oid: int | None, type_name: str | None, column: str = "") -> str | None:
-    """wal2json's JSON value as PostgreSQL's own text output."""
+def value_text(
+    value: Any, type_oid: int | None, type_name: str | None, column: str = ""
+) -> str | None:
+    """wal2json's JSON value as PostgreSQL's own text output (both formats: format 1's numbers
+    arrive as their literal text too)."""
     if isinstance(value, str):
         if type_oid == _BYTEA_OID or type_name == "bytea":
             return bytea_text(value, column)
@@ -350,13 +353,13 @@ class Wal2JsonV2Decoder:
         relation, unchanged = self._relation(obj, op)
         columns = obj.get("columns")
         new = (
-            {c["name"]: _text(c["value"], _oid(c), c.get("type"), c["name"]) for c in columns}
+            {c["name"]: value_text(c["value"], _oid(c), c.get("type"), c["name"]) for c in columns}
             if columns is not None
             else None
         )
         identity = obj.get("identity")
         old = (
-            {c["name"]: _text(c["value"], _oid(c), c.get("type"), c["name"]) for c in identity}
+            {c["name"]: value_text(c["value"], _oid(c), c.get("type"), c["name"]) for c in identity}
             if identity is not None
             else None
         )

@@ -69,7 +69,6 @@ def _no_constant(name: str) -> Any:
 #: Numbers keep their literal text; NaN/Infinity tokens are not JSON and are refused.
 _JSON = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=_no_constant)
 _OPS = {"insert": Op.INSERT, "update": Op.UPDATE, "delete": Op.DELETE}
-_BYTEA_OID = 17
 #: Structural characters outside and inside JSON strings.
 _OUTSIDE = re.compile(r'[{}\[\]"]')
 _INSIDE = re.compile(r'["\\]')
@@ -500,7 +499,7 @@ def _image(
         signature=tuple(zip(names, type_names, strict=True)),
         oids=tuple(type_oids),
         values=tuple(
-            (name, _text(value, oid, type_name, name))
+            (name, wal2json.value_text(value, oid, type_name, name))
             for name, value, oid, type_name in zip(
                 names, values, type_oids, type_names, strict=True
             )
@@ -513,21 +512,6 @@ def _whole_number(value: Any) -> int:
     if not isinstance(value, str) or not value.isdigit():
         raise ValueError(f"{value!r} is not a whole number")
     return int(value)
-
-
-def _text(value: Any, type_oid: int | None, type_name: str, column: str = "") -> str | None:
-    """A JSON value as PostgreSQL's text output (numbers arrive as their literal text)."""
-    if isinstance(value, str):
-        if type_oid == _BYTEA_OID or type_name == "bytea":
-            return wal2json.bytea_text(value, column)  # wal2json strips bytea's \\x
-        return value
-    if value is None:
-        return None
-    if value is True:
-        return "t"
-    if value is False:
-        return "f"
-    raise ValueError(f"value {value!r} has no text form")
 
 
 def _timestamp(text: Any) -> datetime | None:

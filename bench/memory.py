@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pipeline
 from pipeline import (
-    PUBLICATION,
     Measure,
     Run,
     build_workload,
     measure_recover,
+    open_accounts,
     table,
 )
 
@@ -50,16 +50,7 @@ def build_single(cluster: Cluster, run: Run, plugins: list[str], rows: int, acco
             conn.execute(f"CREATE DATABASE {name}")
     with connect(cluster.dsn("bench"), autocommit=True) as conn:
         conn.execute(TABLES_SQL)
-        conn.execute(
-            "INSERT INTO accounts (id, owner)"
-            " SELECT g, 'owner ' || g FROM generate_series(1, %s) g",
-            (accounts,),
-        )
-        conn.execute(f"CREATE PUBLICATION {PUBLICATION} FOR ALL TABLES")
-        for plugin in sorted({*plugins, "pgoutput"}):
-            conn.execute(
-                "SELECT pg_create_logical_replication_slot(%s, %s)", (f"bench_{plugin}", plugin)
-            )
+        open_accounts(conn, plugins, accounts)
         with conn.transaction():
             conn.execute(
                 "INSERT INTO transactions (account_id, amount, kind, note, meta)"

@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from walrecover.db import connect, one
+from walrecover.db import Connection, connect, one
 from walrecover.drill.cluster import Cluster
 from walrecover.drill.rehearsal import TABLES_SQL
 from walrecover.stream.decoders.wal2json import server_options
@@ -296,6 +296,20 @@ def slot_positions(dsn: str) -> dict[str, tuple[str, str]]:
     return {name: (restart, flush) for name, restart, flush in rows}
 
 
+def open_accounts(conn: Connection, plugins: list[str], accounts: int) -> None:
+    """The bank's ``accounts``, the ``FOR ALL TABLES`` publication and a ``bench_<plugin>`` slot
+    per plugin (pgoutput's always), made before the workload's first commit."""
+    conn.execute(
+        "INSERT INTO accounts (id, owner) SELECT g, 'owner ' || g FROM generate_series(1, %s) g",
+        (accounts,),
+    )
+    conn.execute(f"CREATE PUBLICATION {PUBLICATION} FOR ALL TABLES")
+    for plugin in sorted({*plugins, "pgoutput"}):
+        conn.execute(
+            "SELECT pg_create_logical_replication_slot(%s, %s)", (f"bench_{plugin}", plugin)
+        )
+
+
 def build_workload(
     cluster: Cluster, run: Run, plugins: list[str], accounts: int, sub: Cluster | None
 ) -> dict[str, str]:
@@ -308,16 +322,7 @@ def build_workload(
     with connect(bench, autocommit=True) as conn:
         conn.execute(TABLES_SQL)
         conn.execute(WORKLOAD_SQL)
-        conn.execute(
-            "INSERT INTO accounts (id, owner)"
-            " SELECT g, 'owner ' || g FROM generate_series(1, %s) g",
-            (accounts,),
-        )
-        conn.execute(f"CREATE PUBLICATION {PUBLICATION} FOR ALL TABLES")
-        for plugin in sorted({*plugins, "pgoutput"}):
-            conn.execute(
-                "SELECT pg_create_logical_replication_slot(%s, %s)", (f"bench_{plugin}", plugin)
-            )
+        open_accounts(conn, plugins, accounts)
         (before,) = one(conn, "SELECT pg_current_wal_insert_lsn()")
         t0 = time.monotonic()
         done = 0

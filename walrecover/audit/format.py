@@ -222,7 +222,8 @@ def iso_times(times: pa.ChunkedArray | pa.Array) -> list[str | None]:
         # times cheaper than its strftime); isoformat writes a "T" and drops ".000000".
         text = distinct.cast(pa.timestamp("us")).cast(pa.string())
         text = pc.replace_substring(text, pattern=" ", replacement="T", max_replacements=1)
-        text = pc.replace_substring_regex(text, pattern=r"\.000000$", replacement="")
+        whole = pc.ends_with(text, ".000000")
+        text = pc.if_else(whole, pc.utf8_slice_codeunits(text, 0, 19), text)
         text = pc.binary_join_element_wise(text, "+00:00", "")
     else:
         text = pa.array([None if t is None else t.isoformat() for t in distinct.to_pylist()])

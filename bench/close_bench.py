@@ -7,8 +7,9 @@ Usage::
 Writes ``--rows`` bank-like changes (``bench/audit_bench.py``'s stream: bigint, integer,
 numeric(12,2), text, timestamptz, text, jsonb) into an audit's parts, then times
 ``AuditWriter.close`` alone, in a child process per repeat: wall seconds, CPU seconds of the
-close (all threads) and the process's peak RSS. ``--profile`` prints cProfile's top entries of
-one close instead.
+close (all threads) and the process's peak RSS (before the close and after it), with the memory
+set-up of the ``walrecover`` command (Arrow's system allocator, glibc's mmap threshold
+fixed). ``--profile`` prints cProfile's top entries of one close instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import pstats
 import resource
 import subprocess
@@ -30,9 +32,11 @@ from audit_bench import COMMIT_EVERY, changes
 
 from walrecover.audit.verify import verify_audit
 from walrecover.audit.writer import AuditWriter
+from walrecover.cli import _fixed_mmap_threshold
 
 
 def child(rows: int, path: Path, profile: bool) -> None:
+    _fixed_mmap_threshold()
     writer = AuditWriter(path, {"tool": "bench"}, partitioned=False)
     writer.start(None, resuming=False)
     batch = []
@@ -46,6 +50,7 @@ def child(rows: int, path: Path, profile: bool) -> None:
         writer.write(batch)
         writer.commit(batch[-1].commit_lsn)
     before = resource.getrusage(resource.RUSAGE_SELF)
+    peak_before = before.ru_maxrss / 1024
     started = time.monotonic()
     if profile:
         profiler = cProfile.Profile()
@@ -65,6 +70,7 @@ def child(rows: int, path: Path, profile: bool) -> None:
                 "seconds": seconds,
                 "cpu_seconds": cpu,
                 "peak_rss_mb": after.ru_maxrss / 1024,
+                "peak_before_mb": peak_before,
                 "chain_head": writer.chain_head,
                 "verify": result.ok,
             }
@@ -88,7 +94,8 @@ def main() -> None:
             command = [sys.executable, __file__, "--child", "--rows", str(args.rows)]
             command += ["--path", str(Path(tmp) / "audit.parquet")]
             command += ["--profile"] if args.profile else []
-            proc = subprocess.run(command, capture_output=True, text=True, check=False)
+            env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "system"}
+            proc = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
             if proc.returncode != 0:
                 raise SystemExit(proc.stderr)
             if args.profile:
@@ -96,8 +103,8 @@ def main() -> None:
             out = json.loads(proc.stdout.strip().splitlines()[-1])
             print(
                 f"run {n}: close {out['seconds']:.2f} s wall, {out['cpu_seconds']:.2f} s CPU, "
-                f"peak RSS {out['peak_rss_mb']:.0f} MiB, verify {out['verify']}, "
-                f"chain {out['chain_head'][:16]}"
+                f"peak RSS {out['peak_before_mb']:.0f} -> {out['peak_rss_mb']:.0f} MiB, "
+                f"verify {out['verify']}, chain {out['chain_head'][:16]}"
             )
 
 

@@ -68,6 +68,9 @@ def merge(
         rows += table.num_rows
         for item in pc.value_counts(table.column("outcome")).to_pylist():
             counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+        # Let go of this group before the next is read and finished: a row group held across
+        # the next one's work was about 20 MiB of a recovery's peak RSS.
+        del group, table
     return rows, chain, dict(sorted(counts.items()))
 
 

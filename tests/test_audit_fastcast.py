@@ -184,15 +184,19 @@ def test_the_fast_path_reads_what_values_json_writes() -> None:
         '{"c": "\\ud83d\\ude00"}',
         '{"c": "\\ud800"}',
         '{"c": "1"} {"c": "2"}',
+        '{"c": "1", "\\u0063": "2"}',
+        '{"\\u0063": "2"}',
+        '{"c": "\\u00e9\\/\\t"}',
         "null",
         "{}",
+        "",
     ],
 )
 def test_an_image_not_written_by_values_json_reads_as_python_reads_it(image: str) -> None:
     table = pa.table({"new_values": pa.array([image, '{"c": "7"}', None], pa.string())})
     flat = fastcast.image_texts(table.column("new_values"), ["c"])
-    if image != "{}":
-        assert flat is None
+    readable = ("{}", '{"\\u0063": "2"}', '{"c": "\\u00e9\\/\\t"}')
+    assert (flat is not None) == (image in readable)
     for pg_type in ("text", "integer", "numeric(5,2)"):
         typed = field(pg_type)
         try:
@@ -202,6 +206,12 @@ def test_an_image_not_written_by_values_json_reads_as_python_reads_it(image: str
                 typed_arrays(table, [typed])
             continue
         assert typed_arrays(table, [typed])[0].equals(slow[0])
+
+
+def test_an_image_column_that_is_not_text_goes_to_python() -> None:
+    images = pa.array(['{"c": "1"}'], pa.large_string())
+    assert fastcast.image_texts(images, ["c"]) is None
+    assert_same(["1", None], "integer")
 
 
 def test_timestamps_at_the_ends_of_the_range_are_the_same_instant() -> None:

@@ -46,7 +46,7 @@ def image_texts(images: pa.ChunkedArray | pa.Array, columns: list[str]) -> pa.Ta
     if isinstance(images, pa.ChunkedArray):
         images = images.combine_chunks() if images.num_chunks != 1 else images.chunk(0)
     count = len(images)
-    if count == 0 or not columns:
+    if count == 0 or not columns or images.type != pa.string():
         return None
     flat = pc.match_substring_regex(images, pattern=FLAT_OBJECT)
     if not pc.all(pc.or_kleene(flat, pc.is_null(images))).as_py():

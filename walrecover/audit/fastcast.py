@@ -51,11 +51,11 @@ def image_texts(images: pa.ChunkedArray | pa.Array, columns: list[str]) -> pa.Ta
     flat = pc.match_substring_regex(images, pattern=FLAT_OBJECT)
     if not pc.all(pc.or_kleene(flat, pc.is_null(images))).as_py():
         return None
-    filled = pc.fill_null(images, "{}")
-    lines = pa.ListArray.from_arrays(pa.array([0, count], pa.int32()), filled)
-    joined = pc.binary_join(lines, "\n")[0].as_buffer()
     schema = pa.schema([(name, pa.string()) for name in dict.fromkeys(columns)])
     try:
+        filled = pc.fill_null(images, "{}")
+        lines = pa.ListArray.from_arrays(pa.array([0, count], pa.int32()), filled)
+        joined = pc.binary_join(lines, "\n")[0].as_buffer()
         table = pa_json.read_json(
             pa.BufferReader(joined),
             read_options=pa_json.ReadOptions(use_threads=False, block_size=len(joined) + 1),
@@ -63,8 +63,10 @@ def image_texts(images: pa.ChunkedArray | pa.Array, columns: list[str]) -> pa.Ta
                 explicit_schema=schema, unexpected_field_behavior="ignore"
             ),
         )
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None  # a key given twice: Python's reader keeps the last one
+    except pa.ArrowException:
+        # A key given twice (Python's reader keeps the last one), or images too large to join:
+        # the Python reader decides.
+        return None
     return table if table.num_rows == count else None
 
 
@@ -128,5 +130,5 @@ def cast_texts(texts: pa.Array, typed: pgarrow.TypedField) -> pa.Array | None:
         texts = pc.replace_substring_regex(texts, pattern=r"([+-][0-9]{2})$", replacement=r"\1:00")
     try:
         return pc.cast(texts, arrow)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    except pa.ArrowException:
         return None  # e.g. February 30th, or a value too wide for the column: Python decides

@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Final
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +22,21 @@ from ..errors import AuditError
 from . import safefiles
 from .format import DATASET_FILE_ROWS, NO_DATE, PARTITION, ROW_GROUP_ROWS
 from .workspace import remove_dataset
+
+#: The published columns worth a dictionary: per transaction or few-valued. Dictionaries of
+#: unique values (images, LSNs, keys, hashes, most typed columns) cost the write a third of
+#: its time and made the file larger than zstd over the plain values (bench/close_bench.py).
+DICTIONARY_COLUMNS: Final = ["commit_lsn", "xid", "commit_time", "op", "relation", "outcome"]
+
+
+def parquet_writer(sink: BinaryIO, schema: pa.Schema) -> pq.ParquetWriter:
+    """A Parquet writer of the audit: zstd, dictionaries only for :data:`DICTIONARY_COLUMNS`."""
+    return pq.ParquetWriter(
+        sink,
+        schema,
+        compression="zstd",
+        use_dictionary=[name for name in DICTIONARY_COLUMNS if name in schema.names],
+    )
 
 
 class Output:
@@ -55,7 +70,7 @@ class FileOutput(Output):
             self.file = safefiles.create(partial)
         except OSError as exc:
             raise AuditError(f"cannot write the audit {partial}: {exc}") from None
-        self.writer = pq.ParquetWriter(self.file, schema, compression="zstd")
+        self.writer = parquet_writer(self.file, schema)
 
     def write(self, table: pa.Table) -> None:
         self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
@@ -150,7 +165,7 @@ class DatasetOutput(Output):
             self.file = safefiles.create(self.root / relative)
         except OSError as exc:
             raise AuditError(f"cannot write the audit {self.root / relative}: {exc}") from None
-        self.writer = pq.ParquetWriter(self.file, self.schema, compression="zstd")
+        self.writer = parquet_writer(self.file, self.schema)
         self.current = {
             "path": relative,
             "partition": label,

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from walrecover.audit.format import list_json, pairs_json, values_json
-from walrecover.audit.parts import PartRows
+from walrecover.audit.parts import PartRows, image_json, part_rows
 from walrecover.errors import DecodeError
 from walrecover.rebuild.applied import AppliedChange
 from walrecover.stream.decoders.pgoutput import PgoutputDecoder
@@ -102,6 +102,7 @@ def test_pgoutput_tuple_fast_path_matches_the_checked_reader(
 def test_image_json_is_pairs_json(images: list[dict[str, str | None]]) -> None:
     for image in images:
         assert values_json(image) == pairs_json(image.items())
+        assert image_json(image) == values_json(image)
     assert values_json(None) is None
 
 
@@ -188,7 +189,11 @@ def _applied(draw: st.DrawFn) -> AppliedChange:
         draw(st.one_of(st.none(), st.integers(0, 2**32))),
         draw(st.one_of(st.none(), st.integers(1, 2**40).map(Lsn))),
         None,
-        datetime(2026, 1, 2, tzinfo=UTC),
+        draw(
+            st.sampled_from(
+                [None, datetime(2026, 1, 2, tzinfo=UTC), datetime(2026, 1, 3, tzinfo=UTC)]
+            )
+        ),
         draw(st.sampled_from(list(Outcome))),
         draw(_image),
     )
@@ -197,9 +202,21 @@ def _applied(draw: st.DrawFn) -> AppliedChange:
 @settings(max_examples=400, deadline=None)
 @given(st.lists(_applied(), max_size=12))
 def test_part_rows_match_the_row_by_row_definition(batch: list[AppliedChange]) -> None:
+    assert part_rows(batch, 5) == [_reference_row(a, seq) for seq, a in enumerate(batch, 5)]
+    # The same rows made in two adds, and as the Arrow table the writer writes.
     maker = PartRows()
-    for seq, applied in enumerate(batch):
-        assert maker.row(applied, seq) == _reference_row(applied, seq)
+    seen: list[Relation] = []
+    maker.add(batch[:4], seen.append)
+    maker.add(batch[4:], seen.append)
+    expected = [
+        r
+        for i, r in enumerate(batch)
+        if i == 0 or r.change.relation is not batch[i - 1].change.relation
+    ]
+    assert seen == [a.change.relation for a in expected]
+    table = maker.table(5)
+    assert len(maker) == 0
+    assert [tuple(row.values()) for row in table.to_pylist()] == part_rows(batch, 5)
 
 
 # -- pgoutput's Insert fast path ----------------------------------------------------------------

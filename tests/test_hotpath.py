@@ -14,12 +14,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from walrecover.audit import writer as writer_module
 from walrecover.audit.format import list_json, pairs_json, values_json
 from walrecover.audit.parts import PartRows, image_json, part_rows
+from walrecover.audit.writer import AuditWriter
 from walrecover.errors import DecodeError
 from walrecover.rebuild.applied import AppliedChange
 from walrecover.stream.decoders.pgoutput import PgoutputDecoder
@@ -257,3 +260,40 @@ def test_pgoutput_insert_fast_path_gives_the_parsed_events(
     parsed += [_events(PgoutputDecoder(version, tables=tables), [*messages[:40], m]) for m in cut]
     assert any(isinstance(e, Change) and e.op is Op.INSERT for e in fast[0])
     assert fast == parsed
+
+
+def test_the_writer_s_parts_hold_the_reference_rows_across_flushes_and_a_rollback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches cut by the writer's buffer (three rows here), relations changing inside a batch,
+    rows taken back by a savepoint: the sealed parts hold exactly the reference rows, numbered
+    without a gap, and the writer saw every relation's columns."""
+    monkeypatch.setattr(writer_module, "BUFFER_ROWS", 3)
+    keyed, keyless, two = _relation(1), _relation(0), _relation(2)
+    stamp = datetime(2026, 1, 2, tzinfo=UTC)
+
+    def applied(n: int, relation: Relation, op: Op = Op.INSERT) -> AppliedChange:
+        image = {"id": str(n), "k2": None, "amount": f"{n}.00", "note": 'é\n"x"'}
+        old = {"id": str(n)} if op is not Op.INSERT else None
+        change = Change(op, relation, image if op is not Op.DELETE else None, old, lsn=Lsn(n))
+        return AppliedChange(change, n // 4, Lsn(100 + n // 4), None, stamp, Outcome.APPLIED)
+
+    kept = [applied(n, keyed if n % 3 else keyless) for n in range(7)]
+    taken_back = [applied(n, two) for n in range(7, 11)]
+    more = [applied(11, keyed, Op.UPDATE), applied(12, two, Op.DELETE), applied(13, keyless)]
+    writer = AuditWriter(tmp_path / "audit.parquet", {"tool": "test"})
+    writer.start(None, resuming=False)
+    writer.write(kept[:5])
+    writer.write(kept[5:])
+    writer.savepoint()
+    writer.write(taken_back)
+    writer.rollback_to_savepoint()
+    writer.write(more)
+    writer.commit(Lsn(200))
+
+    parts = sorted(writer.parts.glob("part-*.parquet"))
+    rows = [tuple(r.values()) for p in parts for r in pq.read_table(p).to_pylist()]
+    expected = [_reference_row(a, seq) for seq, a in enumerate(kept + more)]
+    assert rows == expected
+    assert [c.name for c in writer.final_columns()] == list(_NAMES)
+    writer.abort()

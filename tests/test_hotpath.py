@@ -14,12 +14,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from walrecover.audit import writer as writer_module
 from walrecover.audit.format import list_json, pairs_json, values_json
-from walrecover.audit.parts import PartRows
+from walrecover.audit.parts import PartRows, image_json, part_rows
+from walrecover.audit.writer import AuditWriter
 from walrecover.errors import DecodeError
 from walrecover.rebuild.applied import AppliedChange
 from walrecover.stream.decoders.pgoutput import PgoutputDecoder
@@ -102,6 +105,7 @@ def test_pgoutput_tuple_fast_path_matches_the_checked_reader(
 def test_image_json_is_pairs_json(images: list[dict[str, str | None]]) -> None:
     for image in images:
         assert values_json(image) == pairs_json(image.items())
+        assert image_json(image) == values_json(image)
     assert values_json(None) is None
 
 
@@ -188,7 +192,11 @@ def _applied(draw: st.DrawFn) -> AppliedChange:
         draw(st.one_of(st.none(), st.integers(0, 2**32))),
         draw(st.one_of(st.none(), st.integers(1, 2**40).map(Lsn))),
         None,
-        datetime(2026, 1, 2, tzinfo=UTC),
+        draw(
+            st.sampled_from(
+                [None, datetime(2026, 1, 2, tzinfo=UTC), datetime(2026, 1, 3, tzinfo=UTC)]
+            )
+        ),
         draw(st.sampled_from(list(Outcome))),
         draw(_image),
     )
@@ -197,9 +205,21 @@ def _applied(draw: st.DrawFn) -> AppliedChange:
 @settings(max_examples=400, deadline=None)
 @given(st.lists(_applied(), max_size=12))
 def test_part_rows_match_the_row_by_row_definition(batch: list[AppliedChange]) -> None:
+    assert part_rows(batch, 5) == [_reference_row(a, seq) for seq, a in enumerate(batch, 5)]
+    # The same rows made in two adds, and as the Arrow table the writer writes.
     maker = PartRows()
-    for seq, applied in enumerate(batch):
-        assert maker.row(applied, seq) == _reference_row(applied, seq)
+    seen: list[Relation] = []
+    maker.add(batch[:4], seen.append)
+    maker.add(batch[4:], seen.append)
+    expected = [
+        r
+        for i, r in enumerate(batch)
+        if i == 0 or r.change.relation is not batch[i - 1].change.relation
+    ]
+    assert seen == [a.change.relation for a in expected]
+    table = maker.table(5)
+    assert len(maker) == 0
+    assert [tuple(row.values()) for row in table.to_pylist()] == part_rows(batch, 5)
 
 
 # -- pgoutput's Insert fast path ----------------------------------------------------------------
@@ -240,3 +260,40 @@ def test_pgoutput_insert_fast_path_gives_the_parsed_events(
     parsed += [_events(PgoutputDecoder(version, tables=tables), [*messages[:40], m]) for m in cut]
     assert any(isinstance(e, Change) and e.op is Op.INSERT for e in fast[0])
     assert fast == parsed
+
+
+def test_the_writer_s_parts_hold_the_reference_rows_across_flushes_and_a_rollback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches cut by the writer's buffer (three rows here), relations changing inside a batch,
+    rows taken back by a savepoint: the sealed parts hold exactly the reference rows, numbered
+    without a gap, and the writer saw every relation's columns."""
+    monkeypatch.setattr(writer_module, "BUFFER_ROWS", 3)
+    keyed, keyless, two = _relation(1), _relation(0), _relation(2)
+    stamp = datetime(2026, 1, 2, tzinfo=UTC)
+
+    def applied(n: int, relation: Relation, op: Op = Op.INSERT) -> AppliedChange:
+        image = {"id": str(n), "k2": None, "amount": f"{n}.00", "note": 'é\n"x"'}
+        old = {"id": str(n)} if op is not Op.INSERT else None
+        change = Change(op, relation, image if op is not Op.DELETE else None, old, lsn=Lsn(n))
+        return AppliedChange(change, n // 4, Lsn(100 + n // 4), None, stamp, Outcome.APPLIED)
+
+    kept = [applied(n, keyed if n % 3 else keyless) for n in range(7)]
+    taken_back = [applied(n, two) for n in range(7, 11)]
+    more = [applied(11, keyed, Op.UPDATE), applied(12, two, Op.DELETE), applied(13, keyless)]
+    writer = AuditWriter(tmp_path / "audit.parquet", {"tool": "test"})
+    writer.start(None, resuming=False)
+    writer.write(kept[:5])
+    writer.write(kept[5:])
+    writer.savepoint()
+    writer.write(taken_back)
+    writer.rollback_to_savepoint()
+    writer.write(more)
+    writer.commit(Lsn(200))
+
+    parts = sorted(writer.parts.glob("part-*.parquet"))
+    rows = [tuple(r.values()) for p in parts for r in pq.read_table(p).to_pylist()]
+    expected = [_reference_row(a, seq) for seq, a in enumerate(kept + more)]
+    assert rows == expected
+    assert [c.name for c in writer.final_columns()] == list(_NAMES)
+    writer.abort()

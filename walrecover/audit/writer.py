@@ -108,8 +108,7 @@ class AuditWriter:
         self._writer_file: BinaryIO | None = None
         self._open_files: list[Path] = []
         self._savepoint: tuple[int, int] | None = None
-        #: The rows not yet written to the open part, each in the order of ``PART_SCHEMA``.
-        self._rows: list[tuple[Any, ...]] = []
+        #: The rows not yet written to the open part.
         self._maker = PartRows()
         #: The columns of the latest relation that showed the table whole, and every column
         #: the stream showed (latest definition of each), for the typed columns.
@@ -174,17 +173,15 @@ class AuditWriter:
 
     def write(self, batch: Sequence[AppliedChange]) -> None:
         """Append a batch of applied changes to the open part."""
-        rows = self._rows
-        make = self._maker.row
-        for applied in batch:
-            relation = applied.change.relation
-            if relation is not self._relation:
-                self._see(relation)
-            rows.append(make(applied, self.rows))
-            self.rows += 1
-            if len(rows) >= BUFFER_ROWS:
+        maker = self._maker
+        start, end = 0, len(batch)
+        while start < end:
+            stop = min(end, start + BUFFER_ROWS - len(maker))
+            maker.add(batch[start:stop] if start or stop < end else batch, self._see)
+            self.rows += stop - start
+            start = stop
+            if len(maker) >= BUFFER_ROWS:
                 self._flush()
-                rows = self._rows
 
     def savepoint(self) -> None:
         """Rows from here on may be taken back (a transaction not yet known to be in)."""
@@ -197,7 +194,7 @@ class AuditWriter:
         if self._savepoint is None:
             return
         rows, files = self._savepoint
-        self._rows = []
+        self._maker.clear()
         self._close_part_file()
         for tmp in self._open_files[files:]:
             safefiles.remove_file(tmp)
@@ -236,7 +233,7 @@ class AuditWriter:
             self._seen[column.name] = column
 
     def _flush(self) -> None:
-        if not self._rows:
+        if not len(self._maker):
             return
         if self._writer is None:
             tmp = self.parts / f"open-{self._part_index + len(self._open_files):06d}.tmp"
@@ -254,16 +251,10 @@ class AuditWriter:
                 raise AuditError(f"cannot write the audit under {self.parts}: {exc}") from None
             self._open_files.append(tmp)
         try:
-            columns = zip(*self._rows, strict=True)
-            arrays = [
-                pa.array(values, field.type)
-                for field, values in zip(PART_SCHEMA, columns, strict=True)
-            ]
-            table = pa.Table.from_arrays(arrays, schema=PART_SCHEMA)
+            table = self._maker.table(self.rows - len(self._maker))
             self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         except (pa.ArrowException, OSError) as exc:
             raise AuditError(f"writing the audit under {self.parts} failed: {exc}") from None
-        self._rows = []
 
     def _close_part_file(self) -> None:
         if self._writer is not None:

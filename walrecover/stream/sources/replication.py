@@ -42,6 +42,7 @@ from psycopg import pq
 
 from ...db import Connection
 from ..lsn import Lsn
+from ..making import raw_message
 from ..model import RawMessage
 from ..notices import NoticeLog
 from .base import ProgressCallback
@@ -232,11 +233,11 @@ class ReplicationStream:
                 position: Lsn = _new_lsn(Lsn, lsn)
                 if held:
                     self._page_rows += len(held)
-                    yield from (RawMessage(early, position, its) for early, its in held)
+                    yield from (raw_message(early, position, its) for early, its in held)
                     held.clear()
                 self._page_rows += 1
                 xid = self._open_xid
-                yield RawMessage(data, position, xid)
+                yield raw_message(data, position, xid)
                 if kind == "C" and xid is not None:
                     self._open_xid = None
                     self._committed(position)

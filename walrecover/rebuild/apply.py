@@ -192,7 +192,7 @@ class Applier:
             after = shape.row_identity(change.new)
             if after is not None:
                 batch.other_keys.add(after)
-        if len(batch) >= self.batch_size * 4:
+        if len(batch.pending) >= self.batch_size * 4:
             self.flush_midway()
 
     def identity_changed(self) -> None:

@@ -115,8 +115,11 @@ class Replayer:
         self._left_out: list[Change] = []
         #: The table's definition at its last change skipped as applied by an earlier run.
         self._applied_relation: Relation | None = None
-        #: The last relation :meth:`_ours` found to be the table's.
+        #: The last relations :meth:`_ours` found to be the table's and another table's, and
+        #: the last one :meth:`_other` noted.
         self._ours_last: Relation | None = None
+        self._theirs_last: Relation | None = None
+        self._other_last: Relation | None = None
 
     @property
     def relation(self) -> Relation | None:
@@ -238,14 +241,20 @@ class Replayer:
         relation = change.relation
         if relation is self._ours_last:
             return True  # the relation object of the table's last change (the common case)
+        if relation is self._theirs_last:
+            return False  # that of the last change of another table
         if relation.same_table(self.table.schema, self.table.name):
             self._ours_last = relation
             return True
+        self._theirs_last = relation
         return False
 
     def _other(self, change: Change) -> None:
         """Note another table of the stream (a few), for the message when ours is absent."""
         relation = change.relation
+        if relation is self._other_last:
+            return  # noted at the table's last change (the common case)
+        self._other_last = relation
         if len(self.other_tables) < 50 and relation.schema != PROGRESS_SCHEMA:
             self.other_tables.add(relation.qualified_name)
 

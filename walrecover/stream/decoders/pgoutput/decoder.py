@@ -8,6 +8,7 @@ from typing import Final
 
 from ....errors import DecodeError, StreamCutShort
 from ...lsn import Lsn
+from ...making import change as new_change
 from ...model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation, TableName
 from .held import HeldTransactions
 from .messages import (
@@ -36,7 +37,7 @@ from .messages import (
     TypeMessage,
     UpdateMessage,
 )
-from .reader import tuple_fast, where
+from .reader import row_fast, where
 from .rows import Row, image
 from .typenames import custom_type_name, format_type
 from .wire import parse_message
@@ -45,6 +46,7 @@ from .wire import parse_message
 _ROW_OPS: Final[dict[int, Op]] = {ord("I"): Op.INSERT, ord("U"): Op.UPDATE, ord("D"): Op.DELETE}
 _INSERT: Final = ord("I")
 _NEW_TUPLE: Final = ord("N")
+_NONE: Final[frozenset[str]] = frozenset()
 
 
 class PgoutputDecoder(HeldTransactions):
@@ -92,6 +94,8 @@ class PgoutputDecoder(HeldTransactions):
         #: The tables whose rows are decoded; other tables' row changes come out without their
         #: images (empty: every table's rows are decoded).
         self._wanted = frozenset((t.schema, t.name) for t in tables)
+        #: Whether a relation (the object last seen under its id) is wanted, by relation id.
+        self._judged: dict[int, tuple[Relation, bool]] = {}
         self._truncations: dict[tuple[Lsn | None, int | None], TruncateFlags] = {}
         #: The options of the last Truncate message decoded (see :meth:`truncate_flags`).
         self.last_truncate_flags: TruncateFlags | None = None
@@ -111,14 +115,12 @@ class PgoutputDecoder(HeldTransactions):
                 "pg_logical_slot_peek_binary_changes",
                 lsn=message.lsn,
             )
-        if self._wanted and data and data[0] in _ROW_OPS:
-            skipped = self._skip(data, message.lsn)
-            if skipped is not None:
-                return skipped
-        if data and data[0] == _INSERT:
-            inserted = self._insert(data, message.lsn)
-            if inserted is not None:
-                return inserted
+        if data and data[0] in _ROW_OPS:
+            events = self._plain_row(data, message.lsn)
+            if events is None and self._wanted:
+                events = self._skip(data, message.lsn)
+            if events is not None:
+                return events
         parsed = parse_message(
             data, self.proto_version, in_stream=self._stream is not None, lsn=message.lsn
         )
@@ -142,33 +144,44 @@ class PgoutputDecoder(HeldTransactions):
         if stream is not None:
             if stream.complete:
                 subxid = int.from_bytes(data[1:5], "big")
-                stream.add(subxid, Change(op, relation, lsn=lsn, xid=stream.xid))
+                stream.add(subxid, new_change(op, relation, lsn=lsn, xid=stream.xid))
             return ()
         if self._preparing is not None:
             pending = self._preparing
-            pending.add(pending.xid, Change(op, relation, lsn=lsn, xid=pending.xid))
+            pending.add(pending.xid, new_change(op, relation, lsn=lsn, xid=pending.xid))
             return ()
         if self._open is not None:
-            return (Change(op, relation, lsn=lsn, xid=self._open.xid),)
+            return (new_change(op, relation, None, None, _NONE, lsn, self._open.xid),)
         return None
 
-    def _insert(self, data: bytes, lsn: Lsn | None) -> Sequence[Event] | None:
-        """An Insert of a plain transaction read without the message objects (the per-change
-        hot path); None for anything else (a stream or prepare block, an unknown relation, any
-        byte out of place), which parsing then decodes or names."""
+    def _plain_row(self, data: bytes, lsn: Lsn | None) -> Sequence[Event] | None:
+        """A row change of a plain transaction, of a known relation, read without the message
+        objects (the per-change hot path): a table not wanted gives its change without images,
+        an Insert its new row. None for anything else (a stream or prepare block, an unknown
+        relation, an Update or Delete of a wanted table, any byte out of place), which
+        :meth:`_skip` or parsing then decodes or names."""
         open_ = self._open
         if open_ is None or self._stream is not None or self._preparing is not None:
             return None
-        if len(data) < 6 or data[5] != _NEW_TUPLE:
+        if len(data) < 5:
             return None
-        relation = self._relations.get(int.from_bytes(data[1:5], "big"))
+        relation_id = int.from_bytes(data[1:5], "big")
+        relation = self._relations.get(relation_id)
         if relation is None:
             return None
-        fast = tuple_fast(data, 6)
-        if fast is None or fast[1] != len(data) or len(fast[0]) != len(relation.columns):
+        if self._wanted:
+            judged = self._judged.get(relation_id)
+            if judged is None or judged[0] is not relation:
+                judged = (relation, (relation.schema, relation.name) in self._wanted)
+                self._judged[relation_id] = judged
+            if not judged[1]:
+                return (new_change(_ROW_OPS[data[0]], relation, None, None, _NONE, lsn, open_.xid),)
+        if data[0] != _INSERT or len(data) < 6 or data[5] != _NEW_TUPLE:
             return None
-        new, unchanged = image(relation, fast[0], key_only=False, what="Insert", lsn=lsn)
-        return (Change(Op.INSERT, relation, new, None, unchanged, lsn, open_.xid),)
+        new = row_fast(data, 6, relation.column_names)
+        if new is None:
+            return None
+        return (new_change(Op.INSERT, relation, new, None, _NONE, lsn, open_.xid),)
 
     def finish(self) -> Sequence[Event]:
         """End of stream: raise if it stops inside a transaction or a stream block.
@@ -306,12 +319,12 @@ class PgoutputDecoder(HeldTransactions):
         relation = self._relation(message.relation_id, what, lsn, overlay)
         if isinstance(message, InsertMessage):
             new, unchanged = image(relation, message.new, key_only=False, what=what, lsn=lsn)
-            return [Change(Op.INSERT, relation, new, None, unchanged, lsn, xid)]
+            return [new_change(Op.INSERT, relation, new, None, unchanged, lsn, xid)]
         old = self._oldimage(relation, message.key, message.old, what, lsn)
         if isinstance(message, DeleteMessage):
-            return [Change(Op.DELETE, relation, None, old, frozenset(), lsn, xid)]
+            return [new_change(Op.DELETE, relation, None, old, _NONE, lsn, xid)]
         new, unchanged = image(relation, message.new, key_only=False, what=what, lsn=lsn)
-        return [Change(Op.UPDATE, relation, new, old, unchanged, lsn, xid)]
+        return [new_change(Op.UPDATE, relation, new, old, unchanged, lsn, xid)]
 
     @staticmethod
     def _oldimage(

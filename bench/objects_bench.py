@@ -100,6 +100,8 @@ def main() -> None:
                     cpu[(tree, plugin)].append(seconds)
                     print(f"{tree or 'worktree'} {plugin}: {seconds:.2f}", flush=True)
         for (tree, plugin), seconds in cpu.items():
+            if not seconds:
+                continue
             shown = ", ".join(f"{s:.2f}" for s in seconds)
             median = statistics.median(seconds)
             print(f"{tree or 'worktree':30} {plugin:9} client CPU s: {shown}  median {median:.2f}")

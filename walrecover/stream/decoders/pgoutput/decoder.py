@@ -3,7 +3,9 @@ held transactions) and the canonical events it produces, in commit order."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
 from typing import Final
 
 from ....errors import DecodeError, StreamCutShort
@@ -37,7 +39,7 @@ from .messages import (
     TypeMessage,
     UpdateMessage,
 )
-from .reader import row_fast, where
+from .reader import PG_EPOCH, row_fast, where
 from .rows import Row, image
 from .typenames import custom_type_name, format_type
 from .wire import parse_message
@@ -46,6 +48,13 @@ from .wire import parse_message
 _ROW_OPS: Final[dict[int, Op]] = {ord("I"): Op.INSERT, ord("U"): Op.UPDATE, ord("D"): Op.DELETE}
 _INSERT: Final = ord("I")
 _NEW_TUPLE: Final = ord("N")
+_BEGIN: Final = ord("B")
+#: The type bytes of Begin and Commit.
+_EDGES: Final = frozenset((_BEGIN, ord("C")))
+#: After the type byte: a Begin's final LSN, commit time and xid; a Commit's flags, commit
+#: LSN, end LSN and commit time.
+_BEGIN_FIELDS: Final = struct.Struct(">QqI")
+_COMMIT_FIELDS: Final = struct.Struct(">BQQq")
 _NONE: Final[frozenset[str]] = frozenset()
 
 
@@ -121,6 +130,10 @@ class PgoutputDecoder(HeldTransactions):
                 events = self._skip(data, message.lsn)
             if events is not None:
                 return events
+        elif data and data[0] in _EDGES:
+            events = self._plain_edge(data, message.lsn)
+            if events is not None:
+                return events
         parsed = parse_message(
             data, self.proto_version, in_stream=self._stream is not None, lsn=message.lsn
         )
@@ -182,6 +195,30 @@ class PgoutputDecoder(HeldTransactions):
         if new is None:
             return None
         return (new_change(Op.INSERT, relation, new, None, _NONE, lsn, open_.xid),)
+
+    def _plain_edge(self, data: bytes, lsn: Lsn | None) -> Sequence[Event] | None:
+        """A Begin between transactions, or the Commit of the open plain transaction, read
+        without the message objects; None for anything else (a stream or prepare block, a
+        length out of place, a time out of range), which parsing then decodes or names."""
+        if self._stream is not None or self._preparing is not None:
+            return None
+        try:
+            if data[0] == _BEGIN:
+                if len(data) != _BEGIN_FIELDS.size + 1 or self._open is not None:
+                    return None
+                final_lsn, micros, xid = _BEGIN_FIELDS.unpack_from(data, 1)
+                when = PG_EPOCH + timedelta(microseconds=micros)
+                self._open = Begin(xid, Lsn(final_lsn), None, when, lsn)
+                return (self._open,)
+            begin = self._open
+            if len(data) != _COMMIT_FIELDS.size + 1 or begin is None:
+                return None
+            _, commit_lsn, end_lsn, micros = _COMMIT_FIELDS.unpack_from(data, 1)
+            when = PG_EPOCH + timedelta(microseconds=micros)
+        except OverflowError:
+            return None
+        self._open = None
+        return (Commit(begin.xid, Lsn(commit_lsn), Lsn(end_lsn), when),)
 
     def finish(self) -> Sequence[Event]:
         """End of stream: raise if it stops inside a transaction or a stream block.

@@ -10,7 +10,9 @@ from ....errors import DecodeError
 from ...lsn import Lsn
 from .messages import UNCHANGED, Datum, TupleData
 
-_PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
+#: Where pgoutput's timestamps (microseconds) count from.
+PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH: Final = PG_EPOCH
 _U8 = struct.Struct(">B")
 _I16 = struct.Struct(">h")
 _U32 = struct.Struct(">I")

@@ -3,16 +3,13 @@ held transactions) and the canonical events it produces, in commit order."""
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
 from typing import Final
 
 from ....errors import DecodeError, StreamCutShort
 from ...lsn import Lsn
 from ...making import change as new_change
 from ...model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation, TableName
-from .held import HeldTransactions
 from .messages import (
     MAX_PROTO_VERSION,
     BeginMessage,
@@ -39,26 +36,17 @@ from .messages import (
     TypeMessage,
     UpdateMessage,
 )
-from .reader import PG_EPOCH, row_fast, where
+from .plain import NO_COLUMNS, ROW_OPS, PlainPaths
+from .reader import where
 from .rows import Row, image
 from .typenames import custom_type_name, format_type
 from .wire import parse_message
 
-#: The type bytes of Insert, Update and Delete, and the operation each is.
-_ROW_OPS: Final[dict[int, Op]] = {ord("I"): Op.INSERT, ord("U"): Op.UPDATE, ord("D"): Op.DELETE}
-_INSERT: Final = ord("I")
-_NEW_TUPLE: Final = ord("N")
-_BEGIN: Final = ord("B")
 #: The type bytes of Begin and Commit.
-_EDGES: Final = frozenset((_BEGIN, ord("C")))
-#: After the type byte: a Begin's final LSN, commit time and xid; a Commit's flags, commit
-#: LSN, end LSN and commit time.
-_BEGIN_FIELDS: Final = struct.Struct(">QqI")
-_COMMIT_FIELDS: Final = struct.Struct(">BQQq")
-_NONE: Final[frozenset[str]] = frozenset()
+_EDGES: Final = frozenset((ord("B"), ord("C")))
 
 
-class PgoutputDecoder(HeldTransactions):
+class PgoutputDecoder(PlainPaths):
     """Decoder for pgoutput (text mode), protocol versions 1 to 4.
 
     ``proto_version`` must be the one the slot was read with: it decides which messages may
@@ -124,7 +112,7 @@ class PgoutputDecoder(HeldTransactions):
                 "pg_logical_slot_peek_binary_changes",
                 lsn=message.lsn,
             )
-        if data and data[0] in _ROW_OPS:
+        if data and data[0] in ROW_OPS:
             events = self._plain_row(data, message.lsn)
             if events is None and self._wanted:
                 events = self._skip(data, message.lsn)
@@ -138,87 +126,6 @@ class PgoutputDecoder(HeldTransactions):
             data, self.proto_version, in_stream=self._stream is not None, lsn=message.lsn
         )
         return self._dispatch(parsed, message.lsn)
-
-    def _skip(self, data: bytes, lsn: Lsn | None) -> Sequence[Event] | None:
-        """A row change of a table not wanted, placed like any change but without its tuples;
-        None when the message must be parsed (a wanted or unknown relation, damage, no
-        transaction): parsing then decodes it or names what is wrong."""
-        stream = self._stream
-        start = 5 if stream is not None else 1  # in a stream block the xid comes first
-        if len(data) < start + 4:
-            return None
-        relation_id = int.from_bytes(data[start : start + 4], "big")
-        relation = stream.relations.get(relation_id) if stream is not None else None
-        if relation is None:
-            relation = self._relations.get(relation_id)
-        if relation is None or (relation.schema, relation.name) in self._wanted:
-            return None
-        op = _ROW_OPS[data[0]]
-        if stream is not None:
-            if stream.complete:
-                subxid = int.from_bytes(data[1:5], "big")
-                stream.add(subxid, new_change(op, relation, lsn=lsn, xid=stream.xid))
-            return ()
-        if self._preparing is not None:
-            pending = self._preparing
-            pending.add(pending.xid, new_change(op, relation, lsn=lsn, xid=pending.xid))
-            return ()
-        if self._open is not None:
-            return (new_change(op, relation, None, None, _NONE, lsn, self._open.xid),)
-        return None
-
-    def _plain_row(self, data: bytes, lsn: Lsn | None) -> Sequence[Event] | None:
-        """A row change of a plain transaction, of a known relation, read without the message
-        objects (the per-change hot path): a table not wanted gives its change without images,
-        an Insert its new row. None for anything else (a stream or prepare block, an unknown
-        relation, an Update or Delete of a wanted table, any byte out of place), which
-        :meth:`_skip` or parsing then decodes or names."""
-        open_ = self._open
-        if open_ is None or self._stream is not None or self._preparing is not None:
-            return None
-        if len(data) < 5:
-            return None
-        relation_id = int.from_bytes(data[1:5], "big")
-        relation = self._relations.get(relation_id)
-        if relation is None:
-            return None
-        if self._wanted:
-            judged = self._judged.get(relation_id)
-            if judged is None or judged[0] is not relation:
-                judged = (relation, (relation.schema, relation.name) in self._wanted)
-                self._judged[relation_id] = judged
-            if not judged[1]:
-                return (new_change(_ROW_OPS[data[0]], relation, None, None, _NONE, lsn, open_.xid),)
-        if data[0] != _INSERT or len(data) < 6 or data[5] != _NEW_TUPLE:
-            return None
-        new = row_fast(data, 6, relation.column_names)
-        if new is None:
-            return None
-        return (new_change(Op.INSERT, relation, new, None, _NONE, lsn, open_.xid),)
-
-    def _plain_edge(self, data: bytes, lsn: Lsn | None) -> Sequence[Event] | None:
-        """A Begin between transactions, or the Commit of the open plain transaction, read
-        without the message objects; None for anything else (a stream or prepare block, a
-        length out of place, a time out of range), which parsing then decodes or names."""
-        if self._stream is not None or self._preparing is not None:
-            return None
-        try:
-            if data[0] == _BEGIN:
-                if len(data) != _BEGIN_FIELDS.size + 1 or self._open is not None:
-                    return None
-                final_lsn, micros, xid = _BEGIN_FIELDS.unpack_from(data, 1)
-                when = PG_EPOCH + timedelta(microseconds=micros)
-                self._open = Begin(xid, Lsn(final_lsn), None, when, lsn)
-                return (self._open,)
-            begin = self._open
-            if len(data) != _COMMIT_FIELDS.size + 1 or begin is None:
-                return None
-            _, commit_lsn, end_lsn, micros = _COMMIT_FIELDS.unpack_from(data, 1)
-            when = PG_EPOCH + timedelta(microseconds=micros)
-        except OverflowError:
-            return None
-        self._open = None
-        return (Commit(begin.xid, Lsn(commit_lsn), Lsn(end_lsn), when),)
 
     def finish(self) -> Sequence[Event]:
         """End of stream: raise if it stops inside a transaction or a stream block.
@@ -359,7 +266,7 @@ class PgoutputDecoder(HeldTransactions):
             return [new_change(Op.INSERT, relation, new, None, unchanged, lsn, xid)]
         old = self._oldimage(relation, message.key, message.old, what, lsn)
         if isinstance(message, DeleteMessage):
-            return [new_change(Op.DELETE, relation, None, old, _NONE, lsn, xid)]
+            return [new_change(Op.DELETE, relation, None, old, NO_COLUMNS, lsn, xid)]
         new, unchanged = image(relation, message.new, key_only=False, what=what, lsn=lsn)
         return [new_change(Op.UPDATE, relation, new, old, unchanged, lsn, xid)]
 

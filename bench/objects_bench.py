@@ -10,11 +10,12 @@ Builds ``bench/pipeline.py``'s ledger workload once on a throwaway cluster, then
 fresh copy of each plugin's slot ``--repeat`` times, through :func:`pipeline.measure_recover`,
 and prints each run's client CPU seconds (``wait4``) and their median. Each ``--tree DIR`` (an
 export of another commit, e.g. ``git archive BASE | tar -x -C DIR``) is run too, with
-``PYTHONPATH=DIR`` (the installed ``walrecover`` script then imports that tree), the trees taking
-turns within each repeat so that a change of the machine's load falls on all of them alike: on a
-shared machine, compare figures of the same run. ``--profile DIR`` records one more run per
-plugin of the worktree's code under py-spy (CPU samples only, no idle) (collapsed stacks) and prints
-where the time goes.
+``PYTHONPATH=DIR`` (the installed ``walrecover`` script then imports that tree), and so is
+``pipeline.py``'s skeleton: they take turns within each repeat, so a change of the machine's
+load falls on all of them alike (on a shared machine, compare figures of the same run). The
+medians are printed with their ratio to the skeleton's, CPU and wall. ``--profile DIR``
+records one more run per plugin of the worktree's code under py-spy (CPU samples only, no
+idle; collapsed stacks) and prints where the time goes.
 """
 
 from __future__ import annotations
@@ -31,14 +32,24 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from pipeline import Run, build_workload, measure_recover, slot_copy, summarize_collapsed  # noqa: E402
+from pipeline import (  # noqa: E402
+    Run,
+    build_workload,
+    measure_recover,
+    measure_skeleton,
+    slot_copy,
+    summarize_collapsed,
+)
 
 from walrecover.db import connect  # noqa: E402
 from walrecover.drill.cluster import Cluster  # noqa: E402
 
 
-def cpu_of(cluster: Cluster, plugin: str, full: bool, tmp: Path, tree: str | None) -> float:
-    """One recovery with ``tree`` first on the import path (None: this worktree)."""
+def measure_of(
+    cluster: Cluster, plugin: str, full: bool, tmp: Path, tree: str | None
+) -> tuple[float, float]:
+    """One recovery with ``tree`` first on the import path (None: this worktree): its client
+    CPU seconds and wall seconds."""
     saved = os.environ.get("PYTHONPATH")
     if tree is not None:
         os.environ["PYTHONPATH"] = tree
@@ -50,7 +61,7 @@ def cpu_of(cluster: Cluster, plugin: str, full: bool, tmp: Path, tree: str | Non
         else:
             os.environ["PYTHONPATH"] = saved
     assert measure.client_cpu is not None
-    return measure.client_cpu
+    return measure.client_cpu, measure.wall
 
 
 def profile(cluster: Cluster, plugin: str, out: Path) -> None:
@@ -86,25 +97,41 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, metavar="DIR")
     args = parser.parse_args()
     plugins = args.plugins.split(",")
-    trees: list[str | None] = [None, *args.tree]
-    cpu: dict[tuple[str | None, str], list[float]] = {(t, p): [] for t in trees for p in plugins}
+    runs: list[str] = ["skeleton", "worktree", *args.tree]
+    cpu: dict[tuple[str, str], list[float]] = {(r, p): [] for r in runs for p in plugins}
+    wall: dict[tuple[str, str], list[float]] = {(r, p): [] for r in runs for p in plugins}
     with (
         Cluster(settings={"fsync": "on"}, require_plugins=tuple(plugins)) as cluster,
         tempfile.TemporaryDirectory(prefix="walrecover-objects-") as tmpdir,
     ):
-        build_workload(cluster, Run(changes=args.changes, plugins=plugins), plugins, 1000, None)
+        run = Run(changes=args.changes, plugins=plugins)
+        lsns = build_workload(cluster, run, plugins, 1000, None)
         for _ in range(args.repeat):
             for plugin in plugins:
-                for tree in trees:
-                    seconds = cpu_of(cluster, plugin, args.full, Path(tmpdir), tree)
-                    cpu[(tree, plugin)].append(seconds)
-                    print(f"{tree or 'worktree'} {plugin}: {seconds:.2f}", flush=True)
-        for (tree, plugin), seconds in cpu.items():
-            if not seconds:
+                for name in runs:
+                    if name == "skeleton":
+                        skeleton = measure_skeleton(cluster, plugin, lsns)
+                        assert skeleton.client_cpu is not None
+                        seconds, took = skeleton.client_cpu, skeleton.wall
+                    else:
+                        tree = None if name == "worktree" else name
+                        seconds, took = measure_of(cluster, plugin, args.full, Path(tmpdir), tree)
+                    cpu[(name, plugin)].append(seconds)
+                    wall[(name, plugin)].append(took)
+                    print(f"{name} {plugin}: {seconds:.2f} CPU-s, {took:.1f} s", flush=True)
+        for (name, plugin), values in cpu.items():
+            if not values:
                 continue
-            shown = ", ".join(f"{s:.2f}" for s in seconds)
-            median = statistics.median(seconds)
-            print(f"{tree or 'worktree':30} {plugin:9} client CPU s: {shown}  median {median:.2f}")
+            median = statistics.median(values)
+            took = statistics.median(wall[(name, plugin)])
+            floor = statistics.median(cpu[("skeleton", plugin)])
+            floor_wall = statistics.median(wall[("skeleton", plugin)])
+            shown = ", ".join(f"{v:.2f}" for v in values)
+            print(
+                f"{name:30} {plugin:9} client CPU s: {shown}  median {median:.2f} "
+                f"({median / floor:.2f} x the skeleton's); wall median {took:.1f} s "
+                f"({took / floor_wall:.2f} x)"
+            )
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
             for plugin in plugins:

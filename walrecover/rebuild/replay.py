@@ -165,10 +165,12 @@ class Replayer:
                 txn = self._txn
                 if txn is None:
                     continue
-                self._watch(event, txn)
-                if not txn.skip:
+                if not self._watch(event, txn):
+                    if not txn.skip:
+                        self._other(event)
+                elif not txn.skip:
                     self._change(event)
-                elif event.relation.complete and self._ours(event):
+                elif event.relation.complete:
                     self._applied_relation = event.relation
             elif isinstance(event, Begin) and self._begin(event):
                 self._audit_after_stop(Txn.of(event), stream)
@@ -258,22 +260,24 @@ class Replayer:
         if len(self.other_tables) < 50 and relation.schema != PROGRESS_SCHEMA:
             self.other_tables.add(relation.qualified_name)
 
-    def _watch(self, change: Change, txn: Txn) -> None:
+    def _watch(self, change: Change, txn: Txn) -> bool:
         """Ask the judge about every change of the table, applied or skipped by a resume: a
-        change of a re-created table first empties what the earlier one left (a TRUNCATE)."""
+        change of a re-created table first empties what the earlier one left (a TRUNCATE).
+        Whether the change is the table's."""
         txn.events += 1
         if not self._ours(change):
-            return
+            return False
         txn.ours += 1
         if self.judge is None:
-            return
+            return True
         recreated = self.judge.change(change, txn.xid, txn.commit_lsn)
         if recreated is None or txn.skip or not self.shape.created:
-            return
+            return True
         if self.shape.relation is None:  # resumed: the earlier table's rows are in the target
             self.shape.adopt(change.relation, self.applier)
         assert self.shape.relation is not None
         self._change(Change(Op.TRUNCATE, self.shape.relation, lsn=recreated.lsn, xid=recreated.xid))
+        return True
 
     def _begin(self, event: Begin) -> bool:
         """Open a transaction; True if the stop point says to stop here."""

@@ -69,11 +69,19 @@ class PlainPaths(HeldTransactions):
         return None
 
     def _plain_row(self, data: bytes, lsn: Lsn | None) -> Sequence[Event] | None:
-        """A row change of a plain transaction, of a known relation, read without the message
-        objects (the per-change hot path): a table not wanted gives its change without images,
-        an Insert its new row. None for anything else (a stream or prepare block, an unknown
-        relation, an Update or Delete of a wanted table, any byte out of place), which
-        :meth:`_skip` or parsing then decodes or names."""
+        """A row change of a plain transaction read without the message objects (the
+        per-change hot path): a table not wanted gives its change without images
+        (:meth:`_plain_skip`), an Insert its new row (:meth:`_insert`). None for anything else
+        (a stream or prepare block, an unknown relation, an Update or Delete of a wanted table,
+        any byte out of place), which :meth:`_skip` or parsing then decodes or names."""
+        if self._wanted:
+            skipped = self._plain_skip(data, lsn)
+            if skipped is not None:
+                return skipped
+        return self._insert(data, lsn) if data[0] == _INSERT else None
+
+    def _plain_skip(self, data: bytes, lsn: Lsn | None) -> Sequence[Event] | None:
+        """A row change of a plain transaction of a known relation not wanted; else None."""
         open_ = self._open
         if open_ is None or self._stream is not None or self._preparing is not None:
             return None
@@ -83,16 +91,24 @@ class PlainPaths(HeldTransactions):
         relation = self._relations.get(relation_id)
         if relation is None:
             return None
-        if self._wanted:
-            judged = self._judged.get(relation_id)
-            if judged is None or judged[0] is not relation:
-                judged = (relation, (relation.schema, relation.name) in self._wanted)
-                self._judged[relation_id] = judged
-            if not judged[1]:
-                return (
-                    new_change(ROW_OPS[data[0]], relation, None, None, NO_COLUMNS, lsn, open_.xid),
-                )
-        if data[0] != _INSERT or len(data) < 6 or data[5] != _NEW_TUPLE:
+        judged = self._judged.get(relation_id)
+        if judged is None or judged[0] is not relation:
+            judged = (relation, (relation.schema, relation.name) in self._wanted)
+            self._judged[relation_id] = judged
+        if judged[1]:
+            return None
+        return (new_change(ROW_OPS[data[0]], relation, None, None, NO_COLUMNS, lsn, open_.xid),)
+
+    def _insert(self, data: bytes, lsn: Lsn | None) -> Sequence[Event] | None:
+        """An Insert of a plain transaction of a known relation, read straight into its row
+        (:func:`~.reader.row_fast`); None for anything else."""
+        open_ = self._open
+        if open_ is None or self._stream is not None or self._preparing is not None:
+            return None
+        if len(data) < 6 or data[5] != _NEW_TUPLE:
+            return None
+        relation = self._relations.get(int.from_bytes(data[1:5], "big"))
+        if relation is None:
             return None
         new = row_fast(data, 6, relation.column_names)
         if new is None:

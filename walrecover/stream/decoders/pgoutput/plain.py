@@ -30,6 +30,8 @@ _BEGIN: Final = ord("B")
 _BEGIN_FIELDS: Final = struct.Struct(">QqI")
 _COMMIT_FIELDS: Final = struct.Struct(">BQQq")
 NO_COLUMNS: Final[frozenset[str]] = frozenset()
+#: ``int.__new__``: an unpacked uint64 is always a valid LSN, no range check needed.
+_new_lsn = int.__new__
 
 
 class PlainPaths(HeldTransactions):
@@ -127,7 +129,7 @@ class PlainPaths(HeldTransactions):
                     return None
                 final_lsn, micros, xid = _BEGIN_FIELDS.unpack_from(data, 1)
                 when = PG_EPOCH + timedelta(microseconds=micros)
-                self._open = Begin(xid, Lsn(final_lsn), None, when, lsn)
+                self._open = Begin(xid, _new_lsn(Lsn, final_lsn), None, when, lsn)
                 return (self._open,)
             begin = self._open
             if len(data) != _COMMIT_FIELDS.size + 1 or begin is None:
@@ -137,4 +139,4 @@ class PlainPaths(HeldTransactions):
         except OverflowError:
             return None
         self._open = None
-        return (Commit(begin.xid, Lsn(commit_lsn), Lsn(end_lsn), when),)
+        return (Commit(begin.xid, _new_lsn(Lsn, commit_lsn), _new_lsn(Lsn, end_lsn), when),)

@@ -12,12 +12,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 from ..stream.lsn import Lsn
 from ..stream.model import Begin, Change, Outcome, Values
 
-__all__ = ["AppliedChange", "AuditSink", "Outcome", "Txn", "at", "named", "stop_hint"]
+__all__ = [
+    "AppliedChange",
+    "AuditSink",
+    "Outcome",
+    "Txn",
+    "applied_change",
+    "at",
+    "named",
+    "stop_hint",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +41,47 @@ class AppliedChange:
     outcome: Outcome
     #: The whole after-image when replay learned values the stream left out (unchanged TOAST).
     after: Values | None = None
+
+
+class _AppliedTwin:
+    """:class:`AppliedChange`'s slots, with a plain ``__init__`` (see :func:`applied_change`)."""
+
+    __slots__ = ("after", "change", "commit_lsn", "commit_time", "end_lsn", "outcome", "xid")
+
+    def __init__(
+        self,
+        change: Change,
+        xid: int | None,
+        commit_lsn: Lsn | None,
+        end_lsn: Lsn | None,
+        commit_time: datetime | None,
+        outcome: Outcome,
+        after: Values | None,
+    ) -> None:
+        self.change = change
+        self.xid = xid
+        self.commit_lsn = commit_lsn
+        self.end_lsn = end_lsn
+        self.commit_time = commit_time
+        self.outcome = outcome
+        self.after = after
+
+
+def applied_change(
+    change: Change,
+    xid: int | None,
+    commit_lsn: Lsn | None,
+    end_lsn: Lsn | None,
+    commit_time: datetime | None,
+    outcome: Outcome,
+    after: Values | None = None,
+) -> AppliedChange:
+    """``AppliedChange(...)`` made about three times faster, for the applier's every change: a
+    twin with the same slots, filled, becomes an :class:`AppliedChange` (the way
+    :mod:`walrecover.stream.making` makes a :class:`Change`)."""
+    made: Any = _AppliedTwin(change, xid, commit_lsn, end_lsn, commit_time, outcome, after)
+    made.__class__ = AppliedChange
+    return cast(AppliedChange, made)
 
 
 class AuditSink(Protocol):
@@ -91,7 +141,7 @@ class Txn:
         self, change: Change, outcome: Outcome, after: Values | None = None
     ) -> AppliedChange:
         """``change`` of this transaction, for the audit."""
-        return AppliedChange(
+        return applied_change(
             change, self.xid, self.commit_lsn, self.end_lsn, self.commit_time, outcome, after
         )
 

@@ -31,7 +31,7 @@ from psycopg import sql
 from ..db import Connection, connection_lost
 from ..errors import ConnectionFailed, PrivilegeError, ReplayError, WalrecoverError, first_line
 from ..stream.model import Change, Op, TableName, Values
-from .applied import AppliedChange, AuditSink, Outcome, Txn, at, stop_hint
+from .applied import AuditSink, Outcome, Txn, applied_change, at, stop_hint
 from .schema import Identity, Shape
 from .statements import statement
 
@@ -192,7 +192,7 @@ class Applier:
             after = shape.row_identity(change.new)
             if after is not None:
                 batch.other_keys.add(after)
-        if len(batch) >= self.batch_size * 4:
+        if len(batch.pending) >= self.batch_size * 4:
             self.flush_midway()
 
     def identity_changed(self) -> None:
@@ -235,7 +235,7 @@ class Applier:
         if self.sink is not None:
             self.sink.write(
                 [
-                    AppliedChange(
+                    applied_change(
                         p.change,
                         (txn := p.txn).xid,
                         txn.commit_lsn,

@@ -115,8 +115,11 @@ class Replayer:
         self._left_out: list[Change] = []
         #: The table's definition at its last change skipped as applied by an earlier run.
         self._applied_relation: Relation | None = None
-        #: The last relation :meth:`_ours` found to be the table's.
+        #: The last relations :meth:`_ours` found to be the table's and another table's, and
+        #: the last one :meth:`_other` noted.
         self._ours_last: Relation | None = None
+        self._theirs_last: Relation | None = None
+        self._other_last: Relation | None = None
 
     @property
     def relation(self) -> Relation | None:
@@ -162,10 +165,12 @@ class Replayer:
                 txn = self._txn
                 if txn is None:
                     continue
-                self._watch(event, txn)
-                if not txn.skip:
+                if not self._watch(event, txn):
+                    if not txn.skip:
+                        self._other(event)
+                elif not txn.skip:
                     self._change(event)
-                elif event.relation.complete and self._ours(event):
+                elif event.relation.complete:
                     self._applied_relation = event.relation
             elif isinstance(event, Begin) and self._begin(event):
                 self._audit_after_stop(Txn.of(event), stream)
@@ -238,33 +243,41 @@ class Replayer:
         relation = change.relation
         if relation is self._ours_last:
             return True  # the relation object of the table's last change (the common case)
+        if relation is self._theirs_last:
+            return False  # that of the last change of another table
         if relation.same_table(self.table.schema, self.table.name):
             self._ours_last = relation
             return True
+        self._theirs_last = relation
         return False
 
     def _other(self, change: Change) -> None:
         """Note another table of the stream (a few), for the message when ours is absent."""
         relation = change.relation
+        if relation is self._other_last:
+            return  # noted at the table's last change (the common case)
+        self._other_last = relation
         if len(self.other_tables) < 50 and relation.schema != PROGRESS_SCHEMA:
             self.other_tables.add(relation.qualified_name)
 
-    def _watch(self, change: Change, txn: Txn) -> None:
+    def _watch(self, change: Change, txn: Txn) -> bool:
         """Ask the judge about every change of the table, applied or skipped by a resume: a
-        change of a re-created table first empties what the earlier one left (a TRUNCATE)."""
+        change of a re-created table first empties what the earlier one left (a TRUNCATE).
+        Whether the change is the table's."""
         txn.events += 1
         if not self._ours(change):
-            return
+            return False
         txn.ours += 1
         if self.judge is None:
-            return
+            return True
         recreated = self.judge.change(change, txn.xid, txn.commit_lsn)
         if recreated is None or txn.skip or not self.shape.created:
-            return
+            return True
         if self.shape.relation is None:  # resumed: the earlier table's rows are in the target
             self.shape.adopt(change.relation, self.applier)
         assert self.shape.relation is not None
         self._change(Change(Op.TRUNCATE, self.shape.relation, lsn=recreated.lsn, xid=recreated.xid))
+        return True
 
     def _begin(self, event: Begin) -> bool:
         """Open a transaction; True if the stop point says to stop here."""

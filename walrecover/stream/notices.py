@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import LostChanges
 from .lsn import Lsn
-from .model import Begin, Commit, Event, StartPoint, StopPoint, TableName
+from .model import Begin, Change, Commit, Event, StartPoint, StopPoint, TableName
 
 #: Severities surfaced to the user; LOG and DEBUG reach a client only when its
 #: client_min_messages asks for them, and then they are chatter, not trouble.
@@ -185,15 +185,17 @@ class LossWatch:
         self._decided = True
 
     def follow(self, events: Iterable[Event]) -> Iterator[Event]:
-        page = self.log.current.number
+        pages = self.log.pages  # only appended to: the current page's number is its length - 1
+        page = len(pages) - 1
         for event in events:
-            now = self.log.current.number
+            now = len(pages) - 1
             if now != page:
                 if not self.stopped:
                     for number in range(page, now):
-                        self._applied_whole(self.log.pages[number])
+                        self._applied_whole(pages[number])
                 page, self._applied = now, False
-            self._track(event, now)
+            if not isinstance(event, Change):  # only a Begin or a Commit is tracked
+                self._track(event, now)
             yield event
         if not self.stopped:
             for number in range(page, len(self.log.pages)):

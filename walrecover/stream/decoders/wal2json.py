@@ -24,6 +24,7 @@ from typing import Any
 
 from ...errors import DecodeError, StopPointError, StreamCutShort
 from ..lsn import Lsn
+from ..making import change as new_change
 from ..model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation, TableName
 from . import wal2json_fast as fast
 
@@ -37,6 +38,7 @@ _JSON = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=_no_cons
 _OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE, "T": Op.TRUNCATE}
 _ROW_OPS = frozenset("IUD")
 _BYTEA_OID = 17
+_NONE: frozenset[str] = frozenset()
 
 
 def server_options(tables: Iterable[TableName | str] = ()) -> list[tuple[str, str]]:
@@ -247,7 +249,7 @@ class Wal2JsonV2Decoder:
                 if new is None:
                     return None
         old = fast.identity_values(identity, data) if identity is not None else None
-        return (Change(op, known.relation, new, old, frozenset(), lsn, xid),)
+        return (new_change(op, known.relation, new, old, _NONE, lsn, xid),)
 
     def _image_slow(
         self, schema: str, table: str, known: _Known, columns: list[fast.Column], data: str | bytes

@@ -85,10 +85,27 @@ def image(
     columns: list[Column], known: list[tuple[str, str, int | None]], data: str | bytes
 ) -> dict[str, str | None] | None:
     """A row image from columns none of which is bytea, or None when the columns' names, types
-    and type OIDs are not exactly ``known`` (this is the hot loop)."""
-    if [(c.name, c.type, c.typeoid) for c in columns] != known:
+    and type OIDs are not exactly ``known`` (this is the hot loop: one pass, the shape checked
+    column by column as the values are taken).
+
+    A nonzero JSON integer's ``str`` is its literal (JSON has no leading zeros or ``+``);
+    anything else that is not a ``str`` goes through :func:`text`.
+    """
+    if len(columns) != len(known):
         return None
-    return {c.name: v if type(v := c.value) is str else text(v, data) for c in columns}
+    row: dict[str, str | None] = {}
+    for column, (name, type_name, type_oid) in zip(columns, known, strict=True):
+        if column.name != name or column.type != type_name or column.typeoid != type_oid:
+            return None
+        value = column.value
+        kind = type(value)
+        if kind is str:
+            row[name] = value
+        elif kind is int and value:
+            row[name] = str(value)
+        else:
+            row[name] = text(value, data)
+    return row
 
 
 def values(columns: list[Column], data: str | bytes) -> dict[str, str | None]:

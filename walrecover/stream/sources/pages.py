@@ -25,6 +25,7 @@ from psycopg import sql
 from ...db import Connection
 from ..decoders import is_binary
 from ..lsn import Lsn
+from ..making import raw_message
 from ..model import RawMessage
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def read_pages(source: SlotSource, conn: Connection, copy: str) -> Iterator[RawM
                         if source.progress is not None and rows % 2000 == 0:
                             done = min(max(int(lsn) - start, done), total)
                             source.progress("read", done, total)
-                        yield RawMessage(data, lsn, xid)
+                        yield raw_message(data, lsn, xid)
                 source.notices.end_page(last)
             except psycopg.Error as exc:
                 raise source.read_error(exc, conn, last) from None

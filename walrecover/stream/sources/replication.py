@@ -42,6 +42,7 @@ from psycopg import pq
 
 from ...db import Connection
 from ..lsn import Lsn
+from ..making import raw_message
 from ..model import RawMessage
 from ..notices import NoticeLog
 from .base import ProgressCallback
@@ -104,23 +105,20 @@ _new_lsn = int.__new__  # a dataStart is a uint64: no range check needed
 
 
 class _Kinds:
-    """Which messages begin and commit a transaction, for one plugin."""
+    """Which messages begin and commit a transaction, for one plugin: the ``mark`` at ``at``
+    (``B`` or ``C``) of a message that :meth:`marked` says is of that kind."""
 
     def __init__(self, binary: bool) -> None:
         self.pgoutput = binary
         # pgoutput's kind is its first byte; wal2json's is at {"action":"B".
         self.at = 0 if binary else 11
+        self.begin_mark: int | str = _B if binary else "B"
+        self.commit_mark: int | str = _C if binary else "C"
 
-    def of(self, data: bytes | str) -> str | None:
-        """``B``, ``C`` or None (any other message)."""
-        if len(data) <= self.at:
-            return None
-        kind = data[self.at]
-        if self.pgoutput:
-            return "B" if kind == _B else "C" if kind == _C else None
-        if kind in ("B", "C") and isinstance(data, str) and data.startswith('{"action":"'):
-            return str(kind)
-        return None
+    def marked(self, data: bytes | str) -> bool:
+        """Whether a message whose mark is ``B`` or ``C`` is a Begin or Commit (wal2json's
+        mark is that only in a message that starts with ``{"action":"``)."""
+        return self.pgoutput or (isinstance(data, str) and data.startswith('{"action":"'))
 
     def begin(self, data: bytes | str) -> tuple[int, int]:
         """(where the commit record starts, xid) of a transaction's Begin."""
@@ -183,7 +181,6 @@ class ReplicationStream:
         #: The last position received (reported as written) and consumed (as flushed).
         self.received = int(start)
         self.consumed = int(start)
-        self._open_xid: int | None = None
         self._last_status = 0.0
         self._page_rows = 0
         self._failed: psycopg.Error | None = None
@@ -204,41 +201,44 @@ class ReplicationStream:
         total = max(end - start, 0)
         count = 0
         kinds = _Kinds(self.binary)
+        at, begin_mark, commit_mark = kinds.at, kinds.begin_mark, kinds.commit_mark
+        progress, open_xid = self.progress, None
         # A message the walsender sends before the last of a callback's (pgoutput's Relation
         # and Type) has no LSN of its own; a page gives it the LSN of the message it precedes.
         held: list[tuple[bytes | str, int | None]] = []
         while True:
             for lsn, data in self._batch():
                 if data is None:  # a keepalive: lsn is the walsender's walEnd
-                    if self._open_xid is None and self._reached(lsn):
+                    if open_xid is None and self._reached(lsn):
                         return self._end(total)
                     continue
-                kind = kinds.of(data)
-                if kind == "B":
-                    commit, begun = kinds.begin(data)
+                mark = data[at] if len(data) > at else None
+                commits = False
+                if mark == begin_mark and kinds.marked(data):
+                    commit, open_xid = kinds.begin(data)
                     if commit >= end:
                         return self._end(total)
-                    self._open_xid = begun
                     if self.cuts and commit >= self.cuts[0]:
                         self._cut(commit)
-                elif self._open_xid is None and lsn > end:
+                elif open_xid is None and lsn > end:
                     return self._end(total)
+                else:
+                    commits = mark == commit_mark and open_xid is not None and kinds.marked(data)
                 if lsn == 0:
-                    held.append((data, self._open_xid))
+                    held.append((data, open_xid))
                     continue
                 count += 1
-                if self.progress is not None and count % 2000 == 0:
-                    self.progress("read", min(max(lsn - start, 0), total), total)
+                if progress is not None and count % 2000 == 0:
+                    progress("read", min(max(lsn - start, 0), total), total)
                 position: Lsn = _new_lsn(Lsn, lsn)
                 if held:
                     self._page_rows += len(held)
-                    yield from (RawMessage(early, position, its) for early, its in held)
+                    yield from (raw_message(early, position, its) for early, its in held)
                     held.clear()
                 self._page_rows += 1
-                xid = self._open_xid
-                yield RawMessage(data, position, xid)
-                if kind == "C" and xid is not None:
-                    self._open_xid = None
+                yield raw_message(data, position, open_xid)
+                if commits:
+                    open_xid = None
                     self._committed(position)
 
     def _cut(self, commit: int) -> None:
@@ -293,17 +293,24 @@ class ReplicationStream:
             frames.append(self._carry)
             self._carry = None
         idle_since: float | None = None
+        binary, unpack = self.binary, _U64.unpack_from
         while len(frames) < _BATCH:
             size, buffer = get(1)
-            if self._noticed and frames:
-                if size > 0:
-                    self._carry = self._frame(buffer)
-                elif size < 0:
-                    self._failed = self._error(self.conn.pgconn.get_result())
-                break
-            self._deliver()
+            if self._noticed:
+                if frames:
+                    if size > 0:
+                        self._carry = self._frame(buffer)
+                    elif size < 0:
+                        self._failed = self._error(self.conn.pgconn.get_result())
+                    break
+                self._deliver()
             if size > 0:
-                frames.append(self._frame(buffer))
+                if buffer[0] == _W:  # XLogData, as _frame reads it
+                    payload = buffer[_DATA_AT:]
+                    data = bytes(payload) if binary else str(payload, "utf-8")
+                    frames.append((unpack(buffer, 1)[0], data))
+                else:
+                    frames.append(self._frame(buffer))
                 continue
             if size < 0:
                 error = self._error(self.conn.pgconn.get_result())
@@ -313,17 +320,23 @@ class ReplicationStream:
                 break
             if frames:
                 break
-            now = time.monotonic()
-            if idle_since is None:
-                idle_since = now
-            elif now - idle_since > IDLE_PING:
-                self._status(force=True, reply=True)
-                idle_since = now
-            self._wait()
+            idle_since = self._idle(idle_since)
         if frames:
             self.received = max(self.received, *(f[0] for f in frames))
         self._status()
         return frames
+
+    def _idle(self, since: float | None) -> float:
+        """Nothing to take: wait for the socket, asking for a reply after ``IDLE_PING`` of
+        quiet since ``since``; when the quiet started (or the reply was asked)."""
+        now = time.monotonic()
+        if since is None:
+            since = now
+        elif now - since > IDLE_PING:
+            self._status(force=True, reply=True)
+            since = now
+        self._wait()
+        return since
 
     def _frame(self, buffer: memoryview) -> tuple[int, bytes | str | None]:
         if buffer[0] == _W:

@@ -8,8 +8,8 @@ from typing import Final
 
 from ....errors import DecodeError, StreamCutShort
 from ...lsn import Lsn
+from ...making import change as new_change
 from ...model import Begin, Change, Column, Commit, Event, Op, RawMessage, Relation, TableName
-from .held import HeldTransactions
 from .messages import (
     MAX_PROTO_VERSION,
     BeginMessage,
@@ -36,18 +36,17 @@ from .messages import (
     TypeMessage,
     UpdateMessage,
 )
-from .reader import tuple_fast, where
+from .plain import NO_COLUMNS, ROW_OPS, PlainPaths
+from .reader import where
 from .rows import Row, image
 from .typenames import custom_type_name, format_type
 from .wire import parse_message
 
-#: The type bytes of Insert, Update and Delete, and the operation each is.
-_ROW_OPS: Final[dict[int, Op]] = {ord("I"): Op.INSERT, ord("U"): Op.UPDATE, ord("D"): Op.DELETE}
-_INSERT: Final = ord("I")
-_NEW_TUPLE: Final = ord("N")
+#: The type bytes of Begin and Commit.
+_EDGES: Final = frozenset((ord("B"), ord("C")))
 
 
-class PgoutputDecoder(HeldTransactions):
+class PgoutputDecoder(PlainPaths):
     """Decoder for pgoutput (text mode), protocol versions 1 to 4.
 
     ``proto_version`` must be the one the slot was read with: it decides which messages may
@@ -92,6 +91,8 @@ class PgoutputDecoder(HeldTransactions):
         #: The tables whose rows are decoded; other tables' row changes come out without their
         #: images (empty: every table's rows are decoded).
         self._wanted = frozenset((t.schema, t.name) for t in tables)
+        #: Whether a relation (the object last seen under its id) is wanted, by relation id.
+        self._judged: dict[int, tuple[Relation, bool]] = {}
         self._truncations: dict[tuple[Lsn | None, int | None], TruncateFlags] = {}
         #: The options of the last Truncate message decoded (see :meth:`truncate_flags`).
         self.last_truncate_flags: TruncateFlags | None = None
@@ -111,64 +112,20 @@ class PgoutputDecoder(HeldTransactions):
                 "pg_logical_slot_peek_binary_changes",
                 lsn=message.lsn,
             )
-        if self._wanted and data and data[0] in _ROW_OPS:
-            skipped = self._skip(data, message.lsn)
-            if skipped is not None:
-                return skipped
-        if data and data[0] == _INSERT:
-            inserted = self._insert(data, message.lsn)
-            if inserted is not None:
-                return inserted
+        if data and data[0] in ROW_OPS:
+            events = self._plain_row(data, message.lsn)
+            if events is None and self._wanted:
+                events = self._skip(data, message.lsn)
+            if events is not None:
+                return events
+        elif data and data[0] in _EDGES:
+            events = self._plain_edge(data, message.lsn)
+            if events is not None:
+                return events
         parsed = parse_message(
             data, self.proto_version, in_stream=self._stream is not None, lsn=message.lsn
         )
         return self._dispatch(parsed, message.lsn)
-
-    def _skip(self, data: bytes, lsn: Lsn | None) -> Sequence[Event] | None:
-        """A row change of a table not wanted, placed like any change but without its tuples;
-        None when the message must be parsed (a wanted or unknown relation, damage, no
-        transaction): parsing then decodes it or names what is wrong."""
-        stream = self._stream
-        start = 5 if stream is not None else 1  # in a stream block the xid comes first
-        if len(data) < start + 4:
-            return None
-        relation_id = int.from_bytes(data[start : start + 4], "big")
-        relation = stream.relations.get(relation_id) if stream is not None else None
-        if relation is None:
-            relation = self._relations.get(relation_id)
-        if relation is None or (relation.schema, relation.name) in self._wanted:
-            return None
-        op = _ROW_OPS[data[0]]
-        if stream is not None:
-            if stream.complete:
-                subxid = int.from_bytes(data[1:5], "big")
-                stream.add(subxid, Change(op, relation, lsn=lsn, xid=stream.xid))
-            return ()
-        if self._preparing is not None:
-            pending = self._preparing
-            pending.add(pending.xid, Change(op, relation, lsn=lsn, xid=pending.xid))
-            return ()
-        if self._open is not None:
-            return (Change(op, relation, lsn=lsn, xid=self._open.xid),)
-        return None
-
-    def _insert(self, data: bytes, lsn: Lsn | None) -> Sequence[Event] | None:
-        """An Insert of a plain transaction read without the message objects (the per-change
-        hot path); None for anything else (a stream or prepare block, an unknown relation, any
-        byte out of place), which parsing then decodes or names."""
-        open_ = self._open
-        if open_ is None or self._stream is not None or self._preparing is not None:
-            return None
-        if len(data) < 6 or data[5] != _NEW_TUPLE:
-            return None
-        relation = self._relations.get(int.from_bytes(data[1:5], "big"))
-        if relation is None:
-            return None
-        fast = tuple_fast(data, 6)
-        if fast is None or fast[1] != len(data) or len(fast[0]) != len(relation.columns):
-            return None
-        new, unchanged = image(relation, fast[0], key_only=False, what="Insert", lsn=lsn)
-        return (Change(Op.INSERT, relation, new, None, unchanged, lsn, open_.xid),)
 
     def finish(self) -> Sequence[Event]:
         """End of stream: raise if it stops inside a transaction or a stream block.
@@ -306,12 +263,12 @@ class PgoutputDecoder(HeldTransactions):
         relation = self._relation(message.relation_id, what, lsn, overlay)
         if isinstance(message, InsertMessage):
             new, unchanged = image(relation, message.new, key_only=False, what=what, lsn=lsn)
-            return [Change(Op.INSERT, relation, new, None, unchanged, lsn, xid)]
+            return [new_change(Op.INSERT, relation, new, None, unchanged, lsn, xid)]
         old = self._oldimage(relation, message.key, message.old, what, lsn)
         if isinstance(message, DeleteMessage):
-            return [Change(Op.DELETE, relation, None, old, frozenset(), lsn, xid)]
+            return [new_change(Op.DELETE, relation, None, old, NO_COLUMNS, lsn, xid)]
         new, unchanged = image(relation, message.new, key_only=False, what=what, lsn=lsn)
-        return [Change(Op.UPDATE, relation, new, old, unchanged, lsn, xid)]
+        return [new_change(Op.UPDATE, relation, new, old, unchanged, lsn, xid)]
 
     @staticmethod
     def _oldimage(

@@ -10,7 +10,9 @@ from ....errors import DecodeError
 from ...lsn import Lsn
 from .messages import UNCHANGED, Datum, TupleData
 
-_PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
+#: Where pgoutput's timestamps (microseconds) count from.
+PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH: Final = PG_EPOCH
 _U8 = struct.Struct(">B")
 _I16 = struct.Struct(">h")
 _U32 = struct.Struct(">I")
@@ -215,3 +217,34 @@ def tuple_fast(data: bytes, pos: int) -> tuple[TupleData, int] | None:
     except (IndexError, struct.error, UnicodeDecodeError):
         return None
     return tuple(values), pos
+
+
+def row_fast(data: bytes, pos: int, names: tuple[str, ...]) -> dict[str, str | None] | None:
+    """The TupleData at ``pos``, which must end the message, as column name -> text when it has
+    exactly ``names``' columns, each text or NULL; None when anything is off or a column is
+    unchanged TOAST (the checked path then reads it). An Insert's new row, the per-change hot
+    path of pgoutput: :func:`tuple_fast` and :func:`~.rows.image` in one loop."""
+    size = len(data)
+    if pos + 2 > size or _I16.unpack_from(data, pos)[0] != len(names):
+        return None
+    pos += 2
+    row: dict[str, str | None] = {}
+    unpack = _I32.unpack_from
+    try:
+        for name in names:
+            kind = data[pos]
+            if kind == 0x74:  # 't'
+                length = unpack(data, pos + 1)[0]
+                start = pos + 5
+                pos = start + length
+                if length < 0 or pos > size:
+                    return None
+                row[name] = data[start:pos].decode("utf-8")
+            elif kind == 0x6E:  # 'n'
+                row[name] = None
+                pos += 1
+            else:
+                return None
+    except (IndexError, struct.error, UnicodeDecodeError):
+        return None
+    return row if pos == size else None

@@ -172,6 +172,25 @@ def test_a_parts_directory_with_files_walrecover_did_not_write_is_refused(
     assert not table_exists(source, "t_recovered")
 
 
+def test_a_run_killed_while_writing_its_first_record_does_not_block_the_rerun(
+    source: Database, tmp_path: Path
+) -> None:
+    """A SIGKILL between writing the run record's temporary file and renaming it leaves
+    ``PATH.parts`` holding only that file. The fault injection found the rerun refusing it as
+    files walrecover did not write (exit 1, the recovery never finished); it is the killed run's
+    and the rerun replaces it. The test failed before the fix."""
+    audit = tmp_path / "audit.parquet"
+    parts = tmp_path / "audit.parquet.parts"
+    parts.mkdir()
+    (parts / (RUN_FILE + ".tmp")).write_bytes(b'{"format": 1, "aud')
+
+    result = recover(source, "--audit", str(audit))
+
+    assert result.exit_code == 0, result.stderr
+    assert verify_audit(audit).ok
+    assert not parts.exists()
+
+
 @pytest.mark.parametrize("layout", ["file", "dir"])
 def test_a_partial_symlink_never_overwrites_its_target(
     source: Database, tmp_path: Path, layout: str

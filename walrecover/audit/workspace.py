@@ -140,6 +140,10 @@ class Destination:
         if not foreign and clear_published(parts):
             return False
         run = read_run(parts / RUN_FILE)
+        if run is None and os.listdir(parts) == [RUN_FILE + ".tmp"]:
+            # A run killed while writing its first record: nothing else of it was made (parts
+            # come after the record), and writing this run's record replaces the file.
+            return False
         if foreign or (run is None and os.listdir(parts)):
             named = ", ".join(foreign[:3]) if foreign else "files without walrecover's record"
             raise AuditError(

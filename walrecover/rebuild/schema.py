@@ -167,7 +167,7 @@ class Shape:
         if image is None:
             return None
         try:
-            return tuple(image[name] for name in self.key or self.guess or self.columns)
+            return tuple([image[name] for name in self.key or self.guess or self.columns])
         except KeyError:
             return None
 

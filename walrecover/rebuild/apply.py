@@ -46,6 +46,10 @@ class Pending:
     after: Values | None = None
 
 
+#: A buffered update, delete or truncate with its statement and parameters.
+_Made = tuple[Pending, sql.Composed, list[str | None]]
+
+
 @dataclass(slots=True)
 class _Batch:
     """Changes not yet sent, in stream order, with the indexes of inserts and other ops.
@@ -118,6 +122,9 @@ class Applier:
         self._no_row = 0
         #: The change the target refused, when a send fails (for the error message).
         self._failed: Pending | None = None
+        #: Whether the target lets changes of different rows run in any order, for which key.
+        self._free = False
+        self._free_for: tuple[str, ...] | None = None
 
     # -- transactions ------------------------------------------------------------------------
 
@@ -269,16 +276,80 @@ class Applier:
             raise
 
     def _apply_others(self, items: list[Pending]) -> None:
-        """Run updates, deletes and truncates in order, grouping runs of the same statement."""
+        """Run updates, deletes and truncates in order, grouping runs of the same statement.
+
+        Changes of pairwise different rows may run in any order when the target allows it
+        (:meth:`_order_free`): the changes are cut into stretches in which no row is touched
+        twice, and each stretch sends each statement's changes together, a round trip per kind
+        of statement rather than per change (a ledger's corrections and voids interleave, so
+        runs in stream order are mostly one change long). Stretches keep their order.
+        """
+        made = [(item, *self._statement(item.change)) for item in items]
+        if len(made) < 3 or not self._order_free():
+            self._run_in_order(made)
+            return
+        stretch: list[_Made] = []
+        seen: set[Identity] = set()
+        for entry in made:
+            rows = self._rows_of(entry[0].change)
+            if rows is None or not seen.isdisjoint(rows):
+                self._run_grouped(stretch)
+                stretch, seen = [], set()
+            if rows is None:  # a row not known by its key: alone, in its place
+                self._run_in_order([entry])
+                continue
+            stretch.append(entry)
+            seen.update(rows)
+        self._run_grouped(stretch)
+
+    def _order_free(self) -> bool:
+        """Whether the table has a real key and nothing on the target checks one row against
+        another but that key (asked once per key)."""
+        key = self.shape.key
+        if not key:
+            return False
+        if self._free_for != key:
+            self._free = self.target.rows_independent(key)
+            self._free_for = key
+        return self._free
+
+    def _rows_of(self, change: Change) -> tuple[Identity, ...] | None:
+        """The keys of the rows an update or delete finds and leaves; None if one of them is
+        not known (or for a truncate, which touches every row)."""
+        if change.op is Op.TRUNCATE:
+            return None
+        before = self.shape.key_values(change)
+        if before is None:
+            return None
+        if change.op is not Op.UPDATE:
+            return (before,)
+        after = self.shape.row_identity(change.new)
+        if after is None:
+            return None
+        return (before,) if after == before else (before, after)
+
+    def _run_grouped(self, stretch: list[_Made]) -> None:
+        """Send changes of pairwise different rows, each statement's together."""
+        groups: list[tuple[sql.Composed, list[tuple[Pending, list[str | None]]]]] = []
+        for item, query, params in stretch:
+            # A few kinds of statement per batch: a list beats hashing composed SQL.
+            group = next((g for s, g in groups if s == query), None)
+            if group is None:
+                groups.append((query, group := []))
+            group.append((item, params))
+        for query, group in groups:
+            self._execute_run(query, group)
+
+    def _run_in_order(self, made: list[_Made]) -> None:
+        """Send changes in stream order, runs of the same statement together."""
         run: list[tuple[Pending, list[str | None]]] = []
         run_sql: sql.Composed | None = None
-        for item in items:
-            statement, params = self._statement(item.change)
-            if run and statement != run_sql:
+        for item, query, params in made:
+            if run and query != run_sql:
                 assert run_sql is not None
                 self._execute_run(run_sql, run)
                 run = []
-            run_sql = statement
+            run_sql = query
             run.append((item, params))
         if run:
             assert run_sql is not None

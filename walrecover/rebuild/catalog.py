@@ -94,6 +94,28 @@ class TableCatalog(TableRef):
         ).fetchall()
         return frozenset(str(r[0]) for r in rows)
 
+    def rows_independent(self, key: tuple[str, ...]) -> bool:
+        """Whether changes of different rows (by ``key``) may run in any order: nothing on the
+        table checks one row against another but a primary key or unique constraint on
+        exactly ``key`` (no other unique index, exclusion or foreign key constraint, trigger
+        or rule). Row-local checks (CHECK, NOT NULL) do not care about order."""
+        row = self.conn.execute(
+            "SELECT NOT c.relhasrules"
+            " AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid"
+            "   AND NOT t.tgisinternal)"
+            " AND NOT EXISTS (SELECT 1 FROM pg_constraint k"
+            "   WHERE (k.conrelid = c.oid OR k.confrelid = c.oid)"
+            "   AND k.contype NOT IN ('c', 'n', 'p', 'u'))"
+            " AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid"
+            "   AND i.indisunique AND (i.indpred IS NOT NULL OR i.indexprs IS NOT NULL"
+            "   OR ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) AS n(attnum)"
+            "     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = n.attnum"
+            '     ORDER BY a.attname::text COLLATE "C") <> %s::text[]))'
+            " FROM pg_class c WHERE c.oid = %s::regclass",
+            (sorted(key), self.regclass),
+        ).fetchone()
+        return bool(row and row[0])
+
     def try_index(self, columns: tuple[str, ...], *, method: str = "btree") -> bool:
         """Index ``columns`` so updates and deletes find their rows fast (a key learned late);
         False, with nothing changed, if PostgreSQL cannot build that index.

@@ -150,9 +150,9 @@ def run_baseline(rows: int, path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size}
 
 
-def run_audit(rows: int, path: Path, partitioned: bool) -> dict[str, Any]:
-    writer = AuditWriter(path, {"tool": "bench"}, partitioned=partitioned)
-    writer.start(None, resuming=False)
+def write_parts(writer: AuditWriter, rows: int) -> None:
+    """Write ``rows`` of :func:`changes` into a started writer, sealed every
+    :data:`COMMIT_EVERY` rows as replay seals them at its commits."""
     batch: list[AppliedChange] = []
     for applied in changes(rows):
         batch.append(applied)
@@ -163,6 +163,12 @@ def run_audit(rows: int, path: Path, partitioned: bool) -> dict[str, Any]:
     if batch:
         writer.write(batch)
         writer.commit(batch[-1].commit_lsn)
+
+
+def run_audit(rows: int, path: Path, partitioned: bool) -> dict[str, Any]:
+    writer = AuditWriter(path, {"tool": "bench"}, partitioned=partitioned)
+    writer.start(None, resuming=False)
+    write_parts(writer, rows)
     written = writer.close()
     size = (
         sum(p.stat().st_size for p in path.rglob("*.parquet"))

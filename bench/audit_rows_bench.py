@@ -19,32 +19,23 @@ import argparse
 import cProfile
 import os
 import resource
+import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from audit_bench import RELATION, START
 
 from walrecover.audit.writer import AuditWriter
 from walrecover.rebuild.replay import AppliedChange
 from walrecover.stream.lsn import Lsn
-from walrecover.stream.model import Change, Column, Op, Outcome, Relation
+from walrecover.stream.model import Change, Op, Outcome
 
-RELATION = Relation(
-    "public",
-    "transactions",
-    (
-        Column("id", "bigint", 20, -1, True),
-        Column("account_id", "integer", 23, -1),
-        Column("amount", "numeric(12,2)", 1700, 786438),
-        Column("kind", "text", 25, -1),
-        Column("created_at", "timestamp with time zone", 1184, -1),
-        Column("note", "text", 25, -1),
-        Column("meta", "jsonb", 3802, -1),
-    ),
-)
 BATCH = 20_000
 PER_TXN = 10
-START = datetime(2024, 5, 1, 20, 0, tzinfo=UTC)
 
 
 def changes(rows: int) -> list[AppliedChange]:

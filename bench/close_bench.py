@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from audit_bench import COMMIT_EVERY, changes
+from audit_bench import write_parts
 
 from walrecover.audit.verify import verify_audit
 from walrecover.audit.writer import AuditWriter
@@ -39,16 +39,7 @@ def child(rows: int, path: Path, profile: bool) -> None:
     _fixed_mmap_threshold()
     writer = AuditWriter(path, {"tool": "bench"}, partitioned=False)
     writer.start(None, resuming=False)
-    batch = []
-    for applied in changes(rows):
-        batch.append(applied)
-        if len(batch) >= COMMIT_EVERY:
-            writer.write(batch)
-            writer.commit(batch[-1].commit_lsn)
-            batch = []
-    if batch:
-        writer.write(batch)
-        writer.commit(batch[-1].commit_lsn)
+    write_parts(writer, rows)
     before = resource.getrusage(resource.RUSAGE_SELF)
     peak_before = before.ru_maxrss / 1024
     started = time.monotonic()

@@ -83,3 +83,44 @@ def test_a_unique_column_of_the_given_definition_keeps_the_stream_order(
 
     assert differences(db, "truth", TableName("public", "t_recovered")) == (0, 0)
     assert result.unproven == ()
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_statements_reused_across_kinds_of_change_and_redefinitions_rebuild_the_truth(
+    db: Database, plugin: str
+) -> None:
+    """Updates and deletes of every kind (other columns assigned, unchanged TOAST, before and
+    after a column is added and one dropped) in one batch: each reuses the statement composed
+    for its kind and never another's."""
+    _source(
+        db,
+        plugin,
+        "CREATE TABLE t (id integer PRIMARY KEY, code integer NOT NULL, "
+        "amount numeric(12,2), note text, memo text)",
+    )
+    db.execute("ALTER TABLE t ALTER COLUMN note SET STORAGE EXTERNAL")
+    run_script(
+        db,
+        [
+            "INSERT INTO t SELECT g, 1000 + g, g, CASE WHEN g % 4 = 0 THEN repeat('n', 5000) "
+            "ELSE 'short' END, 'm' FROM generate_series(1, 60) g",
+            "UPDATE t SET amount = amount + 1 WHERE id % 3 = 0",
+            "UPDATE t SET note = 'changed' WHERE id % 5 = 0",
+            f"UPDATE t SET note = '{'x' * 5000}' WHERE id = 7",
+            "DELETE FROM t WHERE id % 11 = 0",
+            "ALTER TABLE t ADD COLUMN currency char(3)",
+            "UPDATE t SET amount = amount + 2 WHERE id % 3 = 1",
+            "UPDATE t SET currency = 'EUR' WHERE id % 2 = 0",
+            "ALTER TABLE t DROP COLUMN memo",
+            "INSERT INTO t VALUES (61, 1061, 61, 'short', 'CHF')",
+            "UPDATE t SET amount = amount + 3, code = code + 1 WHERE id % 3 = 2",
+            "UPDATE t SET id = id + 100 WHERE id % 6 = 1",
+            "DELETE FROM t WHERE id % 13 = 0",
+        ],
+    )
+    drop_with_truth(db)
+
+    result = recover_table(db, options=_options(plugin), batch_size=10_000)
+
+    assert differences(db, "truth", TableName("public", "t_recovered")) == (0, 0)
+    assert not any("found no row" in reason for reason in result.unproven)

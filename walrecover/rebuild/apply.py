@@ -33,7 +33,7 @@ from ..errors import ConnectionFailed, PrivilegeError, ReplayError, WalrecoverEr
 from ..stream.model import Change, Op, TableName, Values
 from .applied import AuditSink, Outcome, Txn, applied_change, at, stop_hint
 from .schema import Identity, Shape
-from .statements import statement
+from .statements import Statements
 
 
 @dataclass(slots=True)
@@ -125,6 +125,7 @@ class Applier:
         #: Whether the target lets changes of different rows run in any order, for which key.
         self._free = False
         self._free_for: tuple[str, ...] | None = None
+        self._statements = Statements()
 
     # -- transactions ------------------------------------------------------------------------
 
@@ -389,7 +390,7 @@ class Applier:
 
     def _statement(self, change: Change) -> tuple[sql.Composed, list[str | None]]:
         """The statement of an update, delete or truncate, and its parameters."""
-        return statement(self.shape, change, self._txn)
+        return self._statements.of(self.shape, change, self._txn)
 
     def _failure(self, exc: psycopg.Error) -> WalrecoverError:
         """The error to raise when the target refused a batch: only a lost connection can be

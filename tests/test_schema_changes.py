@@ -262,3 +262,63 @@ def test_no_row_before_an_added_column_is_exact(db: Database) -> None:
 
     assert differences(db, "truth", "t_recovered") == (0, 0)
     assert result.unproven == ()
+
+
+# -- a column dropped while only updates follow: wal2json leaves it out as if unchanged TOAST --
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("memo text", "'one'"), ("qty integer", "5"), ("memo text", "NULL")],
+    ids=["short-text", "fixed-length", "null"],
+)
+def test_a_column_dropped_before_updates_only_is_not_kept_silently(
+    db: Database, column: str, value: str
+) -> None:
+    """wal2json shows a DROP COLUMN only when an insert next lists the columns: an update
+    after it leaves the column out, as it leaves out an unchanged TOASTed value. When the
+    value left out cannot have been TOASTed, the rebuilt table (which still has the column)
+    is not proven the dropped one, and the CLI exits 4 naming the column."""
+    name = column.split(maxsplit=1)[0]
+    db.execute(f"CREATE TABLE t (id integer PRIMARY KEY, amount numeric(12,2), {column})")
+    _slot(db, "wal2json")
+    run_script(
+        db,
+        [
+            f"INSERT INTO t VALUES (1, 1.10, {value}), (2, 2.20, {value})",
+            f"ALTER TABLE t DROP COLUMN {name}",
+            "UPDATE t SET amount = 9.99 WHERE id = 1",
+        ],
+    )
+    drop_with_truth(db)
+
+    done = cli("recover", "-d", db.dsn, "--slot", SLOT, "--table", "t")
+
+    assert done.exit_code == 4, done.stderr
+    assert f"left out column {name} as an unchanged TOASTed value" in done.stderr
+    assert f"drop {name} from public.t_recovered" in done.stderr
+
+
+@pytest.mark.parametrize("plugin", ["wal2json", "pgoutput"])
+def test_unchanged_toasted_values_left_out_of_updates_are_not_suspected(
+    db: Database, plugin: str
+) -> None:
+    """Updates that leave long out-of-line values alone (and a short one in another row): the
+    rebuilt table equals the dropped one and nothing is reported."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, amount numeric(12,2), note text)")
+    db.execute("ALTER TABLE t ALTER COLUMN note SET STORAGE EXTERNAL")
+    options = _slot(db, plugin)
+    run_script(
+        db,
+        [
+            "INSERT INTO t SELECT g, g, CASE WHEN g % 2 = 0 THEN repeat('n', 3000) ELSE 'x' END"
+            " FROM generate_series(1, 10) g",
+            "UPDATE t SET amount = amount + 1",
+        ],
+    )
+    drop_with_truth(db)
+
+    result = recover_table(db, **options)
+
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+    assert not any("left out column" in reason for reason in result.unproven)

@@ -93,6 +93,10 @@ class Applier:
     #: An update or delete that finds no row means the rebuilt table lacks a row the table had
     #: (see :func:`.ending.no_row_reason`); a replay mode may expect them instead.
     no_row_unproven = True
+    #: A column left out as unchanged TOAST whose value cannot be TOASTed makes the table
+    #: unproven (:meth:`.Shape.check_left_out`); a replay mode whose rows may be missing
+    #: (so the value read back is not the row's) does not check.
+    left_out_checked = True
 
     def __init__(
         self,
@@ -382,9 +386,10 @@ class Applier:
             item.outcome = Outcome.NO_ROW
             self._no_row += 1
         elif item.change.unchanged_toast:
-            after = dict(item.change.new or {})
-            after.update(zip(sorted(item.change.unchanged_toast), row, strict=True))
-            item.after = after
+            held = dict(zip(sorted(item.change.unchanged_toast), row, strict=True))
+            if self.left_out_checked:
+                self.shape.check_left_out(item.change, held, item.txn)
+            item.after = {**(item.change.new or {}), **held}
 
     # -- statements --------------------------------------------------------------------------
 

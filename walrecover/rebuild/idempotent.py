@@ -31,6 +31,8 @@ class IdempotentApplier(Applier):
 
     #: A change that finds no row is expected over such a baseline (it may hold it already).
     no_row_unproven = False
+    #: An upsert of a missing row reads back NULL for what the stream left out.
+    left_out_checked = False
 
     def _insert(self, inserts: list[Pending]) -> None:
         """Inserts are upserts, sent like the other statements (no COPY)."""

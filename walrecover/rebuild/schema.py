@@ -20,6 +20,12 @@ from .target import Target
 #: A row's identity for reordering: its key values, or its whole row (keyless tables).
 Identity = tuple[str | None, ...]
 
+#: Types whose text is stored as is: a value of at most this many UTF-8 bytes fits in 24 bytes
+#: with its 4-byte header, and PostgreSQL never moves a value that small out of line (only
+#: values larger than a TOAST pointer, MAXALIGN(18) = 24 bytes, are candidates).
+_PLAIN_TEXT_TYPES = frozenset({"text", "character varying", "varchar"})
+_INLINE_TEXT_BYTES = 20
+
 
 class Buffer(Protocol):
     """The changes buffered under the current definition (the batch applier)."""
@@ -68,6 +74,8 @@ class Shape:
         self.schema_changes: list[str] = []
         #: Reasons the rebuilt table may differ from the truth (an ADD COLUMN ... DEFAULT).
         self.unproven: list[str] = []
+        #: Columns already reported as left out of an update though not unchanged TOAST.
+        self._left_out: set[str] = set()
 
     # -- the definition ----------------------------------------------------------------------
 
@@ -117,6 +125,37 @@ class Shape:
         self._fixed_length = frozenset(name for name, (_, length) in types.items() if length > 0)
         self.indexed = self.target.equality_indexed()
 
+    def check_left_out(self, change: Change, held: Values, txn: Txn | None) -> None:
+        """An update left the columns of ``held`` out as unchanged TOAST (wal2json's way of
+        saying a TOASTed value did not change); the rebuilt row holds ``held`` there.
+
+        A value that cannot have been stored out of line (NULL, a fixed-length type, a short
+        text) was not an unchanged TOASTed value: the column was gone, dropped by an ALTER
+        TABLE that wal2json only shows when an insert next lists the columns. The rebuilt
+        table still has it, so it is not the dropped one: say so, once per column.
+        """
+        for name, value in held.items():
+            if name in self._left_out or not self._never_toasted(name, value):
+                continue
+            self._left_out.add(name)
+            self.unproven.append(
+                f"the update{at(change, txn)} of {self.table} left out column {name} as an "
+                "unchanged TOASTed value, but its value there "
+                f"({'NULL' if value is None else repr(value)}) cannot be stored out of line: "
+                f"{name} was most likely dropped (ALTER TABLE ... DROP COLUMN) before it, "
+                f"which wal2json shows only when an insert next lists the columns, and "
+                f"{self.target.into} still has it; check the dropped table's definition and "
+                f"drop {name} from {self.target.into} if it was (pgoutput and test_decoding "
+                "show a dropped column)"
+            )
+
+    def _never_toasted(self, name: str, value: str | None) -> bool:
+        """Whether ``value`` of column ``name`` cannot have been a TOASTed value."""
+        if value is None or name in self._fixed_length:
+            return True
+        base = self.types.get(name, "").split("(", maxsplit=1)[0]
+        return base in _PLAIN_TEXT_TYPES and len(value.encode()) <= _INLINE_TEXT_BYTES
+
     def learn_identity(self, relation: Relation, buffer: Buffer) -> None:
         """The stream names key columns while the target has no primary key.
 
@@ -155,19 +194,29 @@ class Shape:
 
     def key_values(self, change: Change) -> Identity | None:
         """The row's key values before the change, by the real key; None if not known."""
-        if not self.key:
+        key = self.key
+        if not key:
+            return None
+        if len(key) == 1:  # the usual case, without a generator per change
+            (name,) = key
+            for image in (change.old, change.new):
+                if image is not None and name in image:
+                    return (image[name],)
             return None
         for image in (change.old, change.new):
-            if image is not None and all(name in image for name in self.key):
-                return tuple(image[name] for name in self.key)
+            if image is not None and all(name in image for name in key):
+                return tuple([image[name] for name in key])
         return None
 
     def row_identity(self, image: Values | None) -> Identity | None:
         """The identity of a row image (its key, guessed key, or whole row), if it holds it."""
         if image is None:
             return None
+        names = self.key or self.guess or self.columns
         try:
-            return tuple([image[name] for name in self.key or self.guess or self.columns])
+            if len(names) == 1:
+                return (image[names[0]],)
+            return tuple([image[name] for name in names])
         except KeyError:
             return None
 

@@ -10,10 +10,18 @@ table with the truth snapshotted before the DROP.
 
 from __future__ import annotations
 
-import pytest
-from helpers import Database, differences, drop_with_truth, recover_table, run_script
+import hashlib
+import json
+from pathlib import Path
 
+import pyarrow.parquet as pq
+import pytest
+from helpers import SLOT, Database, differences, drop_with_truth, recover_table, run_script
+
+from walrecover.errors import ReplayError
+from walrecover.stream.lsn import Lsn
 from walrecover.stream.model import TableName
+from walrecover.stream.sources import wait_for_flush
 
 PLUGINS = ["wal2json", "pgoutput"]
 
@@ -124,3 +132,79 @@ def test_statements_reused_across_kinds_of_change_and_redefinitions_rebuild_the_
 
     assert differences(db, "truth", TableName("public", "t_recovered")) == (0, 0)
     assert not any("found no row" in reason for reason in result.unproven)
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_runs_of_keyed_updates_and_deletes_go_set_based_and_rebuild_the_truth(
+    db: Database, plugin: str, tmp_path: Path
+) -> None:
+    """Long runs of one kind of update or delete of different rows (sent as one set-based
+    statement each): values set to NULL, a whole column NULL, unchanged TOAST read back for
+    the audit, keys moved, rows the slot never saw inserted (no row found, counted)."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, amount numeric(12,2), note text, tag text)")
+    db.execute("ALTER TABLE t ALTER COLUMN note SET STORAGE EXTERNAL")
+    db.execute("INSERT INTO t SELECT g, g, 'before', 'b' FROM generate_series(1001, 1040) g")
+    _source(db, plugin, "SELECT 1")
+    run_script(
+        db,
+        [
+            "INSERT INTO t SELECT g, g, CASE WHEN g % 2 = 0 THEN repeat(md5(g::text), 100)"
+            " ELSE 'short' END, 'x' FROM generate_series(1, 200) g",
+            "BEGIN; UPDATE t SET amount = amount * 2 WHERE id BETWEEN 1 AND 60;"
+            " UPDATE t SET tag = NULL, amount = NULL WHERE id BETWEEN 61 AND 90;"
+            " DELETE FROM t WHERE id BETWEEN 91 AND 130;"
+            " UPDATE t SET id = id + 500 WHERE id BETWEEN 131 AND 160;"
+            " UPDATE t SET amount = 0.01 WHERE id BETWEEN 1001 AND 1020;"
+            " DELETE FROM t WHERE id BETWEEN 1021 AND 1040; COMMIT",
+            "UPDATE t SET tag = 'y' WHERE id BETWEEN 161 AND 200",
+            "DELETE FROM t WHERE id > 1000",
+        ],
+    )
+    drop_with_truth(db)
+    audit = tmp_path / "audit.parquet"
+
+    result = recover_table(db, options=_options(plugin), audit_path=audit)
+
+    assert differences(db, "truth", TableName("public", "t_recovered")) == (0, 0)
+    assert result.counts.no_row == 60
+    assert any("60 update(s) or delete(s)" in reason for reason in result.unproven)
+    rows = pq.read_table(audit).to_pylist()
+    toasted = [r for r in rows if r["op"] == "update" and r["new_id"] == 2]
+    assert toasted[0]["new_note"] == "".join(hashlib.md5(b"2").hexdigest() for _ in range(100))
+    assert {r["outcome"] for r in rows if r["op"] == "update" and r["new_id"] == 1001} == {"no_row"}
+
+
+def test_a_change_refused_inside_a_set_based_run_is_named(db: Database) -> None:
+    """The target refuses one update of a long run (a CHECK of the given --ddl): the run is
+    taken back and sent one by one, so the error names that update's LSN, not the run's."""
+    _source(db, "wal2json", "CREATE TABLE t (id integer PRIMARY KEY, amount numeric(12,2))")
+    run_script(
+        db,
+        [
+            "INSERT INTO t SELECT g, g FROM generate_series(1, 40) g",
+            "UPDATE t SET amount = CASE WHEN id = 30 THEN 5000 ELSE amount + 1 END",
+        ],
+    )
+    with db.connect() as conn:
+        wait_for_flush(conn)  # decoding reads flushed WAL only (asynchronous commits here)
+    peeked = db.execute(
+        "SELECT data FROM pg_logical_slot_peek_changes(%s, NULL, NULL,"
+        " 'format-version', '2', 'include-lsn', '1')",
+        (SLOT,),
+    )
+    refused = next(
+        change["lsn"]
+        for (data,) in peeked
+        if (change := json.loads(data))["action"] == "U" and change["columns"][0]["value"] == 30
+    )
+    drop_with_truth(db)
+    rebuilt = (
+        "CREATE TABLE public.t_recovered (id integer PRIMARY KEY,"
+        " amount numeric(12,2) CHECK (amount < 1000))"
+    )
+
+    with pytest.raises(ReplayError, match=r"cannot be applied to public\.t_recovered") as caught:
+        recover_table(db, ddl=rebuilt)
+
+    assert "violates check constraint" in str(caught.value)
+    assert caught.value.facts["lsn"] == Lsn.parse(refused)

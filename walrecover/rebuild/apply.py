@@ -46,6 +46,9 @@ class Pending:
     after: Values | None = None
 
 
+#: Changes of one statement kind in a stretch from which they go as one set-based statement.
+SET_MIN = 16
+
 #: A buffered update, delete or truncate with its statement and parameters.
 _Made = tuple[Pending, sql.Composed, list[str | None]]
 
@@ -97,6 +100,10 @@ class Applier:
     #: unproven (:meth:`.Shape.check_left_out`); a replay mode whose rows may be missing
     #: (so the value read back is not the row's) does not check.
     left_out_checked = True
+    #: Runs of keyed updates or deletes of different rows go as one set-based statement
+    #: (:meth:`_execute_set`); a mode whose statements are not plain updates and deletes
+    #: does not.
+    set_based = True
 
     def __init__(
         self,
@@ -343,7 +350,33 @@ class Applier:
                 groups.append((query, group := []))
             group.append((item, params))
         for query, group in groups:
+            if len(group) >= SET_MIN and self.set_based:
+                set_query = self._statements.set_of(query, self.shape, group[0][0].change)
+                if set_query is not None and self._execute_set(set_query, group):
+                    continue
             self._execute_run(query, group)
+
+    def _execute_set(
+        self, statement: sql.Composed, run: list[tuple[Pending, list[str | None]]]
+    ) -> bool:
+        """Send a run of keyed updates or deletes of pairwise different rows as one statement
+        (:func:`.statements.set_statement`); False, with nothing changed, if the target refused
+        it (then :meth:`_execute_run` sends them one by one, naming the one refused)."""
+        arrays = [list(column) for column in zip(*(params for _, params in run), strict=True)]
+        with self.conn.cursor() as cur:
+            cur.execute("SAVEPOINT walrecover_set")
+            try:
+                cur.execute(statement, arrays)
+            except psycopg.Error as exc:
+                if connection_lost(exc, self.conn):
+                    raise
+                cur.execute("ROLLBACK TO SAVEPOINT walrecover_set")
+                return False
+            found = {row[0]: row[1:] for row in cur.fetchall()}
+            cur.execute("RELEASE SAVEPOINT walrecover_set")
+        for number, (item, _) in enumerate(run, start=1):
+            self._settle(item, found.get(number))
+        return True
 
     def _run_in_order(self, made: list[_Made]) -> None:
         """Send changes in stream order, runs of the same statement together."""

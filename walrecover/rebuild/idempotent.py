@@ -33,6 +33,8 @@ class IdempotentApplier(Applier):
     no_row_unproven = False
     #: An upsert of a missing row reads back NULL for what the stream left out.
     left_out_checked = False
+    #: Its inserts and updates are upserts, not the statements a set form is made for.
+    set_based = False
 
     def _insert(self, inserts: list[Pending]) -> None:
         """Inserts are upserts, sent like the other statements (no COPY)."""

@@ -66,6 +66,9 @@ class Statements:
     def __init__(self) -> None:
         self._cache: dict[tuple[Any, ...], sql.Composed] = {}
         self._basis: tuple[object, ...] = ()
+        #: :func:`set_statement` of the cached statements that may have one (no NULL key),
+        #: by the cached statement's id (alive, so unique, while it is cached).
+        self._sets: dict[int, sql.Composed | None] = {}
 
     def of(
         self, shape: Shape, change: Change, txn: Txn | None
@@ -80,6 +83,7 @@ class Statements:
             a is not b for a, b in zip(basis, self._basis, strict=True)
         ):
             self._cache.clear()
+            self._sets.clear()
             self._basis = basis
         nulls = tuple(value is None for value in key)
         params: list[str | None] = [value for value in key if value is not None]
@@ -94,7 +98,66 @@ class Statements:
         query = self._cache.get(signature)
         if query is None:
             query = self._cache[signature] = statement(shape, change, txn)[0]
+            if change.op in (Op.UPDATE, Op.DELETE) and not any(nulls):
+                self._sets[id(query)] = None
         return query, params
+
+    def set_of(self, query: sql.Composed, shape: Shape, change: Change) -> sql.Composed | None:
+        """The :func:`set_statement` for changes of ``query``'s kind (``change`` is one of
+        them), or None if that kind has none."""
+        if id(query) not in self._sets:
+            return None
+        made = self._sets[id(query)]
+        if made is None:
+            made = self._sets[id(query)] = set_statement(shape, change)
+        return made
+
+
+def set_statement(shape: Shape, change: Change) -> sql.Composed:
+    """One statement for many keyed updates or deletes of ``change``'s kind, each row's
+    parameters in text arrays, one per parameter of :func:`statement` (the values assigned,
+    then the key).
+
+    ``UPDATE t SET a = p1::<a's type>, ... FROM unnest(%s::text[], ...) WITH ORDINALITY AS
+    wr_in(p1, ..., n) WHERE t.key = pK::<key's type> RETURNING n, <unchanged TOAST>::text``
+    (``DELETE ... USING`` alike): a value cast from text goes through the type's input
+    function, as a parameter of :func:`statement` does. Only for changes of pairwise different
+    rows whose key values are all known and not NULL (the caller's duty); ``n`` says which of
+    them found their row.
+    """
+    names = [] if change.op is Op.DELETE else [n for n in shape.columns if n in (change.new or {})]
+    assigned = len(names)
+    names += shape.key
+    slots = [sql.SQL("wr_in.{}").format(sql.Identifier(f"wr_p{i}")) for i in range(len(names))]
+    source = sql.SQL("unnest({}) WITH ORDINALITY AS wr_in({}, wr_n)").format(
+        sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in names),
+        sql.SQL(", ").join(sql.Identifier(f"wr_p{i}") for i in range(len(names))),
+    )
+    typed = [
+        sql.SQL("{}::{}").format(slot, sql.SQL(shape.types[name]))
+        for slot, name in zip(slots, names, strict=True)
+    ]
+    where = sql.SQL(" AND ").join(
+        sql.SQL("wr_t.{} = {}").format(sql.Identifier(name), value)
+        for name, value in zip(names[assigned:], typed[assigned:], strict=True)
+    )
+    if change.op is Op.DELETE:
+        return sql.SQL("DELETE FROM {} AS wr_t USING {} WHERE {} RETURNING wr_in.wr_n").format(
+            shape.target.ident, source, where
+        )
+    return sql.SQL("UPDATE {} AS wr_t SET {} FROM {} WHERE {} RETURNING wr_in.wr_n{}").format(
+        shape.target.ident,
+        sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(name), value)
+            for name, value in zip(names[:assigned], typed[:assigned], strict=True)
+        ),
+        source,
+        where,
+        sql.SQL("").join(
+            sql.SQL(", wr_t.{}::text").format(sql.Identifier(name))
+            for name in sorted(change.unchanged_toast)
+        ),
+    )
 
 
 def row_condition(

@@ -24,14 +24,14 @@ T = TableName("public", "t")
 PHASES = {"cluster_start", "setup", "workload", "drop", "recover", "verify", "teardown"}
 
 
-@pytest.mark.parametrize("per_commit", [1, 7, 100])
+@pytest.mark.parametrize(("per_commit", "sessions"), [(1, 1), (7, 1), (100, 1), (7, 2), (100, 3)])
 def test_the_workload_keeps_its_ledger_and_its_cases_in_any_grouping(
-    db: Database, per_commit: int
+    db: Database, per_commit: int, sessions: int
 ) -> None:
     n = 2_100
     with db.connect() as conn:
         create_bank(conn, 10)
-        run_workload(conn, n, 10, per_commit=per_commit)
+        run_workload(conn, n, 10, per_commit=per_commit, sessions=sessions)
         # The session's planner settings are back to what they were.
         assert conn.execute("SHOW enable_seqscan").fetchone() == ("on",)
     kinds = dict(db.execute("SELECT kind, count(*) FROM transactions GROUP BY kind"))
@@ -57,6 +57,13 @@ def test_the_workload_keeps_its_ledger_and_its_cases_in_any_grouping(
     assert commits <= math.ceil(n / per_commit)
     if per_commit == 1:
         assert commits == kinds["credit"] + kinds["debit"]
+    # Each commit's payments are one session's, on that session's own accounts.
+    spread = db.scalar(
+        "SELECT max(n) FROM (SELECT count(DISTINCT (account_id - 1) * %s / 10) AS n"
+        " FROM transactions WHERE kind IN ('credit', 'debit') GROUP BY xmin::text) c",
+        (sessions,),
+    )
+    assert spread == 1
 
 
 def test_matches_truth_sees_a_changed_row_and_a_missing_duplicate(db: Database) -> None:

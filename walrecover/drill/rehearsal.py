@@ -29,7 +29,7 @@ from ..stream.model import StopPoint, TableName
 from ..stream.sources import ProgressCallback
 from .clock import PhaseClock
 from .cluster import Cluster
-from .workload import PER_COMMIT, TABLES_SQL, create_bank, run_workload
+from .workload import PER_COMMIT, SESSIONS, TABLES_SQL, create_bank, run_workload
 
 __all__ = [
     "LEDGER",
@@ -277,7 +277,14 @@ def rehearse(
                 open_bank(conn, accounts, plugin)
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (SLOT, plugin))
             with clock.phase("workload"):
-                run_workload(conn, transactions, accounts, progress=progress, per_commit=per_commit)
+                run_workload(
+                    conn,
+                    transactions,
+                    accounts,
+                    progress=progress,
+                    per_commit=per_commit,
+                    sessions=SESSIONS,
+                )
             with clock.phase("drop"):
                 stop_lsn, _ = drop_with_truth(conn)
         path = Path(audit_path) if audit_path else keep_dir / "transactions.parquet"

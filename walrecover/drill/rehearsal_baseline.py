@@ -44,7 +44,7 @@ from .rehearsal import (
     rehearsal_result,
     throwaway_cluster,
 )
-from .workload import PER_COMMIT, run_workload
+from .workload import PER_COMMIT, SESSIONS, run_workload
 
 TABLE = TableName("public", "transactions")
 
@@ -70,13 +70,16 @@ def rehearse_baseline(
             with clock.phase("setup"):
                 open_bank(conn, accounts, plugin)
             with clock.phase("workload"):
-                run_workload(conn, before, accounts, progress=progress, per_commit=per_commit)
+                run_workload(
+                    conn, before, accounts, progress=progress, per_commit=per_commit,
+                    sessions=SESSIONS,
+                )  # fmt: skip
             with clock.phase("baseline_export"):
                 made = _protect(dsn, points_dir, plugin)
             with clock.phase("workload"):
                 run_workload(
                     conn, transactions - before, accounts, progress=progress, first=before,
-                    per_commit=per_commit,
+                    per_commit=per_commit, sessions=SESSIONS,
                 )  # fmt: skip
             with clock.phase("drop"):
                 _, gone = drop_with_truth(conn)

@@ -66,7 +66,9 @@ def test_the_workload_keeps_its_ledger_and_its_cases_in_any_grouping(
     assert spread == 1
 
 
-def test_matches_truth_sees_a_changed_row_and_a_missing_duplicate(db: Database) -> None:
+def test_matches_truth_sees_a_changed_row_a_missing_duplicate_and_a_row_too_many(
+    db: Database,
+) -> None:
     run_script(
         db,
         [
@@ -82,6 +84,16 @@ def test_matches_truth_sees_a_changed_row_and_a_missing_duplicate(db: Database) 
     db.execute("UPDATE transactions_recovered SET amount = amount - 0.01 WHERE id = 500")
     assert matches_truth(db.dsn)
     db.execute("INSERT INTO rehearsal_truth SELECT * FROM rehearsal_truth WHERE id = 7")
+    assert not matches_truth(db.dsn)
+    db.execute(
+        "INSERT INTO transactions_recovered SELECT * FROM rehearsal_truth WHERE id = 7 LIMIT 1"
+    )
+    assert matches_truth(db.dsn)
+    # A row too many in the rebuilt table, then a duplicate standing in for a missing row.
+    db.execute("INSERT INTO transactions_recovered VALUES (1001, 1, '{}')")
+    assert not matches_truth(db.dsn)
+    db.execute("DELETE FROM transactions_recovered WHERE id IN (1001, 8)")
+    db.execute("INSERT INTO transactions_recovered SELECT * FROM rehearsal_truth WHERE id = 9")
     assert not matches_truth(db.dsn)
 
 

@@ -208,3 +208,57 @@ def test_a_change_refused_inside_a_set_based_run_is_named(db: Database) -> None:
 
     assert "violates check constraint" in str(caught.value)
     assert caught.value.facts["lsn"] == Lsn.parse(refused)
+
+
+def test_a_value_too_long_for_the_rebuilt_column_is_refused_not_cut_in_a_set_based_run(
+    db: Database,
+) -> None:
+    """A set-based run casts each value to the column's type without its modifier, and the
+    assignment checks the modifier as a single update's parameter does: a value too long for
+    the rebuilt table's varchar(5) is refused, never silently cut to five characters."""
+    _source(db, "wal2json", "CREATE TABLE t (id integer PRIMARY KEY, code varchar(10))")
+    run_script(
+        db,
+        [
+            "INSERT INTO t SELECT g, 'ab' FROM generate_series(1, 40) g",
+            "UPDATE t SET code = 'abcdefgh'",
+        ],
+    )
+    with db.connect() as conn:
+        wait_for_flush(conn)
+    drop_with_truth(db)
+    rebuilt = "CREATE TABLE public.t_recovered (id integer PRIMARY KEY, code varchar(5))"
+
+    with pytest.raises(ReplayError, match=r"cannot be applied to public\.t_recovered") as caught:
+        recover_table(db, ddl=rebuilt)
+
+    assert "value too long for type character varying(5)" in str(caught.value)
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_set_based_runs_keep_values_of_types_with_modifiers(db: Database, plugin: str) -> None:
+    """Types whose modifier a cast applies differently from an assignment (char(n) pads,
+    bit(n) and varchar(n) refuse, numeric(p,s) and timestamp(0) round), as key and as value:
+    a set-based run gives the table single updates give."""
+    _source(
+        db,
+        plugin,
+        "CREATE TABLE t (code char(4), flags bit(4), label varchar(6), amount numeric(6,2),"
+        " at timestamp(0), PRIMARY KEY (code, flags))",
+    )
+    run_script(
+        db,
+        [
+            "INSERT INTO t SELECT lpad(g::text, 3, '0'), (g % 16)::bit(4), 'l' || g, g,"
+            " '2024-05-01 10:00:00' FROM generate_series(1, 40) g",
+            "UPDATE t SET label = 'ab ', amount = amount + 0.125,"
+            " at = '2024-05-01 10:00:00.6', flags = ~flags",
+            "DELETE FROM t WHERE amount > 30",
+        ],
+    )
+    drop_with_truth(db)
+
+    recover_table(db, options=_options(plugin))
+
+    assert differences(db, "truth", TableName("public", "t_recovered")) == (0, 0)
+    assert db.scalar("SELECT count(*) FROM t_recovered") == 29

@@ -66,16 +66,20 @@ class TableCatalog(TableRef):
         ).fetchall()
         return frozenset(r[0] for r in rows)
 
-    def column_types(self) -> dict[str, tuple[str, int]]:
-        """Each column's type as SQL (``format_type``, modifier included) and its ``typlen``
-        (positive for fixed-length types, whose values always fit in an index entry)."""
+    def column_types(self) -> dict[str, tuple[str, int, str]]:
+        """Each column's type as SQL (``format_type``, modifier included), its ``typlen``
+        (positive for fixed-length types, whose values always fit in an index entry) and the
+        type without its modifier (``character varying`` for ``character varying(5)``; given
+        as -1, not NULL, for ``bpchar`` and ``"bit"``: NULL prints ``character`` and ``bit``,
+        which mean one character and one bit)."""
         rows = self.conn.execute(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typlen"
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typlen,"
+            " format_type(a.atttypid, -1)"
             " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
             " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
             (self.regclass,),
         ).fetchall()
-        return {str(r[0]): (str(r[1]), int(r[2])) for r in rows}
+        return {str(r[0]): (str(r[1]), int(r[2]), str(r[3])) for r in rows}
 
     def equality_indexed(self) -> frozenset[str]:
         """Columns a btree or hash index with the type's default operator class covers: for

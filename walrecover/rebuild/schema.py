@@ -65,6 +65,9 @@ class Shape:
         self.guess: tuple[str, ...] = ()
         #: The target's columns: SQL type, and whether values of it always fit an index entry.
         self.types: dict[str, str] = {}
+        #: The target's column types without their modifiers (``numeric`` for
+        #: ``numeric(12,2)``): a cast to them keeps what an assignment then checks.
+        self.base_types: dict[str, str] = {}
         self._fixed_length: frozenset[str] = frozenset()
         #: Columns an index can narrow by ``=`` (see :meth:`Target.equality_indexed`).
         self.indexed: frozenset[str] = frozenset()
@@ -121,8 +124,9 @@ class Shape:
     def _load_columns(self) -> None:
         """Read the target's column types and indexes (after creating or altering it)."""
         types = self.target.column_types()
-        self.types = {name: type_sql for name, (type_sql, _) in types.items()}
-        self._fixed_length = frozenset(name for name, (_, length) in types.items() if length > 0)
+        self.types = {name: type_sql for name, (type_sql, _, _) in types.items()}
+        self.base_types = {name: base for name, (_, _, base) in types.items()}
+        self._fixed_length = frozenset(name for name, (_, length, _) in types.items() if length > 0)
         self.indexed = self.target.equality_indexed()
 
     def check_left_out(self, change: Change, held: Values, txn: Txn | None) -> None:

@@ -118,10 +118,13 @@ def set_statement(shape: Shape, change: Change) -> sql.Composed:
     parameters in text arrays, one per parameter of :func:`statement` (the values assigned,
     then the key).
 
-    ``UPDATE t SET a = p1::<a's type>, ... FROM unnest(%s::text[], ...) WITH ORDINALITY AS
+    ``UPDATE t SET a = p1::<a's base type>, ... FROM unnest(%s::text[], ...) WITH ORDINALITY AS
     wr_in(p1, ..., n) WHERE t.key = pK::<key's type> RETURNING n, <unchanged TOAST>::text``
     (``DELETE ... USING`` alike): a value cast from text goes through the type's input
-    function, as a parameter of :func:`statement` does. Only for changes of pairwise different
+    function, as a parameter of :func:`statement` does. The cast is to the type without its
+    modifier (an explicit cast to ``varchar(5)`` would cut a longer value silently); the
+    assignment to the column then checks the modifier (refuses the longer value, rounds a
+    numeric to its scale) as it does a parameter. Only for changes of pairwise different
     rows whose key values are all known and not NULL (the caller's duty); ``n`` says which of
     them found their row.
     """
@@ -134,7 +137,7 @@ def set_statement(shape: Shape, change: Change) -> sql.Composed:
         sql.SQL(", ").join(sql.Identifier(f"wr_p{i}") for i in range(len(names))),
     )
     typed = [
-        sql.SQL("{}::{}").format(slot, sql.SQL(shape.types[name]))
+        sql.SQL("{}::{}").format(slot, sql.SQL(shape.base_types[name]))
         for slot, name in zip(slots, names, strict=True)
     ]
     where = sql.SQL(" AND ").join(

@@ -37,6 +37,8 @@ SESSIONS = 2
 #: Ledger transactions per commit, by default: ten, the shape of issue 12's benchmark workload
 #: (``bench/pipeline.py``). ``1`` gives one commit per payment, a heavier stream to recover.
 PER_COMMIT = 10
+#: One ``CALL bank_workload(first, n, accounts, seed, per_commit, first_account)``'s arguments.
+_Call = tuple[int, int, int, float, int, int]
 
 #: The bank's two tables (the benchmark builds the same ones).
 TABLES_SQL = """
@@ -199,7 +201,7 @@ def run_workload(
     size = max(1, min(CHUNK, -(-transactions // sessions)) // per_commit) * per_commit
     shares = [accounts // sessions + (j < accounts % sessions) for j in range(sessions)]
     firsts = [1 + sum(shares[:j]) for j in range(sessions)]
-    calls: list[list[tuple[int, int, int, float, int, int]]] = [[] for _ in range(sessions)]
+    calls: list[list[_Call]] = [[] for _ in range(sessions)]
     for number, done in enumerate(range(0, transactions, size)):
         n = min(size, transactions - done)
         chunk_seed = ((seed * 1000 + (first + done) // CHUNK) % 1000) / 1000.0
@@ -222,7 +224,7 @@ def run_workload(
 
 def _run_sessions(
     conns: list[Connection],
-    calls: list[list[tuple[int, int, int, float, int, int]]],
+    calls: list[list[_Call]],
     transactions: int,
     progress: ProgressCallback | None,
 ) -> None:
@@ -233,7 +235,7 @@ def _run_sessions(
     reports: queue.Queue[int | BaseException] = queue.Queue()
     stop = threading.Event()
 
-    def session(conn: Connection, mine: list[tuple[int, int, int, float, int, int]]) -> None:
+    def session(conn: Connection, mine: list[_Call]) -> None:
         try:
             with _planned(conn):
                 for call in mine:

@@ -33,17 +33,8 @@ def statement(
     if change.op is Op.DELETE:
         return sql.SQL("DELETE FROM {} WHERE {} RETURNING 1").format(ident, where), params
     new = change.new or {}
-    assigned = [name for name in shape.columns if name in new]
-    # As text, like every value the stream carries (bytea as the session prints it, jsonb's
-    # 1.50 as 1.50): the audit's after image holds what the table holds.
-    returning = (
-        sql.SQL(", ").join(
-            sql.SQL("{}::text").format(sql.Identifier(name))
-            for name in sorted(change.unchanged_toast)
-        )
-        if change.unchanged_toast
-        else sql.SQL("1")
-    )
+    assigned = assigned_columns(shape, change)
+    returning = sql.SQL(", ").join(read_back(change)) if change.unchanged_toast else sql.SQL("1")
     statement = sql.SQL("UPDATE {} SET {} WHERE {} RETURNING {}").format(
         ident,
         sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(name)) for name in assigned),
@@ -51,6 +42,22 @@ def statement(
         returning,
     )
     return statement, [new[name] for name in assigned] + params
+
+
+def assigned_columns(shape: Shape, change: Change) -> list[str]:
+    """The columns an update sets: the target's, in its order, that the new row holds."""
+    new = change.new or {}
+    return [name for name in shape.columns if name in new]
+
+
+def read_back(change: Change, qualifier: str = "") -> list[sql.Composable]:
+    """What an update reads back of the values the stream left out as unchanged TOAST, in
+    column-name order: as text, like every value the stream carries (bytea as the session
+    prints it, jsonb's 1.50 as 1.50), so the audit's after image holds what the table holds."""
+    return [
+        sql.SQL("{}{}::text").format(sql.SQL(qualifier), sql.Identifier(name))
+        for name in sorted(change.unchanged_toast)
+    ]
 
 
 class Statements:
@@ -91,7 +98,7 @@ class Statements:
             signature: tuple[Any, ...] = (Op.DELETE, nulls)
         else:
             new = change.new or {}
-            assigned = tuple(name for name in shape.columns if name in new)
+            assigned = tuple(assigned_columns(shape, change))
             toast = tuple(sorted(change.unchanged_toast)) if change.unchanged_toast else ()
             signature = (change.op, nulls, assigned, toast)
             params = [new[name] for name in assigned] + params
@@ -119,7 +126,7 @@ def set_statement(shape: Shape, change: Change) -> sql.Composed:
     then the key).
 
     ``UPDATE t SET a = p1::<a's base type>, ... FROM unnest(%s::text[], ...) WITH ORDINALITY AS
-    wr_in(p1, ..., n) WHERE t.key = pK::<key's type> RETURNING n, <unchanged TOAST>::text``
+    wr_in(p1, ..., n) WHERE t.key = pK::<key's base type> RETURNING n, <unchanged TOAST>::text``
     (``DELETE ... USING`` alike): a value cast from text goes through the type's input
     function, as a parameter of :func:`statement` does. The cast is to the type without its
     modifier (an explicit cast to ``varchar(5)`` would cut a longer value silently); the
@@ -128,7 +135,7 @@ def set_statement(shape: Shape, change: Change) -> sql.Composed:
     rows whose key values are all known and not NULL (the caller's duty); ``n`` says which of
     them found their row.
     """
-    names = [] if change.op is Op.DELETE else [n for n in shape.columns if n in (change.new or {})]
+    names = [] if change.op is Op.DELETE else assigned_columns(shape, change)
     assigned = len(names)
     names += shape.key
     slots = [sql.SQL("wr_in.{}").format(sql.Identifier(f"wr_p{i}")) for i in range(len(names))]
@@ -156,10 +163,7 @@ def set_statement(shape: Shape, change: Change) -> sql.Composed:
         ),
         source,
         where,
-        sql.SQL("").join(
-            sql.SQL(", wr_t.{}::text").format(sql.Identifier(name))
-            for name in sorted(change.unchanged_toast)
-        ),
+        sql.SQL("").join(sql.SQL(", {}").format(value) for value in read_back(change, "wr_t.")),
     )
 
 

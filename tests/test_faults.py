@@ -52,6 +52,7 @@ from helpers import Database, cli, recover_table, source_untouched, table_exists
 from walrecover.drill.cluster import Cluster
 from walrecover.rebuild.target import LOCK_CLASS, lock_key
 from walrecover.stream.model import TableName
+from walrecover.stream.sources.reader_process import ENVIRONMENT
 
 SEED_ENV = "WALRECOVER_FAULT_SEED"
 #: Ledger transactions in the workload: a run takes a couple of seconds at --batch-size 200.
@@ -153,6 +154,14 @@ def build_ledger(db: Database, directory: Path) -> Ledger:
     return Ledger(db, stop_lsn, reference, audit, directory, slot_before)
 
 
+@pytest.fixture(params=["here", "process"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where the walrecover processes a test starts read the slot's stream: in themselves, or
+    in the child process long reads use (the ledger's stream is short: forced)."""
+    monkeypatch.setenv(ENVIRONMENT, "never" if request.param == "here" else "always")
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
 def ledger(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
     name = "faults"
@@ -234,7 +243,9 @@ def phase(ledger: Ledger, into: str, dsn: str | None = None) -> str:
 # -- SIGKILL -------------------------------------------------------------------------------------
 
 
-def test_sigkill_at_random_points_then_rerun_gives_the_reference(ledger: Ledger) -> None:
+def test_sigkill_at_random_points_then_rerun_gives_the_reference(
+    ledger: Ledger, reader: str
+) -> None:
     seed = int(os.environ.get(SEED_ENV) or time.time_ns() % 2**32)
     print(f"fault injection seed: {seed} (replay with {SEED_ENV}={seed})")
     rng = random.Random(seed)
@@ -242,8 +253,8 @@ def test_sigkill_at_random_points_then_rerun_gives_the_reference(ledger: Ledger)
     failures: list[str] = []
     for number in range(KILLS):
         delay = rng.uniform(0.1 * span, span)
-        into = f"public.kill_{number}"
-        audit = ledger.directory / f"kill_{number}.parquet"
+        into = f"public.kill_{reader}_{number}"
+        audit = ledger.directory / f"kill_{reader}_{number}.parquet"
         args = ledger.args(into, audit)
         running = start(args)
         time.sleep(delay)
@@ -290,10 +301,10 @@ def test_sigkill_while_the_audit_is_being_published(ledger: Ledger) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_exits_130_saying_where_it_stopped_then_rerun_resumes(
-    ledger: Ledger, signum: int
+    ledger: Ledger, signum: int, reader: str
 ) -> None:
-    into = f"public.interrupted_{signum}"
-    audit = ledger.directory / f"interrupted_{signum}.parquet"
+    into = f"public.interrupted_{reader}_{signum}"
+    audit = ledger.directory / f"interrupted_{reader}_{signum}.parquet"
     args = ledger.args(into, audit)
     running = start(args)
     wait_for_progress(ledger.db.dsn, into, running, transactions=300, complete=False)
@@ -351,7 +362,7 @@ def _target_backend(dsn: str, database: str) -> int | None:
 
 @pytest.mark.parametrize("which", ["source", "target"])
 def test_terminated_backend_is_a_one_line_error_and_rerun_completes(
-    ledger: Ledger, which: str
+    ledger: Ledger, which: str, reader: str
 ) -> None:
     """``pg_terminate_backend`` on walrecover's source session (the one reading the slot copy:
     its walsender, or the backend of its SQL pages) or on its target session (COPY/UPDATE into
@@ -362,8 +373,8 @@ def test_terminated_backend_is_a_one_line_error_and_rerun_completes(
     total = ledger.reference.json()["transactions"]
     failures = []
     for number, share in enumerate(CUT_POINTS):
-        into = f"public.cut_{which[0]}{number}"
-        audit = ledger.directory / f"cut_{which[0]}{number}.parquet"
+        into = f"public.cut_{reader[0]}{which[0]}{number}"
+        audit = ledger.directory / f"cut_{reader[0]}{which[0]}{number}.parquet"
         args = ledger.args(into, audit, "--target", target_dsn)
         running = start(args)
         wait_for_progress(target_dsn, into, running, transactions=int(total * share))

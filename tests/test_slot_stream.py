@@ -4,6 +4,9 @@ The stream must yield exactly the transactions the pages do (whole ones only, up
 LSN seen at open), keep the walsender alive through a long read, fall back to pages where the
 server refuses a replication connection, and drop its copy however the read ends. Every test
 talks to the session cluster; none moves the user's slot.
+
+Each test runs twice: with the stream read in this process, and in the child process a long read
+uses (:mod:`walrecover.stream.sources.reader_process`), whose own tests end the module.
 """
 
 from __future__ import annotations
@@ -28,10 +31,18 @@ from walrecover.errors import SlotError
 from walrecover.stream.decoders import decode_all, make_decoder
 from walrecover.stream.lsn import Lsn
 from walrecover.stream.model import Begin, Change, Commit, Event, TableName
+from walrecover.stream.sources.reader_process import ENVIRONMENT
 from walrecover.stream.sources.replication import streamable
 from walrecover.stream.sources.slot import SlotSource
 
 T = TableName("public", "t")
+
+
+@pytest.fixture(autouse=True, params=["here", "process"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where the stream is read: in this process, or in a child process."""
+    monkeypatch.setenv(ENVIRONMENT, "never" if request.param == "here" else "always")
+    return str(request.param)
 
 
 def _options(plugin: str) -> dict[str, str]:
@@ -133,12 +144,14 @@ def no_walsenders() -> Iterator[Cluster]:
         yield running
 
 
-def test_a_refused_replication_connection_falls_back_to_pages(no_walsenders: Cluster) -> None:
+def test_a_refused_replication_connection_falls_back_to_pages(
+    no_walsenders: Cluster, reader: str
+) -> None:
     """The server refuses the replication connection: the copy is read in SQL pages, with the
     same events, the copy dropped, the slot unmoved, and the CLI's rebuild exact."""
     with psycopg.connect(no_walsenders.dsn(), autocommit=True) as conn:
-        conn.execute("CREATE DATABASE refused")
-    db = Database(no_walsenders, "refused")
+        conn.execute(f"CREATE DATABASE refused_{reader}")
+    db = Database(no_walsenders, f"refused_{reader}")
     _setup(db, "wal2json")
     run_script(db, ["INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 20) g",
                     "UPDATE t SET v = 'w' WHERE id < 5"])  # fmt: skip
@@ -154,6 +167,7 @@ def test_a_refused_replication_connection_falls_back_to_pages(no_walsenders: Clu
         result = cli("recover", "-d", db.dsn, "--slot", SLOT, "--table", "public.t")
     assert result.exit_code == 0, result.stderr
     assert differences(db, "truth", TableName("public", "t_recovered")) == (0, 0)
+    db.execute(f"SELECT pg_drop_replication_slot('{SLOT}')")  # slots are the cluster's
 
 
 def test_the_copy_is_dropped_when_the_read_stops_early(db: Database) -> None:

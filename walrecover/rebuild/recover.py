@@ -86,7 +86,7 @@ def recover(
         )
     source = SlotSource(
         dsn, slot, tables=[table], options=options, via_plugin=via_plugin, progress=progress,
-        stop_lsn=stop.lsn,
+        stop_lsn=stop.lsn, thin_others=True,
     )  # fmt: skip
     command = slot_command(
         dsn, slot, table, via_plugin, options, stop, ddl, audit_identity(audit_path, audit_dir),

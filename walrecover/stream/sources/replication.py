@@ -386,8 +386,24 @@ class ReplicationStream:
             ">QQQqB", self.received, self.consumed, self.consumed, sent, 1 if reply else 0
         )
         pgconn = self.conn.pgconn
-        if pgconn.put_copy_data(message) != 1 or pgconn.flush() != 0:
-            raise self._error(None)
+        try:
+            sent = pgconn.put_copy_data(message) == 1 and pgconn.flush() == 0
+        except psycopg.OperationalError:  # psycopg raises where libpq returns -1
+            sent = False
+        if not sent:
+            raise self._send_failed()
+
+    def _send_failed(self) -> psycopg.Error:
+        """Why a status update could not be sent: the server's error if it sent one (a
+        publication that does not exist ends the stream so), else the connection's."""
+        pgconn = self.conn.pgconn
+        with contextlib.suppress(psycopg.Error):
+            pgconn.consume_input()
+        if not pgconn.is_busy():
+            while (result := pgconn.get_result()) is not None:
+                if result.status == pq.ExecStatus.FATAL_ERROR:
+                    return self._error(result)
+        return self._error(None)
 
     def _finish(self) -> None:
         """CopyDone, then drain what the server still sends until its CopyDone and the

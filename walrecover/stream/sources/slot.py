@@ -17,6 +17,7 @@ import contextlib
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -58,6 +59,7 @@ from .catalog import (
 from .pages import read_pages
 from .publications import check_publications, publication_names
 from .read_errors import read_error
+from .reader_process import ProcessStream, use_process
 from .replication import ReplicationStream, streamable
 
 COPY_PREFIX = "walrecover_"
@@ -86,6 +88,7 @@ class SlotSource:
         progress: ProgressCallback | None = None,
         stop_lsn: Lsn | None = None,
         read: str = "stream",
+        thin_others: bool = False,
     ) -> None:
         if read not in READ_MODES:
             raise ValueError(f"read must be one of {READ_MODES}, not {read!r}")
@@ -124,7 +127,12 @@ class SlotSource:
         #: Why a stream was asked for but the copy is read in pages (None: it was not).
         self.stream_refused: str | None = None
         self._replication: Connection | None = None
+        self._process: ProcessStream | None = None
         self._streamed = False
+        #: Only the first row change of another table in each transaction is wanted (replay's
+        #: need; see :mod:`..decoders.pgoutput.others`): a pgoutput read in a child process
+        #: drops the rest there. (In one process the filter costs what it saves: measured.)
+        self.thin_others = thin_others
         self._block_size = 8192
         #: The decoder of the last :meth:`events` (its notes are :meth:`notes`).
         self.decoder: Decoder | None = None
@@ -295,26 +303,7 @@ class SlotSource:
         if self._replication is None:
             yield from read_pages(self, conn, copy)
             return
-        if self._streamed:
-            # A walsender serves one logical START_REPLICATION: a second read needs a new one.
-            with contextlib.suppress(psycopg.Error):
-                self._replication.close()
-            self._replication = self._connect_replication()
-        self._streamed = True
-        stream = ReplicationStream(
-            self._replication,
-            copy,
-            plugin=self.plugin,
-            options=self.options,
-            start=self.start_lsn or Lsn(0),
-            end=self.end_lsn or Lsn(0),
-            notices=self.notices,
-            binary=is_binary(self.plugin),
-            block_size=self._block_size,
-            cuts=[*self.split_lsns, *([self.stop_lsn] if self.stop_lsn is not None else [])],
-            page_size=self.page_size,
-            progress=self.progress,
-        )
+        stream = self._stream(self._replication, copy)
         last: Lsn | None = self.start_lsn
         reading = stream.messages()
         self.notices.complete = lambda: self._settle(reading, conn)
@@ -330,6 +319,44 @@ class SlotSource:
                 f"{last} ({exc.reason}): those rows cannot be carried",
                 slot=self.slot,
             ) from None
+
+    def _wanted(self) -> list[tuple[str, str]] | None:
+        """The tables whose row changes all matter, if the others' can be thinned (in a child
+        process)."""
+        if not self.thin_others or self.plugin != "pgoutput" or not self.tables:
+            return None
+        return [(t.schema, t.name) for t in self.tables]
+
+    def _stream(self, replication: Connection, copy: str) -> ReplicationStream | ProcessStream:
+        """The stream of the copy: in a child process for a long read (:mod:`.reader_process`),
+        else on the replication connection opened with the source."""
+        arguments: dict[str, Any] = {
+            "plugin": self.plugin,
+            "options": self.options,
+            "start": self.start_lsn or Lsn(0),
+            "end": self.end_lsn or Lsn(0),
+            "notices": self.notices,
+            "binary": is_binary(self.plugin),
+            "block_size": self._block_size,
+            "cuts": [*self.split_lsns, *([self.stop_lsn] if self.stop_lsn is not None else [])],
+            "page_size": self.page_size,
+            "progress": self.progress,
+        }
+        if use_process(self.start_lsn, self.end_lsn):
+            # The child opens its own walsender: this one, which proved that the server
+            # accepts a replication connection, is let go (closed, not forgotten, so that
+            # close() waits for the copy's release).
+            with contextlib.suppress(psycopg.Error, OSError):
+                replication.close()
+            self._process = ProcessStream(self.dsn or "", copy, thin=self._wanted(), **arguments)
+            return self._process
+        if self._streamed:
+            # A walsender serves one logical START_REPLICATION: a second read needs a new one.
+            with contextlib.suppress(psycopg.Error):
+                replication.close()
+            self._replication = replication = self._connect_replication()
+        self._streamed = True
+        return ReplicationStream(replication, copy, **arguments)
 
     def _settle(self, reading: Iterator[RawMessage], conn: Connection) -> None:
         """Read the stream on to the end of the current page of notices (its messages are not
@@ -376,6 +403,9 @@ class SlotSource:
         conn, self._conn = self._conn, None
         name, self.copy_name = self.copy_name, None
         replication, self._replication = self._replication, None
+        process, self._process = self._process, None
+        if process is not None:
+            process.close()
         if replication is not None:
             with contextlib.suppress(psycopg.Error, OSError):
                 replication.close()

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from hypothesis import strategies as st
@@ -545,11 +545,23 @@ class Ran:
     def facts(self, upto_stop: bool) -> frozenset[str]:
         """What the committed transactions did (before the stop marker, or all)."""
         found: set[str] = set()
+        unseen = False
         for txn in self.committed:
             if upto_stop and not txn.before_stop:
                 continue
             found |= txn.kinds
+            if "recreate" in txn.kinds:
+                unseen = True
+            elif txn.kinds & ROW_KINDS:
+                unseen = False
+        if unseen:
+            # The last re-creation has no row change of the new table after it.
+            found.add("recreate_unseen")
         return frozenset(found)
+
+
+#: What a transaction's row changes of the table add to its kinds.
+ROW_KINDS: Final = frozenset({"insert", "update", "update_key", "delete", "truncate"})
 
 
 def _shorten(text: str) -> str:

@@ -69,8 +69,12 @@ from oracle_histories import (
     ChangeKey,
     Ddl,
     Delete,
+    DeleteWhere,
+    DropColumn,
     History,
     Insert,
+    OtherWrite,
+    Prepared,
     Ran,
     Recreate,
     Row,
@@ -79,6 +83,7 @@ from oracle_histories import (
     Truncate,
     Txn,
     Update,
+    UpdateWhere,
     histories,
 )
 from psycopg import sql
@@ -86,6 +91,7 @@ from psycopg import sql
 from walrecover.drill.cluster import Cluster
 from walrecover.stream.decoders.pgoutput import split_capture
 from walrecover.stream.sources import SlotSource
+from walrecover.stream.sources.reader_process import ENVIRONMENT
 
 _examples = os.environ.get("WALRECOVER_ORACLE_EXAMPLES")
 EXAMPLES = int(_examples or "4")
@@ -252,6 +258,9 @@ class Path_:
     #: whole transactions (as while pg_recvlogical is still writing it) and fails; the rerun
     #: reads the whole file. Deterministic where a kill is not.
     cut_after: int | None = None
+    #: Where a streamed slot read runs: ``here`` (walrecover's process) or ``process`` (the
+    #: child process that long reads use, :mod:`walrecover.stream.sources.reader_process`).
+    reader: str = "here"
 
     def describe(self) -> str:
         extra = (
@@ -262,7 +271,13 @@ class Path_:
         if self.cut_after is not None:
             extra += f", capture cut after {self.cut_after} txns then completed and rerun"
         page = f", page size {self.page_size}" if self.page_size else ""
+        if self.reader != "here" and self.read.source != "capture":
+            extra += ", read in a child process"
         return f"{self.read.name}, stop {self.stop}, batch {self.batch_size}{page}{extra}"
+
+
+#: Where a slot's stream is read (see :attr:`Path_.reader`).
+READERS = ("here", "process")
 
 
 def uninterrupted() -> st.SearchStrategy[Path_]:
@@ -273,6 +288,7 @@ def uninterrupted() -> st.SearchStrategy[Path_]:
         batch_size=st.sampled_from((20_000, 1, 3)),
         kill_after=st.none(),
         page_size=st.none() | st.sampled_from((3, 40)),
+        reader=st.sampled_from(READERS),
     )
 
 
@@ -286,6 +302,7 @@ def killed() -> st.SearchStrategy[Path_]:
         batch_size=st.just(1),
         kill_after=st.integers(0, 2),
         page_size=st.none(),
+        reader=st.sampled_from(READERS),
     )
 
 
@@ -846,14 +863,8 @@ def run_path(example: Example, path: Path_, number: int) -> Verdict:
     into = f"public.r{number}"
     args = recover_args(example, path, stop, into)
     before = slot_positions(example)
-    notes: list[str] = []
-    if path.cut_after is not None and path.read.source == "capture":
-        code, stderr, notes = cut_then_rerun(args, path.cut_after, path.read)
-    elif path.kill_after is None:
-        with page_size(path.page_size):
-            code, stderr = invoke(args)
-    else:
-        code, stderr, notes = killed_then_rerun(example, args, into, path.kill_after)
+    with reader(path.reader):
+        code, stderr, notes = _run(example, path, args, into)
     verdict = judge(example, path, stop, into, code, stderr)
     verdict.problems[:0] = notes
     if verdict.outcome == "FAIL":
@@ -872,6 +883,31 @@ def run_path(example: Example, path: Path_, number: int) -> Verdict:
         verdict.suspects.append("a copy slot was left behind")
         verdict.problems.append(f"copy slots left behind: {copies}")
     return verdict
+
+
+def _run(example: Example, path: Path_, args: list[str], into: str) -> tuple[int, str, list[str]]:
+    """Run the path's recovery (cut, killed and rerun, or whole): (exit code, stderr, notes)."""
+    if path.cut_after is not None and path.read.source == "capture":
+        return cut_then_rerun(args, path.cut_after, path.read)
+    if path.kill_after is None:
+        with page_size(path.page_size):
+            return (*invoke(args), [])
+    return killed_then_rerun(example, args, into, path.kill_after)
+
+
+@contextmanager
+def reader(where: str) -> Iterator[None]:
+    """Streamed slot reads in this process (``here``) or in a child process (``process``), for
+    in-process runs and the walrecover processes started meanwhile."""
+    before = os.environ.get(ENVIRONMENT)
+    os.environ[ENVIRONMENT] = "always" if where == "process" else "never"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[ENVIRONMENT]
+        else:
+            os.environ[ENVIRONMENT] = before
 
 
 def invoke(args: list[str]) -> tuple[int, str]:
@@ -967,6 +1003,10 @@ OPEN_DEFECTS: dict[str, str] = {
     "A4c": "a wal2json capture without include-pk (or without LSNs) of a table without a replica "
     "identity whose last UPDATE/DELETE was left out: the capture cannot show it; walrecover "
     "only warns (check pg_recvlogical's log for 'no tuple identifier'), exit 0 (documented)",
+    "C15c": "a wal2json or test_decoding capture of a table dropped and re-created after its "
+    "last change, with no change of the new table: pg_walinspect cannot name the capture's "
+    "table (its history is read from the first change on), so nothing tells; the rebuilt "
+    "table holds the earlier table's rows, exit 0 (documented)",
     "C17": "ADD COLUMN ... DEFAULT with no change of the table after it: the rebuilt table lacks "
     "the column, exit 0",
 }
@@ -982,6 +1022,8 @@ def suspects(context: Context, verdict: Verdict) -> list[tuple[str, str]]:
     if "recreate" in facts:
         # pgoutput sees the new relation id only if the new table has a change in the stream.
         found.append(("C15", "table dropped and re-created"))
+        if "recreate_unseen" in facts and read.source == "capture" and read.plugin != "pgoutput":
+            found.append(("C15c", "re-created after its last change, read from a capture"))
     if "add_column_default" in facts:
         found.append(("C17", "ADD COLUMN ... DEFAULT"))
     if key.no_identity and context.changed_rows:
@@ -1300,6 +1342,45 @@ KNOWN: dict[str, tuple[History, list[str | Path_]]] = {
     "C15b-recreated-empty-pgoutput": (
         History(Shape("pk", ("int",)), (_rows(1, 0), Ddl(Recreate(split=False))), None),
         ["slot:pgoutput", "capture:pgoutput-v1"],
+    ),
+    # The same through wal2json and test_decoding, found by this oracle in session 5: their
+    # streams show a DDL-only transaction like any other; the source's WAL (which names the
+    # stream's table from its first change) must tell, as for pgoutput.
+    "C15b-recreated-empty-by-name": (
+        History(Shape("pk", ("int",)), (_rows(1, 0), Ddl(Recreate(split=False))), None),
+        ["slot:wal2json", "slot:test_decoding", "via:pgoutput>wal2json"],
+    ),
+    # ... found in session 5 too: the new table's first rows in a prepared transaction that
+    # commits at the stop point (test_decoding decodes it at its PREPARE, before the stop):
+    # what the judge learnt from that discarded transaction must not name the stream's table.
+    "C15b-recreated-before-a-prepared-insert": (
+        History(
+            Shape("pk", ("int", "int")),
+            (
+                Txn((Insert(tuple(Row(k, (0, 0, 0, 0)) for k in (18, 0, 12, 0, 14))),)),
+                Txn((Insert((Row(0, (0, 0, 0, 0)), Row(0, (0, 0, 0, 0)))),)),
+                Ddl(DropColumn(0)),
+                Txn((Insert((Row(13, (0, 0, 0, 0)),)),)),
+                Ddl(Recreate(split=True)),
+                Prepared((BigInsert(600),), commit=True, resolve_after=0),
+                Prepared(
+                    (ChangeKey(7, 9), DeleteWhere(6, 1), OtherWrite(8), Update(2, 7, (2, 7, 5, 8))),
+                    commit=True,
+                    resolve_after=1,
+                ),
+                Prepared((UpdateWhere(9, 5, 6, 3), Delete(4)), commit=False, resolve_after=1),
+            ),
+            9,
+        ),
+        [
+            _path("via:pgoutput>test_decoding", stop="lsn", batch_size=1),
+            _path("via:pgoutput>test_decoding", stop="lsn", batch_size=1, kill_after=0),
+        ],
+    ),
+    # ... and from a capture, where the WAL's history starts at the first change: open.
+    "C15c-recreated-empty-capture": (
+        History(Shape("pk", ("int",)), (_rows(1, 0), Ddl(Recreate(split=False))), None),
+        ["capture:wal2json-v2"],
     ),
     # C16: a key changed and reused, with a TOASTed column, from a capture without include-pk.
     "C16-key-change-and-reuse": (

@@ -25,6 +25,7 @@ from ..stream.model import Change, Event, StopPoint, TableName
 from ..stream.notices import LossWatch
 from ..stream.sources import CaptureSource, SlotSource
 from ..stream.value_check import ValueChecker
+from ..stream.walinspect import WalInspect
 from .baseline import Baseline
 from .identity import CaptureIdentityWatch
 from .preflight import check_key_amount, table_column_types
@@ -159,13 +160,22 @@ class Reading:
         src, table, warnings, unproven = self.ask.src, self.ask.table, self.warnings, self.unproven
         self.swept = tuple(src.swept)
         warnings.extend(src.notes())
+        began = self.began if self.began else src.end_lsn
         if src.plugin == "pgoutput":
-            began = self.began if self.began else src.end_lsn
             hidden, noted = _unseen(
                 src, self.wal_dsn, table, self.ask.into, self.stop, result, began
             )
             unproven.extend(hidden)
             warnings.extend(noted)
+        elif self.judge is not None and self.judge.oid is not None:
+            # The WAL named the stream's table: ask, as for pgoutput, whether it was replaced
+            # after its last change with no change of the new table in the stream.
+            unproven.extend(
+                _replaced_after(
+                    self.wal_dsn, isinstance(src, CaptureSource), self.judge.oid, table,
+                    self.ask.into, self.stop, result, began,
+                )
+            )  # fmt: skip
         if isinstance(src, SlotSource) and watch is not None:
             lost, after_stop = watch.verdict()
             unproven.extend(lost)
@@ -202,21 +212,57 @@ def _unseen(
             )
             oid = result.relation.relation_id
             if oid is not None:
-                unproven += replaced(
-                    conn,
-                    wal,
-                    table,
-                    into,
-                    oid,
-                    last_lsn=result.last_lsn,
-                    stop=stop,
-                    stopped_lsn=result.stopped_before[1] if result.stopped_before else None,
-                    until=began,
-                )
+                unproven += _replaced(conn, wal, oid, table, into, stop, result, began)
     finally:
         if wal is not None:
             wal.close()
     return unproven, warnings
+
+
+def _replaced_after(
+    dsn: str | None,
+    capture: bool,
+    oid: int,
+    table: TableName,
+    into: TableName,
+    stop: StopPoint,
+    result: ReplayResult,
+    began: Lsn | None,
+) -> list[str]:
+    """Why the stream's table ``oid`` may not be what ``table`` named at the stop point (see
+    :func:`walrecover.rebuild.unseen.replaced`), asked of the source ``dsn``."""
+    if dsn is None:
+        return []
+    wal, _ = open_wal(dsn, capture=capture)
+    try:
+        with connect(dsn, autocommit=True, role="source") as conn:
+            return _replaced(conn, wal, oid, table, into, stop, result, began)
+    finally:
+        if wal is not None:
+            wal.close()
+
+
+def _replaced(
+    conn: Connection,
+    wal: WalInspect | None,
+    oid: int,
+    table: TableName,
+    into: TableName,
+    stop: StopPoint,
+    result: ReplayResult,
+    began: Lsn | None,
+) -> list[str]:
+    return replaced(
+        conn,
+        wal,
+        table,
+        into,
+        oid,
+        last_lsn=result.last_lsn,
+        stop=stop,
+        stopped_lsn=result.stopped_before[1] if result.stopped_before else None,
+        until=began,
+    )
 
 
 def _column_check(ledger: LedgerCheck | None, ddl: str | None) -> Callable[[Target], None] | None:

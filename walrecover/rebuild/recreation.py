@@ -128,6 +128,9 @@ class RecreationJudge:
         self._relfilenode: int | None = None
         self._oid: int | None = None
         self._prev: Lsn | None = None
+        #: The oid of the table's last change in a transaction that committed before the stop
+        #: point (a later one, discarded, may have judged the next table's file).
+        self._kept_oid: int | None = None
 
     # -- what replay reads ---------------------------------------------------------------------
 
@@ -157,6 +160,13 @@ class RecreationJudge:
             blind_warning(self.table, self._first_blind, self._blind, self.wal_problem),
         ]
 
+    @property
+    def oid(self) -> int | None:
+        """The oid of the relation the table's last change before the stop point belongs to, as
+        the WAL showed it (None without the WAL, or where it could not tell): what replay's end
+        asks the source about, as for pgoutput's relation id (:func:`.unseen.replaced`)."""
+        return self._kept_oid
+
     def close(self) -> None:
         if self.wal is not None:
             with contextlib.suppress(Exception):
@@ -178,6 +188,8 @@ class RecreationJudge:
         if self._error is not None:
             raise self._error
         self._committed(xid, commit_lsn, end_lsn, events=events, ours=ours)
+        if ours:
+            self._kept_oid = self._oid if self._exactly else None
         self._mark = (
             len(self.notes),
             len(self._doubts),

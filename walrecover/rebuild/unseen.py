@@ -128,12 +128,24 @@ def _wal_drop(
     if not _before_stop(drop, stop, stopped_lsn):
         return None
     rewrites = {c.xid for c in commits if c.dropped_files and c is not drop}
+    # A file a later commit dropped without dropping any relation was rewritten away (TRUNCATE,
+    # VACUUM FULL, SET LOGGED: an interrupted recovery's own table, built unlogged in the
+    # source database, then made logged by its rerun): its relation lived on in another file,
+    # which is looked at in its own right.
+    rewritten = [
+        (f.relfilenode, c.lsn)
+        for c in commits
+        if c.dropped_files and not c.dropped_relations(database)
+        for f in c.dropped_files
+        if f.database == database
+    ]
     created = next(
         (
             f.lsn
             for f in files
             if f.lsn >= drop.lsn or f.xid == drop.xid
             if f.xid not in rewrites
+            and not any(n == f.file.relfilenode and lsn > f.lsn for n, lsn in rewritten)
             and _before_stop_lsn(f.lsn, stop, stopped_lsn)
             and (until is None or f.lsn < until)
             and not _another_relation(conn, f.file.relfilenode, table)

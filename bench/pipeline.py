@@ -201,7 +201,8 @@ class ServerClock:
 
 
 class PeakRss:
-    """Peak resident memory of client processes, polled from ``/proc/PID/status`` (``VmHWM``).
+    """Peak resident memory of client processes, polled from ``/proc/PID/status`` (``VmHWM``),
+    each with its descendants' (walrecover's reader process): the sum of their peaks.
 
     ``wait4``'s ``ru_maxrss`` would do, but a child forked from this (larger) Python process
     inherits its high-water mark up to the ``exec``; ``VmHWM`` belongs to the exec'd image.
@@ -210,19 +211,24 @@ class PeakRss:
     def __init__(self, pids: list[int], interval: float = 0.05) -> None:
         self.pids = pids
         self.interval = interval
-        self.peak_kib = dict.fromkeys(pids, 0)
+        #: Per tracked pid, the peak of it and of each descendant seen.
+        self.peak_kib: dict[int, dict[int, int]] = {pid: {} for pid in pids}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            for pid in self.pids:
-                with contextlib.suppress(OSError, ValueError):
-                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                        if line.startswith("VmHWM:"):
-                            kib = int(line.split()[1])
-                            self.peak_kib[pid] = max(self.peak_kib[pid], kib)
-                            break
+            parents: dict[int, int] = {}
+            for entry in os.scandir("/proc"):
+                if entry.name.isdigit():
+                    fields = _stat(int(entry.name))
+                    if fields is not None:
+                        parents[int(entry.name)] = int(fields[1])
+            for root in self.pids:
+                for pid in _descendants(root, parents):
+                    kib = _hwm(pid)
+                    peaks = self.peak_kib[root]
+                    peaks[pid] = max(peaks.get(pid, 0), kib)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakRss:
@@ -234,7 +240,26 @@ class PeakRss:
         self._thread.join()
 
     def mib(self, pid: int) -> float:
-        return self.peak_kib[pid] / 1024
+        return sum(self.peak_kib[pid].values()) / 1024
+
+
+def _descendants(root: int, parents: dict[int, int]) -> list[int]:
+    """``root`` and every process below it."""
+    found, frontier = [root], [root]
+    while frontier:
+        below = [pid for pid, parent in parents.items() if parent in frontier]
+        found += below
+        frontier = below
+    return found
+
+
+def _hwm(pid: int) -> int:
+    """A process's ``VmHWM`` in KiB (0 if it is gone)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
 
 
 @dataclass

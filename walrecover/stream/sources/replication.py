@@ -53,6 +53,8 @@ _PG_EPOCH_US = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000
 STATUS_INTERVAL = 10.0
 #: Idle this long without a message, ask the server for a keepalive (its walEnd), seconds.
 IDLE_PING = 0.5
+#: After a status update the server refused, how long to wait for its error, seconds.
+SEND_FAILED_WAIT = 2.0
 _XLOGDATA = struct.Struct(">QQq")
 _KEEPALIVE = struct.Struct(">QQB")
 _U64 = struct.Struct(">Q")
@@ -376,7 +378,10 @@ class ReplicationStream:
             pgconn.consume_input()
 
     def _status(self, *, force: bool = False, reply: bool = False) -> None:
-        """A standby status update (``r``): written, flushed, applied positions, now."""
+        """A standby status update (``r``): written, flushed, applied positions, now. None
+        once the stream failed (its error is raised after the frames before it)."""
+        if self._failed is not None:
+            return
         now = time.monotonic()
         if not force and now - self._last_status < STATUS_INTERVAL:
             return
@@ -397,8 +402,15 @@ class ReplicationStream:
         """Why a status update could not be sent: the server's error if it sent one (a
         publication that does not exist ends the stream so), else the connection's."""
         pgconn = self.conn.pgconn
-        with contextlib.suppress(psycopg.Error):
+        deadline = time.monotonic() + SEND_FAILED_WAIT
+        try:
             pgconn.consume_input()
+            # The server's ErrorResponse may still be on its way: wait a little for it.
+            while pgconn.is_busy() and time.monotonic() < deadline:
+                select.select([pgconn.socket], [], [], 0.05)
+                pgconn.consume_input()
+        except (psycopg.Error, OSError):
+            return self._error(None)
         if not pgconn.is_busy():
             while (result := pgconn.get_result()) is not None:
                 if result.status == pq.ExecStatus.FATAL_ERROR:

@@ -1,4 +1,4 @@
-"""What a pgoutput stream leaves unseen: asked of the source after the replay.
+"""What a stream leaves unseen: asked of the source after the replay.
 
 **A table replaced with no change of the new one in the stream.** pgoutput names tables by
 relation id (the table's oid), and replay refuses a change of the same name with another
@@ -14,7 +14,9 @@ while the name held another, empty table at the stop point. The source can tell:
 Either makes the result unproven (exit 4) unless the WAL shows the stream's relation was still
 there at the stop point; the message gives the DROP's LSN as a stop point, which rebuilds the
 earlier table exactly. Without either (the table is gone and pg_walinspect is not installed)
-nothing can be told, as README says.
+nothing can be told, as README says. wal2json and test_decoding carry no relation id: their
+recoveries ask the same with the oid the WAL gave the re-creation judge for the table's last
+change (:attr:`~walrecover.rebuild.recreation.RecreationJudge.oid`), when it could give one.
 
 **A publication's flags for a capture.** A slot read checks the publications it reads through
 (:func:`~walrecover.stream.sources.check_publications`). A capture is checked the same way when

@@ -303,6 +303,23 @@ def inside(path: Path, directory: Path) -> bool:
     return resolved == root or root in resolved.parents
 
 
+def finish_published_cleanup(path: str | os.PathLike[str]) -> bool:
+    """Remove what a run killed between publishing the audit at ``path`` and removing its
+    work files left in ``PATH.parts`` (only walrecover's own files, only when their record says
+    the audit was published); True if there was such a directory. A rerun that then finds the
+    recovery complete does not get that far, so this runs first."""
+    audit = Path(path)
+    if audit.name in ("", ".", ".."):
+        return False  # not an audit path: the audit's own checks say so
+    parts = audit.with_name(audit.name + ".parts")
+    info = safefiles.lstat(parts)
+    if info is None or safefiles.is_symlink(info) or not safefiles.is_dir(info):
+        return False
+    if safefiles.foreign_entries(parts, PART_FILES):
+        return False
+    return clear_published(parts)
+
+
 def clear_published(parts: Path) -> bool:
     """Delete what a run killed after publishing its audit left in ``PATH.parts`` (its run
     record says the audit was published); True if that is what the directory held."""

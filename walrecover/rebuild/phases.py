@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from .. import __version__
-from ..audit.workspace import finish_published_cleanup
 from ..db import connect, connection_lost, redact, safe_dsn
 from ..errors import ConnectionFailed, PrivilegeError, WalrecoverError, first_line
 from ..stream.lsn import Lsn
@@ -130,6 +129,9 @@ class Recovery:
         lock_target(conn, into)  # before any work: a second writer is refused at once
         self.exists = table_exists(conn, into)
         if self.audit_at is not None:
+            # Imported here: the audit's modules load pyarrow, which a bare recovery never needs.
+            from ..audit.workspace import finish_published_cleanup  # noqa: PLC0415
+
             finish_published_cleanup(self.audit_at)
         previous = finished_recovery(
             conn,

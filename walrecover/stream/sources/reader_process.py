@@ -50,7 +50,7 @@ from ..making import raw_message
 from ..model import RawMessage
 from ..notices import NoticeLog
 from .base import ProgressCallback
-from .replication import ReplicationStream, StreamEnded
+from .replication import ReplicationStream, StreamEnded, _Notice
 
 #: Reads of less WAL than this stay in this process (the child costs ~0.5 s to start).
 PROCESS_MIN_BYTES: Final = 32 << 20
@@ -187,17 +187,6 @@ class ProcessStream:
                 child.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=10)
-
-
-class _Notice:
-    """What :meth:`NoticeLog.handler` reads of a notice."""
-
-    __slots__ = ("message_primary", "severity", "severity_nonlocalized")
-
-    def __init__(self, nonlocalized: str | None, severity: str | None, primary: str | None):
-        self.severity_nonlocalized = nonlocalized
-        self.severity = severity
-        self.message_primary = primary
 
 
 def _receive(pipe: IO[bytes], child: subprocess.Popen[bytes] | None) -> _Batch:

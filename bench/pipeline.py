@@ -27,8 +27,9 @@ workload filled never move (checked at the end), it measures:
 Rebuilt tables go to another database of the same cluster so no step's writes are in the
 stream a later step decodes. For each step: wall seconds, client CPU seconds (``wait4`` of the
 client processes), server CPU seconds (the clusters' processes, exited backends included through
-the postmasters' children times), client peak RSS (summed over the processes of a pipeline),
-and ratios of wall time to the fastest skeleton of the run and to native replication.
+the postmasters' children times), client peak RSS (the most a client's processes held at one
+moment; the sum of each process's own peak is kept as an upper bound), and ratios of wall time
+to the fastest skeleton of the run and to native replication.
 ``--json`` prints the whole run as JSON instead of the table, ``--save FILE`` writes it too.
 ``--profile DIR`` then runs ``recover+`` once more per plugin under py-spy (cProfile without
 it) and prints where the time goes.
@@ -115,6 +116,8 @@ class Measure:
     client_cpu: float | None = None
     server_cpu: float | None = None
     rss_mib: float | None = None
+    #: Each client process's own peak, summed: an upper bound of ``rss_mib``.
+    rss_summed_mib: float | None = None
     rows: int | None = None
     x_skeleton: float | None = None
     x_native: float | None = None
@@ -201,18 +204,26 @@ class ServerClock:
 
 
 class PeakRss:
-    """Peak resident memory of client processes, polled from ``/proc/PID/status`` (``VmHWM``),
-    each with its descendants' (walrecover's reader process): the sum of their peaks.
+    """Peak resident memory of client processes and their descendants (walrecover's reader
+    process), polled from ``/proc/PID/status`` every ``interval`` seconds.
 
-    ``wait4``'s ``ru_maxrss`` would do, but a child forked from this (larger) Python process
+    A client's peak is the most its processes held **at one moment**: the largest sum of their
+    ``VmRSS`` over the polls, or any one process's ``VmHWM`` if larger (a process's own peak is
+    exact; a sum is as fine as the polls). Summing each process's ``VmHWM`` instead would add
+    peaks that never coexist: the reader process has exited before walrecover closes the audit,
+    its peak. That sum is kept too (:meth:`summed_mib`), an upper bound.
+
+    ``wait4``'s ``ru_maxrss`` would not do: a child forked from this (larger) Python process
     inherits its high-water mark up to the ``exec``; ``VmHWM`` belongs to the exec'd image.
     """
 
     def __init__(self, pids: list[int], interval: float = 0.05) -> None:
         self.pids = pids
         self.interval = interval
-        #: Per tracked pid, the peak of it and of each descendant seen.
+        #: Per tracked pid, the peak (``VmHWM``) of it and of each descendant seen.
         self.peak_kib: dict[int, dict[int, int]] = {pid: {} for pid in pids}
+        #: Per tracked pid, the largest sum of its tree's ``VmRSS`` in one poll.
+        self.together_kib: dict[int, int] = dict.fromkeys(pids, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -225,10 +236,13 @@ class PeakRss:
                     if fields is not None:
                         parents[int(entry.name)] = int(fields[1])
             for root in self.pids:
+                now = 0
                 for pid in _descendants(root, parents):
-                    kib = _hwm(pid)
+                    rss, hwm = _memory(pid)
+                    now += rss
                     peaks = self.peak_kib[root]
-                    peaks[pid] = max(peaks.get(pid, 0), kib)
+                    peaks[pid] = max(peaks.get(pid, 0), hwm)
+                self.together_kib[root] = max(self.together_kib[root], now)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakRss:
@@ -240,6 +254,11 @@ class PeakRss:
         self._thread.join()
 
     def mib(self, pid: int) -> float:
+        """The peak of ``pid``'s processes together."""
+        return max(self.together_kib[pid], *self.peak_kib[pid].values(), 0) / 1024
+
+    def summed_mib(self, pid: int) -> float:
+        """The sum of each process's own peak: an upper bound of :meth:`mib`."""
         return sum(self.peak_kib[pid].values()) / 1024
 
 
@@ -253,13 +272,16 @@ def _descendants(root: int, parents: dict[int, int]) -> list[int]:
     return found
 
 
-def _hwm(pid: int) -> int:
-    """A process's ``VmHWM`` in KiB (0 if it is gone)."""
+def _memory(pid: int) -> tuple[int, int]:
+    """A process's ``VmRSS`` and ``VmHWM`` in KiB (zeros if it is gone)."""
+    rss = hwm = 0
     with contextlib.suppress(OSError, ValueError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+    return rss, hwm
 
 
 @dataclass
@@ -270,6 +292,7 @@ class Child:
     out: bytes
     cpu: float
     rss_mib: float
+    rss_summed_mib: float
 
 
 def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
@@ -287,7 +310,7 @@ def run_child(args: list[str]) -> Child:
             rc, cpu = _wait(proc)
         out.seek(0)
         err.seek(0)
-        child = Child(rc, out.read(), cpu, peak.mib(proc.pid))
+        child = Child(rc, out.read(), cpu, peak.mib(proc.pid), peak.summed_mib(proc.pid))
         if rc != 0:
             raise SystemExit(f"bench: {args[0]} exited {rc}: {err.read().decode()[-2000:]}")
     return child
@@ -405,7 +428,16 @@ def measure_decode(cluster: Cluster, plugin: str, lsns: dict[str, str]) -> Measu
         child = run_child(_recvlogical(cluster, slot, plugin, lsns["end"], "/dev/null"))
         wall = time.monotonic() - t0
         server = clock.stop()
-    return Measure("decode", plugin, wall, child.cpu, server, child.rss_mib, note="to /dev/null")
+    return Measure(
+        "decode",
+        plugin,
+        wall,
+        child.cpu,
+        server,
+        child.rss_mib,
+        child.rss_summed_mib,
+        note="to /dev/null",
+    )
 
 
 def measure_load(cluster: Cluster) -> Measure:
@@ -461,7 +493,9 @@ def measure_skeleton(cluster: Cluster, plugin: str, lsns: dict[str, str]) -> Mea
         wall,
         reader_cpu + sink_cpu,
         server,
+        # Both run the whole time: each one's peak, summed, is near what they held together.
         peak.mib(reader.pid) + peak.mib(sink.pid),
+        peak.summed_mib(reader.pid) + peak.summed_mib(sink.pid),
         rows,
         note=f"pg_recvlogical piped to {parser_name if plugin == 'wal2json' else 'binary'} + COPY",
     )
@@ -566,6 +600,7 @@ def measure_recover(
         child.cpu,
         server,
         child.rss_mib,
+        child.rss_summed_mib,
         result.get("rows"),
         note="--key/--amount/--ledger-query --audit" if full else "bare",
     )
@@ -708,14 +743,15 @@ def table(run: Run) -> str:
 
     lines = [
         "| step | plugin | wall s | client CPU s | server CPU s | client peak RSS MiB "
-        "| x skeleton | x native | rows | what |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| each process's peak, summed | x skeleton | x native | rows | what |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for m in run.measures:
         note = m.note.replace("|", r"\|")  # a bar inside a cell would end it
         lines.append(
             f"| {m.step} | {m.plugin} | {num(m.wall)} | {num(m.client_cpu)} | "
-            f"{num(m.server_cpu)} | {num(m.rss_mib, 0)} | {num(m.x_skeleton, 2)} | "
+            f"{num(m.server_cpu)} | {num(m.rss_mib, 0)} | {num(m.rss_summed_mib, 0)} | "
+            f"{num(m.x_skeleton, 2)} | "
             f"{num(m.x_native, 2)} | {'' if m.rows is None else f'{m.rows:,}'} | {note} |"
         )
     return "\n".join(lines)

@@ -71,17 +71,24 @@ def test_pipeline_bench_runs_every_kind_of_step() -> None:
         assert steps[key]["rows"] == CHANGES, key
     recover = steps[("recover+", "pgoutput")]
     assert recover["wall"] > 0 and recover["client_cpu"] > 0 and recover["rss_mib"] > 10
+    assert recover["rss_summed_mib"] >= recover["rss_mib"]
     assert recover["x_skeleton"] > 0 and recover["x_native"] > 0
     assert report["machine"]["nproc"] >= 1 and report["machine"]["fsync"] == "off"
     print(f"bench smoke run: {time.monotonic() - started:.1f} s")
 
 
-def _skeleton() -> Any:
-    spec = importlib.util.spec_from_file_location("skeleton", ROOT / "bench" / "skeleton.py")
+def _module(name: str) -> Any:
+    """``bench/NAME.py``, loaded (``bench`` is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
+
+
+def _skeleton() -> Any:
+    return _module("skeleton")
 
 
 class _Trickle(io.RawIOBase):
@@ -119,3 +126,24 @@ def test_pgoutput_skeleton_yields_a_row_once_when_reads_cut_its_message() -> Non
     data = b"".join(m + b"\n" for m in [begin, relation, *inserts, commit])
     rows = list(_skeleton().pgoutput_rows(_Trickle(data), "public.t"))
     assert rows == [(["id"], f"{n}\n") for n in range(3)]
+
+
+#: A parent that holds 40 MiB in a child, lets the child exit, then holds 40 MiB itself.
+SUCCESSIVE = """
+import subprocess, sys, time
+subprocess.run([sys.executable, "-c", "b = bytearray(40 << 20); import time; time.sleep(0.5)"])
+b = bytearray(40 << 20)
+time.sleep(0.5)
+"""
+
+
+def test_peak_rss_counts_what_processes_held_at_one_moment() -> None:
+    """A child's peak and its parent's later peak never coexisted: the client's peak is one of
+    them (plus the other's base), while the sum of each process's own peak counts both."""
+    pipeline = _module("pipeline")
+    proc = subprocess.Popen([sys.executable, "-c", SUCCESSIVE])
+    with pipeline.PeakRss([proc.pid], interval=0.02) as peak:
+        proc.wait()
+    together, summed = peak.mib(proc.pid), peak.summed_mib(proc.pid)
+    assert len(peak.peak_kib[proc.pid]) == 2, "the child was seen"
+    assert 40 < together < summed - 25, (together, summed)

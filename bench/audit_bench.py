@@ -169,13 +169,20 @@ def run_audit(rows: int, path: Path, partitioned: bool) -> dict[str, Any]:
     writer = AuditWriter(path, {"tool": "bench"}, partitioned=partitioned)
     writer.start(None, resuming=False)
     write_parts(writer, rows)
+    closing = time.monotonic()
     written = writer.close()
+    close_seconds = time.monotonic() - closing
     size = (
         sum(p.stat().st_size for p in path.rglob("*.parquet"))
         if partitioned
         else path.stat().st_size
     )
-    return {"rows": written, "bytes": size, "outcomes": writer.outcome_counts}
+    return {
+        "rows": written,
+        "bytes": size,
+        "outcomes": writer.outcome_counts,
+        "close_seconds": close_seconds,
+    }
 
 
 def run_verify(path: Path) -> dict[str, Any]:
@@ -237,6 +244,9 @@ def main() -> None:
             f"{out['peak_rss_mb']:>14.0f}{size:>12}"
         )
     print(f"audit/baseline time: {audit['seconds'] / baseline['seconds']:.2f}x")
+    print(
+        f"audit's close (outcomes, typed columns, hashes, the file): {audit['close_seconds']:.1f} s"
+    )
     print(f"outcomes: {audit['outcomes']}")
     print(f"verify: {'ok' if verify['ok'] else 'FAILED ' + '; '.join(verify['problems'])}")
     if not verify["ok"] or audit["rows"] != args.rows:

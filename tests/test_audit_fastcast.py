@@ -147,6 +147,29 @@ def test_generated_text_converts_as_python_does(values: list[str | None], pg_typ
     assert_same(values, pg_type)
 
 
+def test_a_numeric_too_wide_for_precision_38_is_not_wrapped_around() -> None:
+    """Arrow's cast overflows without an error at precision 38 (``110000000.0`` as
+    ``numeric(38,31)`` came back ``7915289.92...``): the fast path must leave such a value to
+    Python, which refuses it (NULL), and keep every value that fits."""
+    for value, pg_type in [
+        ("110000000.0", "numeric(38,31)"),
+        ("-110000000.0", "numeric(38,31)"),
+        ("1" + "0" * 38, "numeric(38,0)"),
+        ("9" * 37 + ".5", "numeric(38,2)"),
+        ("1" + "0" * 30, "numeric(38,37)"),
+    ]:
+        assert_same([value], pg_type)
+        [typed] = typed_arrays(table_of([value]), [field(pg_type)])
+        assert typed.to_pylist() == [None], (value, pg_type, typed)
+    widest = ["9" * 7 + "." + "9" * 31, "-" + "9" * 36 + ".99", "9" * 38]
+    for value, pg_type in zip(
+        widest, ["numeric(38,31)", "numeric(38,2)", "numeric(38,0)"], strict=True
+    ):
+        assert_same([value], pg_type)
+        [typed] = typed_arrays(table_of([value]), [field(pg_type)])
+        assert str(typed[0].as_py()) == value, (value, pg_type)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(decimal_texts(), min_size=1, max_size=8), st.integers(1, 38), st.data())
 def test_numeric_is_exact_for_every_precision_and_scale(

@@ -80,15 +80,20 @@ _OFFSET: Final = r"[+-](?:[01][0-9]|2[0-3])(?::[0-5][0-9])?"
 
 
 def _decimal_pattern(precision: int, scale: int) -> str:
-    """A plain decimal with at most ``scale`` fraction digits and no leading zeros.
+    """A plain decimal that fits ``numeric(precision, scale)``: at most ``precision - scale``
+    integer digits, no leading zeros, at most ``scale`` fraction digits.
 
+    The integer digits are bounded here, not left to Arrow: at precision 38 a value too wide
+    for the column overflows Arrow's 128-bit rescale without an error (``110000000.0`` cast
+    to ``decimal128(38, 31)`` gave ``7915289.92...``); Python refuses it (NULL).
     With ``precision == scale`` a zero needs a fraction: Python's fit check counts the digit of
     ``0`` (``Decimal("0")`` has one digit and no fraction) where Arrow sees a fitting zero.
     """
     fraction = f"\\.[0-9]{{1,{scale}}}" if scale else ""
     if precision == scale:
         return f"^-?0{fraction}$"
-    return f"^-?(?:0|[1-9][0-9]*)(?:{fraction})?$" if scale else "^-?(?:0|[1-9][0-9]*)$"
+    integer = f"(?:0|[1-9][0-9]{{0,{precision - scale - 1}}})"
+    return f"^-?{integer}(?:{fraction})?$" if scale else f"^-?{integer}$"
 
 
 def _pattern(typed: pgarrow.TypedField) -> str | None:

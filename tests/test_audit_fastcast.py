@@ -148,15 +148,16 @@ def test_generated_text_converts_as_python_does(values: list[str | None], pg_typ
 
 
 def test_a_numeric_too_wide_for_precision_38_is_not_wrapped_around() -> None:
-    """Arrow's cast overflows without an error at precision 38 (``110000000.0`` as
-    ``numeric(38,31)`` came back ``7915289.92...``): the fast path must leave such a value to
-    Python, which refuses it (NULL), and keep every value that fits."""
+    """Arrow's cast overflows without an error when a value's digits and the scale pass 38
+    (``110000000.0`` as ``numeric(38,31)`` came back ``7915289.92...``): the fast path must
+    leave such a value to Python, which refuses it (NULL), and keep every value that fits."""
     for value, pg_type in [
         ("110000000.0", "numeric(38,31)"),
         ("-110000000.0", "numeric(38,31)"),
         ("1" + "0" * 38, "numeric(38,0)"),
         ("9" * 37 + ".5", "numeric(38,2)"),
         ("1" + "0" * 30, "numeric(38,37)"),
+        ("-683334132861091099241847769765815.119325", "numeric(37,6)"),  # 39 digits
     ]:
         assert_same([value], pg_type)
         [typed] = typed_arrays(table_of([value]), [field(pg_type)])

@@ -83,9 +83,10 @@ def _decimal_pattern(precision: int, scale: int) -> str:
     """A plain decimal that fits ``numeric(precision, scale)``: at most ``precision - scale``
     integer digits, no leading zeros, at most ``scale`` fraction digits.
 
-    The integer digits are bounded here, not left to Arrow: at precision 38 a value too wide
-    for the column overflows Arrow's 128-bit rescale without an error (``110000000.0`` cast
-    to ``decimal128(38, 31)`` gave ``7915289.92...``); Python refuses it (NULL).
+    The integer digits are bounded here, not left to Arrow: a value whose digits and the
+    scale pass 38 overflows Arrow's 128-bit rescale without an error (``110000000.0`` cast to
+    ``decimal128(38, 31)`` gave ``7915289.92...``, at any precision from 1 to 38); Python
+    refuses it (NULL).
     With ``precision == scale`` a zero needs a fraction: Python's fit check counts the digit of
     ``0`` (``Decimal("0")`` has one digit and no fraction) where Arrow sees a fitting zero.
     """

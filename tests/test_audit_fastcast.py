@@ -147,7 +147,7 @@ def test_generated_text_converts_as_python_does(values: list[str | None], pg_typ
     assert_same(values, pg_type)
 
 
-def test_a_numeric_too_wide_for_precision_38_is_not_wrapped_around() -> None:
+def test_a_numeric_too_wide_for_its_column_is_not_wrapped_around() -> None:
     """Arrow's cast overflows without an error when a value's digits and the scale pass 38
     (``110000000.0`` as ``numeric(38,31)`` came back ``7915289.92...``): the fast path must
     leave such a value to Python, which refuses it (NULL), and keep every value that fits."""

@@ -11,9 +11,11 @@ a balance update, ten a commit); ``--single N`` instead inserts N rows into ``tr
 the sum of its rows, so ``recover+`` reconciles. Then ``DROP TABLE transactions``, and for each
 plugin, ``recover`` (bare) and ``recover+`` (``--key/--amount/--ledger-query --audit``), each on
 a fresh copy of the plugin's slot, as ``bench/pipeline.py`` runs them: wall seconds, client CPU
-seconds and peak RSS (``VmHWM``). ``--trace DIR`` runs each under ``bench/memtrace.py`` and
-keeps its timeline in DIR (phase by phase RSS on stderr). ``--import-only`` prints the RSS of
-``import walrecover.cli`` and of its heavy dependencies alone, and stops.
+seconds and peak RSS (what the client's processes held at one moment, and each one's
+``VmHWM`` summed: :class:`pipeline.PeakRss`). ``--trace DIR`` runs each under
+``bench/memtrace.py`` and keeps its timeline in DIR (phase by phase RSS on stderr).
+``--import-only`` prints the RSS of ``import walrecover.cli`` and of its heavy dependencies
+alone, and stops.
 """
 
 from __future__ import annotations

@@ -123,6 +123,31 @@ class Measure:
     x_native: float | None = None
     note: str = ""
 
+    @classmethod
+    def of_child(
+        cls,
+        step: str,
+        plugin: str,
+        wall: float,
+        child: Child,
+        server: float,
+        *,
+        rows: int | None = None,
+        note: str = "",
+    ) -> Measure:
+        """A step that ran one client process (:func:`run_child`)."""
+        return cls(
+            step,
+            plugin,
+            wall,
+            child.cpu,
+            server,
+            child.rss_mib,
+            child.rss_summed_mib,
+            rows,
+            note=note,
+        )
+
 
 @dataclass
 class Run:
@@ -428,16 +453,7 @@ def measure_decode(cluster: Cluster, plugin: str, lsns: dict[str, str]) -> Measu
         child = run_child(_recvlogical(cluster, slot, plugin, lsns["end"], "/dev/null"))
         wall = time.monotonic() - t0
         server = clock.stop()
-    return Measure(
-        "decode",
-        plugin,
-        wall,
-        child.cpu,
-        server,
-        child.rss_mib,
-        child.rss_summed_mib,
-        note="to /dev/null",
-    )
+    return Measure.of_child("decode", plugin, wall, child, server, note="to /dev/null")
 
 
 def measure_load(cluster: Cluster) -> Measure:
@@ -593,15 +609,13 @@ def measure_recover(
         conn.execute(f"DROP TABLE {into}")
     for leftover in workdir.glob(f"{into}.parquet*"):
         leftover.unlink()
-    return Measure(
+    return Measure.of_child(
         "recover+" if full else "recover",
         plugin,
         wall,
-        child.cpu,
+        child,
         server,
-        child.rss_mib,
-        child.rss_summed_mib,
-        result.get("rows"),
+        rows=result.get("rows"),
         note="--key/--amount/--ledger-query --audit" if full else "bare",
     )
 

@@ -116,12 +116,12 @@ class Measure:
     client_cpu: float | None = None
     server_cpu: float | None = None
     rss_mib: float | None = None
-    #: Each client process's own peak, summed: an upper bound of ``rss_mib``.
-    rss_summed_mib: float | None = None
     rows: int | None = None
     x_skeleton: float | None = None
     x_native: float | None = None
     note: str = ""
+    #: Each client process's own peak, summed: an upper bound of ``rss_mib``.
+    rss_summed_mib: float | None = None
 
     @classmethod
     def of_child(
@@ -143,9 +143,9 @@ class Measure:
             child.cpu,
             server,
             child.rss_mib,
-            child.rss_summed_mib,
             rows,
             note=note,
+            rss_summed_mib=child.rss_summed_mib,
         )
 
 
@@ -511,9 +511,9 @@ def measure_skeleton(cluster: Cluster, plugin: str, lsns: dict[str, str]) -> Mea
         server,
         # Both run the whole time: each one's peak, summed, is near what they held together.
         peak.mib(reader.pid) + peak.mib(sink.pid),
-        peak.summed_mib(reader.pid) + peak.summed_mib(sink.pid),
         rows,
         note=f"pg_recvlogical piped to {parser_name if plugin == 'wal2json' else 'binary'} + COPY",
+        rss_summed_mib=peak.summed_mib(reader.pid) + peak.summed_mib(sink.pid),
     )
 
 

@@ -84,6 +84,37 @@ def test_wal2json_changes_it_cannot_identify_are_lost_data(
     assert not table_exists(db, "t_recovered")
 
 
+@pytest.mark.parametrize("kind", list(UNIDENTIFIABLE))
+def test_a_failure_caused_by_a_lost_change_names_the_lost_change(
+    db: Database, kind: str, read_mode: str
+) -> None:
+    """Oracle seed 3856345: a key moved by an UPDATE wal2json leaves out, then an INSERT of
+    that key in the same (prepared) transaction. Replay fails on the INSERT (the old row is
+    still there) before the loss watch judges the page: the error must name the lost UPDATE,
+    not a DROP that never happened."""
+    db.execute(UNIDENTIFIABLE[kind])
+    db.create_slot()
+    run_script(
+        db,
+        [
+            "INSERT INTO t VALUES (1, 'a'), (2, 'b')",
+            "BEGIN; UPDATE t SET id = 9 WHERE id = 2; INSERT INTO t VALUES (4, 'd'), (2, 'c');"
+            " PREPARE TRANSACTION 'moved'",
+            "COMMIT PREPARED 'moved'",
+        ],
+    )
+    assert drop_with_truth(db) == 4
+    code, _, stderr = recover_cli(db, "--batch-size", "1")
+    assert code == EXIT_ERROR, stderr
+    (line,) = stderr.splitlines()
+    assert line.startswith("walrecover: error: wal2json left 1 UPDATE of public.t out"), line
+    assert "dropped and re-created" not in line and "came back twice" not in line
+    if kind == "replica_identity_nothing":  # the others' targets take the INSERT (no key, or a
+        # deferred one): the page's end refuses, as before
+        assert "that depended on it then failed to apply" in line
+    assert "--via-plugin test_decoding" in line
+
+
 def test_test_decoding_says_which_delete_no_plugin_can_place(db: Database, tmp_path: Path) -> None:
     """test_decoding prints such an UPDATE's new row but a DELETE as (no-tuple-data): with the
     key from --ddl the update applies, the delete stops the run naming its LSN, and the error no

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from ..db import Connection, connect
-from ..errors import DecodeError, StopPointError, TableNotInStream, WalrecoverError
+from ..errors import DecodeError, ReplayError, StopPointError, TableNotInStream, WalrecoverError
 from ..stream.decoders import column_limits, warnings_for
 from ..stream.lsn import Lsn
 from ..stream.model import Change, Event, StopPoint, TableName
@@ -70,7 +70,7 @@ class Reading:
     def run(self) -> ReplayResult:
         """Decode the source's events and replay them; then what the stream could not show."""
         events, watch, identity = self._events()
-        result = self._replay(events)
+        result = self._replay(events, watch)
         self._verdicts(result, watch, identity)
         return result
 
@@ -110,7 +110,7 @@ class Reading:
         self.unproven += unproven
         return events, watch, identity
 
-    def _replay(self, events: Iterable[Event]) -> ReplayResult:
+    def _replay(self, events: Iterable[Event], watch: LossWatch | None = None) -> ReplayResult:
         ask, src, base = self.ask, self.ask.src, self.base
         try:
             return replay(
@@ -148,6 +148,11 @@ class Reading:
             raise
         except DecodeError as exc:
             src.locate(exc)
+            raise
+        except ReplayError as exc:
+            # A change the plugin said it left out explains the failure it caused.
+            if watch is not None:
+                raise watch.explain(exc) from None
             raise
 
     def _verdicts(

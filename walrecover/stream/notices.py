@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import LostChanges
+from ..errors import LostChanges, ReplayError, WalrecoverError
 from .lsn import Lsn
 from .model import Begin, Change, Commit, Event, StartPoint, StopPoint, TableName
 
@@ -183,6 +183,8 @@ class LossWatch:
         self._applied = False
         self._open: Begin | None = None
         self._decided = True
+        #: Pages before this one were judged whole (:meth:`_applied_whole`).
+        self._judged = 0
 
     def follow(self, events: Iterable[Event]) -> Iterator[Event]:
         pages = self.log.pages  # only appended to: the current page's number is its length - 1
@@ -193,6 +195,7 @@ class LossWatch:
                 if not self.stopped:
                     for number in range(page, now):
                         self._applied_whole(pages[number])
+                    self._judged = now
                 page, self._applied = now, False
             if not isinstance(event, Change):  # only a Begin or a Commit is tracked
                 self._track(event, now)
@@ -244,27 +247,51 @@ class LossWatch:
         self._applied_before_stop = self._applied
 
     def _applied_whole(self, page: Page) -> None:
+        error = self._lost_error(page)
+        if error is not None:
+            raise error
+
+    def _lost_error(self, page: Page, then: str = "") -> LostChanges | None:
+        """The refusal for ``page`` if the plugin left changes of the table out of it (and
+        they are not all in the baseline); ``then`` tells what failed because of them."""
         lost = self.log.lost(page, self.table)
         if not lost:
-            return
+            return None
         if page.number in self._in_baseline and page.number not in self._after_baseline:
-            return  # every transaction of the page is in the baseline
+            return None  # every transaction of the page is in the baseline
         stop_hint = (
             f", or keep only what committed before it with --stop-before-lsn {page.after}"
             if page.number > 1 and page.after is not None
             else ""
         )
-        raise LostChanges(
+        return LostChanges(
             f"{self.plugin} left {_describe(lost)} of {self.table} out of the stream, "
-            f"{page.span()} (the server warned: {_example(page, self.table)}): the table has no "
-            "usable replica identity (REPLICA IDENTITY NOTHING, a DEFERRABLE primary key, or no "
-            f"primary key), so {self.plugin} cannot say which row such a change touched and "
-            f"{self.table} cannot be rebuilt exactly through it; read the slot with --via-plugin "
-            "test_decoding and --force (it prints an UPDATE's new row: give --ddl with the key "
-            f"to apply it){stop_hint}",
+            f"{page.span()} (the server warned: {_example(page, self.table)}){then}: the table "
+            "has no usable replica identity (REPLICA IDENTITY NOTHING, a DEFERRABLE primary "
+            f"key, or no primary key), so {self.plugin} cannot say which row such a change "
+            f"touched and {self.table} cannot be rebuilt exactly through it; read the slot with "
+            "--via-plugin test_decoding and --force (it prints an UPDATE's new row: give --ddl "
+            f"with the key to apply it){stop_hint}",
             table=str(self.table),
             lsn=page.last or page.after,
         )
+
+    def explain(self, error: ReplayError) -> WalrecoverError:
+        """What to report when replay failed before the stop point: a change the plugin left
+        out of a page read so far and not yet judged (wal2json drops an UPDATE or DELETE it
+        cannot identify, so a later change of the same row fails, e.g. an INSERT of a key the
+        lost UPDATE had moved away) rather than the failure it caused; else ``error``."""
+        if self.stopped:
+            return error
+        lsn, xid = error.facts.get("lsn"), error.facts.get("xid")
+        where = f" at LSN {lsn}" if lsn is not None else ""
+        where += f" (transaction {xid})" if lsn is not None and xid is not None else ""
+        then = f", and the change{where} that depended on it then failed to apply"
+        for page in self.log.pages[self._judged :]:
+            lost = self._lost_error(page, then)
+            if lost is not None:
+                return lost
+        return error
 
     def verdict(self) -> tuple[list[str], list[str]]:
         """(reasons the rebuilt table is not proven exact, warnings) for the pages with lost

@@ -50,6 +50,7 @@ from fault_helpers import (
 from helpers import Database, cli, recover_table, source_untouched, table_exists
 
 from walrecover.drill.cluster import Cluster
+from walrecover.errors import EXIT_UNPROVEN
 from walrecover.rebuild.target import LOCK_CLASS, lock_key
 from walrecover.stream.model import TableName
 from walrecover.stream.sources.reader_process import ENVIRONMENT
@@ -637,7 +638,12 @@ def test_interrupted_capture_recovery_resumes_without_duplicates(
 
     assert cut.exit_code == 1, cut.stderr
     assert kept is not None and not kept.complete and kept.transactions > 0
-    assert rerun.exit_code == 0, rerun.stderr
+    if read == "wal2json-v1":
+        # Format 1 cannot show a TRUNCATE, and a capture gives the WAL nothing to look up.
+        assert rerun.exit_code == EXIT_UNPROVEN, rerun.stderr
+        assert "format-version 1 left out" in rerun.stderr
+    else:
+        assert rerun.exit_code == 0, rerun.stderr
     missing, extra, expected, actual = table_differences(db, "public.truth", "public.from_capture")
     assert (missing, extra, actual) == (0, 0, expected), (
         f"after resuming: {missing} rows missing, {extra} extra, {actual} rows vs {expected}"

@@ -459,6 +459,15 @@ REFUSALS: tuple[Refusal, ...] = (
         lambda c: c.path.read.format1 and "truncate" in c.facts,
         "wal2json format 1 prints a TRUNCATE as an empty change list",
     ),
+    _refusal(
+        "format-1-unchecked",
+        {4},
+        r"format-version 1 left out",
+        lambda c: c.path.read.format1,
+        "wal2json format 1 may have left out a TRUNCATE, even inside a transaction that wrote "
+        "the table: without the WAL (or a capture, which gives no change LSN) nothing rules one "
+        "out",
+    ),
 )
 
 

@@ -132,6 +132,11 @@ def control(db: Database, plugin: str) -> None:
             "BEGIN; TRUNCATE t; CREATE TABLE o2 (i int); DROP TABLE o2;"
             " INSERT INTO t VALUES (6, 'f'); COMMIT",
             "INSERT INTO t VALUES (7, 'g')",
+            # A rewrite in a subtransaction: its new file is the subtransaction's, the old one
+            # is dropped by the top-level commit (once judged a DROP: rows 1-8 were lost).
+            "BEGIN; INSERT INTO t VALUES (8, 'h'); SAVEPOINT s;"
+            " ALTER TABLE t ALTER COLUMN v TYPE text USING v || ''; RELEASE s; COMMIT",
+            "INSERT INTO t VALUES (9, 'i')",
         ],
     )
     snapshot(db, "t", "truth")

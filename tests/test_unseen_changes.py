@@ -231,3 +231,91 @@ def test_a_doubt_without_xids_names_no_none(db: Database, tmp_path: Path) -> Non
     assert "None" not in result.stderr, result.stderr
     assert "a transaction (the stream has no xids)" in result.stderr
     assert differences(db, "truth", "t_recovered") == (0, 0)
+
+
+FORMAT_1_OWN_TRUNCATE = {
+    # The oracle's D1 draw (seed 3856345): the TRUNCATE sits in a savepoint of a transaction
+    # that also updates the table; format 1 prints the UPDATE and nothing of the TRUNCATE.
+    "update-then-truncate": [
+        "INSERT INTO t VALUES (1, 0), (2, 0)",
+        "BEGIN; UPDATE t SET v = 5 WHERE id = 1; SAVEPOINT s; TRUNCATE t; RELEASE s; COMMIT",
+        "INSERT INTO t VALUES (3, 1)",
+    ],
+    "truncate-then-insert": [
+        "INSERT INTO t VALUES (1, 0), (2, 0)",
+        "BEGIN; TRUNCATE t; INSERT INTO t VALUES (3, 1); COMMIT",
+    ],
+    "insert-then-truncate": [
+        "INSERT INTO t VALUES (1, 0)",
+        "BEGIN; INSERT INTO t VALUES (2, 0); TRUNCATE t; COMMIT",
+        "INSERT INTO t VALUES (3, 1)",
+    ],
+    "truncate-last": ["INSERT INTO t VALUES (1, 0)", "TRUNCATE t"],
+    "insert-then-truncate-last": [
+        "INSERT INTO t VALUES (1, 0)",
+        "BEGIN; INSERT INTO t VALUES (2, 0); TRUNCATE t; COMMIT",
+    ],
+    "first-transaction": ["BEGIN; INSERT INTO t VALUES (1, 0); TRUNCATE t; COMMIT"],
+}
+
+
+@pytest.mark.parametrize("wal", ["walinspect", "no-wal"])
+@pytest.mark.parametrize("shape", list(FORMAT_1_OWN_TRUNCATE))
+def test_format_1_truncate_inside_a_transaction_of_the_table_is_not_proven(
+    db: Database, shape: str, wal: str
+) -> None:
+    """Truth {(3,1)}. Format 1 drops the TRUNCATE but prints the transaction's other changes
+    of the table, so no transaction without change marks it: the commit record's size does (a
+    TRUNCATE's invalidations). Before the fix: exit 0 with the truncated rows back (the
+    oracle's D1, seed 3856345)."""
+    if wal == "walinspect":
+        db.execute("CREATE EXTENSION pg_walinspect")
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v integer)")
+    db.create_slot()
+    run_script(db, FORMAT_1_OWN_TRUNCATE[shape])
+    drop_with_truth(db)
+    with source_untouched(db):
+        result = cli(
+            "recover", "-d", db.dsn, "--slot", SLOT, "-o", "format-version=1",
+            "--target", db.dsn, "--table", "public.t",
+        )  # fmt: skip
+    assert result.exit_code == EXIT_UNPROVEN, result.stderr
+    assert any("may have been emptied by a TRUNCATE" in r for r in unproven(result.stderr))
+    assert differences(db, "truth", "t_recovered") != (0, 0), result.stderr  # format 1 is wrong
+
+
+@pytest.mark.parametrize("wal", ["walinspect", "no-wal"])
+def test_format_1_without_truncate_is_exact_only_when_the_wal_says_so(
+    db: Database, wal: str
+) -> None:
+    """The same shapes without the TRUNCATE: with the WAL, exact and exit 0; without it,
+    nothing rules a TRUNCATE out, so exit 4 naming the first unchecked transaction."""
+    if wal == "walinspect":
+        db.execute("CREATE EXTENSION pg_walinspect")
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v integer)")
+    db.create_slot()
+    run_script(
+        db,
+        [
+            "INSERT INTO t VALUES (1, 0), (2, 0)",
+            "BEGIN; UPDATE t SET v = 5 WHERE id = 1; SAVEPOINT s; DELETE FROM t WHERE id = 2;"
+            " RELEASE s; COMMIT",
+            "ANALYZE t",
+            "INSERT INTO t VALUES (3, 1)",
+        ],
+    )
+    drop_with_truth(db)
+    with source_untouched(db):
+        result = cli(
+            "recover", "-d", db.dsn, "--slot", SLOT, "-o", "format-version=1",
+            "--target", db.dsn, "--table", "public.t",
+        )  # fmt: skip
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+    if wal == "walinspect":
+        assert result.exit_code == 0, result.stderr
+    else:
+        assert result.exit_code == EXIT_UNPROVEN, result.stderr
+        assert any(
+            "format-version 1 left out" in r and "could not be checked" in r
+            for r in unproven(result.stderr)
+        ), result.stderr

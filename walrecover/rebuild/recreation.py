@@ -46,6 +46,7 @@ from .recreation_reasons import (
     doubt_reason,
     stream_reason,
     truncate_reason,
+    unchecked_truncate_reason,
 )
 from .recreation_wal import CatalogHistory
 
@@ -128,6 +129,12 @@ class RecreationJudge:
         self._relfilenode: int | None = None
         self._oid: int | None = None
         self._prev: Lsn | None = None
+        #: Format 1: transactions after the table's first change the WAL could not be asked
+        #: whether they truncated it (how many, the first one's xid).
+        self._unchecked = 0
+        self._first_unchecked: int | None = None
+        #: Format 1: the transactions found to have replaced the table's file.
+        self._emptied: set[int] = set()
         #: The oid of the table's last change in a transaction that committed before the stop
         #: point (a later one, discarded, may have judged the next table's file).
         self._kept_oid: int | None = None
@@ -148,6 +155,13 @@ class RecreationJudge:
             )
             if self.format1:
                 reasons.append(self._truncate_reason())
+        if self._unchecked:
+            reasons.append(
+                unchecked_truncate_reason(
+                    self.table, self.into, self._first_unchecked, self._unchecked,
+                    self.wal_problem,
+                )
+            )  # fmt: skip
         return reasons
 
     @property
@@ -188,6 +202,8 @@ class RecreationJudge:
         if self._error is not None:
             raise self._error
         self._committed(xid, commit_lsn, end_lsn, events=events, ours=ours)
+        if self.format1 and self._seen:
+            self._format1_truncate(xid, ours)
         if ours:
             self._kept_oid = self._oid if self._exactly else None
         self._mark = (
@@ -234,6 +250,31 @@ class RecreationJudge:
         elif size is None:
             self._blind += 1
             self._first_blind = self._first_blind if self._first_blind is not None else xid
+
+    def _format1_truncate(self, xid: int | None, ours: int) -> None:
+        """Format 1 leaves a TRUNCATE out without a trace, even inside a transaction that
+        also writes the table, and even after the table's last change: ask the WAL whether
+        this committed transaction replaced the file of the table's last change (a TRUNCATE,
+        or a rewrite the WAL cannot tell from one), else count it as unchecked."""
+        history, file = self._history, self._relfilenode
+        if (
+            history is None
+            or file is None
+            or self.wal is None
+            or xid is None
+            or (ours and not self._exactly)
+        ):
+            self._unchecked += 1
+            if self._first_unchecked is None:
+                self._first_unchecked = xid
+            return
+        status = history.ended_in(file, xid, self._oid)
+        if status is None or status == "dropped":
+            return  # untouched, or the table itself was dropped: the end of replay asks
+        record = history.by_xid[xid]
+        if record.xid not in self._emptied:
+            self._emptied.add(record.xid)
+            self._doubts.append(self._truncate_reason(record.xid, record.lsn))
 
     def discard(self) -> None:
         """The open transaction is past the stop point: forget what it showed."""
@@ -305,7 +346,8 @@ class RecreationJudge:
         previous, self._prev = self._prev, lsn
         self._relfilenode = new
         if verdict == "same":
-            if self.format1 and commit is not None:
+            if self.format1 and commit is not None and commit.xid not in self._emptied:
+                self._emptied.add(commit.xid)
                 self._doubts.append(self._truncate_reason(commit.xid, commit.lsn))
             return None
         if verdict == "doubt":

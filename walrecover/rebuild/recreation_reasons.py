@@ -72,6 +72,22 @@ def truncate_reason(table: TableName, into: TableName, xid: int | None, lsn: Lsn
     )
 
 
+def unchecked_truncate_reason(
+    table: TableName, into: TableName, first: int | None, count: int, wal_problem: str | None
+) -> str:
+    """Format 1 without the WAL: no transaction that wrote the table, or came after its first
+    change, can be shown not to have truncated it."""
+    which = transaction(first) + (f" and {count - 1} more" if count > 1 else "")
+    why = wal_problem or "the stream does not carry the transaction ids and change LSNs to find"
+    return (
+        f"{table} may have been emptied by a TRUNCATE that wal2json format-version 1 left out "
+        f"of the stream: whether {which} truncated it could not be checked against the WAL "
+        f"({why}), so rows a TRUNCATE removed may be back in {into}; read the slot with -o "
+        "format-version=2 or --via-plugin test_decoding|pgoutput (a capture: capture again "
+        "with -o format-version=2), which carry TRUNCATE"
+    )
+
+
 def stream_reason(
     table: TableName,
     suspect: Suspect,

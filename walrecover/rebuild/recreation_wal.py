@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..stream.lsn import Lsn
 from ..stream.walinspect import CommitRecord, StorageCreated, WalInspect
@@ -39,6 +39,9 @@ class CatalogHistory:
         """Read the catalog-changing commits and created files from ``start`` to ``end``."""
         commits, created = wal.catalog_history(start, end)
         history = cls(database)
+        # A file made in a subtransaction (a TRUNCATE after SAVEPOINT) is the top-level
+        # transaction's: its commit record is the one that lists the file it replaced.
+        top = {sub: record.xid for record in commits for sub in record.subxacts}
         for record in commits:
             history.commits.append(record)
             history.lsns.append(int(record.lsn))
@@ -46,7 +49,8 @@ class CatalogHistory:
             history.by_xid[record.xid] = record
             for relfilenode in record.dropped_relfilenodes(database):
                 history.ends.setdefault(relfilenode, record)
-        for item in created:
+        for made in created:
+            item = replace(made, xid=top[made.xid]) if made.xid in top else made
             if item.file.database == database:
                 history.created.setdefault(item.file.relfilenode, item)
                 history.created_by_xid.setdefault(item.xid, set()).add(item.file.relfilenode)
@@ -140,6 +144,16 @@ class CatalogHistory:
             # (its file is not its oid), so it is not among them.
             return "kept"
         return "unknown"
+
+    def ended_in(self, file: int, xid: int, oid: int | None) -> str | None:
+        """What the commit of transaction ``xid`` did to the relation whose file was ``file``
+        (``oid`` when known): None if it left the file alone, else ``dropped`` (the relation
+        went), ``kept`` (a TRUNCATE or rewrite gave it a new file) or ``unknown``."""
+        record = self.by_xid.get(xid)
+        if record is None or file not in record.dropped_relfilenodes(self.database):
+            return None
+        status = self._status(record, file, file, oid, self.created_by_xid.get(xid, set()))
+        return "unknown" if status == "other" else status
 
     def last_catalog_commit(
         self, previous: Lsn | None, lsn: Lsn, xid: int | None, commit_lsn: Lsn | None

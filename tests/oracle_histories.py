@@ -505,6 +505,9 @@ class Marker:
     #: The transaction about to commit at the marker (a commit marker), else None.
     xid: int | None
     where: str
+    #: The transaction that made the truth table: a catalog change between the table's
+    #: changes, which walrecover cannot tell from a DROP TABLE without the WAL.
+    snapshot_xid: int | None = None
 
 
 @dataclass
@@ -706,12 +709,17 @@ class Runner:
 
     # -- markers and truths --------------------------------------------------------------------
 
-    def _snapshot(self, name: str) -> None:
-        self.observer.execute(
-            sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT * FROM {}").format(
-                sql.Identifier(name), sql.Identifier(TABLE)
+    def _snapshot(self, name: str) -> int:
+        """Copy the table into ``name``; the xid of the transaction that did."""
+        with self.observer.transaction():
+            self.observer.execute(
+                sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT * FROM {}").format(
+                    sql.Identifier(name), sql.Identifier(TABLE)
+                )
             )
-        )
+            row = self.observer.execute("SELECT pg_current_xact_id()::text").fetchone()
+        assert row is not None
+        return int(row[0])
 
     def _opportunity(self, xid: int | None, where: str) -> None:
         """A moment a stop point may name; the history's ``stop``-th one becomes the marker."""
@@ -719,12 +727,12 @@ class Runner:
         self.opportunities += 1
         if self.history.stop != number or self.ran.marker is not None:
             return
-        self._snapshot("truth_stop")
+        snapshot_xid = self._snapshot("truth_stop")
         lsn = self._insert_lsn()
         time.sleep(0.02)
         moment = self.observer.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
         time.sleep(0.02)
-        self.ran.marker = Marker(number, "truth_stop", lsn, moment, xid, where)
+        self.ran.marker = Marker(number, "truth_stop", lsn, moment, xid, where, snapshot_xid)
         self.log("O", f"-- stop marker {number} ({where}): LSN {lsn}, time {moment}, xid {xid}", "")
 
     def _commit(self, session: _Session, what: str = "COMMIT") -> None:

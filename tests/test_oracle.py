@@ -460,6 +460,15 @@ REFUSALS: tuple[Refusal, ...] = (
         "wal2json format 1 prints a TRUNCATE as an empty change list",
     ),
     _refusal(
+        "publication-without-update-delete",
+        {4},
+        r"does not publish UPDATE, DELETE",
+        lambda c: c.key.no_identity and c.path.read.plugin == "pgoutput",
+        "the oracle's publication publishes only INSERT and TRUNCATE for a table without a "
+        "replica identity (the source refuses UPDATE/DELETE otherwise): pgoutput cannot show "
+        "whether the table had UPDATEs or DELETEs, even when it had none",
+    ),
+    _refusal(
         "format-1-unchecked",
         {4},
         r"format-version 1 left out",

@@ -356,6 +356,28 @@ def _source_backend(dsn: str, database: str) -> int | None:
     return None
 
 
+def _source_cut(ledger: Ledger, share: float, target_dsn: str, into: str) -> int | None:
+    """The source session once it is ``share`` of the way through the stream: a walsender by
+    what it has sent (the reader child reads a megabyte or more ahead of what the target has
+    committed, so the target's progress would find it gone near the end), SQL pages by what
+    the target has committed (a page is all a reader holds)."""
+    db = ledger.db
+    pid = _source_backend(db.dsn, db.name)
+    if pid is None:
+        return None
+    sent = db.execute(
+        "SELECT (sent_lsn - %s::pg_lsn) / (%s::pg_lsn - %s::pg_lsn)"
+        " FROM pg_stat_replication WHERE pid = %s",
+        (ledger.slot_before[0], ledger.stop_lsn, ledger.slot_before[0], pid),
+    )
+    if sent:
+        return pid if sent[0][0] is not None and float(sent[0][0]) >= share else None
+    with session(target_dsn) as conn:
+        done = progress(conn, into)
+    total = ledger.reference.json()["transactions"]
+    return pid if done is not None and done.transactions >= int(total * share) else None
+
+
 def _target_backend(dsn: str, database: str) -> int | None:
     backends = walrecover_backends(dsn, database)
     return backends[0][0] if len(backends) == 1 else None
@@ -378,12 +400,14 @@ def test_terminated_backend_is_a_one_line_error_and_rerun_completes(
         audit = ledger.directory / f"cut_{reader[0]}{which[0]}{number}.parquet"
         args = ledger.args(into, audit, "--target", target_dsn)
         running = start(args)
-        wait_for_progress(target_dsn, into, running, transactions=int(total * share))
         if which == "source":
             pid = wait_until(
-                "the source backend", lambda: _source_backend(db.dsn, db.name), running=running
+                f"the source backend {share:.0%} through the stream",
+                lambda: _source_cut(ledger, share, target_dsn, into),  # noqa: B023
+                running=running,
             )
         else:
+            wait_for_progress(target_dsn, into, running, transactions=int(total * share))
             pid = wait_until(
                 "the target backend",
                 lambda: _target_backend(db.dsn, target_db),

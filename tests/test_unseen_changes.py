@@ -153,8 +153,9 @@ def test_capture_without_identity_is_not_proven(db: Database, shape: str, tmp_pa
 
 @pytest.mark.parametrize("include_pk", ["1", "0"])
 def test_keyed_insert_only_capture_is_exact(db: Database, include_pk: str, tmp_path: Path) -> None:
-    """A keyed table that only had inserts: exit 0 and the truth; without include-pk the capture
-    cannot show the key, and a warning points at pg_recvlogical's log."""
+    """A keyed table that only had inserts: exit 0 and the truth, and a warning that points at
+    pg_recvlogical's log: without include-pk the capture cannot show the key; with it, not
+    whether the table had REPLICA IDENTITY NOTHING."""
     db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
     db.create_slot()
     run_script(db, ["INSERT INTO t VALUES (1, 'a')", "INSERT INTO t VALUES (2, 'b')"])
@@ -166,9 +167,39 @@ def test_keyed_insert_only_capture_is_exact(db: Database, include_pk: str, tmp_p
                  "--target", db.dsn, "--table", "public.t")  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert differences(db, "truth", "t_recovered") == (0, 0)
-    warned = "shows no UPDATE or DELETE of public.t" in result.stderr
-    assert warned == (include_pk == "0"), result.stderr
-    assert ("no tuple identifier" in result.stderr) == warned
+    assert "shows no UPDATE or DELETE of public.t" in result.stderr
+    assert "no tuple identifier" in result.stderr
+    assert ("REPLICA IDENTITY NOTHING" in result.stderr) == (include_pk == "1")
+
+
+def test_identity_nothing_changes_beside_inserts_are_not_silent(
+    db: Database, tmp_path: Path
+) -> None:
+    """REPLICA IDENTITY NOTHING on a keyed table, its UPDATE and DELETE in transactions that
+    also insert: the capture (with include-pk) looks like an insert-only history, so the
+    rebuilt table keeps rows the truth changed. A documented limit of captures (the oracle's
+    A4c, seed 9081726): exit 0 with a warning naming REPLICA IDENTITY NOTHING and the log."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    db.execute("ALTER TABLE t REPLICA IDENTITY NOTHING")
+    db.create_slot()
+    run_script(
+        db,
+        [
+            "INSERT INTO t VALUES (7, 'a')",
+            "BEGIN; INSERT INTO t VALUES (9, 'b'); UPDATE t SET id = 1 WHERE id = 7;"
+            " DELETE FROM t WHERE id = 1; COMMIT",
+        ],
+    )
+    drop_with_truth(db)
+    options = {**CAPTURE_OPTIONS["wal2json"], "include-pk": "1"}
+    path = _capture(db, tmp_path, options)
+    o = [f"-o{name}={value}" for name, value in options.items()]
+    result = cli("recover", "--from-file", str(path), "--plugin", "wal2json", *o,
+                 "--target", db.dsn, "--table", "public.t")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert differences(db, "truth", "t_recovered") == (0, 1)  # row 7 is back
+    assert "REPLICA IDENTITY NOTHING" in result.stderr
+    assert "no tuple identifier" in result.stderr
 
 
 def test_capture_with_updates_proves_the_identity(db: Database, tmp_path: Path) -> None:
@@ -319,3 +350,35 @@ def test_format_1_without_truncate_is_exact_only_when_the_wal_says_so(
             "format-version 1 left out" in r and "could not be checked" in r
             for r in unproven(result.stderr)
         ), result.stderr
+
+
+@pytest.mark.parametrize("source", ["slot", "capture"])
+def test_format_1_a_row_back_twice_names_the_lost_truncate(
+    db: Database, source: str, tmp_path: Path
+) -> None:
+    """A row inserted, truncated and inserted again in one transaction: format 1 shows the
+    INSERT twice, and the refusal says format 1 left a TRUNCATE out, not only that the table
+    may have been dropped (the oracle, seed 9081726)."""
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v integer)")
+    db.create_slot()
+    run_script(
+        db,
+        [
+            "INSERT INTO t VALUES (1, 0)",
+            "BEGIN; INSERT INTO t VALUES (8, 1); TRUNCATE t; INSERT INTO t VALUES (8, 1); COMMIT",
+        ],
+    )
+    drop_with_truth(db)
+    if source == "slot":
+        args = ["-d", db.dsn, "--slot", SLOT, "-o", "format-version=1"]
+    else:
+        path = tmp_path / "v1.capture"
+        peek_capture(db.dsn, SLOT, "wal2json", path, options=FORMAT_1)
+        args = ["--from-file", str(path), "--plugin", "wal2json"]
+        args += [f"-o{name}={value}" for name, value in FORMAT_1.items()]
+    with source_untouched(db):
+        result = cli("recover", *args, "--target", db.dsn, "--table", "public.t")
+    assert result.exit_code == 1, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert "duplicate key" in line and "a row came back twice" in line
+    assert "format-version 1 leaves a TRUNCATE out" in line and "-o format-version=2" in line

@@ -462,6 +462,7 @@ class Applier:
                 "which happens when the table was dropped and re-created within the stream; "
                 "stop before the DROP with --stop-before-lsn (with pg_walinspect in the source "
                 "database walrecover finds the DROP itself and rebuilds only the later table)",
+                refused=f"{what} cannot be applied to {into}: {reason}",
                 **facts,
             )
         if self.ddl is not None:

@@ -156,9 +156,15 @@ class CaptureIdentityWatch:
             ], []
         if self._keyed:
             # Format 1 prints pk from the replica identity's index; format 2 the primary key,
-            # immediate ones only: only REPLICA IDENTITY NOTHING on a keyed table is left, and
-            # its left-out changes show as transactions without change (above) given LSNs.
-            return [], []
+            # immediate ones only: only REPLICA IDENTITY NOTHING on a keyed table is left. Its
+            # left-out changes show as transactions without change (above) given LSNs, but not
+            # when the same transactions also wrote rows the capture shows.
+            return [], [
+                f"the capture shows no UPDATE or DELETE of {self.table}: exact if it had none, "
+                "but with REPLICA IDENTITY NOTHING wal2json leaves them out, and in a "
+                "transaction that also inserts nothing in the file shows it; "
+                f"{log}; {advice}"
+            ]
         return [], [
             f"the capture shows no UPDATE or DELETE of {self.table}, so walrecover cannot prove "
             "wal2json did not leave some out (it does for a table without a usable replica "

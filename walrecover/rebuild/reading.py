@@ -30,6 +30,7 @@ from .baseline import Baseline
 from .identity import CaptureIdentityWatch
 from .preflight import check_key_amount, table_column_types
 from .recreation import RecreationJudge
+from .recreation_reasons import format1_duplicate
 from .replay import ReplayResult, replay
 from .result import Asked, LedgerCheck
 from .stoppoint import open_wal, xid_hint
@@ -151,9 +152,11 @@ class Reading:
             raise
         except ReplayError as exc:
             # A change the plugin said it left out explains the failure it caused.
-            if watch is not None:
-                raise watch.explain(exc) from None
-            raise
+            error = watch.explain(exc) if watch is not None else exc
+            refused = exc.facts.get("refused")
+            if error is exc and refused and self.judge is not None and self.judge.format1:
+                error = format1_duplicate(exc, refused)
+            raise error from None
 
     def _verdicts(
         self,

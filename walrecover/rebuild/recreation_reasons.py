@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ReplayError
 from ..stream.lsn import Lsn
 from ..stream.model import TableName
 from ..stream.walinspect import CommitRecord, waldump_command
@@ -69,6 +70,18 @@ def truncate_reason(table: TableName, into: TableName, xid: int | None, lsn: Lsn
         f"rows it removed may be back in {into}; read the slot with -o "
         "format-version=2 or --via-plugin test_decoding|pgoutput (a capture: capture again "
         "with -o format-version=2), which carry TRUNCATE"
+    )
+
+
+def format1_duplicate(error: ReplayError, refused: str) -> ReplayError:
+    """A row came back twice in a wal2json format 1 stream: most likely a TRUNCATE that format
+    1 left out (the oracle's D1), which the plain message would call a DROP."""
+    return ReplayError(
+        f"{refused}: a row came back twice: wal2json format-version 1 leaves a TRUNCATE out of "
+        "the stream, so rows it removed come back (a DROP TABLE and re-creation looks the "
+        "same); read the slot with -o format-version=2 or --via-plugin test_decoding|pgoutput "
+        "(a capture: capture again with -o format-version=2), which carry TRUNCATE",
+        **{name: value for name, value in error.facts.items() if name != "refused"},
     )
 
 

@@ -319,8 +319,10 @@ def test_format_1_truncate_inside_a_transaction_of_the_table_is_not_proven(
 def test_format_1_without_truncate_is_exact_only_when_the_wal_says_so(
     db: Database, wal: str
 ) -> None:
-    """The same shapes without the TRUNCATE: with the WAL, exact and exit 0; without it,
-    nothing rules a TRUNCATE out, so exit 4 naming the first unchecked transaction."""
+    """The same shapes without the TRUNCATE, with rewrites that replace the table's file as a
+    TRUNCATE does (VACUUM FULL between changes and after the last one, a rewriting ALTER in a
+    savepoint): with the WAL, exact and exit 0 (no TRUNCATE record); without it, nothing rules
+    a TRUNCATE out, so exit 4 naming the first unchecked transaction."""
     if wal == "walinspect":
         db.execute("CREATE EXTENSION pg_walinspect")
     db.execute("CREATE TABLE t (id integer PRIMARY KEY, v integer)")
@@ -332,7 +334,11 @@ def test_format_1_without_truncate_is_exact_only_when_the_wal_says_so(
             "BEGIN; UPDATE t SET v = 5 WHERE id = 1; SAVEPOINT s; DELETE FROM t WHERE id = 2;"
             " RELEASE s; COMMIT",
             "ANALYZE t",
+            "VACUUM FULL t",
             "INSERT INTO t VALUES (3, 1)",
+            "BEGIN; INSERT INTO t VALUES (4, 1); SAVEPOINT s;"
+            " ALTER TABLE t ALTER COLUMN v TYPE integer USING v + 0; RELEASE s; COMMIT",
+            "VACUUM FULL t",
         ],
     )
     drop_with_truth(db)

@@ -271,10 +271,28 @@ class RecreationJudge:
         status = history.ended_in(file, xid, self._oid)
         if status is None or status == "dropped":
             return  # untouched, or the table itself was dropped: the end of replay asks
-        record = history.by_xid[xid]
-        if record.xid not in self._emptied:
-            self._emptied.add(record.xid)
-            self._doubts.append(self._truncate_reason(record.xid, record.lsn))
+        self._emptied_by(history.by_xid[xid], self._prev)
+
+    def _emptied_by(self, commit: CommitRecord, since: Lsn | None) -> None:
+        """Format 1: ``commit`` replaced the table's file after its change at ``since``; a
+        reason the result is unproven unless the WAL shows it was a rewrite, not a TRUNCATE
+        (no TRUNCATE record of the transaction naming the table, or any table when its oid
+        is not known)."""
+        if commit.xid in self._emptied:
+            return
+        if since is not None and self.wal is not None and since < commit.lsn:
+            ours = {commit.xid, *commit.subxacts}
+            try:
+                found = self.wal.truncations(since, commit.lsn)
+            except WalUnavailable:
+                found = [(commit.xid, ())]  # cannot tell: count it as a TRUNCATE
+            if not any(
+                xid in ours and (self._oid is None or not relids or self._oid in relids)
+                for xid, relids in found
+            ):
+                return  # a rewrite (VACUUM FULL, CLUSTER, ALTER TABLE): the rows are kept
+        self._emptied.add(commit.xid)
+        self._doubts.append(self._truncate_reason(commit.xid, commit.lsn))
 
     def discard(self) -> None:
         """The open transaction is past the stop point: forget what it showed."""
@@ -346,9 +364,8 @@ class RecreationJudge:
         previous, self._prev = self._prev, lsn
         self._relfilenode = new
         if verdict == "same":
-            if self.format1 and commit is not None and commit.xid not in self._emptied:
-                self._emptied.add(commit.xid)
-                self._doubts.append(self._truncate_reason(commit.xid, commit.lsn))
+            if self.format1 and commit is not None:
+                self._emptied_by(commit, previous)
             return None
         if verdict == "doubt":
             assert commit is not None

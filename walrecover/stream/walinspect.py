@@ -292,6 +292,14 @@ class WalInspect:
         record = self.record_at(lsn)
         return None if record is None else parse_block_ref(record[3])
 
+    def truncations(self, start: Lsn, end: Lsn) -> list[tuple[int, tuple[int, ...]]]:
+        """(xid, relation oids) of each ``TRUNCATE`` record in [start, end): what tells a
+        TRUNCATE from a rewrite (``VACUUM FULL``, ``CLUSTER``, ``ALTER TABLE``), which replace
+        the relation's file alike but log no such record."""
+        where = sql.SQL("resource_manager = 'Heap' AND record_type = 'TRUNCATE'")
+        rows = self._records(start, end, where)
+        return [(int(row[2]), parse_relids(str(row[5] or ""))) for row in rows]
+
     def truncated_at(self, lsn: Lsn) -> tuple[int, ...]:
         """The oids of the relations a ``TRUNCATE`` record at ``lsn`` truncated (else none)."""
         record = self.record_at(lsn)

@@ -460,6 +460,14 @@ REFUSALS: tuple[Refusal, ...] = (
         "wal2json format 1 prints a TRUNCATE as an empty change list",
     ),
     _refusal(
+        "ddl-without-wal",
+        {4},
+        r"may have been dropped and re-created under the same name: .*changed the catalog",
+        lambda c: bool(c.facts & {"add_column", "add_column_default", "drop_column"}),
+        "an ALTER TABLE between the table's changes: without the WAL a stream cannot tell it "
+        "from a DROP TABLE and re-creation",
+    ),
+    _refusal(
         "publication-without-update-delete",
         {4},
         r"does not publish UPDATE, DELETE|has no replica identity in the capture",

@@ -181,3 +181,35 @@ def test_tables_created_after_the_drop_are_not_a_re_creation(db: Database) -> No
             result = cli(*SLOT_ARGS, "-d", db.dsn, "--into", into)
         assert result.exit_code == 0, result.stderr
         assert differences(db, "truth", into.split(".")[1]) == (0, 0)
+
+
+def test_a_resumed_capture_read_still_finds_the_re_creation(db: Database, tmp_path: Path) -> None:
+    """C15b through a capture whose first read failed after the table's last transaction had
+    been applied: the rerun applies nothing more, and still must ask the WAL whether the
+    table was replaced after that change (it rebuilt the earlier table's row with exit 0: the
+    oracle, seed 1357913)."""
+    db.execute("CREATE EXTENSION pg_walinspect")
+    _recreated(db)
+    drop_with_truth(db)
+    whole = tmp_path / "pgoutput.capture"
+    messages = _capture(db, whole)
+    first_commit = next(i for i, m in enumerate(messages) if m[:1] == b"C")
+    path = tmp_path / "growing.capture"
+    cut = b"".join(m + b"\n" for m in messages[: first_commit + 1])
+    rest = b"".join(m + b"\n" for m in messages[first_commit + 1 :])
+    path.write_bytes(cut + b"\x7f damaged\n" + rest)
+    args = [
+        "recover",
+        *("--from-file", str(path), "--plugin", "pgoutput", *CAPTURE),
+        *("-d", db.dsn, "--table", "public.t", "--batch-size", "1"),
+    ]
+    with source_untouched(db):
+        uninterrupted = cli(*args[:2], str(whole), *args[3:], "--into", "public.whole")
+        first = cli(*args)
+    assert uninterrupted.exit_code == EXIT_UNPROVEN, uninterrupted.stderr
+    assert first.exit_code == 1, first.stderr
+    path.write_bytes(whole.read_bytes())
+    with source_untouched(db):
+        result = cli(*args)
+    assert result.exit_code == EXIT_UNPROVEN, result.stderr
+    assert "public.t may have been dropped and re-created under the same name" in result.stderr

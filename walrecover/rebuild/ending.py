@@ -138,7 +138,7 @@ def replay_result(replayer: Replayer, resumed_from: Lsn | None, seconds: float) 
     applier = replayer.applier
     return ReplayResult(
         into=str(into),
-        relation=replayer.relation or Relation(table.schema, table.name, ()),
+        relation=replayer.stream_relation or Relation(table.schema, table.name, ()),
         counts=counts,
         rows=replayer.target.count_rows(),
         stopped_before=replayer.stopped_before,

@@ -125,6 +125,13 @@ class Replayer:
     def relation(self) -> Relation | None:
         return self.shape.relation
 
+    @property
+    def stream_relation(self) -> Relation | None:
+        """The table's relation as the stream last showed it: the one replay applied changes
+        to, else (a resumed run with nothing left to apply) that of the changes it skipped,
+        which the checks after replay need (pgoutput's relation id)."""
+        return self.shape.relation or self._applied_relation
+
     def prepare(self, *, force: bool) -> None:
         """Claim the target: lock it, check it is free (or resumable), set up the progress."""
         sink = self.sink

@@ -213,3 +213,27 @@ def test_a_resumed_capture_read_still_finds_the_re_creation(db: Database, tmp_pa
         result = cli(*args)
     assert result.exit_code == EXIT_UNPROVEN, result.stderr
     assert "public.t may have been dropped and re-created under the same name" in result.stderr
+
+
+def test_a_complete_recovery_without_its_recorded_result_is_not_proven(db: Database) -> None:
+    """A run stopped after the target was marked complete and before it recorded its result
+    (the checks after replay had not run): the rerun answered "already complete" with exit 0
+    and no word of the re-creation those checks find (the oracle, seed 1357913). Now exit 4
+    saying so and what to do; --force then rebuilds and finds it."""
+    db.execute("CREATE EXTENSION pg_walinspect")
+    _recreated(db)
+    drop_with_truth(db)
+    args = (*SLOT_ARGS, "-d", db.dsn)
+    with source_untouched(db):
+        first = cli(*args)
+    assert first.exit_code == EXIT_UNPROVEN, first.stderr
+    # What a kill between the last commit and the recorded result leaves.
+    db.execute("UPDATE walrecover.progress SET result = NULL")
+    with source_untouched(db):
+        rerun = cli(*args)
+    assert rerun.exit_code == EXIT_UNPROVEN, rerun.stderr
+    assert "stopped after public.t_recovered was complete and before it recorded" in (rerun.stderr)
+    with source_untouched(db):
+        forced = cli(*args, "--force")
+    assert forced.exit_code == EXIT_UNPROVEN, forced.stderr
+    assert "public.t may have been dropped and re-created under the same name" in forced.stderr

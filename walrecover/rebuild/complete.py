@@ -25,6 +25,7 @@ from ..db import Connection, connect, redact, safe_dsn
 from ..errors import ReconcileFailed, TargetExists, WalrecoverError, first_line
 from ..stream.lsn import Lsn
 from ..stream.model import StopPoint, TableName
+from .ending import unjudged_reason
 from .preflight import command_differences
 from .progress import Counts, Progress, read_progress
 from .replay import ReplayResult
@@ -243,7 +244,9 @@ def already_complete(
         seconds={"reconcile": finished - checked, "total": finished - started},
         reconciliation=reconciliation,
         audit=audit,
-        unproven=tuple(stored.get("unproven") or ()),
+        unproven=tuple(stored.get("unproven") or ())
+        if previous.result
+        else (unjudged_reason(into),),
         already_complete=True,
         baseline=stored.get("baseline"),
     )

@@ -160,6 +160,18 @@ def replay_result(replayer: Replayer, resumed_from: Lsn | None, seconds: float) 
     )
 
 
+def unjudged_reason(into: TableName | str) -> str:
+    """An earlier run was stopped after ``into`` was complete and before its result was
+    recorded: the checks after replay (a table replaced after its last change, changes the
+    plugin left out, the publication, the capture's identity) never ran to the end."""
+    return (
+        f"an earlier run of this command was stopped after {into} was complete and before it "
+        "recorded its result, so the checks that follow the replay (a table dropped or "
+        "replaced after its last change, changes the plugin left out) did not run for it; "
+        "rerun the command with --force to rebuild and check it"
+    )
+
+
 def nothing_before_stop(table: TableName, stop: StopPoint, later: Where | None) -> StopPointError:
     """The error for a table none of whose changes commits before the stop point."""
     where = f": its first change is in {named(*later)}" if later is not None else ""

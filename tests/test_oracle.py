@@ -460,6 +460,14 @@ REFUSALS: tuple[Refusal, ...] = (
         "wal2json format 1 prints a TRUNCATE as an empty change list",
     ),
     _refusal(
+        "killed-before-record",
+        {4},
+        r"stopped after .* was complete and before it recorded its result",
+        lambda c: c.path.kill_after is not None or c.path.cut_after is not None,
+        "the first run was killed between its last commit and its recorded result: the "
+        "rerun cannot know what the checks after replay would have said",
+    ),
+    _refusal(
         "ddl-without-wal",
         {4},
         r"may have been dropped and re-created under the same name: .*changed the catalog",

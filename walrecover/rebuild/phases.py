@@ -105,6 +105,11 @@ class Recovery:
                 result = self.replay()
             self.settings_verdict()
             replayed = time.monotonic()
+            if self.base is not None and self.base.gap is not None:
+                self.unproven.append(self.base.gap)
+            # Recorded before the audit's close too: a run killed during it leaves what the
+            # checks after replay found for the rerun's "already complete" answer.
+            self.record(result, None)
             audit = self.close_audit(result)
             reconciliation = self.reconcile(result, audit)
             finished = time.monotonic()
@@ -305,11 +310,9 @@ class Recovery:
             outcomes=dict(audit.outcome_counts),
         )
 
-    def reconcile(self, result: ReplayResult, audit: AuditSummary | None) -> Reconciliation | None:
-        """Record the finished recovery's result (for a rerun), then reconcile, if asked."""
+    def record(self, result: ReplayResult, audit: AuditSummary | None) -> None:
+        """Keep the finished recovery's result with its progress row, for a rerun's answer."""
         ask, src, base = self.ask, self.ask.src, self.base
-        if base is not None and base.gap is not None:
-            self.unproven.append(base.gap)
         record_result(
             self.conn,
             ask.into,
@@ -321,6 +324,12 @@ class Recovery:
             capture=src.path if isinstance(src, CaptureSource) else None,
             baseline=base.summary() if base is not None else None,
         )
+
+    def reconcile(self, result: ReplayResult, audit: AuditSummary | None) -> Reconciliation | None:
+        """Record the finished recovery's result with its audit (for a rerun), then reconcile,
+        if asked."""
+        ask = self.ask
+        self.record(result, audit)
         if ask.ledger is None:
             return None
         return reconcile_complete(

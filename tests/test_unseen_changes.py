@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from capture_helpers import CAPTURE_OPTIONS, capture_dir, o_args, pg_recvlogical
+from click.testing import Result
 from fault_helpers import peek_capture
 from helpers import SLOT, Database, cli, differences, drop_with_truth, run_script, source_untouched
 
@@ -37,6 +38,19 @@ FORMAT_1 = {
 }
 
 
+def _recover_format_1(db: Database, source: str, tmp_path: Path) -> Result:
+    """``recover`` of public.t through wal2json format 1: the slot, or a capture of it."""
+    if source == "slot":
+        args = ["-d", db.dsn, "--slot", SLOT, "-o", "format-version=1"]
+    else:
+        path = tmp_path / "v1.capture"
+        peek_capture(db.dsn, SLOT, "wal2json", path, options=FORMAT_1)
+        args = ["--from-file", str(path), "--plugin", "wal2json"]
+        args += [f"-o{name}={value}" for name, value in FORMAT_1.items()]
+    with source_untouched(db):
+        return cli("recover", *args, "--target", db.dsn, "--table", "public.t")
+
+
 @pytest.mark.parametrize("source", ["slot", "capture"])
 def test_format_1_truncate_between_changes_is_not_proven(
     db: Database, source: str, tmp_path: Path
@@ -56,15 +70,7 @@ def test_format_1_truncate_between_changes_is_not_proven(
         (SLOT,),
     )
     drop_with_truth(db)
-    if source == "slot":
-        args = ["-d", db.dsn, "--slot", SLOT, "-o", "format-version=1"]
-    else:
-        path = tmp_path / "v1.capture"
-        peek_capture(db.dsn, SLOT, "wal2json", path, options=FORMAT_1)
-        args = ["--from-file", str(path), "--plugin", "wal2json"]
-        args += [f"-o{name}={value}" for name, value in FORMAT_1.items()]
-    with source_untouched(db):
-        result = cli("recover", *args, "--target", db.dsn, "--table", "public.t")
+    result = _recover_format_1(db, source, tmp_path)
     assert result.exit_code == EXIT_UNPROVEN, result.stderr
     reasons = unproven(result.stderr)
     assert any(
@@ -375,15 +381,7 @@ def test_format_1_a_row_back_twice_names_the_lost_truncate(
         ],
     )
     drop_with_truth(db)
-    if source == "slot":
-        args = ["-d", db.dsn, "--slot", SLOT, "-o", "format-version=1"]
-    else:
-        path = tmp_path / "v1.capture"
-        peek_capture(db.dsn, SLOT, "wal2json", path, options=FORMAT_1)
-        args = ["--from-file", str(path), "--plugin", "wal2json"]
-        args += [f"-o{name}={value}" for name, value in FORMAT_1.items()]
-    with source_untouched(db):
-        result = cli("recover", *args, "--target", db.dsn, "--table", "public.t")
+    result = _recover_format_1(db, source, tmp_path)
     assert result.exit_code == 1, result.stderr
     [line] = [line for line in result.stderr.splitlines() if "error:" in line]
     assert "duplicate key" in line and "a row came back twice" in line

@@ -130,6 +130,9 @@ class ReplayResult(Counted):
     #: What the user must know about the rebuilt table (a publication now publishes it; a
     #: crash made this run start again; a re-created table left out).
     warnings: tuple[str, ...] = ()
+    #: The files (database oid, relfilenode) of an earlier rebuilt table this run dropped
+    #: (--force, or emptied by a crash): walrecover's own, not a re-creation of the table.
+    dropped_files: frozenset[tuple[int, int]] = frozenset()
 
 
 def replay_result(replayer: Replayer, resumed_from: Lsn | None, seconds: float) -> ReplayResult:
@@ -157,6 +160,7 @@ def replay_result(replayer: Replayer, resumed_from: Lsn | None, seconds: float) 
             *replayer.target.publication_warnings(table),
             *(judge.warnings if judge is not None else ()),
         ),
+        dropped_files=replayer.target.dropped_files,
     )
 
 

@@ -139,6 +139,7 @@ _ADDED_COLUMNS = {
     "resume_lsn": "pg_lsn",
     "command": "text",
     "result": "text",
+    "retired": "text",
 }
 
 
@@ -188,16 +189,19 @@ def read_progress(conn: Connection, into: TableName) -> Progress | None:
     )
 
 
-def write_progress(conn: Connection, into: TableName, progress: Progress) -> None:
-    """Record ``progress`` of ``into`` in the open transaction (it commits with the data)."""
+def write_progress(
+    conn: Connection, into: TableName, progress: Progress, retired: str | None = None
+) -> None:
+    """Record ``progress`` of ``into`` in the open transaction (it commits with the data);
+    ``retired``: the files of earlier tables of that name walrecover dropped (kept if None)."""
     counts = progress.counts
     conn.execute(
         sql.SQL(
             "INSERT INTO {} AS p (target, source, last_commit_lsn, last_xid, transactions,"
             " changes, no_row, first_lsn, audit, position, complete, stream_start_lsn,"
-            " resume_lsn, command)"
+            " resume_lsn, command, retired)"
             " VALUES (%s, %s, %s::pg_lsn, %s, %s, %s, %s, %s::pg_lsn, %s, %s, %s,"
-            " %s::pg_lsn, %s::pg_lsn, %s)"
+            " %s::pg_lsn, %s::pg_lsn, %s, %s)"
             " ON CONFLICT (target) DO UPDATE SET source = excluded.source,"
             " last_commit_lsn = excluded.last_commit_lsn, last_xid = excluded.last_xid,"
             " transactions = excluded.transactions, changes = excluded.changes,"
@@ -205,7 +209,7 @@ def write_progress(conn: Connection, into: TableName, progress: Progress) -> Non
             " audit = excluded.audit, position = excluded.position,"
             " complete = excluded.complete, stream_start_lsn = excluded.stream_start_lsn,"
             " resume_lsn = excluded.resume_lsn, command = excluded.command,"
-            " updated_at = now()"
+            " retired = coalesce(excluded.retired, p.retired), updated_at = now()"
         ).format(sql.Identifier(PROGRESS_SCHEMA, PROGRESS_TABLE)),
         (
             str(into),
@@ -222,8 +226,33 @@ def write_progress(conn: Connection, into: TableName, progress: Progress) -> Non
             _lsn_text(progress.stream_start_lsn),
             _lsn_text(progress.resume_lsn),
             progress.command,
+            retired,
         ),
     )
+
+
+def read_retired(conn: Connection, into: TableName) -> frozenset[tuple[int, int]]:
+    """The files (database oid, relfilenode) of earlier tables named ``into`` that walrecover
+    dropped (rebuilt again with --force, or emptied by a crash), as its progress row keeps
+    them; empty without a row. Leaves the transaction open."""
+    row = conn.execute(
+        sql.SQL("SELECT to_jsonb(p) ->> 'retired' FROM {} p WHERE target = %s").format(
+            sql.Identifier(PROGRESS_SCHEMA, PROGRESS_TABLE)
+        ),
+        (str(into),),
+    ).fetchone()
+    return parse_files(row[0] if row else None)
+
+
+def files_text(files: frozenset[tuple[int, int]]) -> str | None:
+    """``database:relfilenode`` pairs, comma-separated (None for none): the retired column."""
+    return ",".join(f"{db}:{node}" for db, node in sorted(files)) or None
+
+
+def parse_files(text: str | None) -> frozenset[tuple[int, int]]:
+    """The pairs :func:`files_text` wrote."""
+    pairs = (item.split(":") for item in (text or "").split(",") if item)
+    return frozenset((int(db), int(node)) for db, node in pairs)
 
 
 def persistence(conn: Connection, table: sql.Identifier) -> str | None:
@@ -249,7 +278,8 @@ def create_progress_table(conn: Connection, *, unlogged: bool) -> None:
             " no_row bigint NOT NULL DEFAULT 0, first_lsn pg_lsn,"
             " audit text, position bigint, complete boolean NOT NULL,"
             " updated_at timestamptz NOT NULL DEFAULT now(),"
-            " stream_start_lsn pg_lsn, resume_lsn pg_lsn, command text, result text)"
+            " stream_start_lsn pg_lsn, resume_lsn pg_lsn, command text, result text,"
+            " retired text)"
         ).format(
             schema=sql.Identifier(PROGRESS_SCHEMA),
             table=progress,

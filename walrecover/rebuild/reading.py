@@ -270,6 +270,7 @@ def _replaced(
         stop=stop,
         stopped_lsn=result.stopped_before[1] if result.stopped_before else None,
         until=began,
+        own=result.dropped_files,
     )
 
 

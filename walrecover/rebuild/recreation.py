@@ -388,7 +388,11 @@ class RecreationJudge:
         self._relfilenode = found.relfilenode
         start = min(lsn, self.start) if self.start is not None else lsn
         self._history = CatalogHistory.load(wal, found.database, start, self.end)
-        self._oid = wal.relation_of(found) or self._fresh_oid(found.relfilenode, None)
+        self._oid = (
+            wal.relation_of(found)
+            or self._fresh_oid(found.relfilenode, None)
+            or self._history.dropped_oid(found.relfilenode)
+        )
         self._prev = lsn
 
     def _replaced(

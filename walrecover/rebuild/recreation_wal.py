@@ -155,6 +155,21 @@ class CatalogHistory:
         status = self._status(record, file, file, oid, self.created_by_xid.get(xid, set()))
         return "unknown" if status == "other" else status
 
+    def dropped_oid(self, relfilenode: int) -> int | None:
+        """The oid of the relation whose file is ``relfilenode``, when the WAL shows that
+        relation dropped: a table older than the WAL read and gone now, which the catalog can no
+        longer name. A relation's first file is numbered like its oid and no later file takes a
+        number in use as an oid, so a commit at or after the file's end that drops relation
+        ``relfilenode`` dropped this table (after any rewrites in between)."""
+        end = self.ends.get(relfilenode)
+        if end is None:
+            return None
+        at = bisect.bisect_left(self.lsns, int(end.lsn))
+        for record in self.commits[at:]:
+            if relfilenode in record.dropped_relations(self.database):
+                return relfilenode
+        return None
+
     def last_catalog_commit(
         self, previous: Lsn | None, lsn: Lsn, xid: int | None, commit_lsn: Lsn | None
     ) -> CommitRecord | None:

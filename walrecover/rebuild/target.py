@@ -27,8 +27,10 @@ from .progress import (
     PROGRESS_TABLE,
     Progress,
     create_progress_table,
+    files_text,
     persistence,
     read_progress,
+    read_retired,
     write_progress,
 )
 from .publications import (
@@ -114,6 +116,10 @@ class Target(UnloggedBuild, TableCatalog):
         self._progress = sql.Identifier(PROGRESS_SCHEMA, PROGRESS_TABLE)
         self.unlogged = False
         self.publications = ()
+        #: The relation files (database oid, relfilenode) of earlier rebuilt tables of this
+        #: name that walrecover dropped (this run, or earlier ones as the progress row keeps
+        #: them): walrecover's own, never a re-creation of the source table.
+        self.dropped_files: frozenset[tuple[int, int]] = frozenset()
 
     # -- lock and bookkeeping ----------------------------------------------------------------
 
@@ -190,6 +196,8 @@ class Target(UnloggedBuild, TableCatalog):
     def read_progress(self) -> Progress | None:
         """The progress row of this target, or None."""
         progress = read_progress(self.conn, self.into)
+        if progress is not None:
+            self.dropped_files |= read_retired(self.conn, self.into)
         self.conn.commit()
         return progress
 
@@ -205,7 +213,7 @@ class Target(UnloggedBuild, TableCatalog):
 
     def write_progress(self, progress: Progress) -> None:
         """Record ``progress`` in the open transaction (it commits with the data)."""
-        write_progress(self.conn, self.into, progress)
+        write_progress(self.conn, self.into, progress, files_text(self.dropped_files))
 
     def forget_progress(self) -> None:
         self.conn.execute(
@@ -217,6 +225,20 @@ class Target(UnloggedBuild, TableCatalog):
         return oid is not None
 
     def drop(self) -> None:
+        """Drop the table (an earlier run's, with --force or after a crash), noting its files."""
+        files = self.conn.execute(
+            "WITH t AS (SELECT oid, reltoastrelid FROM pg_class WHERE oid = %s::regclass),"
+            " own(oid) AS (SELECT oid FROM t UNION SELECT reltoastrelid FROM t"
+            " UNION SELECT i.indexrelid FROM pg_index i, t"
+            " WHERE i.indrelid IN (t.oid, t.reltoastrelid)"
+            " UNION SELECT d.objid FROM pg_depend d, t WHERE d.refobjid = t.oid"
+            " AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass)"
+            " SELECT (SELECT oid FROM pg_database WHERE datname = current_database())::bigint,"
+            " c.relfilenode::bigint FROM pg_class c JOIN own ON c.oid = own.oid"
+            " WHERE c.relfilenode <> 0",
+            (self.regclass,),
+        ).fetchall()
+        self.dropped_files |= {(int(db), int(node)) for db, node in files}
         self.conn.execute(sql.SQL("DROP TABLE {}").format(self.ident))
 
     def create(self, relation: Relation, ddl: str | None, table: TableName) -> None:

@@ -27,7 +27,7 @@ DELETEs under a publication that publishes them, so any it had were left out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from psycopg import sql
 
@@ -50,19 +50,22 @@ def replaced(
     stop: StopPoint,
     stopped_lsn: Lsn | None,
     until: Lsn | None = None,
+    own: Collection[tuple[int, int]] = (),
 ) -> list[str]:
     """Reasons the table ``oid`` (the stream's relation) may not be what ``table`` named at
     the stop point: it was replaced after its last change (``last_lsn``).
 
     Tables created at or after ``until`` (where the source's WAL was when this recovery began)
-    are not looked at: the rebuilt table itself is one, when it is built on the source."""
+    are not looked at: the rebuilt table itself is one, when it is built on the source; nor
+    are ``own`` files (database oid, relfilenode): earlier rebuilt tables of this name that
+    walrecover dropped (``Target.dropped_files``)."""
     ident = sql.Identifier(table.schema, table.name).as_string(conn)
     row = conn.execute("SELECT to_regclass(%s)::oid::bigint", (ident,)).fetchone()
     now = int(row[0]) if row and row[0] is not None else None
     drop: CommitRecord | None = None
     created: Lsn | None = None
     if wal is not None and last_lsn is not None:
-        found = _wal_drop(conn, wal, table, oid, last_lsn, stop, stopped_lsn, until)
+        found = _wal_drop(conn, wal, table, oid, last_lsn, stop, stopped_lsn, until, own)
         if found is None:
             return []  # the stream's table still held the name at the stop point
         drop, created, usable = found
@@ -113,6 +116,7 @@ def _wal_drop(
     stop: StopPoint,
     stopped_lsn: Lsn | None,
     until: Lsn | None,
+    own: Collection[tuple[int, int]],
 ) -> tuple[CommitRecord | None, Lsn | None, bool] | None:
     """What the WAL after ``last_lsn`` shows: (the commit that dropped ``oid``, where a table was
     created after it, whether pg_walinspect could be used); None when that drop comes after the
@@ -150,6 +154,7 @@ def _wal_drop(
             and not any(n == f.file.relfilenode and lsn > f.lsn for n, lsn in rewritten)
             and _before_stop_lsn(f.lsn, stop, stopped_lsn)
             and (until is None or f.lsn < until)
+            and (f.file.database, f.file.relfilenode) not in own
             and not _another_relation(conn, f.file.relfilenode, table)
         ),
         None,

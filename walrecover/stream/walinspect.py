@@ -308,11 +308,19 @@ class WalInspect:
         return parse_relids(record[2])
 
     def first_write(self, file: RelFile, start: Lsn, end: Lsn) -> Lsn | None:
-        """The first record in [start, end) that wrote to ``file``, or None if none did."""
-        where = sql.SQL("block_ref ~ %s")
+        """The first record in [start, end) by a transaction that committed (then or later)
+        that wrote to ``file``, or None if none did. A rolled-back write left no row, and a
+        record without a transaction (page maintenance) adds none."""
+        where = sql.SQL("block_ref ~ %s AND xid <> 0")
         pattern = rf"rel {file.tablespace}/{file.database}/{file.relfilenode}([^0-9]|$)"
+        rolled_back: set[int] = set()
         for row in self._records(start, end, where, (pattern,)):
-            return Lsn(row[0])
+            xid = int(row[2])
+            if xid in rolled_back:
+                continue
+            if self.top_level(xid, Lsn(row[0])) is not None:
+                return Lsn(row[0])
+            rolled_back.add(xid)
         return None
 
     def relation_of(self, file: RelFile) -> int | None:

@@ -17,9 +17,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from fault_helpers import peek_capture
 from helpers import Database, cli, differences, drop_with_truth, run_script, source_untouched
 
+from walrecover.audit.writer import AuditWriter
 from walrecover.errors import EXIT_UNPROVEN
 
 PUBLICATION = "gaps_pub"
@@ -237,3 +239,31 @@ def test_a_complete_recovery_without_its_recorded_result_is_not_proven(db: Datab
         forced = cli(*args, "--force")
     assert forced.exit_code == EXIT_UNPROVEN, forced.stderr
     assert "public.t may have been dropped and re-created under the same name" in forced.stderr
+
+
+def test_a_recovery_killed_while_publishing_its_audit_keeps_its_verdict(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after its last commit, while publishing the audit: the rerun only publishes the
+    sealed parts, reading nothing, so the checks after replay did not run again and it ended
+    with exit 0 where the first run had found the re-creation (exit 4). The rerun now answers
+    with what the earlier run's checks recorded."""
+    db.execute("CREATE EXTENSION pg_walinspect")
+    _recreated(db)
+    drop_with_truth(db)
+    audit = tmp_path / "audit.parquet"
+    args = (*SLOT_ARGS, "-d", db.dsn, "--audit", str(audit))
+
+    def killed(self: AuditWriter, *_: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(AuditWriter, "close", killed)
+    with source_untouched(db):
+        first = cli(*args)
+    assert first.exit_code != 0 and not audit.exists(), first.stderr
+    monkeypatch.undo()
+    with source_untouched(db):
+        again = cli(*args)
+    assert again.exit_code == EXIT_UNPROVEN, again.stderr
+    assert "public.t may have been dropped and re-created under the same name" in again.stderr
+    assert audit.exists()

@@ -25,7 +25,7 @@ from ..db import Connection, connect, redact, safe_dsn
 from ..errors import ReconcileFailed, TargetExists, WalrecoverError, first_line
 from ..stream.lsn import Lsn
 from ..stream.model import StopPoint, TableName
-from .ending import unjudged_reason
+from .ending import recorded_unproven
 from .preflight import command_differences
 from .progress import Counts, Progress, read_progress
 from .replay import ReplayResult
@@ -244,9 +244,7 @@ def already_complete(
         seconds={"reconcile": finished - checked, "total": finished - started},
         reconciliation=reconciliation,
         audit=audit,
-        unproven=tuple(stored.get("unproven") or ())
-        if previous.result
-        else (unjudged_reason(into),),
+        unproven=recorded_unproven(previous.result, into),
         already_complete=True,
         baseline=stored.get("baseline"),
     )

@@ -10,6 +10,7 @@ with no change in the stream, Ctrl-C, and an error that leaves the target incomp
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -174,6 +175,19 @@ def unjudged_reason(into: TableName | str) -> str:
         "replaced after its last change, changes the plugin left out) did not run for it; "
         "rerun the command with --force to rebuild and check it"
     )
+
+
+def recorded_unproven(recorded: str | None, into: TableName | str) -> tuple[str, ...]:
+    """What the checks after replay found, as a finished recovery recorded it with its
+    progress row (JSON, see :func:`.complete.record_result`); without a record (stopped before
+    it was written), :func:`unjudged_reason`."""
+    try:
+        stored = json.loads(recorded) if recorded else None
+    except ValueError:
+        stored = None
+    if not isinstance(stored, dict):
+        return (unjudged_reason(into),)
+    return tuple(str(reason) for reason in stored.get("unproven") or ())
 
 
 def nothing_before_stop(table: TableName, stop: StopPoint, later: Where | None) -> StopPointError:

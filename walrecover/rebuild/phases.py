@@ -320,7 +320,7 @@ class Recovery:
             plugin=src.plugin,
             slot=ask.slot,
             audit=audit,
-            unproven=(*self.unproven, *result.unproven),
+            unproven=tuple(dict.fromkeys((*self.unproven, *result.unproven))),
             capture=src.path if isinstance(src, CaptureSource) else None,
             baseline=base.summary() if base is not None else None,
         )
@@ -364,7 +364,7 @@ class Recovery:
                 *(f"followed an ALTER TABLE {change}" for change in result.schema_changes),
                 *result.warnings,
             ),
-            unproven=(*self.unproven, *result.unproven),
+            unproven=tuple(dict.fromkeys((*self.unproven, *result.unproven))),
             capture=str(src.path) if isinstance(src, CaptureSource) else None,
             lsn_kind="end" if src.plugin == "test_decoding" else "commit",
             baseline=self.base.summary() if self.base is not None else None,

@@ -143,8 +143,14 @@ class _Table:
         if self.key and not self.key_from_pk and not set(self.key) <= names:
             self.key, self.full_identity = (), False
 
-    def learn_key(self, pk: Sequence[str] | None, identity: Sequence[str] | None) -> None:
-        """``pk`` names the primary key; ``identity`` the columns an old image printed."""
+    def learn_key(
+        self, pk: Sequence[str] | None, identity: Sequence[tuple[str, str]] | None
+    ) -> None:
+        """``pk`` names the primary key; ``identity`` the (column, type) an old image printed.
+
+        A printed column of a type without btree equality (json, xml, geometry) cannot be in
+        a key or a replica identity index: the identity is FULL (matching it by ``=`` failed
+        with "operator does not exist: json = unknown")."""
         if pk is not None:
             if tuple(pk) != self.key or not self.key_from_pk or self.full_identity:
                 self.key, self.key_from_pk, self.full_identity = tuple(pk), True, False
@@ -152,10 +158,21 @@ class _Table:
             return
         if not identity or self.key_from_pk or self.full_identity:
             return
-        if not self.key:
-            self.key, self.relation = tuple(identity), None
-        elif set(identity) != set(self.key):
+        names = tuple(name for name, _ in identity)
+        if any(_unkeyable(type_name) for _, type_name in identity):
+            self.key, self.full_identity, self.relation = names, True, None
+        elif not self.key:
+            self.key, self.relation = names, None
+        elif set(names) != set(self.key):
             self.full_identity, self.relation = True, None
+
+
+#: Types with no btree equality, so in no key or replica identity index (arrays of them too).
+_UNKEYABLE = frozenset({"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"})
+
+
+def _unkeyable(type_name: str) -> bool:
+    return type_name.removesuffix("[]") in _UNKEYABLE
 
 
 @dataclass(slots=True)
@@ -381,7 +398,7 @@ class Wal2JsonV1Decoder:
         elif new is not None:
             raise ValueError("a delete with columnvalues")
         state, unchanged = self._table(schema, table, op, new, old)
-        state.learn_key(pk_names, [column for column, _ in old.values] if old is not None else None)
+        state.learn_key(pk_names, old.signature if old is not None else None)
         old_values = dict(old.values) if old is not None else None
         if old_values is not None and state.full_identity:
             for name, _ in state.signature:

@@ -234,11 +234,12 @@ class Target(UnloggedBuild, TableCatalog):
             " UNION SELECT d.objid FROM pg_depend d, t WHERE d.refobjid = t.oid"
             " AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass)"
             " SELECT (SELECT oid FROM pg_database WHERE datname = current_database())::bigint,"
-            " c.relfilenode::bigint FROM pg_class c JOIN own ON c.oid = own.oid"
-            " WHERE c.relfilenode <> 0",
+            " c.relfilenode::bigint, c.oid::bigint FROM pg_class c JOIN own ON c.oid = own.oid",
             (self.regclass,),
         ).fetchall()
-        self.dropped_files |= {(int(db), int(node)) for db, node in files}
+        # A relation's first file is numbered like its oid: the file it was created with, if a
+        # rewrite (its SET LOGGED) replaced it since.
+        self.dropped_files |= {(int(db), int(n)) for db, *ns in files for n in ns if n}
         self.conn.execute(sql.SQL("DROP TABLE {}").format(self.ident))
 
     def create(self, relation: Relation, ddl: str | None, table: TableName) -> None:

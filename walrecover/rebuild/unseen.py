@@ -133,25 +133,14 @@ def _wal_drop(
         return None, None, usable
     if not _before_stop(drop, stop, stopped_lsn):
         return None
+    # Files made by a rewrite (TRUNCATE, VACUUM FULL, SET LOGGED) belong to older relations.
     rewrites = {c.xid for c in commits if c.dropped_files and c is not drop}
-    # A file a later commit dropped without dropping any relation was rewritten away (TRUNCATE,
-    # VACUUM FULL, SET LOGGED: an interrupted recovery's own table, built unlogged in the
-    # source database, then made logged by its rerun): its relation lived on in another file,
-    # which is looked at in its own right.
-    rewritten = [
-        (f.relfilenode, c.lsn)
-        for c in commits
-        if c.dropped_files and not c.dropped_relations(database)
-        for f in c.dropped_files
-        if f.database == database
-    ]
     created = next(
         (
             f.lsn
             for f in files
             if f.lsn >= drop.lsn or f.xid == drop.xid
             if f.xid not in rewrites
-            and not any(n == f.file.relfilenode and lsn > f.lsn for n, lsn in rewritten)
             and _before_stop_lsn(f.lsn, stop, stopped_lsn)
             and (until is None or f.lsn < until)
             and (f.file.database, f.file.relfilenode) not in own
@@ -224,11 +213,14 @@ def capture_publications(
 
 
 def _another_relation(conn: Connection, relfilenode: int, table: TableName) -> bool:
-    """The file belongs now to a relation that is not ``table`` (an index, another table, the
-    rebuilt table): its creation did not re-create ``table``."""
-    row = conn.execute(
+    """The relation the file was made for is now one that is not ``table`` (an index, another
+    table, the rebuilt table): its creation did not re-create ``table``. A new relation's first
+    file is numbered like its oid, so the relation is found by its oid even when a rewrite
+    gave it another file since (a TRUNCATE, or the rebuilt table's SET LOGGED)."""
+    rows = conn.execute(
         "SELECT n.nspname::text, c.relname::text FROM pg_class c"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relfilenode = %s",
-        (relfilenode,),
-    ).fetchone()
-    return row is not None and (str(row[0]), str(row[1])) != (table.schema, table.name)
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.oid = %s::oid OR c.relfilenode = %s::oid",
+        (relfilenode, relfilenode),
+    ).fetchall()
+    return any((str(r[0]), str(r[1])) != (table.schema, table.name) for r in rows)

@@ -159,10 +159,9 @@ class _Table:
         if not identity or self.key_from_pk or self.full_identity:
             return
         names = tuple(name for name, _ in identity)
-        if any(_unkeyable(type_name) for _, type_name in identity):
-            self.key, self.full_identity, self.relation = names, True, None
-        elif not self.key:
+        if not self.key:
             self.key, self.relation = names, None
+            self.full_identity = any(_unkeyable(type_name) for _, type_name in identity)
         elif set(names) != set(self.key):
             self.full_identity, self.relation = True, None
 

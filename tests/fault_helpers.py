@@ -162,19 +162,23 @@ class Progress:
     complete: bool
     source: str
     audit: str | None
+    #: The finished recovery's recorded result (JSON), or None.
+    result: str | None = None
 
 
 def progress(conn: psycopg.Connection[Any], into: str) -> Progress | None:
     """The progress row of ``into`` (as walrecover prints it, e.g. ``public.t_recovered``)."""
     try:
         row = conn.execute(
-            "SELECT last_commit_lsn::text, transactions, complete, source, audit"
-            " FROM walrecover.progress WHERE target = %s",
+            "SELECT last_commit_lsn::text, transactions, complete, source, audit,"
+            " to_jsonb(p) ->> 'result' FROM walrecover.progress p WHERE target = %s",
             (into,),
         ).fetchone()
     except psycopg.errors.UndefinedTable:
         return None
-    return None if row is None else Progress(row[0], int(row[1]), bool(row[2]), row[3], row[4])
+    if row is None:
+        return None
+    return Progress(row[0], int(row[1]), bool(row[2]), row[3], row[4], row[5])
 
 
 @contextmanager
@@ -190,10 +194,11 @@ def wait_for_progress(
     *,
     transactions: int = 1,
     complete: bool | None = None,
+    recorded: bool = False,
     timeout: float = 60.0,
 ) -> Progress:
     """Wait until ``into`` has committed at least ``transactions`` (and, if given, whose
-    ``complete`` flag is ``complete``)."""
+    ``complete`` flag is ``complete``; ``recorded``: and whose result is recorded)."""
     with session(dsn) as conn:
 
         def probe() -> Progress | None:
@@ -201,6 +206,8 @@ def wait_for_progress(
             if found is None or found.transactions < transactions:
                 return None
             if complete is not None and found.complete != complete:
+                return None
+            if recorded and found.result is None:
                 return None
             return found
 

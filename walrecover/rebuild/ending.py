@@ -131,8 +131,9 @@ class ReplayResult(Counted):
     #: What the user must know about the rebuilt table (a publication now publishes it; a
     #: crash made this run start again; a re-created table left out).
     warnings: tuple[str, ...] = ()
-    #: The files (database oid, relfilenode) of an earlier rebuilt table this run dropped
-    #: (--force, or emptied by a crash): walrecover's own, not a re-creation of the table.
+    #: The files (database oid, relfilenode; the oids too, a relation's first file number) of
+    #: earlier rebuilt tables of this name walrecover dropped (--force, or emptied by a crash;
+    #: this run's and those the progress row kept): its own, not a re-creation of the table.
     dropped_files: frozenset[tuple[int, int]] = frozenset()
 
 

@@ -405,6 +405,18 @@ REFUSALS: tuple[Refusal, ...] = (
         "pgoutput's publication cannot publish them",
     ),
     _refusal(
+        "lost-around-the-stop",
+        {4},
+        r"where the stop point .* also falls",
+        lambda c: (
+            c.key.no_identity
+            and bool(c.ran.facts(upto_stop=False) & {"update", "update_key", "delete"})
+        ),
+        "wal2json left out changes of a table without a usable replica identity, and the LSN "
+        "range its warnings give holds the stop point (a time): walrecover cannot tell whether "
+        "they came before it (seed 3141592)",
+    ),
+    _refusal(
         "capture-identity-unproven",
         {4},
         r"without a primary key and no UPDATE or DELETE|wrote rows the capture does not show"

@@ -223,22 +223,28 @@ def test_without_the_wal_other_tables_and_truncate_keep_exit_0(db: Database) -> 
         assert differences(db, "truth", f"t_{plugin}") == (0, 0)
 
 
-def test_a_table_renamed_into_place_is_refused(db: Database) -> None:
+@pytest.mark.parametrize("one_transaction", [False, True], ids=["apart", "one-transaction"])
+def test_a_table_renamed_into_place_is_refused(db: Database, one_transaction: bool) -> None:
     """``ALTER TABLE t RENAME TO t_old; ALTER TABLE t_new RENAME TO t``: the new table's rows
     written under its old name are not in the stream of ``t``, so no rebuild of it can be
-    exact: exit 1 naming the LSN that rebuilds the earlier table."""
+    exact: exit 1 naming the LSN that rebuilds the earlier table. Also when the rows under the
+    old name are written by the transaction whose change of ``t`` is the first (a write of a
+    later commit is not counted: the stream shows it later)."""
     walinspect(db)
     db.create_slot(SLOT, "wal2json")
+    steps = [
+        "CREATE TABLE t_new (id integer PRIMARY KEY, v text)",
+        "INSERT INTO t_new VALUES (10, 'written as t_new')",
+        "ALTER TABLE t RENAME TO t_old",
+        "ALTER TABLE t_new RENAME TO t",
+        "INSERT INTO t VALUES (11, 'written as t')",
+    ]
     run_script(
         db,
         [
             "CREATE TABLE t (id integer PRIMARY KEY, v text)",
             "INSERT INTO t VALUES (1, 'old')",
-            "CREATE TABLE t_new (id integer PRIMARY KEY, v text)",
-            "INSERT INTO t_new VALUES (10, 'written as t_new')",
-            "ALTER TABLE t RENAME TO t_old",
-            "ALTER TABLE t_new RENAME TO t",
-            "INSERT INTO t VALUES (11, 'written as t')",
+            *(["BEGIN; " + "; ".join(steps) + "; COMMIT"] if one_transaction else steps),
             "DROP TABLE t",
         ],
     )
@@ -481,4 +487,33 @@ def test_a_rolled_back_write_to_the_re_created_table_is_not_a_write_before_its_n
         result = cli("recover", "-d", db.dsn, "--slot", SLOT, "--table", "public.t")
     assert result.exit_code == 0, result.stderr
     assert rows(db) == [(2, "new")]
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_a_re_created_table_first_written_by_a_later_commit_is_not_written_before_its_name(
+    db: Database, plugin: str
+) -> None:
+    """The re-created table's file is first written by a prepared transaction that commits
+    after another one that writes it too: the stream (in commit order) shows the other one
+    first, and the earlier write was taken for rows that reached the table under another name
+    (exit 1, the oracle, seed 2718281). A write that commits later is a later change of the
+    stream; the later table is rebuilt exactly."""
+    walinspect(db)
+    db.create_slot(SLOT, plugin)
+    run_script(
+        db,
+        [
+            *SCENARIO[:4],
+            "BEGIN; INSERT INTO t VALUES (7, 'prepared first'); PREPARE TRANSACTION 'first'",
+            SCENARIO[4],
+            "COMMIT PREPARED 'first'",
+        ],
+    )
+    snapshot(db, "t", "truth")
+    db.execute("DROP TABLE t")
+    with source_untouched(db):
+        result = cli("recover", "-d", db.dsn, "--slot", SLOT, "--table", "public.t")
+    assert result.exit_code == 0, result.stderr
+    assert rows(db) == [(2, "new"), (7, "prepared first")]
     assert differences(db, "truth", "t_recovered") == (0, 0)

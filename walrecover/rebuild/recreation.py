@@ -377,7 +377,7 @@ class RecreationJudge:
             commit = self._history.last_catalog_commit(previous, lsn, xid, commit_lsn)
         if commit is None:  # the file changed without a catalog commit: cannot be
             raise WalUnavailable(f"the WAL shows nothing that replaced the table before {lsn}")
-        return self._replaced(found, lsn, commit, renamed)
+        return self._replaced(found, lsn, commit, renamed, xid)
 
     def _first_exact(self, wal: WalInspect, lsn: Lsn) -> None:
         """The table's first change judged from the WAL: its file, oid and the catalog history."""
@@ -396,7 +396,7 @@ class RecreationJudge:
         self._prev = lsn
 
     def _replaced(
-        self, found: RelFile, lsn: Lsn, commit: CommitRecord, renamed: bool
+        self, found: RelFile, lsn: Lsn, commit: CommitRecord, renamed: bool, xid: int | None
     ) -> Recreated | None:
         """The table's file at ``lsn`` belongs to a table that took the name at ``commit``:
         a :class:`Recreated` when its whole life is in the stream, else an error to raise if
@@ -409,7 +409,7 @@ class RecreationJudge:
             else f"the earlier table was dropped by transaction {commit.xid} (commit LSN "
             f"{commit.lsn}{when})"
         )
-        written = self._written_before(found, lsn)
+        written = self._written_before(found, lsn, xid)
         if written is not None:
             self._error = ReplayError(
                 f"{self.table} was replaced by another table of the same name: {how}, and the "
@@ -429,15 +429,19 @@ class RecreationJudge:
         )
         return Recreated(commit.lsn, commit.xid, commit.time, renamed)
 
-    def _written_before(self, file: RelFile, lsn: Lsn) -> str | None:
-        """Where the new table's file was written before the change at ``lsn`` (rows that
-        reached it under another name), or None if its whole life is in the stream."""
+    def _written_before(self, file: RelFile, lsn: Lsn, xid: int | None) -> str | None:
+        """Where the new table's file was written before the change at ``lsn`` of transaction
+        ``xid`` (rows that reached it under another name), or None if its whole life is in the
+        stream. The stream is in commit order: a write by a transaction that commits after
+        this one (a prepared transaction written first, committed later) is a later change of
+        the stream, not a row under another name."""
         history, wal = self._history, self.wal
         assert history is not None and wal is not None
         made = history.created.get(file.relfilenode)
         if made is None:
             return "before the stream began (its file is older than the WAL walrecover read)"
-        first = wal.first_write(file, made.lsn, lsn)
+        ours = wal.top_level(xid, lsn) if xid is not None else None
+        first = wal.first_write(file, made.lsn, lsn, before=ours)
         return None if first is None else f"at LSN {first}, before it took the name"
 
     def _learn_oid(self, lsn: Lsn, xid: int | None) -> None:

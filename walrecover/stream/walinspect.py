@@ -307,20 +307,26 @@ class WalInspect:
             return ()
         return parse_relids(record[2])
 
-    def first_write(self, file: RelFile, start: Lsn, end: Lsn) -> Lsn | None:
-        """The first record in [start, end) by a transaction that committed (then or later)
-        that wrote to ``file``, or None if none did. A rolled-back write left no row, and a
-        record without a transaction (page maintenance) adds none."""
+    def first_write(
+        self, file: RelFile, start: Lsn, end: Lsn, *, before: CommitRecord | None = None
+    ) -> Lsn | None:
+        """The first record in [start, end) that wrote to ``file`` by a transaction that
+        committed (then or later; when ``before`` is given, in that commit or before it), or
+        None if none did. A rolled-back write left no row, and a record without a transaction
+        (page maintenance) adds none."""
         where = sql.SQL("block_ref ~ %s AND xid <> 0")
         pattern = rf"rel {file.tablespace}/{file.database}/{file.relfilenode}([^0-9]|$)"
-        rolled_back: set[int] = set()
+        passed: set[int] = set()
         for row in self._records(start, end, where, (pattern,)):
             xid = int(row[2])
-            if xid in rolled_back:
+            if xid in passed:
                 continue
-            if self.top_level(xid, Lsn(row[0])) is not None:
+            commit = self.top_level(xid, Lsn(row[0]))
+            if commit is not None and (
+                before is None or commit.xid == before.xid or commit.lsn < before.lsn
+            ):
                 return Lsn(row[0])
-            rolled_back.add(xid)
+            passed.add(xid)
         return None
 
     def relation_of(self, file: RelFile) -> int | None:

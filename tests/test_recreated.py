@@ -461,59 +461,50 @@ def test_reruns_with_force_in_the_source_database_are_not_a_re_creation(
         assert differences(db, "truth", "t_recovered") == (0, 0)
 
 
-@pytest.mark.parametrize("plugin", PLUGINS)
-def test_a_rolled_back_write_to_the_re_created_table_is_not_a_write_before_its_name(
-    db: Database, plugin: str
-) -> None:
-    """The re-created table's file was written by a transaction that rolled back, before its
-    first committed change: those rows never existed, yet walrecover refused (exit 1, "written
-    at LSN ..., before it took the name"; the oracle, seed 8642097). Only writes that committed
-    count; the later table is rebuilt exactly."""
-    walinspect(db)
-    db.create_slot(SLOT, plugin)
-    run_script(
-        db,
+#: Writes of the re-created table's file before its first change in the stream that are not
+#: rows under another name, and the rows the later table then holds.
+EARLIER_WRITES = {
+    # Rolled back (and rolled back to a savepoint): those rows never existed.
+    "rolled-back": (
         [
-            *SCENARIO[:4],
             "BEGIN; INSERT INTO t VALUES (7, 'rolled back'); ROLLBACK",
             "BEGIN; INSERT INTO t VALUES (8, 'savepoint'); SAVEPOINT s;"
             " INSERT INTO t VALUES (9, 'rolled back to'); ROLLBACK TO SAVEPOINT s; ROLLBACK",
             SCENARIO[4],
         ],
-    )
-    snapshot(db, "t", "truth")
-    db.execute("DROP TABLE t")
-    with source_untouched(db):
-        result = cli("recover", "-d", db.dsn, "--slot", SLOT, "--table", "public.t")
-    assert result.exit_code == 0, result.stderr
-    assert rows(db) == [(2, "new")]
-    assert differences(db, "truth", "t_recovered") == (0, 0)
-
-
-@pytest.mark.parametrize("plugin", PLUGINS)
-def test_a_re_created_table_first_written_by_a_later_commit_is_not_written_before_its_name(
-    db: Database, plugin: str
-) -> None:
-    """The re-created table's file is first written by a prepared transaction that commits
-    after another one that writes it too: the stream (in commit order) shows the other one
-    first, and the earlier write was taken for rows that reached the table under another name
-    (exit 1, the oracle, seed 2718281). A write that commits later is a later change of the
-    stream; the later table is rebuilt exactly."""
-    walinspect(db)
-    db.create_slot(SLOT, plugin)
-    run_script(
-        db,
+        [(2, "new")],
+    ),
+    # A prepared transaction written first and committed after another one: the stream, in
+    # commit order, shows it later.
+    "committed-later": (
         [
-            *SCENARIO[:4],
             "BEGIN; INSERT INTO t VALUES (7, 'prepared first'); PREPARE TRANSACTION 'first'",
             SCENARIO[4],
             "COMMIT PREPARED 'first'",
         ],
-    )
+        [(2, "new"), (7, "prepared first")],
+    ),
+}
+
+
+@pytest.mark.parametrize("writes", EARLIER_WRITES)
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_an_earlier_write_that_is_no_row_under_another_name_is_not_refused(
+    db: Database, plugin: str, writes: str
+) -> None:
+    """The re-created table's file was written before its first change in the stream, but by
+    a transaction that rolled back, or that commits after the one holding that change: no row
+    reached the table under another name, yet walrecover refused (exit 1, "written at LSN ...,
+    before it took the name"; the oracle, seeds 8642097 and 2718281). Only writes committed
+    before it (or in it) count; the later table is rebuilt exactly."""
+    steps, expected = EARLIER_WRITES[writes]
+    walinspect(db)
+    db.create_slot(SLOT, plugin)
+    run_script(db, [*SCENARIO[:4], *steps])
     snapshot(db, "t", "truth")
     db.execute("DROP TABLE t")
     with source_untouched(db):
         result = cli("recover", "-d", db.dsn, "--slot", SLOT, "--table", "public.t")
     assert result.exit_code == 0, result.stderr
-    assert rows(db) == [(2, "new"), (7, "prepared first")]
+    assert rows(db) == expected
     assert differences(db, "truth", "t_recovered") == (0, 0)

@@ -326,10 +326,11 @@ class Recovery:
         )
 
     def reconcile(self, result: ReplayResult, audit: AuditSummary | None) -> Reconciliation | None:
-        """Record the finished recovery's result with its audit (for a rerun), then reconcile,
-        if asked."""
+        """Record the finished recovery's result with its audit (for a rerun; without one, the
+        record made before the audit's close stands), then reconcile, if asked."""
         ask = self.ask
-        self.record(result, audit)
+        if audit is not None:
+            self.record(result, audit)
         if ask.ledger is None:
             return None
         return reconcile_complete(

@@ -316,15 +316,14 @@ class WalInspect:
         (page maintenance) adds none."""
         where = sql.SQL("block_ref ~ %s AND xid <> 0")
         pattern = rf"rel {file.tablespace}/{file.database}/{file.relfilenode}([^0-9]|$)"
+        # A commit after ``before`` does not count: look no further than its end.
+        until = before.end_lsn if before is not None else None
         passed: set[int] = set()
         for row in self._records(start, end, where, (pattern,)):
             xid = int(row[2])
             if xid in passed:
                 continue
-            commit = self.top_level(xid, Lsn(row[0]))
-            if commit is not None and (
-                before is None or commit.xid == before.xid or commit.lsn < before.lsn
-            ):
+            if self.top_level(xid, Lsn(row[0]), until) is not None:
                 return Lsn(row[0])
             passed.add(xid)
         return None

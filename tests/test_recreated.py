@@ -400,12 +400,25 @@ def test_without_the_wal_a_re_creation_inside_a_writing_transaction_is_not_silen
         assert "pg_walinspect is not installed in database" in result.stderr
 
 
+#: How the table is created again: alone, or in a transaction that also rewrites another
+#: table (its new file is another relation's; the check once left out every file such a
+#: transaction made: exit 0 with the dropped table's rows).
+RE_CREATIONS = {
+    "alone": ["CREATE TABLE t (id integer PRIMARY KEY, v text)"],
+    "beside-a-truncate": [
+        "CREATE TABLE other (i integer)",
+        "BEGIN; TRUNCATE other; CREATE TABLE t (id integer PRIMARY KEY, v text); COMMIT",
+    ],
+}
+
+
+@pytest.mark.parametrize("creation", RE_CREATIONS)
 @pytest.mark.parametrize(
     ("plugin", "source"),
     [("wal2json", "slot"), ("test_decoding", "slot"), ("wal2json", "capture")],
 )
 def test_a_table_older_than_the_slot_re_created_before_the_stop_is_not_merged(
-    db: Database, tmp_path: Path, plugin: str, source: str
+    db: Database, tmp_path: Path, plugin: str, source: str, creation: str
 ) -> None:
     """A table created before the slot, dropped and created again with no change of the new
     one before the stop point: the judge knows the file of the last change but not its oid
@@ -422,7 +435,7 @@ def test_a_table_older_than_the_slot_re_created_before_the_stop_is_not_merged(
         [
             "INSERT INTO t VALUES (1, 'old'), (2, 'old')",
             "DROP TABLE t",
-            "CREATE TABLE t (id integer PRIMARY KEY, v text)",
+            *RE_CREATIONS[creation],
         ],
     )
     stop = str(db.scalar("SELECT pg_current_wal_insert_lsn()::text"))
@@ -436,6 +449,40 @@ def test_a_table_older_than_the_slot_re_created_before_the_stop_is_not_merged(
         earlier = cli(*args, *stop_hint(result.stderr), "--into", "public.t_earlier")
     assert earlier.exit_code == 0, earlier.stderr
     assert rows(db, "t_earlier") == [(1, "old"), (2, "old")]
+
+
+@pytest.mark.parametrize(
+    ("plugin", "source"),
+    [("wal2json", "slot"), ("test_decoding", "slot"), ("wal2json", "capture")],
+)
+def test_rewrites_after_the_drop_are_not_a_re_creation(
+    db: Database, tmp_path: Path, plugin: str, source: str
+) -> None:
+    """The control of ``beside-a-truncate``: rewrites between the DROP and a later stop point
+    make files for relations that live on (a mapped catalog's, a table's rewritten again, a
+    table's dropped since): no re-creation, exit 0 with the table as the DROP left it."""
+    walinspect(db)
+    for name in ("t (id integer PRIMARY KEY, v text)", "other (i integer)", "gone (i integer)"):
+        db.execute(f"CREATE TABLE {name}")
+    db.create_slot(SLOT, plugin)
+    run_script(
+        db,
+        [
+            "INSERT INTO t VALUES (1, 'old'), (2, 'old')",
+            "DROP TABLE t",
+            "VACUUM FULL pg_class",
+            "TRUNCATE other",
+            "TRUNCATE other",
+            "TRUNCATE gone",
+            "DROP TABLE gone",
+        ],
+    )
+    stop = str(db.scalar("SELECT pg_current_wal_insert_lsn()::text"))
+    with source_untouched(db):
+        result = cli(*recover_args(db, source, plugin, tmp_path), "--stop-before-lsn", stop)
+    assert result.exit_code == 0, result.stderr
+    assert "re-created" not in result.stderr
+    assert rows(db) == [(1, "old"), (2, "old")]
 
 
 @pytest.mark.parametrize("plugin", ("wal2json", "pgoutput", "test_decoding"))

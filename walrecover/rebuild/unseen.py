@@ -133,14 +133,13 @@ def _wal_drop(
         return None, None, usable
     if not _before_stop(drop, stop, stopped_lsn):
         return None
-    # Files made by a rewrite (TRUNCATE, VACUUM FULL, SET LOGGED) belong to older relations.
-    rewrites = {c.xid for c in commits if c.dropped_files and c is not drop}
+    rewriters, rewritten = _rewritten_files(commits, drop, database)
     created = next(
         (
             f.lsn
             for f in files
             if f.lsn >= drop.lsn or f.xid == drop.xid
-            if f.xid not in rewrites
+            if not (f.xid in rewriters and f.file.relfilenode in rewritten)
             and _before_stop_lsn(f.lsn, stop, stopped_lsn)
             and (until is None or f.lsn < until)
             and (f.file.database, f.file.relfilenode) not in own
@@ -149,6 +148,27 @@ def _wal_drop(
         None,
     )
     return drop, created, usable
+
+
+def _rewritten_files(
+    commits: Collection[CommitRecord], drop: CommitRecord, database: int
+) -> tuple[frozenset[int], frozenset[int]]:
+    """What tells a rewrite's file (TRUNCATE, VACUUM FULL, SET LOGGED of a relation that lives
+    on) from a created table's, by the WAL: (xids, relfilenodes). A file is a rewrite's when a
+    transaction of the xids made it (one that dropped files, other than the DROP's) and its
+    relfilenode is of those: dropped later with no drop of a relation of that number (a new
+    relation's first file is numbered like its oid). Such a transaction may also have created
+    the table again (``BEGIN; TRUNCATE other; CREATE TABLE t ...``), so its other files count;
+    a rewrite's file still in use is told by the catalog (:func:`_another_relation`)."""
+    files_gone: set[int] = set()
+    relations_gone: set[int] = set()
+    rewriters: set[int] = set()
+    for commit in commits:
+        files_gone |= commit.dropped_relfilenodes(database)
+        relations_gone |= commit.dropped_relations(database)
+        if commit.dropped_files and commit is not drop:
+            rewriters.update((commit.xid, *commit.subxacts))
+    return frozenset(rewriters), frozenset(files_gone - relations_gone)
 
 
 def _before_stop(commit: CommitRecord, stop: StopPoint, stopped_lsn: Lsn | None) -> bool:
@@ -216,11 +236,13 @@ def _another_relation(conn: Connection, relfilenode: int, table: TableName) -> b
     """The relation the file was made for is now one that is not ``table`` (an index, another
     table, the rebuilt table): its creation did not re-create ``table``. A new relation's first
     file is numbered like its oid, so the relation is found by its oid even when a rewrite
-    gave it another file since (a TRUNCATE, or the rebuilt table's SET LOGGED)."""
+    gave it another file since (a TRUNCATE, or the rebuilt table's SET LOGGED); a mapped
+    catalog's file (``VACUUM FULL pg_class``) by the relation mapper."""
     rows = conn.execute(
         "SELECT n.nspname::text, c.relname::text FROM pg_class c"
         " JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE c.oid = %s::oid OR c.relfilenode = %s::oid",
-        (relfilenode, relfilenode),
+        " WHERE c.oid = %s::oid OR c.relfilenode = %s::oid"
+        " OR (c.relfilenode = 0 AND pg_relation_filenode(c.oid) = %s::oid)",
+        (relfilenode, relfilenode, relfilenode),
     ).fetchall()
     return any((str(r[0]), str(r[1])) != (table.schema, table.name) for r in rows)

@@ -497,6 +497,15 @@ REFUSALS: tuple[Refusal, ...] = (
         "whether the table had UPDATEs or DELETEs, even when it had none",
     ),
     _refusal(
+        "stop-xid-left-out",
+        {1},
+        r"does not commit in the stream.*pgoutput sends no transaction whose every change",
+        lambda c: c.key.no_identity and c.path.read.plugin == "pgoutput" and c.stop == "xid",
+        "the stop transaction has only UPDATEs or DELETEs, which the oracle's publication "
+        "leaves out: pgoutput sends no such transaction, so an xid stop point cannot be found "
+        "in its stream (the message gives the commit LSN when pg_walinspect is installed)",
+    ),
+    _refusal(
         "dropped-column-unseen",
         {4},
         r"was most likely dropped \(ALTER TABLE \.\.\. DROP COLUMN\)",

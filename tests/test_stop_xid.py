@@ -87,6 +87,58 @@ def test_without_pg_walinspect_a_subtransaction_xid_says_how_to_find_its_top(
     assert f"--rmgr=Transaction | grep -E 'subxacts:.* {sub}( |$)'" in lines[0]
 
 
+@pytest.mark.parametrize("with_wal", [True, False], ids=["walinspect", "no-walinspect"])
+def test_a_transaction_pgoutput_leaves_out_gets_its_commit_lsn(
+    db: Database, with_wal: bool
+) -> None:
+    """A transaction with only DELETEs under a publication that does not publish them is not in
+    pgoutput's stream at all, so its xid "does not commit in the stream" (exit 1, the oracle's
+    seed 9090901, with only the subtransaction hint). The message now says why, and with
+    pg_walinspect gives its commit LSN: the same stop point, which rebuilds the table."""
+    if with_wal:
+        db.execute("CREATE EXTENSION pg_walinspect")
+    db.execute(DDL)
+    db.execute("CREATE PUBLICATION pub FOR TABLE t WITH (publish = 'insert, truncate')")
+    db.create_slot(SLOT, "pgoutput")
+    run_script(db, ["INSERT INTO t VALUES (1, 'a'), (2, 'b')"])
+    snapshot(db, "t", "expected")
+    with db.connect() as conn, conn.transaction():
+        xid = int(conn.execute("SELECT txid_current()").fetchone()[0])  # type: ignore[index]
+        conn.execute("DELETE FROM t WHERE id = 1")
+    run_script(db, ["INSERT INTO t VALUES (3, 'c')", "DROP TABLE t"])
+    args = ["recover", "-d", db.dsn, "--slot", SLOT, "--table", "public.t"]
+    with source_untouched(db):
+        result = cli(*args, "--stop-before-xid", str(xid))
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"transaction {xid} does not commit in the stream" in lines[0]
+    assert (
+        "pgoutput sends no transaction whose every change its publications leave out" in (lines[0])
+    )
+    if not with_wal:
+        assert "stop before its commit with --stop-before-lsn" in lines[0]
+        return
+    commit = str(
+        db.scalar(
+            "SELECT start_lsn::text FROM pg_get_wal_records_info("
+            f"(SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '{SLOT}'),"
+            " pg_current_wal_flush_lsn())"
+            " WHERE resource_manager = 'Transaction' AND xid = %s::xid"
+            " AND record_type = 'COMMIT'",
+            (str(xid),),
+        )
+    )
+    assert f"it committed at LSN {commit}" in lines[0]
+    assert lines[0].endswith(f"the same stop point is --stop-before-lsn {commit}")
+    with source_untouched(db):
+        again = cli(*args, "--stop-before-lsn", commit, "--into", "public.t_again")
+    # The publication leaves DELETEs out, so pgoutput cannot prove the table (exit 4); the rows
+    # are those before the transaction.
+    assert again.exit_code == 4, again.stderr
+    assert differences(db, "expected", "t_again") == (0, 0)
+
+
 @pytest.fixture(scope="module")
 def epoch_cluster() -> Iterator[Cluster]:
     """A throwaway cluster in xid epoch 1, as a cluster past wraparound is."""

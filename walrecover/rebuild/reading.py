@@ -111,6 +111,19 @@ class Reading:
         self.unproven += unproven
         return events, watch, identity
 
+    def _xid_hint(self, exc: StopPointError) -> StopPointError:
+        """The missing stop xid's error, with what the source's WAL (when readable) says."""
+        src = self.ask.src
+        try:
+            wal, _ = open_wal(self.wal_dsn, capture=isinstance(src, CaptureSource))
+        except WalrecoverError:
+            wal = None
+        try:
+            return xid_hint(exc, self.ask.stop, src, wal)
+        finally:
+            if wal is not None:
+                wal.close()
+
     def _replay(self, events: Iterable[Event], watch: LossWatch | None = None) -> ReplayResult:
         ask, src, base = self.ask, self.ask.src, self.base
         try:
@@ -139,7 +152,7 @@ class Reading:
             )
         except StopPointError as exc:
             if exc.facts.get("missing") and ask.stop.xid is not None:
-                raise xid_hint(exc, ask.stop, src) from None
+                raise self._xid_hint(exc) from None
             raise
         except TableNotInStream as exc:
             if base is not None:

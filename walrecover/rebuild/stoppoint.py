@@ -97,15 +97,49 @@ def resolve_stop_xid(
 
 
 def xid_hint(
-    exc: StopPointError, stop: StopPoint, src: SlotSource | CaptureSource
+    exc: StopPointError,
+    stop: StopPoint,
+    src: SlotSource | CaptureSource,
+    wal: WalInspect | None = None,
 ) -> StopPointError:
-    """The 'does not commit in the stream' error, with what the xid may be."""
+    """The 'does not commit in the stream' error, with what the xid may be: a transaction the
+    WAL shows committed, none of whose changes the stream carries (its LSN is the same stop
+    point), or a subtransaction."""
     assert stop.xid32 is not None
+    record = None
+    if wal is not None and src.start_lsn is not None:
+        try:
+            record = wal.top_level(stop.xid32, src.start_lsn, src.end_lsn)
+        except WalUnavailable:
+            record = None
+    if record is not None and record.xid == stop.xid32:
+        return StopPointError(
+            f"{exc.message}: it committed at LSN {record.lsn}, but the stream carries none of "
+            f"its changes{_left_out(src)}; the same stop point is --stop-before-lsn "
+            f"{record.lsn}",
+            **exc.facts,
+        )
     check = waldump_command(src.start_lsn, src.end_lsn, f"subxacts:.* {stop.xid32}( |$)")
+    left_out = (
+        f". If it committed, {_PGOUTPUT_SKIPS}: stop before its commit with --stop-before-lsn"
+        if src.plugin == "pgoutput"
+        else ""
+    )
     message = (
-        f"{exc.message}. If it is a subtransaction (the stream shows only top-level xids), stop"
-        f" at its top-level transaction: with pg_walinspect in the source database (CREATE "
-        f"EXTENSION pg_walinspect, PostgreSQL 15+) walrecover finds it itself; or find it on "
-        f"the server with: {check}"
+        f"{exc.message}{left_out}. If it is a subtransaction (the stream shows only top-level "
+        f"xids), stop at its top-level transaction. With pg_walinspect in the source database "
+        f"(CREATE EXTENSION pg_walinspect, PostgreSQL 15+) walrecover finds either itself; or "
+        f"find it on the server with: {check}"
     )
     return StopPointError(message, **exc.facts)
+
+
+#: Why a committed transaction may be missing from a pgoutput stream.
+_PGOUTPUT_SKIPS = (
+    "pgoutput sends no transaction whose every change its publications leave out (an UPDATE or"
+    " DELETE under a publication that does not publish them)"
+)
+
+
+def _left_out(src: SlotSource | CaptureSource) -> str:
+    return f" ({_PGOUTPUT_SKIPS})" if src.plugin == "pgoutput" else ""

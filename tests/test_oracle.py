@@ -1072,8 +1072,9 @@ OPEN_DEFECTS: dict[str, str] = {
     "C15c": "a capture without an LSN per change (test_decoding, wal2json format 1 or without "
     "include-lsn) of a table dropped and re-created after its last change, with no change of "
     "the new table: its changes cannot be found in the WAL, so nothing names the table; the "
-    "rebuilt table holds the earlier table's rows, exit 0 (documented; a wal2json v2 capture "
-    "is judged since session 8: the WAL's DROP names a table older than the history read)",
+    "rebuilt table holds the earlier table's rows, exit 0 with a 'not checked' warning naming "
+    "the stop point that rebuilds it exactly (documented; a wal2json v2 capture is judged "
+    "since session 8: the WAL's DROP names a table older than the history read)",
     "C17": "ADD COLUMN ... DEFAULT with no change of the table after it: the rebuilt table lacks "
     "the column, exit 0",
 }

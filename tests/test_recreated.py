@@ -485,6 +485,79 @@ def test_rewrites_after_the_drop_are_not_a_re_creation(
     assert rows(db) == [(1, "old"), (2, "old")]
 
 
+UNSEEN_WAYS = [
+    ("wal2json", "slot", False),
+    ("test_decoding", "slot", False),
+    ("wal2json", "capture", False),
+    ("test_decoding", "capture", False),
+    ("test_decoding", "capture", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("plugin", "source", "with_wal"),
+    UNSEEN_WAYS,
+    ids=[f"{p}-{s}{'-walinspect' if w else ''}" for p, s, w in UNSEEN_WAYS],
+)
+def test_a_re_creation_nothing_can_check_is_not_silent(
+    db: Database, tmp_path: Path, plugin: str, source: str, with_wal: bool
+) -> None:
+    """Dropped, created again with no change, dropped again (the disaster): without the table's
+    oid from the WAL (no pg_walinspect, or a capture without an LSN per change: the oracle's
+    C15c) nothing can tell, and the recovery said nothing (exit 0, the earlier table's rows
+    where the name held an empty table). It still gives those rows, with exit 0, but warns
+    that this was not checked and which stop point rebuilds the earlier table exactly; that
+    stop point gives them with no warning."""
+    if with_wal:
+        walinspect(db)
+    db.create_slot(SLOT, plugin)
+    run_script(
+        db,
+        [
+            "CREATE TABLE t (id integer PRIMARY KEY, v text)",
+            "INSERT INTO t VALUES (1, 'old'), (2, 'old')",
+            "DROP TABLE t",
+            "CREATE TABLE t (id integer PRIMARY KEY, v text)",
+            "DROP TABLE t",
+        ],
+    )
+    args = recover_args(db, source, plugin, tmp_path)
+    with source_untouched(db):
+        result = cli(*args)
+    assert result.exit_code == 0, result.stderr
+    assert (
+        "warning: not checked: whether public.t was dropped and created again after its last "
+        "change" in result.stderr
+    )
+    with source_untouched(db):
+        earlier = cli(*args, *stop_hint(result.stderr), "--into", "public.t_earlier")
+    assert earlier.exit_code == 0, earlier.stderr
+    assert "not checked" not in earlier.stderr
+    assert rows(db, "t_earlier") == [(1, "old"), (2, "old")]
+
+
+@pytest.mark.parametrize(("plugin", "source", "with_wal"), UNSEEN_WAYS[:4])
+def test_a_plain_drop_is_not_taken_for_a_re_creation(
+    db: Database, tmp_path: Path, plugin: str, source: str, with_wal: bool
+) -> None:
+    """The control: with no stop point, the DROP alone after the last change is the incident
+    itself, not a re-creation to warn of."""
+    db.create_slot(SLOT, plugin)
+    run_script(
+        db,
+        [
+            "CREATE TABLE t (id integer PRIMARY KEY, v text)",
+            "INSERT INTO t VALUES (1, 'a'), (2, 'b')",
+            "DROP TABLE t",
+        ],
+    )
+    with source_untouched(db):
+        result = cli(*recover_args(db, source, plugin, tmp_path))
+    assert result.exit_code == 0, result.stderr
+    assert "not checked" not in result.stderr
+    assert rows(db) == [(1, "a"), (2, "b")]
+
+
 @pytest.mark.parametrize("plugin", ("wal2json", "pgoutput", "test_decoding"))
 def test_reruns_with_force_in_the_source_database_are_not_a_re_creation(
     db: Database, tmp_path: Path, plugin: str

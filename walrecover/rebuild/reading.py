@@ -197,6 +197,8 @@ class Reading:
                     self.ask.into, self.stop, result, began,
                 )
             )  # fmt: skip
+        elif self.judge is not None:
+            warnings.extend(self.judge.unseen_after(self.stop))
         if isinstance(src, SlotSource) and watch is not None:
             lost, after_stop = watch.verdict()
             unproven.extend(lost)

@@ -38,7 +38,7 @@ from datetime import datetime
 
 from ..errors import ReplayError, WalUnavailable
 from ..stream.lsn import Lsn
-from ..stream.model import Change, Op, TableName
+from ..stream.model import Change, Op, StopPoint, TableName
 from ..stream.walinspect import CommitRecord, RelFile, WalInspect
 from .recreation_reasons import (
     Suspect,
@@ -47,6 +47,7 @@ from .recreation_reasons import (
     stream_reason,
     truncate_reason,
     unchecked_truncate_reason,
+    unseen_warning,
 )
 from .recreation_wal import CatalogHistory
 
@@ -172,6 +173,28 @@ class RecreationJudge:
         return [
             *self.notes,
             blind_warning(self.table, self._first_blind, self._blind, self.wal_problem),
+        ]
+
+    def unseen_after(self, stop: StopPoint) -> list[str]:
+        """A warning when the stream shows catalog changes after the table's last change and
+        the WAL did not name the table, so the check after replay
+        (:func:`~walrecover.rebuild.unseen.replaced`) cannot ask the source: a table dropped
+        and created again there, with no change of its own, leaves no trace. Without a stop
+        point the DROP that ended the table is one of them, so it takes two."""
+        suspects = self._suspects
+        if self._disabled or not self._seen or self.oid is not None:
+            return []
+        if len(suspects) < (1 if stop.is_set else 2):
+            return []
+        return [
+            unseen_warning(
+                self.table,
+                self.into,
+                suspects[0],
+                len(suspects),
+                self.wal_problem,
+                stop_set=stop.is_set,
+            )
         ]
 
     @property

@@ -49,6 +49,41 @@ def blind_warning(
     )
 
 
+def unseen_warning(
+    table: TableName,
+    into: TableName,
+    first: Suspect,
+    count: int,
+    wal_problem: str | None,
+    *,
+    stop_set: bool,
+) -> str:
+    """``count`` transactions after the table's last change changed the catalog, and nothing
+    tells whether they dropped it and created it again with no change of the new one."""
+    more = f" and {count - 1} more" if count > 1 else ""
+    where = (
+        "before the stop point"
+        if stop_set
+        else "in the stream (with no stop point, one of them is likely the DROP)"
+    )
+    stop = (
+        f"--stop-before-xid {first.xid}"
+        if first.xid is not None
+        else f"--stop-before-lsn {first.lsn}"
+        if first.lsn is not None and not first.end
+        else "a stop point before it"
+    )
+    return (
+        f"not checked: whether {table} was dropped and created again after its last change: "
+        f"{transaction(first.xid)}{more} changed the catalog after it {where}, a table created "
+        "again with no change of its own leaves no trace in this stream, and the source cannot "
+        f"be asked without the table's oid from the WAL ({wal_problem or 'unknown reason'}). If "
+        f"it was, {into} holds the earlier table's rows: {stop} rebuilds them exactly; with "
+        "pg_walinspect installed in the source database walrecover checks it (slots and "
+        "captures with an LSN per change)"
+    )
+
+
 def doubt_reason(table: TableName, into: TableName, commit: CommitRecord) -> str:
     """The WAL cannot tell a rewrite from a DROP in ``commit``."""
     return (

@@ -594,7 +594,9 @@ def example_databases(cluster: Cluster, directory: Path, history: History) -> It
                 " WITH (publish = 'insert, truncate')" if history.shape.key_kind.no_identity else ""
             )
             conn.execute(f"CREATE PUBLICATION {PUBLICATION} FOR ALL TABLES{publish}")
-            if any(isinstance(s, Ddl) and isinstance(s.op, Recreate) for s in history.steps):
+            if history.wal and any(
+                isinstance(s, Ddl) and isinstance(s.op, Recreate) for s in history.steps
+            ):
                 # A re-created table with no change after it leaves no trace in any stream:
                 # only the source's WAL shows it (README), which the operator makes readable.
                 conn.execute("CREATE EXTENSION pg_walinspect")
@@ -1075,10 +1077,28 @@ OPEN_DEFECTS: dict[str, str] = {
     "rebuilt table holds the earlier table's rows, exit 0 with a 'not checked' warning naming "
     "the stop point that rebuilds it exactly (documented; a wal2json v2 capture is judged "
     "since session 8: the WAL's DROP names a table older than the history read)",
+    "C15w": "without pg_walinspect, a table dropped and re-created after its last change, with "
+    "no change of the new table: nothing names the table, so the rebuilt table holds the "
+    "earlier table's rows, exit 0 (documented; wal2json and test_decoding warn 'not checked' "
+    "when the stream shows the catalog changes, since session 9; a pgoutput stream shows none)",
     "C17": "ADD COLUMN ... DEFAULT with no change of the table after it: the rebuilt table lacks "
     "the column, exit 0",
 }
 STRICT = os.environ.get("WALRECOVER_ORACLE_STRICT") == "1"
+
+
+def _recreated(context: Context) -> list[tuple[str, str]]:
+    """The known defects of a table dropped and re-created."""
+    read, facts = context.path.read, context.facts
+    # pgoutput sees the new relation id only if the new table has a change in the stream.
+    found = [("C15", "table dropped and re-created")]
+    if "recreate_unseen" not in facts:
+        return found
+    if read.source == "capture" and (read.plugin == "test_decoding" or read.format1):
+        found.append(("C15c", "re-created after its last change, read from a capture"))
+    if not context.ran.history.wal:
+        found.append(("C15w", "re-created after its last change, without pg_walinspect"))
+    return found
 
 
 def suspects(context: Context, verdict: Verdict) -> list[tuple[str, str]]:
@@ -1088,14 +1108,7 @@ def suspects(context: Context, verdict: Verdict) -> list[tuple[str, str]]:
     key = context.key
     found: list[tuple[str, str]] = []
     if "recreate" in facts:
-        # pgoutput sees the new relation id only if the new table has a change in the stream.
-        found.append(("C15", "table dropped and re-created"))
-        if (
-            "recreate_unseen" in facts
-            and read.source == "capture"
-            and (read.plugin == "test_decoding" or read.format1)
-        ):
-            found.append(("C15c", "re-created after its last change, read from a capture"))
+        found += _recreated(context)
     if "add_column_default" in facts:
         found.append(("C17", "ADD COLUMN ... DEFAULT"))
     if key.no_identity and context.changed_rows:
@@ -1478,6 +1491,12 @@ KNOWN: dict[str, tuple[History, list[str | Path_]]] = {
     "C15c-recreated-empty-capture": (
         History(Shape("pk", ("int",)), (_rows(1, 0), Ddl(Recreate(split=False))), None),
         ["capture:test_decoding"],
+    ),
+    # ... and without pg_walinspect at all (session 9: the oracle installed it for every
+    # re-creating history until then).
+    "C15w-recreated-empty-without-the-wal": (
+        History(Shape("pk", ("int",)), (_rows(1, 0), Ddl(Recreate(split=False))), None, wal=False),
+        ["slot:pgoutput", "slot:wal2json"],
     ),
     # C16: a key changed and reused, with a TOASTed column, from a capture without include-pk.
     "C16-key-change-and-reuse": (

@@ -35,7 +35,7 @@ from .replay import ReplayResult, replay
 from .result import Asked, LedgerCheck
 from .stoppoint import open_wal, xid_hint
 from .target import Target
-from .unseen import capture_publications, replaced
+from .unseen import capture_publications, catalog_writers, replaced
 
 if TYPE_CHECKING:
     from ..audit.writer import AuditWriter
@@ -198,7 +198,8 @@ class Reading:
                 )
             )  # fmt: skip
         elif self.judge is not None:
-            warnings.extend(self.judge.unseen_after(self.stop))
+            dsn = self.ask.dsn if isinstance(src, SlotSource) else self.wal_dsn
+            warnings.extend(self.judge.unseen_after(self.stop, _explained(dsn)))
         if isinstance(src, SlotSource) and watch is not None:
             lost, after_stop = watch.verdict()
             unproven.extend(lost)
@@ -240,6 +241,19 @@ def _unseen(
         if wal is not None:
             wal.close()
     return unproven, warnings
+
+
+def _explained(dsn: str | None) -> Callable[[list[int]], frozenset[int]] | None:
+    """What asks the source ``dsn`` which catalog changes it still shows as something else
+    (:func:`walrecover.rebuild.unseen.catalog_writers`); None without a source."""
+    if dsn is None:
+        return None
+
+    def ask(xids: list[int]) -> frozenset[int]:
+        with connect(dsn, autocommit=True, role="source") as conn:
+            return catalog_writers(conn, xids)
+
+    return ask
 
 
 def _replaced_after(

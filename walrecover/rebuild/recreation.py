@@ -33,6 +33,7 @@ wording of its findings is :mod:`~walrecover.rebuild.recreation_reasons`.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -175,16 +176,25 @@ class RecreationJudge:
             blind_warning(self.table, self._first_blind, self._blind, self.wal_problem),
         ]
 
-    def unseen_after(self, stop: StopPoint) -> list[str]:
+    def unseen_after(
+        self, stop: StopPoint, explained: Callable[[list[int]], Collection[int]] | None = None
+    ) -> list[str]:
         """A warning when the stream shows catalog changes after the table's last change and
         the WAL did not name the table, so the check after replay
         (:func:`~walrecover.rebuild.unseen.replaced`) cannot ask the source: a table dropped
         and created again there, with no change of its own, leaves no trace. Without a stop
-        point the DROP that ended the table is one of them, so it takes two."""
-        suspects = self._suspects
+        point the DROP that ended the table is one of them, so it takes two. ``explained``
+        (asked only then) gives the xids whose catalog change the source still shows as
+        something else (:func:`~walrecover.rebuild.unseen.catalog_writers`)."""
         if self._disabled or not self._seen or self.oid is not None:
             return []
-        if len(suspects) < (1 if stop.is_set else 2):
+        suspects = self._suspects
+        needed = 1 if stop.is_set else 2
+        if len(suspects) >= needed and explained is not None:
+            xids = [s.xid for s in suspects if s.xid is not None]
+            known = set(explained(xids)) if xids else set()
+            suspects = [s for s in suspects if s.xid is None or s.xid not in known]
+        if len(suspects) < needed:
             return []
         return [
             unseen_warning(

@@ -232,6 +232,21 @@ def capture_publications(
     return unproven, warnings
 
 
+def catalog_writers(conn: Connection, xids: list[int]) -> frozenset[int]:
+    """The transactions among ``xids`` whose catalog rows the source still holds: a relation,
+    type, function or schema row they wrote (another table's DDL, the operator's snapshot of
+    the table before the DROP). Their catalog change is explained; a DROP leaves no row."""
+    rows = conn.execute(
+        "SELECT x FROM unnest(%s::bigint[]) AS x WHERE"
+        " EXISTS (SELECT FROM pg_class WHERE xmin = x::text::xid)"
+        " OR EXISTS (SELECT FROM pg_type WHERE xmin = x::text::xid)"
+        " OR EXISTS (SELECT FROM pg_proc WHERE xmin = x::text::xid)"
+        " OR EXISTS (SELECT FROM pg_namespace WHERE xmin = x::text::xid)",
+        (xids,),
+    ).fetchall()
+    return frozenset(int(r[0]) for r in rows)
+
+
 def _another_relation(conn: Connection, relfilenode: int, table: TableName) -> bool:
     """The relation the file was made for is now one that is not ``table`` (an index, another
     table, the rebuilt table): its creation did not re-create ``table``. A new relation's first

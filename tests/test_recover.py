@@ -440,6 +440,23 @@ def test_orphan_copy_slot_is_swept(db: Database) -> None:
     assert differences(db, "truth", "t_recovered") == (0, 0)
 
 
+def test_a_rerun_answered_from_the_record_sweeps_orphan_copies(db: Database) -> None:
+    """A run killed after its last commit leaves its copy slot; the rerun finds the recovery
+    complete and answers without opening the slot, so it swept nothing (the oracle, seed
+    1357911: a copy left behind). It sweeps now."""
+    _small_workload(db)
+    first = recover_table(db)
+    assert first.swept_slots == ()
+    orphan = "walrecover_999999_deadbeef"
+    db.execute("SELECT pg_copy_logical_replication_slot(%s, %s)", (SLOT, orphan))
+
+    again = recover_table(db)  # also asserts that no walrecover_ slot is left
+
+    assert again.already_complete
+    assert again.swept_slots == (orphan,)
+    assert differences(db, "truth", "t_recovered") == (0, 0)
+
+
 def test_copy_slot_of_a_live_backend_is_not_swept(db: Database) -> None:
     """A copy whose backend is alive may belong to a concurrent run: it must be left alone."""
     _small_workload(db)

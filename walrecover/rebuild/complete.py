@@ -25,6 +25,7 @@ from ..db import Connection, connect, redact, safe_dsn
 from ..errors import ReconcileFailed, TargetExists, WalrecoverError, first_line
 from ..stream.lsn import Lsn
 from ..stream.model import StopPoint, TableName
+from ..stream.sources import sweep_copies
 from .ending import recorded_unproven
 from .preflight import command_differences
 from .progress import Counts, Progress, read_progress
@@ -232,6 +233,7 @@ def already_complete(
     with contextlib.suppress(Exception):
         target_conn.close()
     return RecoveryResult(
+        swept_slots=_sweep(dsn) if slot is not None else (),
         table=str(table),
         into=str(into),
         plugin=str(stored.get("plugin") or ""),
@@ -248,6 +250,18 @@ def already_complete(
         already_complete=True,
         baseline=stored.get("baseline"),
     )
+
+
+def _sweep(dsn: str | None) -> tuple[str, ...]:
+    """Copy slots of killed runs, dropped: a rerun answered from the record opens no slot, so
+    it sweeps them here (the run killed after its last commit may have left its copy)."""
+    if dsn is None:
+        return ()
+    try:
+        with connect(dsn, autocommit=True, role="source") as conn:
+            return tuple(sweep_copies(conn))
+    except (psycopg.Error, WalrecoverError):
+        return ()  # the next run that reads the slot sweeps them
 
 
 def _stored(previous: Progress) -> tuple[dict[str, Any], AuditSummary | None]:

@@ -115,6 +115,35 @@ def test_a_failure_caused_by_a_lost_change_names_the_lost_change(
     assert "--via-plugin test_decoding" in line
 
 
+def test_a_failure_before_a_time_stop_point_names_the_lost_change(
+    db: Database, read_mode: str
+) -> None:
+    """The same failure with a time stop point after it: replay applied the failing INSERT only
+    when the stop point's transaction ended the batch, after the loss watch had seen that
+    transaction begin, and the watch then explained nothing: "a row came back twice ... dropped
+    and re-created" (the oracle, seed 7171717). It names the lost UPDATE."""
+    db.execute(UNIDENTIFIABLE["replica_identity_nothing"])
+    db.create_slot()
+    run_script(
+        db,
+        [
+            "INSERT INTO t VALUES (1, 'a'), (2, 'b')",
+            "BEGIN; UPDATE t SET id = 9 WHERE id = 2; INSERT INTO t VALUES (2, 'c'); COMMIT",
+        ],
+    )
+    time.sleep(0.05)
+    moment = str(db.scalar("SELECT clock_timestamp()::text"))
+    time.sleep(0.05)
+    run_script(db, ["INSERT INTO t VALUES (5, 'e')"])
+    drop_with_truth(db)
+    code, _, stderr = recover_cli(db, "--stop-before-time", moment)
+    assert code == EXIT_ERROR, stderr
+    (line,) = stderr.splitlines()
+    assert line.startswith("walrecover: error: wal2json left 1 UPDATE of public.t out"), line
+    assert "dropped and re-created" not in line and "came back twice" not in line
+    assert "that depended on it then failed to apply" in line
+
+
 def test_test_decoding_says_which_delete_no_plugin_can_place(db: Database, tmp_path: Path) -> None:
     """test_decoding prints such an UPDATE's new row but a DELETE as (no-tuple-data): with the
     key from --ddl the update applies, the delete stops the run naming its LSN, and the error no

@@ -277,17 +277,20 @@ class LossWatch:
         )
 
     def explain(self, error: ReplayError) -> WalrecoverError:
-        """What to report when replay failed before the stop point: a change the plugin left
-        out of a page read so far and not yet judged (wal2json drops an UPDATE or DELETE it
-        cannot identify, so a later change of the same row fails, e.g. an INSERT of a key the
-        lost UPDATE had moved away) rather than the failure it caused; else ``error``."""
-        if self.stopped:
-            return error
+        """What to report when replay failed (always on a change before the stop point): a
+        change the plugin left out of a page read so far, up to the stop point's, and not yet
+        judged (wal2json drops an UPDATE or DELETE it cannot identify, so a later change of the
+        same row fails, e.g. an INSERT of a key the lost UPDATE had moved away) rather than the
+        failure it caused; else ``error``."""
         lsn, xid = error.facts.get("lsn"), error.facts.get("xid")
         where = f" at LSN {lsn}" if lsn is not None else ""
         where += f" (transaction {xid})" if lsn is not None and xid is not None else ""
         then = f", and the change{where} that depended on it then failed to apply"
-        for page in self.log.pages[self._judged :]:
+        # Replay applies a batch's changes when it commits, which for the last batch is once
+        # the stop point's transaction has begun: a failure then is still of a change before
+        # the stop point, so the pages up to the one holding the stop point explain it.
+        end = self._stop_page + 1 if self.stopped else None
+        for page in self.log.pages[self._judged : end]:
             lost = self._lost_error(page, then)
             if lost is not None:
                 return lost

@@ -144,6 +144,36 @@ def test_a_failure_before_a_time_stop_point_names_the_lost_change(
     assert "that depended on it then failed to apply" in line
 
 
+@pytest.mark.parametrize("kind", list(UNIDENTIFIABLE))
+@pytest.mark.parametrize("via", [False, True], ids=["test_decoding", "via-test_decoding"])
+def test_a_change_test_decoding_cannot_place_after_the_stop_point_does_not_refuse(
+    db: Database, kind: str, via: bool
+) -> None:
+    """A transaction past an LSN stop point, big enough to be sent in its middle (test_decoding
+    only tells at its commit that it is past the stop), with an UPDATE test_decoding cannot
+    place: its error was raised at once, exit 1 "give --ddl" for a recovery that stops before
+    it (the oracle, seed 7171717). It is held until the commit, which leaves it out."""
+    db.execute(UNIDENTIFIABLE[kind])
+    if via:
+        db.execute("CREATE PUBLICATION pub FOR TABLE t WITH (publish = 'insert, truncate')")
+    db.create_slot(SLOT, "pgoutput" if via else "test_decoding")
+    run_script(db, ["INSERT INTO t VALUES (1, 'a'), (2, 'b')"])
+    snapshot(db, "t", "truth")
+    stop = db.lsn()
+    run_script(
+        db,
+        [
+            "BEGIN; UPDATE t SET v = 'x' WHERE id = 1;"
+            " INSERT INTO t SELECT 100 + i, 'z' FROM generate_series(1, 20) i; COMMIT",
+            "DROP TABLE t",
+        ],
+    )
+    extra = ("--via-plugin", "test_decoding") if via else ()
+    code, _, stderr = recover_cli(db, "--batch-size", "1", "--stop-before-lsn", stop, *extra)
+    assert code == 0, stderr
+    assert differences(db, "truth", TableName("public", "t_recovered")) == (0, 0)
+
+
 def test_test_decoding_says_which_delete_no_plugin_can_place(db: Database, tmp_path: Path) -> None:
     """test_decoding prints such an UPDATE's new row but a DELETE as (no-tuple-data): with the
     key from --ddl the update applies, the delete stops the run naming its LSN, and the error no

@@ -129,6 +129,8 @@ class Applier:
         self._mark = (0, 0, 0)
         self._guarded = False
         self._savepoint = False
+        #: A guarded transaction's failure, held until its commit says whether it counts.
+        self._held: ReplayError | None = None
         #: Updates and deletes that found no row since :meth:`take_no_row`.
         self._no_row = 0
         #: The change the target refused, when a send fails (for the error message).
@@ -144,9 +146,14 @@ class Applier:
         """A source transaction opens; ``guarded``: it may yet be taken back."""
         self._txn, self._guarded, self._savepoint = txn, guarded, False
         self._mark = self._batch.mark()
+        self._held = None
 
     def keep(self) -> None:
-        """The open transaction commits before the stop point: keep all of it."""
+        """The open transaction commits before the stop point: keep all of it (or raise the
+        failure held while it might still have been past the stop point)."""
+        if self._held is not None:
+            error, self._held = self._held, None
+            raise error
         if self._savepoint:
             self.conn.execute("RELEASE SAVEPOINT walrecover_txn")
             if self.sink is not None:
@@ -156,6 +163,7 @@ class Applier:
 
     def take_back(self) -> list[Change]:
         """Leave out the open transaction (past the stop point, or cut): its changes."""
+        self._held = None
         left = [p.change for p in self._batch.pending[self._mark[0] :]]
         self._batch.truncate(self._mark)
         if self._savepoint:
@@ -221,7 +229,17 @@ class Applier:
             self._batch.unknown = True
 
     def flush_midway(self) -> None:
-        """Flush inside an open source transaction, guarding it with a savepoint if needed."""
+        """Flush inside an open source transaction, guarding it with a savepoint if needed.
+
+        A guarded transaction may yet prove past the stop point (test_decoding tells at its
+        commit) and be taken back, so a failure of its changes is held until then
+        (:meth:`keep` raises it); its later changes wait unsent (an UPDATE test_decoding cannot
+        place, in a big transaction after an LSN stop point, refused a recovery that stops
+        before it)."""
+        if self._held is not None:
+            self._batch = _Batch()
+            self._mark = (0, 0, 0)
+            return
         if self._txn is not None and self._guarded and not self._savepoint:
             head, self._batch = self._batch.split(self._mark)
             self._send(head)
@@ -229,7 +247,12 @@ class Applier:
             if self.sink is not None:
                 self.sink.savepoint()
             self._savepoint = True
-        self.flush()
+        try:
+            self.flush()
+        except ReplayError as exc:
+            if self._txn is None or not self._guarded:
+                raise
+            self._held = exc
         self._mark = (0, 0, 0)
 
     def flush(self) -> None:
